@@ -1,0 +1,1 @@
+"""Compute kernels. Imports with torch alone."""

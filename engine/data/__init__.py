@@ -1,0 +1,1 @@
+"""MIDI data: dataset checks, the tokenizer, the token store, training windows, augmentation."""

@@ -1,0 +1,27 @@
+"""Real-time MIDI: ports (python-rtmidi), the lookahead scheduler, FluidSynth, and event/file helpers."""
+from .events import MidiEvent, NoteTracker, control_change, note_off, note_on, panic_messages, write_midi_file
+from .ports import API_CHOICES, MidiOutput, PortError, list_ports, open_output, resolve_api
+from .scheduler import LookaheadScheduler, MonotonicClock, SchedulerTelemetry
+from .synth import DEFAULT_SOUNDFONT, FluidSynth, start_fluidsynth
+
+__all__ = [
+    "API_CHOICES",
+    "DEFAULT_SOUNDFONT",
+    "FluidSynth",
+    "LookaheadScheduler",
+    "MidiEvent",
+    "MidiOutput",
+    "MonotonicClock",
+    "NoteTracker",
+    "PortError",
+    "SchedulerTelemetry",
+    "control_change",
+    "list_ports",
+    "note_off",
+    "note_on",
+    "open_output",
+    "panic_messages",
+    "resolve_api",
+    "start_fluidsynth",
+    "write_midi_file",
+]

@@ -1,8 +1,170 @@
-"""Headless commands for the data area."""
+"""Headless commands for the data area: `check` (the Dataset pane unless --headless) and `prepare`.
+
+Exit status: 0 when the scan or preparation completed, whatever the files held; 2 when it could
+not run (missing folder, bad config), with one sentence on stderr.
+"""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from .console import console, fail, is_tty
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain lines (problem files and every tenth) otherwise."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.live = is_tty()
+        self._bar = None
+        self._task = None
+        self._next_line = 0
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+            self._bar = Progress(TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=None, rate="")
+        import time  # noqa: PLC0415
+
+        self._t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+    def __call__(self, done: int, total: int, record: dict) -> None:
+        import time  # noqa: PLC0415
+
+        rate = done / max(1e-6, time.monotonic() - self._t0)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, rate=f"{rate:.1f} files/s")
+            if record["status"] == "error":
+                self._bar.console.print(f"[red]error[/] {record['path']}: {'; '.join(record['reasons'])}")
+            return
+        if record["status"] != "ok":
+            console.print(f"{record['status']} {record['path']}: {'; '.join(record['reasons'])}", soft_wrap=True)
+        if done >= self._next_line or done == total:
+            console.print(f"{self.label} {done}/{total} files ({rate:.1f} files/s)")
+            self._next_line = done + max(1, total // 10)
+
+
+def _summary_table(summary: dict) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    status = summary["status"]
+    table = Table(title=f"{summary['files']} MIDI files in {summary.get('root', '')}", show_header=False, box=None)
+    table.add_row("ok / warning / error", f"[green]{status['ok']}[/] / [yellow]{status['warning']}[/] / [red]{status['error']}[/]")
+    table.add_row("music", f"{summary['hours']:.2f} h, {summary['notes']:,} notes, {summary['tokens']:,} tokens")
+    if summary.get("elapsed_s") is not None:
+        table.add_row("scan", f"{summary['elapsed_s']:.1f} s with {summary.get('workers')} worker(s)")
+    console.print(table)
+    if summary["reasons"]:
+        reasons = Table("reason", "files", title="reasons, most frequent first", box=None)
+        for item in summary["reasons"][:12]:
+            reasons.add_row(item["reason"], str(item["files"]))
+        console.print(reasons)
+
+
+def _load_prepare_config(config: Optional[Path]):
+    from engine.data.store import PrepareConfig  # noqa: PLC0415
+
+    try:
+        return PrepareConfig.load(config) if config else PrepareConfig()
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def run_check(folder: Path, report: Optional[Path], workers: Optional[int], policy: str, timeout: float,
+              config: Optional[Path]) -> None:
+    from engine.data.check import ScanError, scan  # noqa: PLC0415
+    from engine.data.tokenizer import TokenizerConfigError  # noqa: PLC0415
+
+    prep = _load_prepare_config(config)
+    check_settings = {**prep.check, **({"piano_policy": policy} if policy else {}), **({"timeout_s": timeout} if timeout else {})}
+    tokenizer_config = None
+    try:
+        from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
+
+        piano_policy = check_settings.get("piano_policy", "keyboard")
+        tokenizer_config = PianoTokenizer.from_config({"piano_policy": piano_policy, **prep.tokenizer}).to_config()
+        with _Progress("check") as progress:
+            result = scan(folder, workers=workers or prep.workers, policy=check_settings, on_progress=progress,
+                          tokenizer_config=tokenizer_config)
+    except (ScanError, TokenizerConfigError, ValueError) as exc:
+        fail(str(exc))
+    _summary_table(result.summary)
+    if report:
+        try:
+            result.write(report)
+        except OSError as exc:
+            fail(f"cannot write the report to {report} ({exc.strerror or exc}); give a writable path")
+        console.print(f"report written to {report}")
+
+
+def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], workers: Optional[int]) -> None:
+    from engine.data.check import ScanError  # noqa: PLC0415
+    from engine.data.store import StoreError, default_store_path, prepare  # noqa: PLC0415
+    from engine.data.tokenizer import TokenizerConfigError  # noqa: PLC0415
+
+    prep = _load_prepare_config(config)
+    if workers:
+        prep.workers = workers
+    out = out or default_store_path(folder, prep)
+    try:
+        with _Progress("prepare") as progress:
+            result = prepare(folder, out, prep, on_progress=progress)
+    except (ScanError, StoreError, TokenizerConfigError, ValueError) as exc:
+        fail(str(exc))
+    console.print(
+        f"store {result.store}: {result.pieces} pieces, {result.tokens:,} tokens "
+        f"(train {result.split['train']} / val {result.split['val']} pieces); "
+        f"{result.tokenized} tokenized, {result.reused} unchanged, {result.skipped} skipped; {result.elapsed_s:.1f} s",
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+
+    @app.command("check")
+    def check(
+        ctx: typer.Context,
+        folder: Optional[Path] = typer.Argument(None, help="Folder of MIDI files (.mid/.midi/.kar, searched recursively); default: the bundled demo corpus."),
+        report: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: CPU cores, at most 8)."),
+        policy: str = typer.Option("", "--policy", help="Piano extraction: 'keyboard' (GM 0-7 tracks, default) or 'all' (every non-drum track)."),
+        timeout: float = typer.Option(0.0, "--timeout", min=0.0, help="Seconds one file may take before it is reported as hanging (default 30)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="data.toml with [tokenizer] and [check] settings."),
+    ) -> None:
+        """Check a folder of MIDI files: status, reasons and statistics per file, and a summary."""
+        from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+        from ..cli import open_app, wants_app  # noqa: PLC0415
+
+        folder = folder or CORPUS_DIR
+        if wants_app(ctx):
+            open_app(pane="dataset", args={"folder": str(folder), "json": str(report) if report else None,
+                                           "workers": workers, "policy": policy or None, "scan": True})
+            return
+        run_check(folder, report, workers, policy, timeout, config)
+
+    @app.command("prepare")
+    def prepare_cmd(
+        folder: Optional[Path] = typer.Argument(None, help="Folder of MIDI files; default: the bundled demo corpus."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Token store folder (default: under .cache/pianomuse/stores)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="data.toml with [tokenizer], [check] and [split] settings."),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: CPU cores, at most 8)."),
+    ) -> None:
+        """Tokenize the good files of a folder into a token store (incremental: unchanged files are skipped)."""
+        from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+        run_prepare(folder or CORPUS_DIR, out, config, workers)

@@ -1,8 +1,145 @@
-"""Headless commands for the eval area."""
+"""`pianomuse-tui --headless eval`: likelihood and musical metrics of a checkpoint on held-out music."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .console import console, err_console, fail
+
+STAGE_LABELS = {
+    "likelihood": "likelihood of validation pieces",
+    "generate": "generating continuations (tokens)",
+    "overlap": "indexing training notes",
+}
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def _mean_std(summary: dict) -> str:
+    if not summary or summary.get("n", 0) == 0:
+        return "-"
+    return f"{_num(summary['mean'], 2)} ± {_num(summary['std'], 2)}"
+
+
+def report_tables(report: dict) -> list[Table]:
+    """The report as rich tables: likelihood, distributions, validity and memorisation."""
+    lik = report["likelihood"]
+    t1 = Table(title="Likelihood on the validation split", title_justify="left")
+    for col in ("nats/token", "bits/token", "bits/note", "bits/second", "tokens", "notes", "seconds", "pieces"):
+        t1.add_column(col, justify="right")
+    t1.add_row(_num(lik["nats_per_token"]), _num(lik["bits_per_token"]), _num(lik["bits_per_note"]),
+               _num(lik["bits_per_second"], 1), _num(lik["tokens"]), _num(lik["notes"]),
+               _num(lik["seconds"], 1), _num(lik["pieces"]))
+
+    cont = report["continuations"]
+    opts = report.get("options", {})
+    t2 = Table(title=f"{cont['samples']} generated continuations vs the real ones "
+                     f"({opts.get('prompt_bars', '?')} bars of prompt, {opts.get('bars', '?')} bars continued)",
+               title_justify="left")
+    for col, justify in (("distribution", "left"), ("real", "right"), ("generated", "right"),
+                         ("OA (1 = same)", "right"), ("KL nats (0 = same)", "right")):
+        t2.add_column(col, justify=justify)
+    for name, entry in cont["features"].items():
+        t2.add_row(name.replace("_", " "), _mean_std(entry["real"]), _mean_std(entry["generated"]),
+                   _num(entry["oa"]), _num(entry["kl_nats"]))
+    for name, entry in cont["histograms"].items():
+        t2.add_row(f"{name.replace('_', ' ')} histogram", "", "", _num(entry["oa"]), _num(entry["kl_nats"]))
+
+    val, ov = report["validity"], report["training_overlap"]
+    t3 = Table(title="Validity and memorisation", title_justify="left")
+    t3.add_column("check")
+    t3.add_column("value", justify="right")
+    t3.add_column("detail")
+    grammar = "grammar-constrained sampling" if val["grammar_constrained"] else "free sampling"
+    t3.add_row("invalid-token rate", _num(val["invalid_token_rate"], 4),
+               f"{val['invalid_tokens']} of {val['tokens']} tokens, {val['decode_failures']} failed to decode ({grammar})")
+    t3.add_row("stuck-note rate", _num(val["stuck_note_rate"], 4),
+               f"{val['notes_unreleased']} never released + {val['notes_too_long']} held > {val['stuck_note_limit_s']:g} s, "
+               f"of {val['notes_started']} notes")
+    gen, real = ov["generated"], ov["real"]
+    t3.add_row("longest copied run (generated)", _num(gen["longest_copied_notes"]),
+               f"notes ({ov['symbols']}) from {gen['source'] or '-'}; mean {_num(gen['mean_copied_notes'], 1)}")
+    t3.add_row("longest copied run (real)", _num(real["longest_copied_notes"]),
+               f"the same check on the real continuations, for scale; mean {_num(real['mean_copied_notes'], 1)}")
+    return [t1, t2, t3]
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+
+    @app.command("eval")
+    def eval_command(
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint .pth (or a run folder); default: the bundled model in assets/models/."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Token store, or a folder of MIDI files to prepare; default: the bundled corpus."),
+        samples: int = typer.Option(16, "--samples", help="Continuations to generate and compare with the real ones."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number to this JSON file, and the plot beside it (.png)."),
+        prompt_bars: int = typer.Option(4, "--prompt-bars", help="Bars of each validation piece given as the prompt."),
+        bars: int = typer.Option(8, "--bars", help="Bars to continue (and of real music to compare with)."),
+        seed: int = typer.Option(0, "--seed", help="Seed for choosing prompts and for sampling."),
+        temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+        top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold (1 = off)."),
+        grammar: bool = typer.Option(True, "--grammar/--no-grammar", help="Constrain sampling to the token grammar (off: measure the raw model's invalid tokens)."),
+        max_tokens: int = typer.Option(200_000, "--max-tokens", help="Validation tokens scored for the likelihood (0 = all)."),
+        device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    ) -> None:
+        """Score a checkpoint: likelihood (bits/note), continuations vs real music, validity, memorisation."""
+        from engine.eval.report import EvalOptions, evaluate, write_report  # noqa: PLC0415
+        from engine.eval.sources import EvalError, load_eval_inputs  # noqa: PLC0415
+
+        for name, value, low in (("--samples", samples, 1), ("--prompt-bars", prompt_bars, 1), ("--bars", bars, 1), ("--max-tokens", max_tokens, 0)):
+            if value < low:
+                fail(f"{name} must be at least {low}; got {value}.")
+        if temperature <= 0 or not 0 < top_p <= 1:
+            fail(f"--temperature must be above 0 and --top-p in (0, 1]; got {temperature} and {top_p}.")
+        if json_out is not None and json_out.exists() and json_out.is_dir():
+            fail(f"--json {json_out} is a folder; give a file name such as {json_out / 'eval.json'}.")
+
+        try:
+            with err_console.status("loading the checkpoint and the data"):
+                model, eval_data, ckpt_path = load_eval_inputs(checkpoint, data, device=device)
+        except EvalError as exc:
+            fail(str(exc))
+        options = EvalOptions(samples=samples, prompt_bars=prompt_bars, bars=bars, seed=seed, temperature=temperature,
+                              top_p=top_p, grammar=grammar, max_likelihood_tokens=max_tokens or None)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=err_console, transient=True)
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(STAGE_LABELS.get(stage, stage), total=max(total, 1))
+            progress.update(tasks[stage], completed=done, total=max(total, 1))
+
+        try:
+            with progress:
+                report = evaluate(model, eval_data, options, on_progress=on_progress)
+        except ValueError as exc:
+            fail(str(exc))
+        report["checkpoint"] = str(ckpt_path)
+        report["model"] = {**model.config.to_dict(), "parameters": model.parameter_count()}
+
+        written, write_error = None, None
+        if json_out is not None:
+            try:
+                written = write_report(report, json_out)
+            except OSError as exc:
+                write_error = f"could not write {json_out} ({exc.strerror}); the results are printed above, pick another --json path."
+        console.print(f"checkpoint {ckpt_path}  ({model.config.describe()})")
+        console.print(f"data {eval_data.description}")
+        for table in report_tables(report):
+            console.print(table)
+        if written:
+            console.print(f"wrote {written[0]} and {written[1]}")
+        if write_error:
+            fail(write_error, code=1)

@@ -1,8 +1,199 @@
-"""Headless commands for the train area."""
+"""`pianomuse-tui [--headless] train`: train a model; the app's Train pane unless --headless.
+
+On a terminal the run shows a live rich panel (step, loss, val loss, lr, tokens/s, grad norm,
+memory, ETA); otherwise one plain line per logged event, which is what CI and log files want.
+Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM/control file (after saving), 3 aborted
+(e.g. too many non-finite steps), 2 bad input.
+"""
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from .console import console, err_console, fail, is_tty
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class TrainDisplay:
+    """Turns metrics records into a live rich panel (TTY) or plain lines."""
+
+    def __init__(self, live: bool, rank0: bool = True):
+        self.live_mode = live and rank0
+        self.rank0 = rank0
+        self.max_steps = 0
+        self.last: dict = {}
+        self.val: dict = {}
+        self.start_step = 0
+        self.start_time = time.time()
+        self._live = None
+
+    def __enter__(self):
+        if self.live_mode:
+            from rich.live import Live  # noqa: PLC0415
+
+            self._live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(*exc)
+        return False
+
+    def eta(self) -> float | None:
+        step = self.last.get("step", 0)
+        done = step - self.start_step
+        if done <= 0 or not self.max_steps:
+            return None
+        return (time.time() - self.start_time) / done * (self.max_steps - step)
+
+    def _render(self):
+        from rich.panel import Panel  # noqa: PLC0415
+        from rich.progress_bar import ProgressBar  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+
+        r = self.last
+        table = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            table.add_column()
+        loss = r.get("loss")
+        table.add_row("step", f"{r.get('step', 0)}/{self.max_steps}", "loss", f"{loss:.4f}" if loss is not None else "-")
+        val = self.val.get("val_loss")
+        bpn = self.val.get("bits_per_note")
+        table.add_row("val loss", f"{val:.4f}" if val is not None else "-", "bits/note", f"{bpn:.3f}" if bpn is not None else "-")
+        lr = r.get("lr")
+        tps = r.get("tokens_per_s")
+        table.add_row("lr", f"{lr:.2e}" if lr is not None else "-", "tokens/s", f"{tps:,.0f}" if tps is not None else "-")
+        gn = r.get("grad_norm")
+        table.add_row("grad norm", f"{gn:.3f}" if gn is not None else "-", "memory", f"{_fmt_bytes(r.get('mem_alloc'))} (peak {_fmt_bytes(r.get('mem_peak'))})")
+        table.add_row("ETA", _fmt_eta(self.eta()), "tokens", f"{r.get('tokens', 0):,}")
+        bar = ProgressBar(total=max(self.max_steps, 1), completed=r.get("step", 0))
+        grid = Table.grid()
+        grid.add_row(bar)
+        grid.add_row(table)
+        return Panel(grid, title="training", border_style="cyan")
+
+    def __call__(self, record: dict) -> None:
+        kind = record.get("kind")
+        if kind == "status" and record.get("state") in ("started", "resumed"):
+            self.max_steps = record.get("max_steps", 0)
+            self.start_step = record.get("step", 0)
+            self.start_time = time.time()
+            self.last = {"step": self.start_step, "tokens": record.get("tokens", 0)}
+            self._print(
+                f"{record['state']} run {record.get('run_dir')} on {record.get('device')} "
+                f"({record.get('parameters', 0):,} parameters, wkv {record.get('wkv_backend')}, {record.get('precision')}, "
+                f"{record.get('train_samples')} train / {record.get('val_samples')} val samples)"
+            )
+        elif kind == "train":
+            self.last = record
+            if not self.live_mode:
+                lr, gn, tps = record.get("lr"), record.get("grad_norm"), record.get("tokens_per_s")
+                self._print(
+                    f"step {record['step']}/{self.max_steps} loss {record['loss']:.4f} lr {lr:.2e} grad_norm {gn:.3f} "
+                    f"tokens/s {tps:,.0f} mem {_fmt_bytes(record.get('mem_alloc'))} eta {_fmt_eta(self.eta())}"
+                )
+        elif kind == "val":
+            self.val = record
+            bpn = record.get("bits_per_note")
+            self._print(f"step {record['step']} val_loss {record['val_loss']:.4f} bits/note {bpn:.3f}" if bpn is not None else f"step {record['step']} val_loss {record['val_loss']:.4f}")
+        elif kind == "audition":
+            self._print(f"step {record['step']} audition {record.get('path') or 'failed: ' + str(record.get('error'))}")
+        elif kind == "checkpoint":
+            self._print(f"step {record['step']} checkpoint {record['path']}")
+        elif kind == "status":
+            msg = record.get("message") or ""
+            self._print(f"{record.get('state')}: {msg}".rstrip(": "))
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _print(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text, highlight=False, markup=False)
+        else:
+            console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+
+    @app.command(
+        "train",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        help="Train a model (defaults: the small preset on the bundled corpus). Extra --section.key VALUE options override the config.",
+    )
+    def train(
+        ctx: typer.Context,
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML config file (applied over the preset)."),
+        data: Optional[str] = typer.Option(None, "--data", help="MIDI folder or prepared token store (default: bundled corpus)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="tiny | small | base (default small when no --config)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder that holds run directories (default runs/)."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train for."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest run in --run-dir) or a run/checkpoint path."),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", help="Checkpoint to fine-tune from (e.g. an official RWKV-7)."),
+    ) -> None:
+        from engine.train.config import ConfigError  # noqa: PLC0415
+        from engine.train.launch import parse_override_args, resolve_config  # noqa: PLC0415
+
+        from ..cli import open_app, wants_app  # noqa: PLC0415
+
+        try:
+            overrides = parse_override_args(list(ctx.args))
+        except ConfigError as exc:
+            fail(str(exc))
+        if wants_app(ctx):
+            open_app(pane="train", args={
+                "config": str(config) if config else None, "data": data, "preset": preset,
+                "run_dir": str(run_dir) if run_dir else None, "max_steps": max_steps, "device": device,
+                "resume": resume, "init_from": str(init_from) if init_from else None, "overrides": overrides,
+            })
+            return
+        run_headless(config, data, preset, run_dir, max_steps, device, resume, init_from, overrides)
+
+
+def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_from, overrides) -> None:
+    from engine.model.checkpoint import CheckpointError  # noqa: PLC0415
+    from engine.train.checkpointing import ResumeError  # noqa: PLC0415
+    from engine.train.config import ConfigError  # noqa: PLC0415
+    from engine.train.feed import DataError  # noqa: PLC0415
+    from engine.train.launch import resolve_config  # noqa: PLC0415
+    from engine.train.trainer import run_training  # noqa: PLC0415
+
+    try:
+        cfg = resolve_config(config, preset, overrides, data=data, run_root=run_dir, max_steps=max_steps,
+                             device=device, resume=resume, init_from=init_from)
+    except (ConfigError, ResumeError) as exc:
+        fail(str(exc))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    display = TrainDisplay(live=is_tty(), rank0=rank0)
+    try:
+        with display:
+            result = run_training(cfg, on_metrics=display)
+    except (ConfigError, ResumeError, CheckpointError, DataError) as exc:
+        fail(str(exc))
+    if rank0:
+        if result.status == "aborted":
+            err_console.print(f"[bold red]aborted:[/] {result.message}")
+        elif result.status == "stopped":
+            console.print(f"{result.message}; resume with: pianomuse-tui --headless train --run-dir {result.run_dir} --resume auto", highlight=False, markup=False)
+        else:
+            console.print(f"done: {result.step} steps, {result.tokens:,} tokens; checkpoint {result.checkpoint}", highlight=False, markup=False)
+    raise typer.Exit(result.exit_code)

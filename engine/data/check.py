@@ -1,0 +1,451 @@
+"""Dataset checks: scan a folder of MIDI files in worker processes and report on every file.
+
+``scan(folder)`` returns a ``ScanReport``: one record per file, ``{"path", "status", "reasons",
+"stats"}`` with status ``ok`` | ``warning`` | ``error``, and a ``summary``. A reason reads
+``"<category>: <details>"``; the summary ranks the categories by how many files they hit.
+
+Files are inspected in worker processes, one file at a time per worker, each under a per-file
+timeout: a file that makes the parser hang (or crash) is reported as an error and its worker is
+killed and replaced, so no file can stall or abort the scan. ``prepare`` reuses the same workers
+to tokenize, so a file is read once for both.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import wait as wait_connections
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+STATUSES = ("ok", "warning", "error")
+
+
+@dataclass
+class CheckPolicy:
+    """What the checks call a problem. ``piano_policy``: see ``engine.data.tokenizer.PIANO_POLICIES``."""
+
+    piano_policy: str = "keyboard"
+    timeout_s: float = 30.0
+    min_tempo_bpm: float = 20.0
+    max_tempo_bpm: float = 400.0
+    min_ticks_per_quarter: int = 24
+    max_silence_s: float = 30.0
+    max_onsets_per_s: int = 60  # onsets inside any one-second window
+    tokenize: bool = True  # count tokens in the report (prepare always tokenizes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "CheckPolicy":
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown check setting(s) {', '.join(sorted(unknown))}; known: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+class ScanError(RuntimeError):
+    """The scan itself could not run (bad folder); the message is one sentence for the user."""
+
+
+@dataclass
+class ScanReport:
+    files: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "summary": self.summary}
+
+    def write(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ScanReport":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(data["files"], data["summary"])
+
+    def by_status(self, status: str) -> list[dict[str, Any]]:
+        return [f for f in self.files if f["status"] == status]
+
+
+def find_midi_files(folder: str | Path) -> list[Path]:
+    """Every .mid/.midi/.kar under ``folder`` (recursive, case-insensitive suffix), sorted."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ScanError(f"the folder {folder} does not exist; give a folder of MIDI files (or none for the demo corpus)")
+    if not folder.is_dir():
+        raise ScanError(f"{folder} is a file, not a folder; give the folder that holds your MIDI files")
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()]
+    return sorted(found)
+
+
+# ---- one file, inside a worker ------------------------------------------------------------------
+def _reason(category: str, details: str = "") -> str:
+    return f"{category}: {details}" if details else category
+
+
+def note_hash(pitches: np.ndarray, starts_q: np.ndarray, durations_q: np.ndarray, velocities: np.ndarray) -> str:
+    """Content hash of note data on a 1/480-quarter grid (time division and track layout do not matter)."""
+    grid = np.stack([np.rint(starts_q * 480), np.rint(durations_q * 480), pitches, velocities], axis=1).astype(np.int64)
+    grid = grid[np.lexsort(grid.T[::-1])]
+    return hashlib.blake2b(grid.tobytes(), digest_size=16).hexdigest()
+
+
+def _max_polyphony(starts: np.ndarray, ends: np.ndarray) -> int:
+    if len(starts) == 0:
+        return 0
+    times = np.concatenate([starts, ends])
+    steps = np.concatenate([np.ones(len(starts), np.int64), -np.ones(len(ends), np.int64)])
+    order = np.lexsort((steps, times))  # at equal times, releases come before attacks
+    return int(np.cumsum(steps[order]).max())
+
+
+def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple[dict[str, Any], Any, Any]:
+    """(record, ids or None, bar_starts or None) for one file. Never raises for a bad file."""
+    import symusic  # noqa: PLC0415
+
+    from .midi_bytes import MidiStructureError, walk_midi_bytes  # noqa: PLC0415
+    from .tokenizer import PIANO_HIGH, PIANO_LOW, merge_tracks, piano_tracks  # noqa: PLC0415
+
+    path = Path(path)
+    record: dict[str, Any] = {"path": str(path), "status": "ok", "reasons": [], "stats": {}}
+    errors, warnings = [], []
+    stats = record["stats"]
+
+    def finish(ids=None, bars=None):
+        record["reasons"] = errors + warnings
+        record["status"] = "error" if errors else ("warning" if warnings else "ok")
+        return record, ids, bars
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        errors.append(_reason("unreadable", f"cannot read the file ({exc.strerror or exc})"))
+        return finish()
+    stats["bytes"] = len(data)
+    stats["file_hash"] = hashlib.sha256(data).hexdigest()
+    try:
+        raw = walk_midi_bytes(data)
+    except MidiStructureError as exc:
+        errors.append(exc.reason)
+        return finish()
+    stats.update(format=raw.format, tracks=raw.track_chunks, ticks_per_quarter=raw.division)
+    if raw.smpte:
+        warnings.append(_reason("SMPTE timing", "time is in frames, not beats; bars are approximate"))
+    if raw.format == 2:
+        warnings.append(_reason("format 2", "independent sequences were read as parallel tracks"))
+    if not raw.smpte and raw.division < policy.min_ticks_per_quarter:
+        warnings.append(_reason("absurd time division", f"{raw.division} ticks per quarter"))
+    if raw.unreleased_note_ons:
+        warnings.append(_reason("note-ons never released", f"{raw.unreleased_note_ons} dropped"))
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as exc:  # symusic raises RuntimeError with its parser's message
+        errors.append(_reason("unreadable", str(exc).split(": iostream error")[0]))
+        return finish()
+
+    total_notes = sum(len(t.notes) for t in score.tracks)
+    if total_notes == 0:
+        errors.append(_reason("no notes", "the file holds no notes"))
+        return finish()
+    kept, dropped = piano_tracks(score, policy.piano_policy)
+    drums = [t for t in dropped if t.is_drum and len(t.notes)]
+    others = [t for t in dropped if not t.is_drum and len(t.notes)]
+    if drums:
+        warnings.append(_reason("drums dropped", f"{len(drums)} drum track(s), {sum(len(t.notes) for t in drums)} notes"))
+    if others:
+        programs = sorted({t.program for t in others})
+        warnings.append(_reason("non-piano programs dropped", f"{len(others)} track(s), GM program(s) {', '.join(map(str, programs))}"))
+    piano = merge_tracks(score, kept)
+    seconds = piano.to("second")
+    notes = seconds.tracks[0].notes.numpy()
+    ticks = piano.tracks[0].notes.numpy()
+    pitch = notes["pitch"].astype(np.int64)
+    in_range = (pitch >= PIANO_LOW) & (pitch <= PIANO_HIGH)
+    outside = int((~in_range).sum())
+    if outside:
+        warnings.append(_reason("notes outside the piano range", f"{outside} notes outside {PIANO_LOW}-{PIANO_HIGH}"))
+    if not in_range.any():
+        errors.append(_reason("no usable piano notes", f"none left after the '{policy.piano_policy}' piano policy and the piano range"))
+        stats.update(notes=0, dropped_notes=total_notes)
+        return finish()
+
+    start = notes["time"].astype(np.float64)
+    end = start + notes["duration"].astype(np.float64)
+    duration_s = float(max(seconds.end(), end.max()))
+    velocity = notes["velocity"].astype(np.int64)
+    qpms = [t.qpm for t in score.tempos] or [120.0]
+    pedals = seconds.tracks[0].pedals.numpy() if len(seconds.tracks[0].pedals) else {"time": np.zeros(0), "duration": np.zeros(0)}
+    order = np.argsort(start, kind="stable")
+    covered_until = np.maximum.accumulate(end[order])
+    gaps = start[order][1:] - covered_until[:-1]
+    longest_silence = float(max(gaps.max() if len(gaps) else 0.0, start.min()))
+    onsets = np.sort(start)
+    # most onsets inside any window [t, t + 1 s)
+    densest = int((np.searchsorted(onsets, onsets + 1.0, side="left") - np.arange(len(onsets))).max())
+    tpq = max(piano.ticks_per_quarter, 1)
+    stats.update(
+        duration_s=round(duration_s, 3),
+        notes=int(len(pitch)),
+        notes_per_s=round(len(pitch) / duration_s, 3) if duration_s > 0 else 0.0,
+        pitch_range=[int(pitch.min()), int(pitch.max())],
+        velocity_histogram=np.histogram(velocity, bins=8, range=(0, 128))[0].astype(int).tolist(),
+        sustain_pedal={"presses": int(len(pedals["time"])),
+                       "down_fraction": round(min(1.0, float(np.sum(pedals["duration"])) / duration_s), 3) if duration_s > 0 else 0.0},
+        max_polyphony=_max_polyphony(start, end),
+        max_onsets_per_s=densest,
+        longest_silence_s=round(longest_silence, 3),
+        tempo_changes=max(0, len(score.tempos) - 1),
+        tempo_bpm=[round(min(qpms), 2), round(max(qpms), 2)],
+        time_signature_changes=max(0, len(score.time_signatures) - 1),
+        kept_tracks=len(kept),
+        note_hash=note_hash(pitch, ticks["time"] / tpq, ticks["duration"] / tpq, velocity),
+    )
+    bad_tempi = [q for q in qpms if not policy.min_tempo_bpm <= q <= policy.max_tempo_bpm]
+    if bad_tempi:
+        warnings.append(_reason("absurd tempo", f"{len(bad_tempi)} tempo event(s), e.g. {bad_tempi[0]:.1f} bpm"))
+    if longest_silence > policy.max_silence_s:
+        warnings.append(_reason("very long silence", f"{longest_silence:.1f} s without a sounding note"))
+    if densest > policy.max_onsets_per_s:
+        warnings.append(_reason("extreme note density", f"{densest} onsets within one second"))
+
+    ids = bars = None
+    if tokenizer is not None:
+        try:
+            ids, bars = tokenizer.encode_with_bars(score)
+        except Exception as exc:  # MidiTok failing on a file is that file's error, not the scan's
+            errors.append(_reason("tokenizer failed", f"{type(exc).__name__}: {exc}"))
+            return finish()
+        pitch_kinds = {"Pitch", "NoteOn"}
+        if not any(tokenizer.token_kind(t) in pitch_kinds for t in ids):
+            errors.append(_reason("no usable piano notes", "the tokenizer kept no notes"))
+            return finish()
+        stats["tokens"] = len(ids)
+        stats["bars"] = len(bars)
+        ids = np.asarray(ids, dtype=np.int32)
+        bars = np.asarray(bars, dtype=np.int64)
+    return finish(ids, bars)
+
+
+# ---- the worker pool ----------------------------------------------------------------------------
+def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None) -> None:
+    """Worker loop: build the tokenizer once, then inspect one file per request."""
+    policy = CheckPolicy(**policy_dict)
+    tokenizer = None
+    if tokenizer_config is not None:
+        from .tokenizer import PianoTokenizer  # noqa: PLC0415
+
+        tokenizer = PianoTokenizer.from_config(tokenizer_config)
+    conn.send(("ready",))
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        index, path, want_ids = task
+        try:
+            record, ids, bars = inspect_file(path, policy, tokenizer)
+        except Exception as exc:  # a bug in a check must not kill the scan: report it on the file
+            record = {"path": str(path), "status": "error", "reasons": [_reason("check failed", f"{type(exc).__name__}: {exc}")],
+                      "stats": {"traceback": traceback.format_exc(limit=3)}}
+            ids = bars = None
+        conn.send((index, record, ids if want_ids else None, bars if want_ids else None))
+
+
+def _context():
+    # forkserver: workers fork from a clean server that has already imported the data modules,
+    # so they start fast and never inherit the threads of a running UI.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["engine.data.check", "engine.data.tokenizer", "symusic", "miditok"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class _Worker:
+    def __init__(self, ctx, policy: CheckPolicy, tokenizer_config: dict | None):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, asdict(policy), tokenizer_config), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.task: int | None = None
+        self.started = 0.0
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()
+        finally:
+            self.process.join(timeout=5)
+            self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=2)
+        self.conn.close()
+
+
+def run_inspections(
+    paths: list[Path],
+    policy: CheckPolicy,
+    *,
+    workers: int | None = None,
+    tokenizer_config: dict | None = None,
+    want_ids: bool = False,
+    on_result: Callable[[int, dict, Any, Any], None],
+) -> None:
+    """Inspect ``paths`` in ``workers`` processes, calling ``on_result(index, record, ids, bars)``
+    in this process as each file finishes (in completion order). A file over ``policy.timeout_s``
+    or one that kills its worker gets an error record, and the worker is replaced."""
+    if not paths:
+        return
+    workers = max(1, min(workers or default_workers(), len(paths)))
+    ctx = _context()
+    pool = [_Worker(ctx, policy, tokenizer_config) for _ in range(workers)]
+    pending = list(range(len(paths)))[::-1]
+    remaining = len(paths)
+    startup_deadline = time.monotonic() + max(60.0, policy.timeout_s)
+    try:
+        while remaining:
+            for w in pool:
+                if w.ready and w.task is None and pending:
+                    w.task = pending.pop()
+                    w.started = time.monotonic()
+                    w.conn.send((w.task, str(paths[w.task]), want_ids))
+            busy = [w for w in pool if w.task is not None]
+            next_deadline = min((w.started + policy.timeout_s for w in busy), default=time.monotonic() + 1.0)
+            ready = wait_connections([w.conn for w in pool], timeout=max(0.0, min(1.0, next_deadline - time.monotonic())))
+            for i, w in enumerate(pool):
+                if w.conn not in ready:
+                    continue
+                try:
+                    message = w.conn.recv()
+                except (EOFError, OSError):
+                    # the worker died (a parser crash): report its file, start a fresh worker
+                    if w.task is not None:
+                        on_result(w.task, _failure(paths[w.task], "parser crashed", f"the worker exited with code {w.process.exitcode}"), None, None)
+                        remaining -= 1
+                    elif not w.ready and time.monotonic() > startup_deadline:
+                        raise ScanError("the check workers could not start; run with --workers 1 and report the error above")
+                    w.kill()
+                    pool[i] = _Worker(ctx, policy, tokenizer_config)
+                    continue
+                if message[0] == "ready":
+                    w.ready = True
+                    continue
+                index, record, ids, bars = message
+                w.task = None
+                remaining -= 1
+                on_result(index, record, ids, bars)
+            now = time.monotonic()
+            for i, w in enumerate(pool):
+                if w.task is not None and now - w.started > policy.timeout_s:
+                    on_result(w.task, _failure(paths[w.task], "timed out", f"parsing took longer than {policy.timeout_s:g} s; the worker was stopped"), None, None)
+                    remaining -= 1
+                    w.task = None
+                    w.kill()
+                    pool[i] = _Worker(ctx, policy, tokenizer_config)
+    finally:
+        for w in pool:
+            w.stop()
+
+
+def _failure(path: Path, category: str, details: str) -> dict[str, Any]:
+    return {"path": str(path), "status": "error", "reasons": [_reason(category, details)], "stats": {}}
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+# ---- the scan ------------------------------------------------------------------------------------
+def mark_duplicates(records: list[dict[str, Any]]) -> None:
+    """Files with the same note data as an earlier file (by path order) get a duplicate warning."""
+    first: dict[str, str] = {}
+    for record in sorted(records, key=lambda r: r["path"]):
+        digest = record["stats"].get("note_hash")
+        if record["status"] == "error" or digest is None:
+            continue
+        if digest in first:
+            record["reasons"].append(_reason("duplicate", f"same notes as {first[digest]}"))
+            if record["status"] == "ok":
+                record["status"] = "warning"
+        else:
+            first[digest] = record["path"]
+
+
+def summarize(records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    counts = Counter(r["status"] for r in records)
+    categories = Counter()
+    for r in records:
+        categories.update({reason.split(":", 1)[0] for reason in r["reasons"]})
+    usable = [r for r in records if r["status"] != "error"]
+    return {
+        "files": len(records),
+        "status": {s: counts.get(s, 0) for s in STATUSES},
+        "hours": round(sum(r["stats"].get("duration_s", 0.0) for r in usable) / 3600.0, 4),
+        "notes": int(sum(r["stats"].get("notes", 0) for r in usable)),
+        "tokens": int(sum(r["stats"].get("tokens", 0) for r in usable)),
+        "reasons": [{"reason": reason, "files": n} for reason, n in sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))],
+        **extra,
+    }
+
+
+def scan(
+    folder: str | Path,
+    workers: int | None = None,
+    policy: CheckPolicy | dict | None = None,
+    on_progress: Callable[[int, int, dict], None] | None = None,
+    tokenizer_config: dict | None = None,
+    paths: Iterable[Path] | None = None,
+) -> ScanReport:
+    """Check every MIDI file under ``folder``; ``on_progress(done, total, record)`` after each file.
+
+    Raises ``ScanError`` only when the scan cannot run (missing folder); bad files end up in the
+    report. Tokens are counted with ``tokenizer_config`` (default tokenizer when None) unless the
+    policy turns ``tokenize`` off.
+    """
+    policy = policy if isinstance(policy, CheckPolicy) else CheckPolicy.from_dict(policy)
+    files = sorted(paths) if paths is not None else find_midi_files(folder)
+    if policy.tokenize and tokenizer_config is None:
+        from .tokenizer import PianoTokenizer  # noqa: PLC0415
+
+        tokenizer_config = PianoTokenizer.from_config({"piano_policy": policy.piano_policy}).to_config()
+    records: list[dict[str, Any] | None] = [None] * len(files)
+    done = 0
+    began = time.perf_counter()
+
+    def collect(index: int, record: dict, _ids, _bars) -> None:
+        nonlocal done
+        records[index] = record
+        done += 1
+        if on_progress is not None:
+            on_progress(done, len(files), record)
+
+    run_inspections(files, policy, workers=workers, tokenizer_config=tokenizer_config if policy.tokenize else None,
+                    on_result=collect)
+    final = [r for r in records if r is not None]
+    mark_duplicates(final)
+    summary = summarize(final, root=str(folder), piano_policy=policy.piano_policy,
+                        workers=max(1, min(workers or default_workers(), max(1, len(files)))),
+                        elapsed_s=round(time.perf_counter() - began, 3))
+    return ScanReport(final, summary)

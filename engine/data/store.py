@@ -1,0 +1,448 @@
+"""The token store: a prepared, memory-mapped dataset of tokenized pieces.
+
+A store is a folder:
+
+    tokens.npy      every piece's token ids back to back (no BOS/EOS), int16 or int32, read with mmap
+    bars.npy        bar starts of every piece (token offsets relative to the piece), back to back
+    index.json      {"format", "pieces": [{path, file_hash, note_hash, split, offset, length,
+                    bar_offset, bar_count, duration_s, notes}], "split": {...}, "totals": {...}}
+    tokenizer.json  the tokenizer config (``PianoTokenizer.to_config()``)
+    report.json     the check report of the last prepare (``ScanReport``)
+    config.json     the prepare config used
+
+``prepare`` is incremental: a file whose bytes hash to a piece already in the store (tokenized
+with the same tokenizer config) is not read again. The train/validation split is per piece and
+depends only on the piece's note content and the split seed, so it is stable across re-prepares
+and no window of a validation piece can reach training.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .check import CheckPolicy, ScanError, ScanReport, find_midi_files, mark_duplicates, run_inspections, summarize
+
+STORE_FORMAT = "pianomuse-store/1"
+SPLITS = ("train", "val")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened or written; the message is one sentence for the user."""
+
+
+@dataclass
+class PrepareConfig:
+    """What ``prepare`` does; loaded from data.toml (sections [tokenizer], [check], [split])."""
+
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    workers: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "PrepareConfig":
+        data = dict(data or {})
+        split = dict(data.pop("split", {}) or {})
+        out = cls(
+            tokenizer=dict(data.pop("tokenizer", {}) or {}),
+            check=dict(data.pop("check", {}) or {}),
+            val_fraction=float(split.pop("val_fraction", data.pop("val_fraction", 0.1))),
+            split_seed=int(split.pop("seed", data.pop("split_seed", 0))),
+            workers=data.pop("workers", None),
+        )
+        unknown = sorted(set(data) | set(split))
+        if unknown:
+            raise ValueError(f"unknown data setting(s) {', '.join(unknown)}; use [tokenizer], [check], [split] val_fraction/seed, workers")
+        if not 0.0 <= out.val_fraction < 1.0:
+            raise ValueError(f"split.val_fraction must be in [0, 1), not {out.val_fraction}")
+        CheckPolicy.from_dict(out.check)  # validate early, before any work
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PrepareConfig":
+        import tomllib  # noqa: PLC0415
+
+        path = Path(path)
+        try:
+            return cls.from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ValueError(f"the data config {path} does not exist; give a TOML file or leave --config out") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"the data config {path} is not valid TOML ({exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer, "check": self.check,
+                "split": {"val_fraction": self.val_fraction, "seed": self.split_seed}, "workers": self.workers}
+
+
+@dataclass(frozen=True)
+class Piece:
+    index: int
+    path: str
+    split: str
+    offset: int
+    length: int
+    bar_offset: int
+    bar_count: int
+    file_hash: str
+    note_hash: str
+    duration_s: float
+    notes: int
+
+
+@dataclass
+class PrepareSummary:
+    store: Path
+    pieces: int
+    tokens: int
+    reused: int
+    tokenized: int
+    skipped: int
+    split: dict[str, int]
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["store"] = str(self.store)
+        return out
+
+
+# ---- locking: prepare writes under an exclusive lock, open reads under a shared one ---------------
+@contextmanager
+def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def split_of(note_hash: str, val_fraction: float, seed: int) -> str:
+    """'val' for a stable ``val_fraction`` of pieces, chosen by note content (not path or order)."""
+    return "val" if _split_draw(note_hash, seed) < val_fraction else "train"
+
+
+def _split_draw(note_hash: str, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{note_hash}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- prepare ------------------------------------------------------------------------------------
+def prepare(
+    folder: str | Path,
+    out: str | Path,
+    config: PrepareConfig | dict | None = None,
+    on_progress: Callable[[int, int, dict], None] | None = None,
+) -> PrepareSummary:
+    """Check and tokenize the MIDI files under ``folder`` into the store ``out`` (incremental).
+
+    ``on_progress(done, total, record)`` runs after each file (reused files count as done at once).
+    Raises ``ScanError`` when the folder is missing, ``StoreError`` when ``out`` cannot be a store.
+    """
+    from .tokenizer import PianoTokenizer  # noqa: PLC0415
+
+    began = time.perf_counter()
+    config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
+    policy = CheckPolicy.from_dict(config.check)
+    tokenizer_settings = {"piano_policy": policy.piano_policy, **config.tokenizer}
+    tokenizer = PianoTokenizer.from_config(tokenizer_settings)
+    tokenizer_config = tokenizer.to_config()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out} is a file; give a folder for the token store")
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").exists() and not (out / ".lock").exists():
+        raise StoreError(f"{out} is a non-empty folder that is not a token store; give an empty or new folder")
+    files = find_midi_files(folder)
+
+    with _locked(out, exclusive=True):
+        old = _load_previous(out, tokenizer_config)
+        hashes = {}
+        for path in files:
+            try:
+                hashes[path] = _file_hash(path)
+            except OSError:
+                hashes[path] = None  # the worker reports it as unreadable
+        records: dict[Path, dict] = {}
+        fresh_tokens: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+        todo = []
+        done = 0
+        for path in files:
+            reused = old.get(hashes[path]) if hashes[path] else None
+            if reused is not None:
+                record = dict(reused["record"], path=str(path))
+                record["reasons"] = [r for r in record["reasons"] if not r.startswith("duplicate")]
+                if record["status"] == "warning" and not record["reasons"]:
+                    record["status"] = "ok"
+                records[path] = record
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, len(files), record)
+            else:
+                todo.append(path)
+
+        def collect(index: int, record: dict, ids, bars) -> None:
+            nonlocal done
+            path = todo[index]
+            records[path] = record
+            if ids is not None and record["status"] != "error":
+                fresh_tokens[path] = (ids, bars)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(files), record)
+
+        run_inspections(todo, policy, workers=config.workers, tokenizer_config=tokenizer_config, want_ids=True, on_result=collect)
+
+        ordered = [records[p] for p in files]
+        mark_duplicates(ordered)
+        chunks, bar_chunks, pieces = [], [], []
+        offset = bar_offset = 0
+        for path, record in zip(files, ordered):
+            if record["status"] == "error" or any(r.startswith("duplicate") for r in record["reasons"]):
+                continue
+            if path in fresh_tokens:
+                ids, bars = fresh_tokens[path]
+            else:
+                ids, bars = old.tokens(hashes[path])
+            stats = record["stats"]
+            pieces.append({
+                "path": str(path), "file_hash": stats["file_hash"], "note_hash": stats["note_hash"],
+                "split": split_of(stats["note_hash"], config.val_fraction, config.split_seed),
+                "offset": offset, "length": int(len(ids)), "bar_offset": bar_offset, "bar_count": int(len(bars)),
+                "duration_s": stats.get("duration_s", 0.0), "notes": stats.get("notes", 0),
+            })
+            chunks.append(np.asarray(ids))
+            bar_chunks.append(np.asarray(bars, dtype=np.int64))
+            offset += len(ids)
+            bar_offset += len(bars)
+        _ensure_validation_piece(pieces, config)
+        dtype = np.int16 if tokenizer.vocab_size < 2**15 else np.int32
+        tokens = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
+        bars_flat = np.concatenate(bar_chunks) if bar_chunks else np.zeros(0, np.int64)
+        old.close()
+
+        report = ScanReport(ordered, summarize(ordered, root=str(folder), piano_policy=policy.piano_policy))
+        split_counts = {s: sum(1 for p in pieces if p["split"] == s) for s in SPLITS}
+        split_tokens = {s: int(sum(p["length"] for p in pieces if p["split"] == s)) for s in SPLITS}
+        index = {
+            "format": STORE_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": str(Path(folder).resolve()),
+            "split": {"val_fraction": config.val_fraction, "seed": config.split_seed, "pieces": split_counts, "tokens": split_tokens},
+            "totals": {"pieces": len(pieces), "tokens": int(len(tokens)), "bars": int(len(bars_flat)),
+                       "hours": round(sum(p["duration_s"] for p in pieces) / 3600.0, 4)},
+            "pieces": pieces,
+        }
+        _save_npy_atomic(out / "tokens.npy", tokens)
+        _save_npy_atomic(out / "bars.npy", bars_flat)
+        _write_atomic(out / "tokenizer.json", json.dumps(tokenizer_config, indent=1))
+        _write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1))
+        _write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1))
+        _write_atomic(out / "index.json", json.dumps(index, indent=1))  # last: the commit point
+
+    return PrepareSummary(
+        store=out, pieces=len(pieces), tokens=int(len(tokens)), reused=len(files) - len(todo), tokenized=len(fresh_tokens),
+        skipped=len(files) - len(pieces), split=split_counts, elapsed_s=round(time.perf_counter() - began, 3),
+    )
+
+
+def _ensure_validation_piece(pieces: list[dict], config: PrepareConfig) -> None:
+    """A small corpus may draw no validation piece; then the piece with the lowest draw goes there,
+    which is as deterministic as the draw itself."""
+    if config.val_fraction <= 0 or len(pieces) < 2 or any(p["split"] == "val" for p in pieces):
+        return
+    lowest = min(pieces, key=lambda p: _split_draw(p["note_hash"], config.split_seed))
+    lowest["split"] = "val"
+
+
+class _Previous:
+    """What an existing store can give back to an incremental prepare, keyed by file hash."""
+
+    def __init__(self, store: "TokenStore | None", records: dict[str, dict]):
+        self._store = store
+        self._records = records
+        self._by_hash = {p.file_hash: p for p in (store.pieces() if store else [])}
+
+    def get(self, file_hash: str) -> dict | None:
+        record = self._records.get(file_hash)
+        if record is None:
+            return None
+        if record["status"] != "error" and file_hash not in self._by_hash:
+            return None  # was a duplicate last time; inspect again (its twin may be gone)
+        return {"record": record}
+
+    def tokens(self, file_hash: str) -> tuple[np.ndarray, np.ndarray]:
+        piece = self._by_hash[file_hash]
+        return np.array(self._store.tokens(piece)), np.array(self._store.bars(piece))
+
+    def close(self) -> None:
+        self._store = None
+
+
+def _load_previous(out: Path, tokenizer_config: dict) -> _Previous:
+    if not (out / "index.json").exists():
+        return _Previous(None, {})
+    try:
+        store = TokenStore(out)
+        if store.tokenizer_config != tokenizer_config:
+            return _Previous(None, {})  # another vocabulary: every file is tokenized again
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (StoreError, OSError, ValueError, KeyError):
+        return _Previous(None, {})
+    records = {r["stats"]["file_hash"]: r for r in report["files"] if r.get("stats", {}).get("file_hash")}
+    return _Previous(store, records)
+
+
+# ---- reading ------------------------------------------------------------------------------------
+class TokenStore:
+    """A prepared store, read-only; token arrays are memory-mapped (cheap to open in every worker)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        index_path = self.path / "index.json"
+        if not index_path.exists():
+            raise StoreError(f"{self.path} is not a token store (no index.json); run `pianomuse-tui --headless prepare` first")
+        try:
+            self.index = json.loads(index_path.read_text(encoding="utf-8"))
+            self.tokenizer_config = json.loads((self.path / "tokenizer.json").read_text(encoding="utf-8"))
+            self._tokens = np.load(self.path / "tokens.npy", mmap_mode="r")
+            self._bars = np.load(self.path / "bars.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"the token store {self.path} is damaged ({exc}); prepare it again") from None
+        if self.index.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path} holds a store of format {self.index.get('format')!r}, not {STORE_FORMAT}; prepare it again")
+        if len(self._tokens) != self.index["totals"]["tokens"]:
+            raise StoreError(f"the token store {self.path} is incomplete; prepare it again")
+        self._pieces = [Piece(index=i, **{k: p[k] for k in Piece.__dataclass_fields__ if k != "index"})
+                        for i, p in enumerate(self.index["pieces"])]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TokenStore":
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(f"the token store {path} does not exist; run `pianomuse-tui --headless prepare DIR --out {path}` first")
+        with _locked(path, exclusive=False):
+            return cls(path)
+
+    @cached_property
+    def tokenizer(self):
+        from .tokenizer import PianoTokenizer  # noqa: PLC0415
+
+        return PianoTokenizer.from_config(self.tokenizer_config)
+
+    @cached_property
+    def report(self) -> ScanReport:
+        return ScanReport.read(self.path / "report.json")
+
+    def pieces(self, split: str | None = None) -> list[Piece]:
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+        return [p for p in self._pieces if split is None or p.split == split]
+
+    def piece(self, index: int) -> Piece:
+        return self._pieces[index]
+
+    def tokens(self, piece: Piece | int) -> np.ndarray:
+        """The piece's token ids (a read-only memory-mapped view; no BOS/EOS)."""
+        piece = self._pieces[piece] if isinstance(piece, int) else piece
+        return self._tokens[piece.offset: piece.offset + piece.length]
+
+    def bars(self, piece: Piece | int) -> np.ndarray:
+        """Bar starts of the piece, as token offsets within ``tokens(piece)``."""
+        piece = self._pieces[piece] if isinstance(piece, int) else piece
+        return self._bars[piece.bar_offset: piece.bar_offset + piece.bar_count]
+
+    def num_tokens(self, split: str | None = None) -> int:
+        return int(sum(p.length for p in self.pieces(split)))
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def __repr__(self) -> str:
+        t = self.index["totals"]
+        return f"TokenStore({self.path}, pieces={t['pieces']}, tokens={t['tokens']})"
+
+
+# ---- the bundled corpus, prepared once ------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where PianoMuse keeps prepared data: $PIANOMUSE_CACHE, else .cache/pianomuse in the checkout."""
+    from engine.paths import REPO_ROOT  # noqa: PLC0415
+
+    env = os.environ.get("PIANOMUSE_CACHE")
+    return Path(env) if env else REPO_ROOT / ".cache" / "pianomuse"
+
+
+def default_store_path(folder: str | Path, config: PrepareConfig | dict | None = None) -> Path:
+    """Where a store of ``folder`` prepared with ``config`` goes when no --out is given."""
+    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+    config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
+    settings = {k: v for k, v in config.to_dict().items() if k != "workers"}
+    folder = Path(folder).resolve()
+    settings["source"] = str(folder)
+    tag = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4).hexdigest()
+    stem = "demo" if folder == CORPUS_DIR.resolve() else (folder.name or "corpus")
+    return cache_dir() / "stores" / f"{stem}-{config.tokenizer.get('tokenization', 'REMI')}-{tag}"
+
+
+def default_store(config: PrepareConfig | dict | None = None, on_progress: Callable[[int, int, dict], None] | None = None) -> Path:
+    """Path of the bundled demo corpus prepared with ``config``; prepares (incrementally) if needed.
+
+    Stores for different tokenizer/check/split settings live side by side, named by a hash of
+    the settings, so switching settings never re-tokenizes a store another run uses.
+    """
+    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+    config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
+    out = default_store_path(CORPUS_DIR, config)
+    if not _is_current(out):
+        prepare(CORPUS_DIR, out, config, on_progress=on_progress)
+    return out
+
+
+def _is_current(out: Path) -> bool:
+    """True when ``out`` was prepared from the bundled corpus as it is now (same files, same bytes)."""
+    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+    try:
+        store = TokenStore.open(out)
+        report = store.report
+    except (StoreError, OSError, ValueError, KeyError):
+        return False
+    known = {r["path"]: r["stats"].get("file_hash") for r in report.files}
+    try:
+        files = find_midi_files(CORPUS_DIR)
+    except ScanError:
+        return False
+    if set(known) != {str(p) for p in files}:
+        return False
+    # sizes and mtimes would be faster, but a checkout resets mtimes; the corpus is small
+    return all(known[str(p)] == _file_hash(p) for p in files)

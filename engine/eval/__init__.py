@@ -1,0 +1,40 @@
+"""Evaluation: likelihood per token/note/second, musical metrics of generated continuations
+against real ones, validity and memorisation checks, and the same metrics for one MIDI file.
+
+- ``metrics``: note-list features and distribution comparisons (pure numpy);
+- ``likelihood``: nats/bits per token, bits per note and per second;
+- ``continuations``: prompts cut from validation pieces and the model's continuations;
+- ``validity``: invalid-token and stuck-note counts;
+- ``overlap``: longest n-gram of notes copied from the training data;
+- ``report``: ``evaluate``, ``write_report``, ``audition_metrics``; ``plot``: the PNG;
+- ``sources``: checkpoint and data resolution for the ``eval`` command.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["default_checkpoint", "audition_metrics", "evaluate", "EvalOptions"]
+
+
+def default_checkpoint() -> Path | None:
+    """The bundled model (``assets/models/*.pth`` with its sidecar ``.json``), or None if there is none.
+
+    With several bundled checkpoints the first by name wins, so the choice is stable.
+    """
+    from engine.paths import MODELS_DIR  # noqa: PLC0415
+
+    if not MODELS_DIR.is_dir():
+        return None
+    for pth in sorted(MODELS_DIR.glob("*.pth")):
+        if pth.with_suffix(".json").is_file():
+            return pth
+    return None
+
+
+def __getattr__(name: str):
+    # the heavy parts (torch, symusic) load only when asked for
+    if name in ("audition_metrics", "evaluate", "EvalOptions"):
+        from . import report  # noqa: PLC0415
+
+        return getattr(report, name)
+    raise AttributeError(f"module 'engine.eval' has no attribute {name!r}")

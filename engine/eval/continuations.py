@@ -1,0 +1,221 @@
+"""Prompts cut from validation pieces, the model's continuations of them, and the real ones.
+
+A prompt is ``prompt_bars`` bars of a validation piece; the real continuation is the next
+``bars`` bars; the model continues the prompt until it starts bar ``bars + 1`` (or ends the
+piece, or runs out of tokens). Both continuations are decoded together with their prompt (so
+tempo and time signature carry over) and only the notes that the continuation added are kept.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .metrics import Performance
+
+# Without Bar tokens (time-shift tokenizations whose store keeps no bar starts) a "bar" is this
+# many tokens: about one bar of four-note chords on a quarter-note grid.
+TOKENS_PER_BAR_FALLBACK = 48
+
+
+@dataclass
+class PromptWindow:
+    piece: str
+    prompt: list[int]
+    real: list[int]  # the real continuation's tokens
+    start_bar: int
+
+
+@dataclass
+class Continuation:
+    window: PromptWindow
+    generated: list[int]
+    real_perf: Performance | None
+    generated_perf: Performance | None  # None when the tokens did not decode
+    extras: dict = field(default_factory=dict)
+
+
+def bar_starts(tokens: Sequence[int], tokenizer) -> list[int]:
+    """Indices of the Bar tokens (empty when the vocabulary has none)."""
+    bar_ids = set(tokenizer.kind_ids("Bar"))
+    return [i for i, t in enumerate(tokens) if int(t) in bar_ids]
+
+
+def windows_of_piece(name: str, tokens: Sequence[int], starts: Sequence[int], prompt_bars: int, bars: int) -> list[PromptWindow]:
+    """Non-overlapping (prompt, real continuation) windows of one piece, earliest first.
+
+    ``starts`` are the token indices where bars begin. A window needs its whole prompt and at
+    least one bar of real continuation; the last one may have fewer than ``bars``.
+    """
+    tokens = [int(t) for t in tokens]
+    bounds = list(starts) + [len(tokens)]
+    out = []
+    bar = 0
+    while bar + prompt_bars < len(bounds) - 1:
+        # a prompt from the piece start keeps what precedes the first bar (BOS, tempo, ...)
+        begin = 0 if bar == 0 else bounds[bar]
+        cut = bounds[bar + prompt_bars]
+        end = bounds[min(bar + prompt_bars + bars, len(bounds) - 1)]
+        if end > cut:
+            out.append(PromptWindow(name, tokens[begin:cut], tokens[cut:end], bar))
+        bar += prompt_bars + bars
+    return out
+
+
+def choose_windows(pieces: Sequence[tuple[str, Sequence[int], Sequence[int] | None]], n: int,
+                   prompt_bars: int, bars: int, seed: int) -> list[PromptWindow]:
+    """``n`` windows spread over the pieces: round-robin over pieces in a seeded order.
+
+    ``pieces`` holds ``(name, tokens, bar_starts)``; ``bar_starts`` None means no bar structure is
+    known and the fixed token count ``TOKENS_PER_BAR_FALLBACK`` stands in for a bar.
+    """
+    per_piece = []
+    for name, tokens, starts in pieces:
+        if starts is None or len(starts) == 0:
+            starts = list(range(0, len(tokens), TOKENS_PER_BAR_FALLBACK))
+        found = windows_of_piece(name, tokens, starts, prompt_bars, bars)
+        if found:
+            per_piece.append(found)
+    order = np.random.default_rng(seed).permutation(len(per_piece))
+    chosen: list[PromptWindow] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(w) for w in per_piece):
+        for i in order:
+            if depth < len(per_piece[i]) and len(chosen) < n:
+                chosen.append(per_piece[i][depth])
+        depth += 1
+    return chosen
+
+
+def _note_keys(perf: Performance) -> list[tuple]:
+    # millisecond keys: decoding the same ticks twice gives the same floats, so this only
+    # guards against printing noise
+    return list(zip(np.round(perf.onset * 1000).astype(int), perf.pitch, np.round(perf.duration * 1000).astype(int), perf.velocity))
+
+
+def added_notes(prompt: Performance, whole: Performance) -> Performance:
+    """The notes (and pedal presses) of ``whole`` that ``prompt`` does not already have."""
+    left = Counter(_note_keys(prompt))
+    keep = np.zeros(whole.n_notes, dtype=bool)
+    for i, key in enumerate(_note_keys(whole)):
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            keep[i] = True
+    prompt_pedals = Counter(np.round(prompt.pedal_time * 1000).astype(int).tolist())
+    ped_keep = np.zeros(len(whole.pedal_time), dtype=bool)
+    for i, t in enumerate(np.round(whole.pedal_time * 1000).astype(int).tolist()):
+        if prompt_pedals[t] > 0:
+            prompt_pedals[t] -= 1
+        else:
+            ped_keep[i] = True
+    return Performance(whole.onset[keep], whole.duration[keep], whole.pitch[keep], whole.velocity[keep],
+                       whole.pedal_time[ped_keep], whole.pedal_duration[ped_keep])
+
+
+def decode_continuation(tokenizer, prompt: Sequence[int], continuation: Sequence[int]) -> Performance | None:
+    """The notes ``continuation`` adds after ``prompt``; None when the tokens do not decode."""
+    try:
+        before = Performance.from_score(tokenizer.decode(list(prompt)))
+        whole = Performance.from_score(tokenizer.decode(list(prompt) + list(continuation)))
+    except Exception:  # noqa: BLE001  (MidiTok raises many kinds on malformed sequences)
+        return None
+    return added_notes(before, whole)
+
+
+@dataclass
+class SamplingOptions:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    grammar: bool = True  # mask tokens whose kind may not follow the previous token's kind
+    seed: int = 0
+
+
+def _sample_rows(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of fp32 ``logits`` [B, V] (banned ids at -inf): temperature, then nucleus."""
+    probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True, dim=-1)
+        outside = torch.cumsum(sorted_p, dim=-1) - sorted_p >= top_p  # the top token always stays
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        return order.gather(1, torch.multinomial(sorted_p, 1, generator=generator)).squeeze(1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate_continuations(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    bars: int,
+    max_new_tokens: Sequence[int],
+    options: SamplingOptions,
+    on_token: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """Continue every prompt (batched RNN steps) until it opens bar ``bars + 1``, ends, or hits its cap.
+
+    The Bar token that would open bar ``bars + 1`` is not kept. Without Bar tokens in the
+    vocabulary only EOS and the cap stop a row.
+    """
+    device = next(model.parameters()).device
+    n = len(prompts)
+    if n == 0:
+        return []
+    generator = torch.Generator().manual_seed(options.seed)
+    vocab = tokenizer.vocab_size  # a model's vocabulary may be padded past the tokenizer's: never draw those ids
+    # prompts differ in length: prefill each, then step all rows together
+    states, last_logits, last_tokens = [], [], []
+    for prompt in prompts:
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+        logits, state = model(ids, return_state=True)
+        states.append(state)
+        last_logits.append(logits[0, -1, :vocab].float().cpu())
+        last_tokens.append(int(prompt[-1]))
+    from engine.model import RWKVState  # noqa: PLC0415
+
+    state = RWKVState.cat(states)
+    logits = torch.stack(last_logits)
+    banned = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+    banned[[tokenizer.pad_id, tokenizer.bos_id]] = True
+    allowed = torch.as_tensor(tokenizer.grammar_matrix) if options.grammar else None
+    kind_of = torch.as_tensor(tokenizer.kind_of_id.astype(np.int64))
+    bar_ids = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+    bar_ids[tokenizer.kind_ids("Bar")] = True
+
+    out: list[list[int]] = [[] for _ in range(n)]
+    bars_opened = [0] * n
+    active = list(range(n))
+    caps = [int(c) for c in max_new_tokens]
+    prev = torch.tensor(last_tokens)
+    while active:
+        rows = torch.tensor(active)
+        scores = logits[rows].clone()
+        scores[:, banned] = float("-inf")
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed[kind_of[prev[rows]]], float("-inf"))
+        # a row with nothing left to draw ends the piece instead of sampling from NaNs
+        scores[torch.isinf(scores).all(dim=1), tokenizer.eos_id] = 0.0
+        picked = _sample_rows(scores, options.temperature, options.top_p, generator)
+        still = []
+        for row, token in zip(active, picked.tolist()):
+            if bar_ids[token]:
+                bars_opened[row] += 1
+                if bars_opened[row] > bars:
+                    continue
+            out[row].append(token)
+            prev[row] = token
+            if token != tokenizer.eos_id and len(out[row]) < caps[row]:
+                still.append(row)
+        if on_token is not None:
+            on_token(sum(len(o) for o in out))
+        if not still:
+            break
+        keep = torch.tensor([active.index(r) for r in still])
+        state = state.select(keep)
+        step_logits, state = model.step(torch.tensor([out[r][-1] for r in still], device=device), state)
+        logits[torch.tensor(still)] = step_logits[:, :vocab].float().cpu()
+        active = still
+    return out

@@ -1,0 +1,340 @@
+"""The evaluation report: likelihood, continuations against the real ones, validity, memorisation.
+
+``evaluate(model, data, options)`` runs everything on tokens already in memory and returns one
+JSON-able dict (``REPORT_FORMAT``); ``write_report`` writes it (NaN becomes null) with the PNG of
+the distributions beside it. ``audition_metrics`` gives one MIDI file the same musical metrics
+against a corpus profile.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import metrics as m
+from .continuations import (
+    SamplingOptions,
+    choose_windows,
+    decode_continuation,
+    generate_continuations,
+)
+from .likelihood import evaluate_likelihood
+from .overlap import NgramIndex, note_symbols
+from .validity import check_continuation
+
+REPORT_FORMAT = "pianomuse-eval/1"
+# A generated continuation may run to this many times the real one's tokens (plus a margin)
+# before it is cut: a model that never closes its bars must not stall the evaluation.
+MAX_NEW_TOKENS_FACTOR = 3.0
+MAX_NEW_TOKENS_MARGIN = 64
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class EvalOptions:
+    samples: int = 16
+    prompt_bars: int = 4
+    bars: int = 8
+    seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 0.95
+    grammar: bool = True
+    # likelihood reads whole validation pieces until this many target tokens (None: all)
+    max_likelihood_tokens: int | None = 200_000
+    # training pieces scanned for copied n-grams (None: all)
+    max_training_pieces: int | None = None
+    overlap_with_ioi: bool = True
+
+
+@dataclass
+class EvalData:
+    """What ``evaluate`` reads: a tokenizer, validation pieces with their bar starts, training pieces."""
+
+    tokenizer: object
+    validation: list[tuple[str, list[int], list[int] | None]]  # (name, tokens, bar starts or None)
+    training: list[tuple[str, list[int]]]
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _decode_perf(tokenizer, tokens: Sequence[int]) -> m.Performance | None:
+    try:
+        return m.Performance.from_score(tokenizer.decode(list(tokens)))
+    except Exception:  # noqa: BLE001  (a stored piece that does not decode is skipped, not fatal)
+        return None
+
+
+def _overlap_summary(runs) -> dict:
+    lengths = [r.notes for r in runs]
+    if not lengths:
+        return {"longest_copied_notes": math.nan, "mean_copied_notes": math.nan, "source": None}
+    best = max(range(len(runs)), key=lambda i: lengths[i])
+    return {
+        "longest_copied_notes": int(lengths[best]),
+        "mean_copied_notes": float(np.mean(lengths)),
+        "source": runs[best].source,
+    }
+
+
+def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progress: Progress | None = None) -> dict:
+    """Run the whole evaluation and return the report dict (see docs/eval.md for every field)."""
+    options = options or EvalOptions()
+    tok = data.tokenizer
+    progress = on_progress or (lambda stage, done, total: None)
+    started = time.perf_counter()
+    if not data.validation:
+        raise ValueError("the data has no validation pieces to evaluate on; prepare a store with a validation split.")
+
+    # 1. likelihood over whole validation pieces
+    val_tokens = [tokens for _, tokens, _ in data.validation]
+    progress("likelihood", 0, len(val_tokens))
+    likelihood = evaluate_likelihood(
+        model, tok, val_tokens, max_tokens=options.max_likelihood_tokens,
+        on_piece=lambda done: progress("likelihood", done, len(val_tokens)),
+    )
+
+    # 2. continuations of validation prompts, generated and real
+    windows = choose_windows(data.validation, options.samples, options.prompt_bars, options.bars, options.seed)
+    caps = [int(MAX_NEW_TOKENS_FACTOR * len(w.real)) + MAX_NEW_TOKENS_MARGIN for w in windows]
+    total_cap = sum(caps)
+    progress("generate", 0, total_cap)
+    sampling = SamplingOptions(options.temperature, options.top_p, options.grammar, options.seed)
+    generated = generate_continuations(
+        model, tok, [w.prompt for w in windows], options.bars, caps, sampling,
+        on_token=lambda done: progress("generate", done, total_cap),
+    )
+    progress("generate", total_cap, total_cap)
+
+    real_perfs, gen_perfs, validity, samples = [], [], [], []
+    for w, gen in zip(windows, generated):
+        real = decode_continuation(tok, w.prompt, w.real)
+        made = decode_continuation(tok, w.prompt, gen)
+        check = check_continuation(gen, tok, made, previous=w.prompt[-1] if w.prompt else None)
+        validity.append(check)
+        if real is not None:
+            real_perfs.append(real)
+        if made is not None:
+            gen_perfs.append(made)
+        samples.append({
+            "piece": w.piece,
+            "start_bar": w.start_bar,
+            "prompt_tokens": len(w.prompt),
+            "real_tokens": len(w.real),
+            "generated_tokens": len(gen),
+            "decoded": made is not None,
+            "invalid_tokens": check.invalid_tokens,
+            "stuck_notes": check.stuck_notes,
+            "real": m.performance_features(real) if real is not None else None,
+            "generated": m.performance_features(made) if made is not None else None,
+        })
+    comparison = m.compare_sets(real_perfs, gen_perfs)
+
+    n_tokens = sum(v.tokens for v in validity)
+    n_started = sum(v.notes_started for v in validity)
+    validity_report = {
+        "tokens": n_tokens,
+        "invalid_tokens": sum(v.invalid_tokens for v in validity),
+        "invalid_token_rate": sum(v.invalid_tokens for v in validity) / n_tokens if n_tokens else math.nan,
+        "decode_failures": sum(not v.decoded for v in validity),
+        "notes_started": n_started,
+        "notes_unreleased": sum(v.notes_unreleased for v in validity),
+        "notes_too_long": sum(v.notes_too_long for v in validity),
+        "stuck_notes": sum(v.stuck_notes for v in validity),
+        "stuck_note_rate": sum(v.stuck_notes for v in validity) / n_started if n_started else math.nan,
+        "stuck_note_limit_s": m.STUCK_NOTE_S,
+        "grammar_constrained": options.grammar,
+    }
+
+    # 3. memorisation: longest run of notes copied from a training piece
+    training = data.training if options.max_training_pieces is None else data.training[: options.max_training_pieces]
+    progress("overlap", 0, len(training))
+    train_perfs, train_names = [], []
+    for i, (name, tokens) in enumerate(training):
+        perf = _decode_perf(tok, tokens)
+        if perf is not None:
+            train_perfs.append(perf)
+            train_names.append(name)
+        if i % 16 == 15:
+            progress("overlap", i + 1, len(training))
+    index = NgramIndex.from_performances(train_perfs, train_names, with_ioi=options.overlap_with_ioi)
+    gen_runs = [index.longest_copied(note_symbols(p, options.overlap_with_ioi)) for p in gen_perfs]
+    real_runs = [index.longest_copied(note_symbols(p, options.overlap_with_ioi)) for p in real_perfs]
+    for sample, run in zip([s for s in samples if s["decoded"]], gen_runs):
+        sample["copied_notes"] = run.notes
+        sample["copied_from"] = run.source
+    progress("overlap", len(training), len(training))
+    overlap = {
+        "symbols": "pitch+ioi" if options.overlap_with_ioi else "pitch",
+        "training_pieces": len(train_perfs),
+        "training_notes": len(index),
+        "generated": _overlap_summary(gen_runs),
+        # the same check on the real continuations: what "not copied" looks like in this corpus
+        "real": _overlap_summary(real_runs),
+    }
+
+    return {
+        "format": REPORT_FORMAT,
+        "data": data.description,
+        "options": asdict(options),
+        "likelihood": likelihood.to_dict(),
+        "continuations": {
+            "samples": len(windows),
+            "generated_decoded": len(gen_perfs),
+            "real_decoded": len(real_perfs),
+            **comparison,
+        },
+        "validity": validity_report,
+        "training_overlap": overlap,
+        "samples": samples,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# --- files -------------------------------------------------------------------------------------
+
+def _json_safe(value):
+    """NaN and infinities become None (JSON has no NaN); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def plot_path_for(json_path: str | Path) -> Path:
+    """Where the distribution plot of a JSON report goes: beside it, ``NAME.png``."""
+    return Path(json_path).with_suffix(".png")
+
+
+def write_report(report: dict, json_path: str | Path, plot: bool = True) -> tuple[Path, Path | None]:
+    """Write the JSON report (atomically) and, with ``plot``, the PNG beside it. Returns both paths."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    png = None
+    if plot:
+        from .plot import plot_report  # noqa: PLC0415  (matplotlib loads only when a plot is wanted)
+
+        png = plot_report(report, plot_path_for(json_path))
+        report = {**report, "plot": str(png)}
+    tmp = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, json_path)
+    return json_path, png
+
+
+# --- one sample against a corpus (trainer auditions, the TUI) -----------------------------------
+
+@dataclass
+class CorpusProfile:
+    """What a corpus looks like: pooled histograms, each piece's scalar features, an n-gram index."""
+
+    histograms: dict[str, np.ndarray]
+    features: dict[str, list[float]]
+    index: NgramIndex
+    pieces: int
+    description: str = ""
+
+    @classmethod
+    def from_performances(cls, perfs: Sequence[m.Performance], names: Sequence[str] | None = None,
+                          description: str = "") -> "CorpusProfile":
+        rows = [m.performance_features(p) for p in perfs]
+        return cls(
+            histograms=m.set_histograms(perfs),
+            features={name: [row[name] for row in rows] for name in m.SCALAR_FEATURES},
+            index=NgramIndex.from_performances(perfs, names),
+            pieces=len(perfs),
+            description=description,
+        )
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "CorpusProfile":
+        """Every readable MIDI file under ``folder`` (recursively), read with symusic."""
+        folder = Path(folder)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+        perfs, names = [], []
+        for path in files:
+            try:
+                perf = m.Performance.from_midi(path)
+            except Exception:  # noqa: BLE001  (a broken file is left out of the profile)
+                continue
+            if perf.n_notes:
+                perfs.append(perf)
+                names.append(str(path.relative_to(folder)))
+        return cls.from_performances(perfs, names, description=str(folder))
+
+
+def _folder_fingerprint(folder: Path) -> tuple:
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi")]
+    return (len(files), max((p.stat().st_mtime_ns for p in files), default=0))
+
+
+@lru_cache(maxsize=4)
+def _cached_profile(folder: str, fingerprint: tuple) -> CorpusProfile:
+    return CorpusProfile.from_folder(folder)
+
+
+def corpus_profile(folder: str | Path | None = None) -> CorpusProfile:
+    """The profile of a MIDI folder (default: the bundled corpus), cached while the folder is unchanged."""
+    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+    folder = Path(folder) if folder is not None else CORPUS_DIR
+    return _cached_profile(str(folder.resolve()), _folder_fingerprint(folder))
+
+
+def audition_metrics(midi_path: str | Path, reference: CorpusProfile | str | Path | None = None) -> dict:
+    """The evaluation's musical metrics for one MIDI file, against a corpus.
+
+    ``reference`` is a ``CorpusProfile``, a MIDI folder, or None for the bundled corpus. Returns
+    ``{"path", "features": {...}, "vs_corpus": {feature: {"value", "corpus_mean", "corpus_std",
+    "percentile"}}, "histograms": {name: {"oa", "kl_nats"}}, "training_overlap": {"longest_copied_notes",
+    "source"}, "corpus": description}``; NaN where a value is undefined (e.g. an empty file).
+    """
+    if not isinstance(reference, CorpusProfile):
+        reference = corpus_profile(reference)
+    perf = m.Performance.from_midi(midi_path)
+    features = m.performance_features(perf)
+    vs_corpus = {}
+    for name in m.SCALAR_FEATURES:
+        corpus = np.asarray([v for v in reference.features[name] if np.isfinite(v)], dtype=np.float64)
+        value = features[name]
+        vs_corpus[name] = {
+            "value": value,
+            "corpus_mean": float(corpus.mean()) if len(corpus) else math.nan,
+            "corpus_std": float(corpus.std()) if len(corpus) else math.nan,
+            # share of corpus pieces below this value (ties count half): 0.5 is a typical piece
+            "percentile": float(((corpus < value).sum() + 0.5 * (corpus == value).sum()) / len(corpus))
+            if len(corpus) and np.isfinite(value) else math.nan,
+        }
+    sample_h = m.set_histograms([perf])
+    histograms = {
+        name: {
+            "oa": m.overlapping_area(reference.histograms[name], sample_h[name]),
+            "kl_nats": m.kl_divergence(reference.histograms[name], sample_h[name]),
+        }
+        for name in m.HISTOGRAMS
+    }
+    run = reference.index.longest_copied(note_symbols(perf))
+    return {
+        "path": str(midi_path),
+        "features": features,
+        "vs_corpus": vs_corpus,
+        "histograms": histograms,
+        "training_overlap": {"longest_copied_notes": run.notes, "source": run.source},
+        "corpus": reference.description,
+    }

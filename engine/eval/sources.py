@@ -1,0 +1,129 @@
+"""What the ``eval`` command evaluates: a checkpoint and a data set, resolved with clear errors.
+
+The checkpoint defaults to the bundled model; the data to the bundled corpus. Data is always
+read with the checkpoint's own tokenizer: a token store must have been prepared with it, and a
+MIDI folder is prepared with it (into the cache, incrementally).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from . import default_checkpoint
+from .report import EvalData
+
+
+class EvalError(RuntimeError):
+    """Something the user can fix; the message is one sentence saying what to do."""
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """The checkpoint ``.pth`` for ``--checkpoint`` (a file, a checkpoint folder or a run folder)."""
+    if path is None:
+        found = default_checkpoint()
+        if found is None:
+            raise EvalError("there is no bundled model in assets/models/ and no --checkpoint was given; "
+                            "pass --checkpoint PATH (a .pth file, a checkpoint folder or a run folder).")
+        return found
+    path = Path(path)
+    if path.is_dir():
+        latest = path / "checkpoints" / "latest"
+        if latest.is_file():  # a run folder: its newest checkpoint
+            name = latest.read_text(encoding="utf-8").strip()
+            candidate = Path(name) if Path(name).is_absolute() else path / "checkpoints" / name
+            path = candidate if candidate.exists() else path / name
+        if (path / "model.pth").is_file():
+            return path / "model.pth"
+        raise EvalError(f"{path} holds no checkpoint (model.pth); pass a .pth file, a checkpoint folder or a run folder.")
+    if path.suffix != ".pth" and path.with_name(path.name + ".pth").is_file():
+        path = path.with_name(path.name + ".pth")
+    if not path.is_file():
+        raise EvalError(f"there is no checkpoint at {path}; check the path (a .pth file, a checkpoint folder or a run folder).")
+    return path
+
+
+def _prepare_config(tokenizer_config: dict | None):
+    from engine.data.store import PrepareConfig  # noqa: PLC0415
+
+    return PrepareConfig(tokenizer=dict(tokenizer_config or {}))
+
+
+def open_store(data: str | Path | None, tokenizer_config: dict | None,
+               on_progress: Callable[[int, int, dict], None] | None = None):
+    """The token store to evaluate on, tokenized like the checkpoint (prepared if need be)."""
+    from engine.data.check import ScanError  # noqa: PLC0415
+    from engine.data.store import StoreError, TokenStore, cache_dir, default_store, prepare  # noqa: PLC0415
+    from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
+
+    wanted = PianoTokenizer.from_config(tokenizer_config) if tokenizer_config else None
+    try:
+        if data is None:
+            # the default settings share the store the trainer prepares; others get their own
+            if wanted is None or wanted == PianoTokenizer():
+                return TokenStore.open(default_store(on_progress=on_progress))
+            return TokenStore.open(default_store(_prepare_config(tokenizer_config), on_progress=on_progress))
+        data = Path(data)
+        if not data.exists():
+            raise EvalError(f"--data {data} does not exist; pass a token store or a folder of MIDI files.")
+        if (data / "index.json").is_file():
+            store = TokenStore.open(data)
+            if wanted is not None and store.tokenizer != wanted:
+                raise EvalError(f"the token store {data} was tokenized differently from the checkpoint; "
+                                "pass the MIDI folder instead and it will be prepared with the checkpoint's tokenizer.")
+            return store
+        if not data.is_dir():
+            raise EvalError(f"--data {data} is neither a token store nor a folder of MIDI files; pass one of those.")
+        key = json.dumps({"folder": str(data.resolve()), "tokenizer": tokenizer_config}, sort_keys=True)
+        out = cache_dir() / "stores" / f"eval-{data.name}-{hashlib.blake2b(key.encode(), digest_size=4).hexdigest()}"
+        prepare(data, out, _prepare_config(tokenizer_config), on_progress=on_progress)
+        return TokenStore.open(out)
+    except (StoreError, ScanError) as exc:
+        raise EvalError(str(exc)) from None
+
+
+def store_eval_data(store, max_training_pieces: int | None = None) -> EvalData:
+    """Validation pieces (with bar starts) and training pieces of a store, each wrapped in BOS ... EOS."""
+    tok = store.tokenizer
+
+    def wrapped(piece) -> list[int]:
+        return [tok.bos_id, *store.tokens(piece).tolist(), tok.eos_id]
+
+    validation = []
+    for piece in store.pieces("val"):
+        bars = [int(b) + 1 for b in store.bars(piece)]  # +1: the BOS in front
+        validation.append((piece.path, wrapped(piece), bars or None))
+    if not validation:
+        raise EvalError(f"the token store {store.path} has no validation pieces; prepare it with a split.val_fraction above 0 "
+                        "or with more than one piece.")
+    train_pieces = store.pieces("train")
+    if max_training_pieces is not None:
+        train_pieces = train_pieces[:max_training_pieces]
+    training = [(piece.path, wrapped(piece)) for piece in train_pieces]
+    return EvalData(tok, validation, training, description=f"{store.path} ({len(validation)} validation, "
+                                                          f"{len(training)} training pieces)")
+
+
+def load_eval_inputs(checkpoint: str | Path | None, data: str | Path | None, device: str = "cpu",
+                     on_progress: Callable[[int, int, dict], None] | None = None):
+    """(model, EvalData, checkpoint path) for the ``eval`` command; every user error is an ``EvalError``."""
+    import torch  # noqa: PLC0415
+
+    from engine.model import CheckpointError, load_checkpoint  # noqa: PLC0415
+
+    path = resolve_checkpoint(checkpoint)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as exc:
+        raise EvalError(f"the device {device!r} cannot be used here ({str(exc).splitlines()[0]}); pass --device cpu.") from None
+    try:
+        model, sidecar = load_checkpoint(path, device=device)
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from None
+    store = open_store(data, sidecar.get("tokenizer"), on_progress=on_progress)
+    vocab = store.tokenizer.vocab_size
+    if model.config.vocab_size < vocab:
+        raise EvalError(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) is smaller than the data's "
+                        f"tokenizer ({vocab}); evaluate it on data prepared with the tokenizer it was trained with.")
+    return model, store_eval_data(store), path

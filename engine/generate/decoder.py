@@ -1,0 +1,106 @@
+"""StreamDecoder: token ids -> timed MIDI events (absolute seconds), incrementally, as they are generated.
+
+A note-on goes out when its note is complete (Pitch, Velocity, Duration). Its note-off goes out
+once generation has moved past the note's end, so its time uses every tempo change up to there
+(future tempo tokens can only come later in time). A pitch struck again while it still sounds is
+released first, so the synth sees one note-off per note-on. Sustain pedal becomes CC64.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from engine.midi.events import CC_SUSTAIN, MidiEvent, control_change, note_off, note_on
+
+from .timeline import Note, TokenTables, TokenTimeline
+
+
+class StreamDecoder:
+    """Feed ids one at a time; each ``feed`` returns the MidiEvents that became certain.
+
+    Times start at 0 at the first event played (``start_at_first_event``), so a continuation
+    after a prompt does not begin with the prompt's length of silence.
+    """
+
+    def __init__(self, tables: TokenTables, channel: int = 0, start_at_first_event: bool = True) -> None:
+        self.tables = tables
+        self.timeline = TokenTimeline(tables)
+        self.channel = channel
+        self.start_at_first_event = start_at_first_event
+        self.origin: float | None = None if start_at_first_event else 0.0
+        self.notes: list[Note] = []  # every completed note (ticks), as the tokens say
+        self.events: list[MidiEvent] = []  # everything emitted, in seconds
+        self._pending_offs: list[tuple[int, int, int]] = []  # (end tick, seq, pitch)
+        self._seq = itertools.count()
+        self._sounding: dict[int, int] = {}  # pitch -> end tick of its sounding note
+
+    def copy(self) -> "StreamDecoder":
+        twin = StreamDecoder.__new__(StreamDecoder)
+        twin.__dict__.update(self.__dict__)
+        twin.timeline = self.timeline.copy()
+        twin.notes = list(self.notes)
+        twin.events = list(self.events)
+        twin._pending_offs = list(self._pending_offs)
+        twin._sounding = dict(self._sounding)
+        twin._seq = itertools.count(next(self._seq))
+        return twin
+
+    def prime(self, ids) -> None:
+        """Run prompt tokens through the timeline only (bars, tempo, time signature), emitting nothing."""
+        self.timeline.feed_all(ids)
+
+    def _time(self, tick: int) -> float:
+        seconds = self.timeline.seconds(tick)
+        if self.origin is None:
+            self.origin = seconds
+        return max(0.0, seconds - self.origin)
+
+    def _emit(self, events: list[MidiEvent], event: MidiEvent) -> None:
+        events.append(event)
+        self.events.append(event)
+
+    def _flush_offs(self, up_to_tick: int, events: list[MidiEvent]) -> None:
+        while self._pending_offs and self._pending_offs[0][0] <= up_to_tick:
+            end, _, pitch = heapq.heappop(self._pending_offs)
+            if self._sounding.get(pitch) == end:
+                del self._sounding[pitch]
+                self._emit(events, note_off(self._time(end), pitch, self.channel))
+
+    def feed(self, token_id: int) -> list[MidiEvent]:
+        events: list[MidiEvent] = []
+        for item in self.timeline.feed(int(token_id)):
+            if item[0] == "note":
+                note: Note = item[1]
+                self.notes.append(note)
+                self._flush_offs(note.onset, events)
+                if note.pitch in self._sounding:  # re-struck while sounding: release it first
+                    del self._sounding[note.pitch]
+                    self._emit(events, note_off(self._time(note.onset), note.pitch, self.channel))
+                self._emit(events, note_on(self._time(note.onset), note.pitch, note.velocity, self.channel))
+                end = note.onset + max(1, note.duration)
+                self._sounding[note.pitch] = end
+                heapq.heappush(self._pending_offs, (end, next(self._seq), note.pitch))
+            elif item[0] == "pedal":
+                self._flush_offs(item[1], events)
+                self._emit(events, control_change(self._time(item[1]), CC_SUSTAIN, 127 if item[2] else 0, self.channel))
+        self._flush_offs(self.timeline.tick, events)
+        return events
+
+    @property
+    def horizon(self) -> float:
+        """Seconds of music decided so far (the generation front), on the events' time axis."""
+        if self.origin is None:
+            return 0.0
+        return max(0.0, self.timeline.seconds(self.timeline.tick) - self.origin)
+
+    def finish(self) -> list[MidiEvent]:
+        """Release every note at its end and lift the pedal: the stream ends with nothing sounding."""
+        events: list[MidiEvent] = []
+        last = self.timeline.tick
+        if self._pending_offs:
+            last = max(last, max(end for end, _, _ in self._pending_offs))
+        self._flush_offs(last, events)
+        if self.timeline.pedal_down_at is not None:
+            self.timeline.pedal_down_at = None
+            self._emit(events, control_change(self._time(last), CC_SUSTAIN, 0, self.channel))
+        return events

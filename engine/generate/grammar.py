@@ -1,0 +1,74 @@
+"""GrammarMask: which ids may come next for a row, so every generated sequence decodes and plays.
+
+The tokenizer's kind grammar (``grammar_matrix``) says which kinds may follow which. On top of it,
+from the row's TokenTimeline:
+- a note is Pitch, Velocity, Duration with nothing in between and no end before its Duration;
+- REMI positions never go back in time and stay inside the bar of the current time signature
+  (a live stream cannot play into the past);
+- the pedal is pressed only when up and lifted only when down (no events that change nothing);
+- close to a token budget no new note starts, so the budget never cuts a note in half.
+"""
+from __future__ import annotations
+
+import torch
+
+from .timeline import TokenTables, TokenTimeline
+
+NOTE_TOKENS = 3  # Pitch, Velocity, Duration
+
+
+class GrammarMask:
+    def __init__(self, tables: TokenTables) -> None:
+        self.tables = tables
+        tok = tables.tokenizer
+        kinds = tables.kinds
+        matrix = torch.as_tensor(tok.grammar_matrix, dtype=torch.bool)
+        never = torch.zeros(tables.vocab_size, dtype=torch.bool)
+        never[[tables.pad_id, tables.bos_id]] = True
+        self.after_kind = {kind: matrix[i] & ~never for i, kind in enumerate(kinds)}
+        self.start = self.after_kind["BOS"]
+        self.kind_of_id = torch.as_tensor(tables.kind_of_id)
+
+        def ids_of(kind: str) -> torch.Tensor:
+            mask = torch.zeros(tables.vocab_size, dtype=torch.bool)
+            if kind in kinds:
+                mask[self.kind_of_id == kinds.index(kind)] = True
+            return mask
+
+        self.eos = torch.zeros(tables.vocab_size, dtype=torch.bool)
+        self.eos[tables.eos_id] = True
+        self.velocity, self.duration = ids_of("Velocity"), ids_of("Duration")
+        self.pitch, self.position = ids_of("Pitch"), ids_of("Position")
+        self.pedal, self.pedal_off = ids_of("Pedal"), ids_of("PedalOff")
+        self.position_value = torch.as_tensor(tables.position_value)
+        self._position_cache: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def _positions_allowed(self, timeline: TokenTimeline) -> torch.Tensor:
+        """Position ids at or after the current tick and inside the bar."""
+        earliest = max(0, timeline.tick - timeline.bar_tick)
+        key = (earliest, timeline.ticks_per_pos, timeline.ticks_per_bar)
+        allowed = self._position_cache.get(key)
+        if allowed is None:
+            ticks = self.position_value * timeline.ticks_per_pos
+            allowed = self.position & (ticks >= earliest) & (ticks < timeline.ticks_per_bar)
+            self._position_cache[key] = allowed
+        return allowed
+
+    def allowed(self, timeline: TokenTimeline, remaining: int | None = None, allow_eos: bool = True) -> torch.Tensor:
+        """bool [vocab] of ids that may follow; never empty."""
+        if timeline.note_stage == 1:
+            return self.velocity.clone()
+        if timeline.note_stage == 2:
+            return self.duration.clone()
+        mask = (self.start if timeline.last_kind is None else self.after_kind[timeline.last_kind]).clone()
+        mask &= ~self.velocity & ~self.duration  # only reachable through a Pitch
+        if self.tables.tokenization == "REMI":
+            mask &= ~self.position | self._positions_allowed(timeline)
+        mask &= ~(self.pedal if timeline.pedal_down_at is not None else self.pedal_off)
+        if remaining is not None and remaining < NOTE_TOKENS:
+            mask &= ~self.pitch
+        if not allow_eos:
+            mask &= ~self.eos
+        if not bool(mask.any()):
+            mask = self.eos.clone()  # a dead end (should not happen): end the piece cleanly
+        return mask

@@ -1,0 +1,90 @@
+"""Sampling next tokens: penalties over a window, grammar mask, temperature, top-k, top-p, min-p.
+
+Each row draws with its own torch.Generator, so a row's continuation depends only on its own seed
+and history: rewinding one alternative replays it exactly while the others keep going.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 0.95  # 1.0: off
+    min_p: float = 0.0  # 0.0: off; keeps tokens with p >= min_p * p_max
+    repetition_penalty: float = 1.0  # 1.0: off; >1 divides positive logits of recent tokens
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token in the window
+    penalty_window: int = 64  # how many recent tokens the penalties look at
+    seed: int | None = None  # None: a fresh random seed (reported, so a run can be repeated)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0 (0 picks the most likely token)"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be a whole number >= 0 (0 turns it off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1] (1 turns it off)"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1) (0 turns it off)"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 turns it off)"),
+            (isinstance(self.penalty_window, int) and self.penalty_window >= 0, "penalty_window must be a whole number >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """Independent, reproducible stream per alternative."""
+    return (seed * 1_000_003 + row * 7919) % (2**63 - 1)
+
+
+def apply_penalties(logits: torch.Tensor, recent: list[list[int]], config: SamplingConfig) -> torch.Tensor:
+    """logits [B, V]; recent[b]: the last ``penalty_window`` tokens of row b."""
+    if config.repetition_penalty == 1.0 and config.presence_penalty == 0.0:
+        return logits
+    logits = logits.clone()
+    for b, tokens in enumerate(recent):
+        if not tokens:
+            continue
+        ids = torch.as_tensor(sorted(set(tokens)), dtype=torch.long, device=logits.device)
+        seen = logits[b, ids]
+        if config.repetition_penalty != 1.0:
+            seen = torch.where(seen > 0, seen / config.repetition_penalty, seen * config.repetition_penalty)
+        logits[b, ids] = seen - config.presence_penalty
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Masked, temperature-scaled, truncated logits [B, V] (-inf where a token may not be drawn)."""
+    logits = logits.float().masked_fill(~allowed, -math.inf)
+    if config.temperature == 0:
+        return logits
+    logits = logits / config.temperature
+    if config.top_k > 0 and config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = torch.softmax(logits, dim=-1)
+    if config.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        drop_sorted = before >= config.top_p  # keep the smallest prefix whose mass reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    if config.min_p > 0:
+        logits = logits.masked_fill(probs < config.min_p * probs.max(dim=-1, keepdim=True).values, -math.inf)
+    return logits
+
+
+def sample_rows(logits: torch.Tensor, allowed: torch.Tensor, config: SamplingConfig, generators: list[torch.Generator], recent: list[list[int]]) -> list[int]:
+    """One token per row, never outside ``allowed``."""
+    logits = filter_logits(apply_penalties(logits, recent, config), allowed, config)
+    if config.temperature == 0:
+        return logits.argmax(dim=-1).tolist()
+    probs = torch.softmax(logits, dim=-1)
+    return [int(torch.multinomial(probs[b], 1, generator=generators[b])) for b in range(probs.shape[0])]

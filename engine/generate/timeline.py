@@ -1,0 +1,208 @@
+"""What a token stream means in time, one token at a time: the single source of truth for the grammar
+mask, the streaming decoder and the bar counter.
+
+``TokenTimeline`` follows MidiTok 3.1's own REMI and TSD decoding rule for rule (bars, positions,
+rests measured from the last note end, time-signature changes, tempo, sustain pedal), so what
+streams out equals ``PianoTokenizer.decode`` of the same ids (a test holds them equal).
+"""
+from __future__ import annotations
+
+import bisect
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_TOKENIZATIONS = ("REMI", "TSD")
+DEFAULT_QPM = 120.0  # what symusic and MIDI assume before the first tempo
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot run; the message is one sentence saying what to do."""
+
+
+class TokenTables:
+    """Per-id facts of one tokenizer, computed once and shared by every row of a session."""
+
+    def __init__(self, tokenizer) -> None:
+        if tokenizer.tokenization not in SUPPORTED_TOKENIZATIONS:
+            raise GenerationError(
+                f"live generation supports REMI and TSD tokenizers, but this checkpoint uses {tokenizer.tokenization}; retrain with tokenization REMI or TSD"
+            )
+        from miditok.utils import compute_ticks_per_bar  # noqa: PLC0415
+
+        m = tokenizer.miditok
+        self.tokenizer = tokenizer
+        self.tokenization = tokenizer.tokenization
+        self.vocab_size = tokenizer.vocab_size
+        self.tpq = int(tokenizer.time_division)
+        self.kinds = tuple(tokenizer.kinds)
+        self.kind_index = {k: i for i, k in enumerate(self.kinds)}
+        self.kind_of_id = np.asarray(tokenizer.kind_of_id, dtype=np.int64)
+        self.kind = [tokenizer.token_kind(i) for i in range(self.vocab_size)]
+        self.value = [tokenizer.token_value(i) for i in range(self.vocab_size)]
+        self.tpb_per_ts = dict(m._tpb_per_ts)
+        self.duration_ticks = m._tpb_tokens_to_ticks
+        self.rest_ticks = getattr(m, "_tpb_rests_to_ticks", {})
+        self._compute_ticks_per_bar = compute_ticks_per_bar
+        self._parse_ts = m._parse_token_time_signature
+        self._ticks_per_pos = getattr(m, "_compute_ticks_per_pos", None)
+        self.pitch_range = tuple(m.config.pitch_range)
+        self.bos_id, self.eos_id, self.pad_id = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+        self.position_value = np.full(self.vocab_size, -1, dtype=np.int64)
+        for i in tokenizer.kind_ids("Position"):
+            self.position_value[i] = int(self.value[i])
+
+    def ticks_per_bar(self, num: int, den: int) -> int:
+        from symusic import TimeSignature  # noqa: PLC0415
+
+        return int(self._compute_ticks_per_bar(TimeSignature(0, num, den), self.tpq))
+
+    def ticks_per_pos(self, ticks_per_beat: int) -> int:
+        return int(self._ticks_per_pos(ticks_per_beat)) if self._ticks_per_pos else 1
+
+    def time_signature(self, token_id: int) -> tuple[int, int]:
+        return tuple(self._parse_ts(self.value[token_id]))
+
+
+@dataclass
+class Note:
+    onset: int  # ticks
+    duration: int
+    pitch: int
+    velocity: int
+
+
+class TokenTimeline:
+    """Time state after each token of one sequence; ``feed`` returns what the token completed.
+
+    Returned items: ``("note", Note)``, ``("pedal", tick, down)``, ``("tempo", tick, qpm)``.
+    """
+
+    def __init__(self, tables: TokenTables) -> None:
+        self.t = tables
+        self.tick = 0
+        self.bar_tick = 0  # tick of the current bar's start (REMI)
+        self.bar = -1 if tables.tokenization == "REMI" else 0
+        self.ts = (4, 4)
+        self.ts_tick, self.ts_bar = 0, 0
+        self.ticks_per_bar = tables.ticks_per_bar(4, 4)
+        self.ticks_per_beat = tables.tpb_per_ts[4]
+        self.ticks_per_pos = tables.ticks_per_pos(self.ticks_per_beat)
+        self.previous_note_end = 0
+        self.pedal_down_at: int | None = None
+        self.last_kind: str | None = None  # None: nothing yet (the grammar's BOS row)
+        self.note_stage = 0  # 0: no note open, 1: after Pitch, 2: after Velocity
+        self._pitch = self._velocity = 0
+        self.ended = False
+        self.tempos: list[tuple[int, float, float]] = [(0, DEFAULT_QPM, 0.0)]  # (tick, qpm, seconds at tick)
+        self.tokens_seen = 0
+
+    def copy(self) -> "TokenTimeline":
+        twin = copy.copy(self)
+        twin.tempos = list(self.tempos)
+        return twin
+
+    # ----- time -----
+    def seconds(self, tick: int) -> float:
+        i = bisect.bisect_right(self.tempos, (tick, float("inf"), float("inf"))) - 1
+        t0, qpm, s0 = self.tempos[max(i, 0)]
+        return s0 + (tick - t0) * 60.0 / (qpm * self.t.tpq)
+
+    @property
+    def bar_index(self) -> int:
+        """The bar the current tick lies in (REMI: bars opened by Bar tokens; -1 before the first)."""
+        if self.t.tokenization == "REMI":
+            return self.bar
+        return self.ts_bar + (self.tick - self.ts_tick) // self.ticks_per_bar
+
+    def bar_after(self, token_id: int) -> int:
+        """The bar index this token would lead to (without consuming it)."""
+        if self.t.kind[token_id] not in ("Bar", "Rest", "TimeShift"):
+            return self.bar_index
+        twin = self.copy()
+        twin.feed(token_id)
+        return twin.bar_index
+
+    def _set_time_signature(self, num: int, den: int) -> None:
+        self.ts = (num, den)
+        self.ticks_per_bar = self.t.ticks_per_bar(num, den)
+        self.ticks_per_beat = self.t.tpb_per_ts[den]
+        self.ticks_per_pos = self.t.ticks_per_pos(self.ticks_per_beat)
+
+    # ----- one token -----
+    def feed(self, token_id: int) -> list[tuple]:
+        t = self.t
+        kind, value = t.kind[token_id], t.value[token_id]
+        out: list[tuple] = []
+        self.tokens_seen += 1
+        stage, self.note_stage = self.note_stage, 0
+        if kind in ("PAD", "BOS"):
+            return out
+        self.last_kind = kind
+        if kind == "EOS":
+            self.ended = True
+        elif kind == "Bar":
+            self.bar += 1
+            if self.bar > 0:
+                self.tick = self.bar_tick + self.ticks_per_bar
+            self.bar_tick = self.tick
+        elif kind == "Position":
+            if self.bar == -1:
+                self.bar = 0
+            self.tick = self.bar_tick + int(value) * self.ticks_per_pos
+        elif kind == "TimeShift":
+            self.tick += t.duration_ticks[self.ticks_per_beat][value]
+        elif kind == "Rest":
+            self.tick = max(self.previous_note_end, self.tick) + t.rest_ticks[self.ticks_per_beat][value]
+            if t.tokenization == "REMI":
+                real_bar = self.ts_bar + (self.tick - self.ts_tick) // self.ticks_per_bar
+                if real_bar > self.bar:
+                    if self.bar == -1:
+                        self.bar = 0
+                    self.bar_tick += (real_bar - self.bar) * self.ticks_per_bar
+                    self.bar = real_bar
+        elif kind == "Pitch":
+            pitch = int(value)
+            if t.pitch_range[0] <= pitch <= t.pitch_range[1]:
+                self._pitch, self.note_stage = pitch, 1
+        elif kind == "Velocity":
+            if stage == 1:
+                self._velocity, self.note_stage = int(value), 2
+        elif kind == "Duration":
+            if stage == 2:
+                duration = t.duration_ticks[self.ticks_per_beat][value]
+                out.append(("note", Note(self.tick, duration, self._pitch, self._velocity)))
+                self.previous_note_end = max(self.previous_note_end, self.tick + duration)
+        elif kind == "Tempo":
+            qpm = float(value)
+            if self.tempos[-1][0] == self.tick:
+                self.tempos[-1] = (self.tick, qpm, self.tempos[-1][2])
+            else:
+                self.tempos.append((self.tick, qpm, self.seconds(self.tick)))
+            out.append(("tempo", self.tick, qpm))
+            if t.tokenization == "REMI":
+                self.previous_note_end = max(self.previous_note_end, self.tick)
+        elif kind == "TimeSig":
+            num, den = t.time_signature(token_id)
+            if (num, den) != self.ts:
+                if t.tokenization == "REMI":
+                    self.ts_tick, self.ts_bar = self.bar_tick, self.bar
+                else:
+                    self.ts_bar, self.ts_tick = self.bar_index, self.tick
+                self._set_time_signature(num, den)
+        elif kind == "Pedal":
+            if self.pedal_down_at is None:
+                self.pedal_down_at = self.tick
+                out.append(("pedal", self.tick, True))
+        elif kind == "PedalOff":
+            if self.pedal_down_at is not None:
+                self.pedal_down_at = None
+                out.append(("pedal", self.tick, False))
+        return out
+
+    def feed_all(self, ids) -> list[tuple]:
+        out = []
+        for i in ids:
+            out += self.feed(int(i))
+        return out

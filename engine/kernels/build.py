@@ -1,0 +1,294 @@
+"""Build and load the CUDA kernels in ``csrc/`` (JIT through torch.utils.cpp_extension + ninja).
+
+The first use compiles for the GPU that is present (``torch.cuda.get_device_capability``) into a
+cache directory keyed by torch, CUDA and architecture; later uses load the cached library. Every
+reason a build cannot happen is one sentence (``BuildError.reason``), and ``load_kernels`` turns a
+failure into a loud warning plus ``False`` so callers fall back to the PyTorch path.
+
+torch guards a build directory with a file named ``lock`` that a killed build leaves behind, after
+which every later build waits forever. We record who holds it (``lock.owner``) and, before
+building, detect a lock whose owner is gone (or that is older than ``STALE_LOCK_S`` with no owner
+record), explain it and remove it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+SOURCES = ("wkv7.cu", "wkv7_binding.cpp")
+EXTENSION_NAME = "pianomuse_wkv7"
+# Used when no GPU can be asked (ahead-of-time builds): Ampere, Ada, Hopper, plus PTX for newer.
+FALLBACK_ARCHS = ("8.0", "8.6", "8.9", "9.0")
+STALE_LOCK_S = 600.0  # a lock with no owner record older than this is from a dead build
+LOCK_WAIT_S = 900.0  # how long to wait on a live build by another process
+
+
+class BuildError(RuntimeError):
+    """A build that cannot or did not succeed; ``reason`` is one sentence saying what to do."""
+
+    def __init__(self, reason: str, log_path: Path | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.log_path = log_path
+
+
+# ------------------------------------------------------------------------------------------------
+# preflight: the toolchain
+
+
+def find_nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.exists() else None
+
+
+def nvcc_version(nvcc: str) -> str | None:
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def find_cxx() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def preflight(need_gpu: bool = True) -> str | None:
+    """None when a build can be attempted, else one sentence saying what is missing."""
+    torch_cuda = torch.version.cuda
+    if torch_cuda is None:
+        return (f"this PyTorch ({torch.__version__}) is a CPU-only build, so CUDA kernels cannot load; "
+                "install a CUDA build of PyTorch to use them.")
+    if need_gpu and not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch, so the CUDA kernels are not used here."
+    nvcc = find_nvcc()
+    if nvcc is None:
+        return (f"nvcc (the CUDA compiler) was not found; install the CUDA {torch_cuda} toolkit or set "
+                "CUDA_HOME to one.")
+    if find_cxx() is None:
+        return "no C++ compiler (c++, g++ or clang++) is on PATH; install one (e.g. build-essential)."
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401, PLC0415
+        except ImportError:
+            return "ninja is not installed; run `pip install ninja`."
+    found = nvcc_version(nvcc)
+    if found is None:
+        return f"{nvcc} did not report its version; check that the CUDA toolkit there is intact."
+    if found.split(".")[0] != torch_cuda.split(".")[0]:
+        return (f"nvcc at {nvcc} is CUDA {found} but PyTorch was built with CUDA {torch_cuda}; install a "
+                f"CUDA {torch_cuda.split('.')[0]}.x toolkit or point CUDA_HOME at one.")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# architecture and cache
+
+
+def target_archs() -> list[str]:
+    """["9.0"] for the GPU present (PIANOMUSE_CUDA_ARCHS="8.0;9.0" overrides), else the fallback list."""
+    env = os.environ.get("PIANOMUSE_CUDA_ARCHS")
+    if env:
+        return [x.strip() for x in re.split(r"[;, ]+", env) if x.strip()]
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return [f"{major}.{minor}"]
+    return list(FALLBACK_ARCHS)
+
+
+def gencode_flags(archs: list[str]) -> list[str]:
+    flags = []
+    for arch in archs:
+        num = arch.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    top = max(archs, key=lambda a: tuple(int(x) for x in a.split(".")))
+    num = top.replace(".", "")
+    flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")  # PTX: newer GPUs JIT it
+    return flags
+
+
+def cache_root() -> Path:
+    env = os.environ.get("PIANOMUSE_KERNEL_CACHE") or os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pianomuse" / "kernels"
+
+
+def build_dir(archs: list[str] | None = None) -> Path:
+    archs = archs or target_archs()
+    tag = "sm" + "-".join(a.replace(".", "") for a in archs)
+    return cache_root() / f"{EXTENSION_NAME}-torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-{tag}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the build lock
+
+
+@dataclass
+class LockState:
+    path: Path
+    held: bool
+    stale: bool
+    explanation: str = ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def inspect_lock(directory: Path, now: float | None = None) -> LockState:
+    """Is torch's build lock in ``directory`` held, and is its holder gone?"""
+    lock = Path(directory) / "lock"
+    if not lock.exists():
+        return LockState(lock, held=False, stale=False)
+    now = time.time() if now is None else now
+    try:
+        age = now - lock.stat().st_mtime
+    except FileNotFoundError:
+        return LockState(lock, held=False, stale=False)
+    owner = {}
+    owner_file = lock.with_name("lock.owner")
+    if owner_file.exists():
+        try:
+            owner = json.loads(owner_file.read_text())
+        except (OSError, ValueError):
+            owner = {}
+    pid, host = owner.get("pid"), owner.get("host")
+    if isinstance(pid, int) and host == socket.gethostname():
+        if _pid_alive(pid):
+            return LockState(lock, held=True, stale=False,
+                             explanation=f"kernel build in progress by process {pid} (lock {lock})")
+        return LockState(lock, held=True, stale=True, explanation=(
+            f"the build lock {lock} was left by process {pid}, which no longer runs (a killed build); "
+            "it is removed and the kernels are rebuilt."))
+    if age > STALE_LOCK_S:
+        return LockState(lock, held=True, stale=True, explanation=(
+            f"the build lock {lock} is {age / 60:.0f} minutes old with no live owner (a killed build); "
+            "it is removed and the kernels are rebuilt."))
+    return LockState(lock, held=True, stale=False,
+                     explanation=f"another kernel build holds {lock} ({age:.0f} s old)")
+
+
+def clear_stale_lock(directory: Path, wait_s: float = LOCK_WAIT_S, poll_s: float = 2.0) -> None:
+    """Remove a dead build's lock (loudly); wait a bounded time for a live one, then fail clearly."""
+    deadline = time.time() + wait_s
+    while True:
+        state = inspect_lock(directory)
+        if not state.held:
+            return
+        if state.stale:
+            warnings.warn(f"WKV7 kernels: {state.explanation}", RuntimeWarning, stacklevel=3)
+            log.warning("WKV7 kernels: %s", state.explanation)
+            for p in (state.path, state.path.with_name("lock.owner")):
+                p.unlink(missing_ok=True)
+            return
+        if time.time() >= deadline:
+            raise BuildError(f"{state.explanation} for over {wait_s / 60:.0f} minutes; if no build is running, "
+                             f"delete {state.path} and try again.")
+        time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------------------------------------
+# build and load
+
+_LOADED: dict[str, object] = {}
+
+
+def build(verbose: bool = False, archs: list[str] | None = None) -> Path:
+    """Compile (or reuse the cache) and load the library into this process; returns its directory."""
+    if "dir" in _LOADED:
+        return _LOADED["dir"]  # type: ignore[return-value]
+    reason = preflight(need_gpu=archs is None)
+    if reason:
+        raise BuildError(reason)
+    from torch.utils import cpp_extension  # noqa: PLC0415 (pulls in setuptools; only when building)
+
+    missing = [s for s in SOURCES if not (CSRC / s).exists()]
+    if missing:
+        raise BuildError(f"kernel sources {', '.join(missing)} are missing from {CSRC}; reinstall from the repository.")
+    archs = archs or target_archs()
+    directory = build_dir(archs)
+    directory.mkdir(parents=True, exist_ok=True)
+    clear_stale_lock(directory)
+    owner = directory / "lock.owner"
+    owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}))
+    log_path = directory / "build.log"
+    try:
+        cpp_extension.load(
+            name=EXTENSION_NAME,
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=["-O3", "-std=c++17"],
+            extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", *gencode_flags(archs)],
+            extra_include_paths=[str(CSRC)],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=verbose,
+        )
+    except Exception as exc:  # noqa: BLE001 (compiler failures arrive as several exception types)
+        text = str(exc)
+        log_path.write_text(text)
+        first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.strip()[:200])
+        raise BuildError(f"compiling the WKV7 kernels failed ({first}); the full log is in {log_path}.",
+                         log_path) from exc
+    finally:
+        owner.unlink(missing_ok=True)
+    _LOADED["dir"] = directory
+    return directory
+
+
+def fallback_warning(reason: str) -> str:
+    return f"WKV7 CUDA kernels unavailable: {reason} Falling back to the PyTorch path (much slower on GPU)."
+
+
+def load_kernels(verbose: bool = False) -> bool:
+    """Build/load once per process. On failure warn LOUDLY (warning + stderr line) and return False."""
+    if "ok" in _LOADED:
+        return bool(_LOADED["ok"])
+    try:
+        build(verbose=verbose)
+        ok = True
+    except BuildError as exc:
+        msg = fallback_warning(exc.reason)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        log.warning(msg)
+        print(f"[pianomuse] {msg}", file=sys.stderr)
+        _LOADED["reason"] = exc.reason
+        ok = False
+    _LOADED["ok"] = ok
+    return ok
+
+
+def failure_reason() -> str | None:
+    """Why the last load failed (None if it did not fail or was not tried)."""
+    return _LOADED.get("reason")  # type: ignore[return-value]

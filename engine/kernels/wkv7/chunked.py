@@ -1,0 +1,193 @@
+"""Chunk-wise WKV7 in plain PyTorch: the CPU backend (and the fallback wherever CUDA is off).
+
+Same contract as ``reference.wkv7_reference``. Per head, with state S [N_v, N_k]:
+
+    S_t = S_{t-1} (diag(d_t) + a_t b_t^T) + v_t k_t^T,      y_t = S_t r_t.
+
+Inside a chunk of L tokens, with D_t = prod_{s<=t} d_s (per key channel, from the chunk start)
+and u_t = S_{t-1} a_t, unrolling gives
+
+    S_t = (S_0 + sum_{s<=t} u_s (b_s/D_s)^T + v_s (k_s/D_s)^T) diag(D_t),
+    u_t = S_0 (D_{t-1} a_t) + sum_{s<t} u_s <D_{t-1} a_t, b_s/D_s> + v_s <D_{t-1} a_t, k_s/D_s>.
+
+So U (rows u_t) solves a unit lower-triangular L x L system: U = W S_0^T + U0 with
+W = (I - M_ab)^{-1} (D_prev * a) and U0 = (I - M_ab)^{-1} M_ak V (the WY / UT form of the product
+of the rank-1-plus-diagonal transitions). Everything that does not involve S_0 is computed for all
+chunks at once with batched matrix products; what remains is the chunk merge of the spec
+(section 8), S_out = S_in P + C, a short sequential loop over chunks, and y = Q S_in^T + Y0.
+
+Numerics: decays lie in (0.545, 1), so over a chunk of 64 the cumulative decay stays above 1e-17
+and its inverse below 1e17, well inside fp32 range. Every pairwise factor D_t / D_s is formed as
+a product of two such numbers, which keeps full relative precision (no subtraction is involved).
+The cumulative log-decays are summed and exponentiated in fp64 so they carry no rounding drift.
+
+Packed sequences (cu_seqlens) are laid out so no chunk crosses a boundary: each segment is padded
+at its end with identity steps (d = 1, a = b = k = v = 0), which leave its state unchanged.
+Chunks are ordered step-major over segments sorted by length, so at loop step k the segments still
+running are a prefix of the batch and the state tensor just shrinks.
+
+Backward is PyTorch autograd through these operations.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import DECAY_SCALE, compute_dtype
+
+# 16 keeps the L x L work small next to the N x N state work at N = 64 and measured fastest
+# (bench/wkv7_cpu.py); anything up to 64 is numerically safe (see above).
+CHUNK_SIZE = 16
+MAX_CHUNK_SIZE = 64
+
+
+def _segments(B: int, T: int, cu_seqlens, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start offsets and lengths (in the flattened B*T token axis) of each independent sequence."""
+    if cu_seqlens is None:
+        starts = torch.arange(B, device=device, dtype=torch.long) * T
+        return starts, torch.full((B,), T, device=device, dtype=torch.long)
+    if B != 1:
+        raise ValueError("wkv7 with cu_seqlens needs batch size 1 (sequences packed along T)")
+    cu = torch.as_tensor(cu_seqlens, device=device).long().flatten()
+    if cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != T or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(
+            f"cu_seqlens must rise from 0 to the packed length {T} (got {cu.tolist()[:8]}...); "
+            "build it as the cumulative sum of the sequence lengths with a leading 0"
+        )
+    return cu[:-1], cu[1:] - cu[:-1]
+
+
+def _chunk_layout(starts, lengths, L: int, pad_index: int):
+    """Gather indices [n_chunks, L] into the flat token axis, step-major over sorted segments.
+
+    Returns (index, steps, order): ``steps[k]`` is how many segments have a k-th chunk (those are
+    the first ``steps[k]`` of ``order``), padded slots point at ``pad_index``.
+    """
+    n_chunks = (lengths + L - 1) // L
+    order = torch.argsort(n_chunks, descending=True, stable=True)
+    n_sorted, starts_s, lengths_s = n_chunks[order], starts[order], lengths[order]
+    max_k = int(n_sorted[0]) if n_sorted.numel() else 0
+    k_grid = torch.arange(max_k, device=lengths.device)
+    live = n_sorted[None, :] > k_grid[:, None]  # [max_k, n_seqs]; rows are prefixes
+    k_idx, seg = live.nonzero(as_tuple=True)  # row-major = step-major
+    pos = k_idx[:, None] * L + torch.arange(L, device=lengths.device)[None, :]
+    index = torch.where(pos < lengths_s[seg, None], starts_s[seg, None] + pos, pad_index)
+    steps = live.sum(1).tolist()
+    return index, steps, order
+
+
+def _intra_chunk(r, k, v, a, b, logd):
+    """All state-independent chunk quantities; inputs [n_chunks, H, L, N].
+
+    Returns Q, Y0 ([.., L, N]) for y = Q S_in^T + Y0 and P, C ([.., N, N]) for S_out = S_in P + C.
+    """
+    cdt = r.dtype
+    L = r.shape[-2]
+    logd64 = logd.to(torch.float64)
+    c = logd64.cumsum(-2)  # log D_t, inclusive
+    decay_in64 = torch.exp(c)  # D_t
+    inv_decay64 = torch.reciprocal(decay_in64)
+    decay_total64 = decay_in64[..., -1:, :]  # D_L
+    decay_in = decay_in64.to(cdt)
+    decay_prev = torch.exp(c - logd64).to(cdt)  # D_{t-1}
+    inv_decay = inv_decay64.to(cdt)
+    decay_to_end = (inv_decay64 * decay_total64).to(cdt)  # D_L / D_t
+
+    r_hat = r * decay_in
+    a_hat = a * decay_prev
+    # One product for the four pair matrices: rows (a_hat; r_hat), columns (b/D; k/D).
+    left = torch.cat((a_hat, r_hat), -2)
+    right = torch.cat((b, k), -2) * inv_decay.repeat(1, 1, 2, 1)
+    pairs = left @ right.transpose(-1, -2)  # [.., 2L, 2L]
+    ones = torch.ones(L, L, dtype=torch.bool, device=r.device)
+    causal = torch.cat(
+        (torch.cat((torch.tril(ones, -1), torch.tril(ones, -1)), 1), torch.cat((torch.tril(ones), torch.tril(ones)), 1))
+    )
+    pairs = torch.where(causal, pairs, pairs.new_zeros(()))
+    m_ab, m_ak = pairs[..., :L, :L], pairs[..., :L, L:]
+    m_r = pairs[..., L:, :]  # [M_rb | M_rk]
+
+    # (I - M_ab) X = [a_hat | M_ak V]; unitriangular ignores the diagonal we pass.
+    rhs = torch.cat((a_hat, m_ak @ v), -1)
+    sol = torch.linalg.solve_triangular(-m_ab, rhs, upper=False, unitriangular=True)
+    N = r.shape[-1]
+    w_wy, u0 = sol[..., :N], sol[..., N:]
+
+    # [M_rb | M_rk] @ [[W, U0], [0, V]] gives M_rb W and M_rb U0 + M_rk V in one product.
+    qy = m_r @ torch.cat((sol, torch.cat((torch.zeros_like(w_wy), v), -1)), -2)
+    q = r_hat + qy[..., :N]
+    y0 = qy[..., N:]
+    b_end = b * decay_to_end
+    p = w_wy.transpose(-1, -2) @ b_end
+    p.diagonal(dim1=-2, dim2=-1).add_(decay_total64[..., 0, :].to(cdt))
+    c_off = torch.baddbmm(
+        (u0.transpose(-1, -2) @ b_end).flatten(0, 1),
+        v.transpose(-1, -2).flatten(0, 1),
+        (k * decay_to_end).flatten(0, 1),
+    ).view(p.shape)
+    return q, y0, p, c_off
+
+
+def wkv7_chunked(
+    r, w, k, v, a, b, initial_state=None, output_final_state=False, cu_seqlens=None, chunk_size=CHUNK_SIZE
+):
+    """WKV7 forward, chunk-wise; see the module docstring. Returns (y, final_state or None)."""
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}, got {chunk_size}")
+    B, T, H, N = r.shape
+    cdt = compute_dtype(r.dtype)
+    dev = r.device
+    starts, lengths = _segments(B, T, cu_seqlens, dev)
+    n_seqs = starts.numel()
+    if initial_state is not None and tuple(initial_state.shape) != (n_seqs, H, N, N):
+        raise ValueError(
+            f"initial_state must have shape {(n_seqs, H, N, N)} (one [H, N, N] state per sequence), "
+            f"got {tuple(initial_state.shape)}"
+        )
+    state = (
+        initial_state.to(cdt) if initial_state is not None else torch.zeros(n_seqs, H, N, N, dtype=cdt, device=dev)
+    )
+
+    L = chunk_size
+    index, steps, order = _chunk_layout(starts, lengths, L, pad_index=B * T)
+    n_chunks = index.shape[0]
+
+    # One gather for all inputs; the appended zero row is the identity step used as padding
+    # (log-decay 0 means d = 1).
+    logd = -DECAY_SCALE * torch.sigmoid(w.to(cdt))
+    packed = torch.cat([x.to(cdt) for x in (r, k, v, a, b)] + [logd], -1).reshape(B * T, H, 6 * N)
+    packed = torch.cat((packed, packed.new_zeros(1, H, 6 * N)))
+    chunks = packed.index_select(0, index.flatten()).view(n_chunks, L, H, 6, N)
+    # One copy into [6, n_chunks, H, L, N] so each input is contiguous for the batched products.
+    r_c, k_c, v_c, a_c, b_c, logd_c = chunks.permute(3, 0, 2, 1, 4).contiguous().unbind(0)
+
+    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c)
+
+    # Sequential chunk merge. Segments with fewer chunks sit at the end of ``order`` and drop
+    # out of the running prefix; their final states are collected as they leave.
+    state = state.index_select(0, order)
+    # split (not slicing in the loop) so autograd joins the pieces once instead of once per step;
+    # the read-out happens in the loop so the per-chunk input states are never concatenated.
+    ys, finished = [], []
+    for m, p_k, c_k, q_k, y0_k in zip(steps, p.split(steps), c_off.split(steps), q.split(steps), y0.split(steps)):
+        if m < state.shape[0]:
+            finished.append(state[m:])
+            state = state[:m]
+        flat = state.reshape(m * H, N, N)
+        ys.append(torch.baddbmm(y0_k.reshape(m * H, L, N), q_k.reshape(m * H, L, N), flat.transpose(-1, -2)))
+        state = torch.baddbmm(c_k.reshape(m * H, N, N), flat, p_k.reshape(m * H, N, N)).view(m, H, N, N)
+    finished.append(state)
+
+    if n_chunks:
+        y_c = torch.cat(ys).view(n_chunks, H, L, N)
+        # Back from chunk layout to tokens: token t sits at the flat slot where index == t.
+        slot = torch.empty(B * T + 1, dtype=torch.long, device=dev)
+        slot[index.flatten()] = torch.arange(n_chunks * L, device=dev)
+        y = y_c.transpose(1, 2).reshape(n_chunks * L, H, N).index_select(0, slot[: B * T]).view(B, T, H, N)
+    else:
+        y = r.new_zeros(B, T, H, N, dtype=cdt)
+
+    final = None
+    if output_final_state:
+        final_sorted = torch.cat(finished[::-1])
+        final = final_sorted.index_select(0, torch.argsort(order))
+    return y.to(r.dtype), final

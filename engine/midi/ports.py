@@ -1,0 +1,255 @@
+"""MIDI output ports through python-rtmidi: pick an API, list ports, open one by name or create a virtual one.
+
+``auto`` tries ALSA, then JACK on Linux (CoreMIDI on macOS, Windows MM on Windows). Probing JACK
+never starts a JACK server as a side effect (JACK_NO_START_SERVER).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+VIRTUAL_PORT_NAME = "PianoMuse"
+CLIENT_NAME = "PianoMuse"
+API_CHOICES = ("auto", "alsa", "jack", "coremidi", "winmm")
+
+
+class PortError(RuntimeError):
+    """A MIDI port problem a user can fix; the message is one sentence saying how."""
+
+
+def _rtmidi():
+    import rtmidi  # noqa: PLC0415  (imported on use: engine imports stay light)
+
+    return rtmidi
+
+
+def _api_ids() -> dict[str, int]:
+    rt = _rtmidi()
+    return {
+        "alsa": rt.API_LINUX_ALSA,
+        "jack": rt.API_UNIX_JACK,
+        "coremidi": rt.API_MACOSX_CORE,
+        "winmm": rt.API_WINDOWS_MM,
+    }
+
+
+def _auto_order() -> tuple[str, ...]:
+    if sys.platform.startswith("linux"):
+        return ("alsa", "jack")
+    if sys.platform == "darwin":
+        return ("coremidi", "jack")
+    if sys.platform == "win32":
+        return ("winmm",)
+    return ("jack",)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """ALSA and JACK print their own errors to fd 2 while we probe; the user gets our sentence instead."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no fd 2 at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _new_client(kind: str, api: str, client_name: str = CLIENT_NAME):
+    """An rtmidi MidiOut/MidiIn on ``api``, or None when that API has no server/sequencer here."""
+    rt = _rtmidi()
+    if api not in _api_ids():
+        raise PortError(f"Unknown MIDI API {api!r}; use one of: {', '.join(API_CHOICES)}.")
+    if _api_ids()[api] not in rt.get_compiled_api():
+        return None
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    cls = rt.MidiOut if kind == "out" else rt.MidiIn
+    try:
+        with _quiet_native_stderr():
+            return cls(_api_ids()[api], client_name)
+    except (rt.SystemError, rt.RtMidiError, RuntimeError):
+        return None
+
+
+def available_apis(api: str = "auto") -> list[str]:
+    """The APIs (in try order) that can be used right now."""
+    wanted = _auto_order() if api == "auto" else (api,)
+    usable = []
+    for name in wanted:
+        client = _new_client("out", name)
+        if client is not None:
+            usable.append(name)
+            client.delete()
+    return usable
+
+
+def resolve_api(api: str = "auto") -> str:
+    """The API to use; raises PortError with what to do when none works."""
+    if api not in API_CHOICES:
+        raise PortError(f"Unknown MIDI API {api!r}; use one of: {', '.join(API_CHOICES)}.")
+    usable = available_apis(api)
+    if usable:
+        return usable[0]
+    if api == "auto":
+        raise PortError(
+            "No MIDI system is available (tried " + ", ".join(_auto_order()) + "): start a JACK server "
+            "(e.g. `jackd -d dummy`) or load the ALSA sequencer (`modprobe snd-seq`), or just use --out FILE.mid."
+        )
+    if api == "jack":
+        raise PortError("The JACK server is not running: start it (e.g. `jackd -d alsa` or `jackd -d dummy`) or pick --midi-api alsa.")
+    if api == "alsa":
+        raise PortError("The ALSA sequencer is not available (/dev/snd/seq missing): load it with `modprobe snd-seq` or pick --midi-api jack.")
+    raise PortError(f"The {api} MIDI API is not available on this machine; try --midi-api auto.")
+
+
+def list_ports(api: str = "auto") -> dict[str, list[str]]:
+    """Output port names (MIDI destinations) per usable API, e.g. {"jack": ["fluidsynth:midi_00"]}."""
+    names = _auto_order() if api == "auto" else (api,)
+    result: dict[str, list[str]] = {}
+    for name in names:
+        client = _new_client("out", name, CLIENT_NAME + "-probe")
+        if client is None:
+            continue
+        try:
+            result[name] = list(client.get_ports())
+        finally:
+            client.delete()
+    return result
+
+
+def match_port(wanted: str, names: list[str]) -> str:
+    """Exact name first, then a unique case-insensitive substring; else one sentence listing the choices."""
+    if wanted in names:
+        return wanted
+    hits = [n for n in names if wanted.lower() in n.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    listing = ", ".join(repr(n) for n in names) or "none"
+    if not hits:
+        raise PortError(f"No MIDI output port matches {wanted!r}; available ports: {listing} (see `pianomuse-tui --headless ports`).")
+    raise PortError(f"{wanted!r} matches several ports ({', '.join(repr(n) for n in hits)}); give more of the name.")
+
+
+@dataclass
+class MidiOutput:
+    """An open output: ``send(bytes)``, ``is_alive()`` (the destination still exists), ``reopen()``, ``close()``."""
+
+    api: str
+    target: str | None  # destination port name, None for our own virtual port
+    virtual: bool
+    client_name: str = CLIENT_NAME
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._out = None
+        self._probe = None
+        self._open()
+
+    @property
+    def name(self) -> str:
+        return f"{self.client_name}:{VIRTUAL_PORT_NAME} (virtual, {self.api})" if self.virtual else f"{self.target} ({self.api})"
+
+    def _open(self) -> None:
+        out = _new_client("out", self.api, self.client_name)
+        if out is None:
+            raise PortError(resolve_error_sentence(self.api))
+        rt = _rtmidi()
+        try:
+            if self.virtual:
+                out.open_virtual_port(VIRTUAL_PORT_NAME)
+            else:
+                names = list(out.get_ports())
+                chosen = match_port(self.target, names)
+                out.open_port(names.index(chosen), VIRTUAL_PORT_NAME)
+                self.target = chosen
+        except (rt.RtMidiError, RuntimeError) as err:
+            out.delete()
+            raise PortError(f"Could not open the MIDI port {self.target or VIRTUAL_PORT_NAME!r} ({err}); check it with `pianomuse-tui --headless ports`.") from err
+        except PortError:
+            out.delete()
+            raise
+        with self._lock:
+            self._out = out
+        if not self.virtual and self._probe is None:
+            # Made now, not at the first check: opening a JACK client holds the GIL for ~20 ms mid-performance.
+            self._probe = _new_client("out", self.api, self.client_name + "-watch")
+
+    def send(self, data) -> None:
+        out = self._out
+        if out is None:
+            raise PortError("The MIDI port is closed; reconnect it.")
+        out.send_message(list(data))
+
+    def is_alive(self) -> bool:
+        """False when the destination port (e.g. the synth) is gone; a virtual port lives as long as we do."""
+        if self._out is None:
+            return False
+        if self.virtual:
+            return True
+        if self._probe is None:
+            self._probe = _new_client("out", self.api, self.client_name + "-watch")
+            if self._probe is None:
+                return False
+        try:
+            return self.target in self._probe.get_ports()
+        except Exception:  # noqa: BLE001 - a dead server looks like a dead port
+            return False
+
+    def reopen(self) -> None:
+        """Close and open again by the same name (after a synth restarted)."""
+        self._close_out()
+        self._open()
+
+    def _close_out(self) -> None:
+        with self._lock:
+            out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close_port()
+            finally:
+                out.delete()
+
+    def close(self) -> None:
+        self._close_out()
+        if self._probe is not None:
+            self._probe.delete()
+            self._probe = None
+
+
+def resolve_error_sentence(api: str) -> str:
+    try:
+        resolve_api(api)
+    except PortError as err:
+        return str(err)
+    return f"Could not create a MIDI client on {api}; check `pianomuse-tui --headless ports`."
+
+
+def open_output(api: str = "auto", name: str | None = None, virtual: bool = False, client_name: str = CLIENT_NAME) -> MidiOutput:
+    """Open an existing port by name/substring, or create the virtual port "PianoMuse"."""
+    if virtual and name:
+        raise PortError("Give either --port NAME or --virtual, not both.")
+    if not virtual and not name:
+        raise PortError("Say where to play: --port NAME (see `pianomuse-tui --headless ports`) or --virtual.")
+    if virtual and sys.platform == "win32":
+        existing = list_ports(api).get("winmm", [])
+        raise PortError("Windows has no virtual MIDI ports; pick an existing one with --port: " + (", ".join(existing) or "none found (install loopMIDI)") + ".")
+    chosen = resolve_api(api)
+    if name and api == "auto":
+        # The port may live on the second API (e.g. a synth on JACK while ALSA also runs).
+        for candidate, names in list_ports("auto").items():
+            try:
+                match_port(name, names)
+            except PortError:
+                continue
+            chosen = candidate
+            break
+    return MidiOutput(api=chosen, target=name, virtual=virtual, client_name=client_name)

@@ -1,0 +1,72 @@
+"""Auditions: every N steps the model continues a fixed validation prompt, saved as MIDI so the
+user (and the TUI) can hear what the run has learnt so far.
+
+The prompt is prefilled in parallel mode, then tokens are drawn one at a time in RNN mode with a
+plain temperature + nucleus (top-p) sampler; the grammar-constrained sampler lives in
+engine.generate. PAD and BOS are never drawn; EOS ends the continuation early.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Draw one token id from fp32 ``logits`` [V] (banned ids already set to -inf)."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p  # always keeps the top token
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        choice = torch.multinomial(sorted_p, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def continue_prompt(model, prompt: list[int], n_tokens: int, *, temperature: float, top_p: float, seed: int,
+                    banned: tuple[int, ...] = (), eos_id: int | None = None) -> list[int]:
+    """Prefill ``prompt`` and sample up to ``n_tokens`` new tokens in RNN mode."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    logits, state = model(torch.tensor([prompt], device=device), return_state=True)
+    last = logits[0, -1]
+    new_tokens: list[int] = []
+    for _ in range(n_tokens):
+        scores = last.float().cpu()
+        if banned:
+            scores[list(banned)] = float("-inf")
+        token = sample_top_p(scores, temperature, top_p, generator)
+        new_tokens.append(token)
+        if eos_id is not None and token == eos_id:
+            break
+        last, state = model.step(torch.tensor([token], device=device), state)
+        last = last[0]
+    return new_tokens
+
+
+@dataclass
+class Audition:
+    path: Path
+    prompt_tokens: int
+    new_tokens: int
+    notes: int
+
+
+def write_audition(model, tokenizer, prompt: list[int], path: Path, *, n_tokens: int, temperature: float,
+                   top_p: float, seed: int) -> Audition:
+    """Generate, decode prompt + continuation with the store's tokenizer, write MIDI atomically."""
+    banned = tuple(i for i in (tokenizer.pad_id, tokenizer.bos_id) if i is not None)
+    new = continue_prompt(model, prompt, n_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                          banned=banned, eos_id=tokenizer.eos_id)
+    score = tokenizer.decode(list(prompt) + new)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    score.dump_midi(str(tmp))
+    os.replace(tmp, path)
+    notes = sum(len(track.notes) for track in score.tracks)
+    return Audition(path, len(prompt), len(new), notes)

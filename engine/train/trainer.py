@@ -1,0 +1,534 @@
+"""The training loop: a plain loop a reader can hold in their head (nanoGPT-style).
+
+One optimizer step = the global batch (``train.batch_size`` sequences over all processes), split
+into micro-batches per process (gradient accumulation) and, with ``train.tbptt_len``, into time
+chunks whose recurrent state is carried forward and detached (truncated BPTT). The summed loss of
+every piece is divided by the global batch's target count, so all of these give the gradient of
+one mean, whatever the world size.
+
+Precision: fp32 master weights; bf16 autocast on CUDA, fp32 on CPU. No GradScaler: bf16 has
+fp32's exponent range, so gradients do not underflow and there is nothing to rescale.
+
+Per step there is one host sync: the loss and gradient norm are read together after backward,
+which is what the NaN/inf guard needs to decide whether to apply the update.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from engine.model import RWKV7, ModelConfig, load_checkpoint, save_checkpoint
+from engine.paths import REPO_ROOT
+
+from . import checkpointing as ckpt
+from .audition import write_audition
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
+from .feed import TrainingFeed, open_feed
+from .metrics import MetricsCallback, MetricsLog
+from .objective import TrainingObjective, enable_activation_checkpointing
+from .optim import build_optimizer, set_learning_rate
+from .schedule import CosineTokenSchedule
+
+EXIT_FINISHED, EXIT_ABORTED, EXIT_STOPPED = 0, 3, 130
+
+
+class TrainingAborted(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps); the message says what to do."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "stopped" | "aborted"
+    run_dir: Path
+    step: int
+    tokens: int
+    checkpoint: Path | None
+    message: str = ""
+    bad_steps: int = 0
+    last_val: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {"finished": EXIT_FINISHED, "stopped": EXIT_STOPPED}.get(self.status, EXIT_ABORTED)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM: the first asks for save-and-exit at the next step boundary; the second
+    aborts at once (KeyboardInterrupt). Installed only in the main thread, restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self.reason = ""
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.reason = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def resolve_device(spec: str, dist: DistInfo) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device asks for CUDA but no CUDA GPU is visible here; use --device cpu or --device auto")
+        if spec == "cuda":
+            return torch.device("cuda", dist.local_rank)
+    return torch.device(spec)
+
+
+def resolve_precision(spec: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32)."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if spec == "bf16":
+        return torch.bfloat16
+    return None
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment_report(device: torch.device, dist: DistInfo, backend: str) -> dict:
+    import importlib.metadata as md  # noqa: PLC0415
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "pianomuse": version("pianomuse"),
+        "miditok": version("miditok"),
+        "symusic": version("symusic"),
+        "git_revision": _git_revision(),
+        "device": str(device),
+        "world_size": dist.world_size,
+        "wkv_backend": backend,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["compute_capability"] = list(torch.cuda.get_device_capability(device))
+    return env
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{name}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def freeze_unused_parameters(model: RWKV7, device: torch.device) -> list[str]:
+    """Parameters no forward touches (layer 0's value-residual v0/v1/v2) get requires_grad=False,
+    found by one tiny backward, so DDP need not search for unused parameters every step."""
+    probe = torch.zeros(1, 2, dtype=torch.long, device=device)
+    model.zero_grad(set_to_none=True)
+    h, _ = model.hidden(probe, return_state=False)
+    model.head(h).float().sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in model.named_parameters():
+        if n in unused:
+            p.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    return unused
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, on_metrics: MetricsCallback | None = None, stop_event: threading.Event | None = None):
+        self.cfg = config.validate()
+        self.on_metrics = on_metrics
+        self.stop_event = stop_event
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        dist = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.dist = dist
+        try:
+            with StopSignals() as signals:
+                self.signals = signals
+                return self._fit(cfg, dist)
+        finally:
+            if getattr(self, "log", None) is not None:
+                self.log.close()
+            if getattr(self, "feed", None) is not None:
+                self.feed.close()
+            shutdown(dist)
+
+    def _setup_run_dir(self, cfg: TrainConfig, dist: DistInfo) -> tuple[Path, Path | None]:
+        resume_from = None
+        run_dir = None
+        if dist.is_main:
+            if cfg.run.resume:
+                try:
+                    run_dir, resume_from = ckpt.find_resume_point(cfg.run.resume, Path(cfg.run.root))
+                except ckpt.ResumeError:
+                    if cfg.run.resume != "auto":
+                        raise
+            if run_dir is None:
+                run_dir = new_run_dir(Path(cfg.run.root), cfg.run.name or cfg.preset or "run")
+        run_dir, resume_from = broadcast_object((run_dir, resume_from), dist)
+        return Path(run_dir), (Path(resume_from) if resume_from else None)
+
+    def _fit(self, cfg: TrainConfig, dist: DistInfo) -> TrainResult:
+        device = resolve_device(cfg.train.device, dist)
+        self.device = device
+        autocast_dtype = resolve_precision(cfg.train.precision, device)
+        if autocast_dtype is not None:
+            self.autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype)
+        else:
+            self.autocast = contextlib.nullcontext
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+
+        feed = open_feed(cfg, dist, on_progress=self._prepare_progress if dist.is_main else None)
+        self.feed = feed
+        run_dir, resume_from = self._setup_run_dir(cfg, dist)
+        self.run_dir = run_dir
+        accum = cfg.accumulation_steps(dist.world_size)
+
+        # ---- model -------------------------------------------------------------------------
+        model_cfg = ModelConfig(
+            arch=cfg.model.arch, n_layer=cfg.model.n_layer, n_embd=cfg.model.n_embd, vocab_size=feed.tokenizer.vocab_size,
+            head_size=cfg.model.head_size, dim_w=cfg.model.dim_w or None, dim_a=cfg.model.dim_a or None,
+            dim_v=cfg.model.dim_v or None, dim_g=cfg.model.dim_g or None,
+        )
+        lr, lr_final = cfg.optim.lr, cfg.optim.lr_final
+        if resume_from is not None:
+            model, _ = load_checkpoint(resume_from, device=device, wkv_backend=cfg.train.wkv_backend)
+        elif cfg.init_from:
+            model = self._init_from(cfg.init_from, model_cfg, device)
+            lr, lr_final = cfg.optim.finetune_lr, cfg.optim.finetune_lr / 10
+        else:
+            model = RWKV7(model_cfg, wkv_backend=cfg.train.wkv_backend).to(device)
+        model.train()
+        self.model = model
+        frozen = freeze_unused_parameters(model, device)
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap)
+        if dist.enabled:
+            objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.train.compile and device.type == "cuda":
+            objective = torch.compile(objective)
+        self.objective = objective
+        optimizer = build_optimizer(model, cfg.optim, lr, device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+        total_tokens = cfg.train.max_tokens or int(cfg.train.max_steps * cfg.train.batch_size * feed.mean_sample_tokens)
+        schedule = CosineTokenSchedule(lr, lr_final, cfg.optim.warmup_steps, total_tokens)
+
+        # ---- run directory, logs -----------------------------------------------------------
+        from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415
+
+        backend = resolve_backend(cfg.train.wkv_backend, device)
+        if dist.is_main:
+            cfg.save(run_dir / "config.toml")
+            (run_dir / "env.json").write_text(json.dumps(environment_report(device, dist, backend), indent=2) + "\n")
+            (run_dir / "control").mkdir(exist_ok=True)
+            stale_stop = run_dir / "control" / "stop"
+            if stale_stop.exists():  # a stop request from the previous session was already honoured
+                stale_stop.unlink()
+        barrier(dist)
+        self.log = MetricsLog(run_dir / "metrics.jsonl" if dist.is_main else None, self.on_metrics if dist.is_main else None)
+        if cfg.run.tensorboard and dist.is_main:
+            try:
+                self.log.enable_tensorboard(run_dir / "tensorboard")
+            except ImportError:
+                raise ConfigError("run.tensorboard needs the tensorboard package; pip install tensorboard or set run.tensorboard=false") from None
+
+        # ---- state -------------------------------------------------------------------------
+        step, tokens, cursor, attempts = 0, 0, 0, 0
+        total_bad = 0
+        if resume_from is not None:
+            state = ckpt.load_trainer_state(resume_from)
+            optimizer.load_state_dict(state["optimizer"])
+            step, tokens, cursor, attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
+            total_bad = state.get("bad_steps_total", 0)
+            schedule = CosineTokenSchedule(**state["schedule"])
+            _set_rng_state(state["rng"], device)
+        last_ckpt = resume_from
+        self.log.write(
+            "status", step, tokens, state="resumed" if resume_from else "started", run_dir=str(run_dir),
+            checkpoint=str(resume_from) if resume_from else None, device=str(device), world_size=dist.world_size,
+            wkv_backend=backend, parameters=model.parameter_count(), frozen=frozen, max_steps=cfg.train.max_steps,
+            total_tokens=schedule.total_tokens, train_samples=len(feed.train), val_samples=len(feed.val),
+            vocab_size=model_cfg.vocab_size, precision=str(autocast_dtype or torch.float32).replace("torch.", ""),
+        )
+
+        def save(reason: str) -> Path | None:
+            nonlocal last_ckpt
+            if dist.is_main:
+                trainer_state = {
+                    "optimizer": optimizer.state_dict(), "step": step, "tokens": tokens, "cursor": cursor,
+                    "attempts": attempts, "bad_steps_total": total_bad, "schedule": schedule.__dict__.copy(),
+                    "rng": _rng_state(device), "world_size": dist.world_size, "config": cfg.to_dict(),
+                }
+                last_ckpt = ckpt.write_checkpoint(
+                    run_dir, step,
+                    lambda stem: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), extra={"step": step, "tokens": tokens, "run_dir": str(run_dir)}),
+                    trainer_state, keep=cfg.run.keep_checkpoints, pause_s=cfg.debug.save_pause_s,
+                )
+                self.log.write("checkpoint", step, tokens, path=str(last_ckpt), reason=reason)
+            barrier(dist)
+            return last_ckpt
+
+        # ---- the loop ----------------------------------------------------------------------
+        consecutive_bad = 0
+        last_val: dict = {}
+        window_tokens, window_start = 0, time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        status, message = "finished", ""
+        try:
+            while step < cfg.train.max_steps and (not cfg.train.max_tokens or tokens < cfg.train.max_tokens):
+                plan = feed.plan_step(cursor, accum)
+                set_learning_rate(optimizer, schedule(step, tokens))
+                loss_sum = self._forward_backward(plan, dist, poison=attempts in cfg.debug.nan_at_steps)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+                stop_local = self._stop_requested(run_dir) if dist.is_main else False
+                sums = torch.stack([loss_sum.float(), torch.tensor(float(stop_local), device=device)])
+                all_reduce_sum(sums, dist)
+                loss_total, stop_flag, grad_val = torch.cat([sums, grad_norm.float().view(1).to(device)]).tolist()
+                loss = loss_total / plan.n_targets
+                attempts += 1
+                cursor += plan.n_samples
+                if not (math.isfinite(loss) and math.isfinite(grad_val)):
+                    optimizer.zero_grad(set_to_none=True)
+                    consecutive_bad += 1
+                    total_bad += 1
+                    self.log.write("status", step, tokens, state="bad_step", loss=loss, grad_norm=grad_val,
+                                   consecutive=consecutive_bad, bad_steps_total=total_bad)
+                    if consecutive_bad >= cfg.run.max_bad_steps:
+                        raise TrainingAborted(
+                            f"{consecutive_bad} consecutive steps had a non-finite loss or gradient; the last good checkpoint is "
+                            f"{last_ckpt or 'none (no checkpoint was written yet)'}; lower optim.lr or check the data, then resume from it"
+                        )
+                else:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    consecutive_bad = 0
+                    step += 1
+                    tokens += plan.n_tokens
+                    window_tokens += plan.n_tokens
+                    if step % cfg.run.log_every == 0 or step == 1 or step == cfg.train.max_steps:
+                        now = time.perf_counter()
+                        self.log.write("train", step, tokens, loss=loss, lr=optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"],
+                                       grad_norm=grad_val, tokens_per_s=window_tokens / max(now - window_start, 1e-9),
+                                       bad_steps_total=total_bad, **self._memory(device))
+                        window_tokens, window_start = 0, now
+                    if cfg.eval.val_every and step % cfg.eval.val_every == 0:
+                        last_val = self._validate(step, tokens)
+                    if cfg.eval.audition_every and step % cfg.eval.audition_every == 0:
+                        self._audition(step, tokens)
+                    if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
+                        save("periodic")
+                if stop_flag > 0:
+                    status = "stopped"
+                    message = f"stopped at step {step} ({self._stop_reason(run_dir)})"
+                    break
+        except TrainingAborted as exc:
+            self.log.write("status", step, tokens, state="aborted", message=str(exc), checkpoint=str(last_ckpt) if last_ckpt else None)
+            return TrainResult("aborted", run_dir, step, tokens, last_ckpt, str(exc), total_bad, last_val)
+        except KeyboardInterrupt:
+            self.log.write("status", step, tokens, state="aborted", message="interrupted twice: aborted without saving",
+                           checkpoint=str(last_ckpt) if last_ckpt else None)
+            return TrainResult("aborted", run_dir, step, tokens, last_ckpt, "interrupted twice: aborted without saving", total_bad, last_val)
+
+        if status == "finished":
+            if cfg.eval.val_every and step % cfg.eval.val_every:
+                last_val = self._validate(step, tokens)
+            if cfg.eval.audition_every and step % cfg.eval.audition_every:
+                self._audition(step, tokens)
+        if last_ckpt is None or ckpt.checkpoint_name(step) != Path(last_ckpt).name:
+            save("final" if status == "finished" else "stop")
+        if dist.is_main:
+            stop_file = run_dir / "control" / "stop"
+            if stop_file.exists():
+                stop_file.unlink()
+        self.log.write("status", step, tokens, state=status, message=message or f"finished {step} steps", checkpoint=str(last_ckpt),
+                       bad_steps_total=total_bad)
+        return TrainResult(status, run_dir, step, tokens, last_ckpt, message, total_bad, last_val)
+
+    # ------------------------------------------------------------------------------------------
+    def _init_from(self, path: str, model_cfg: ModelConfig, device: torch.device) -> RWKV7:
+        """Start from an existing checkpoint (e.g. a text RWKV-7), vocabulary resized to the music tokenizer's."""
+        from engine.model.checkpoint import CheckpointError  # noqa: PLC0415
+
+        try:
+            model, _ = load_checkpoint(path, device=device, wkv_backend=self.cfg.train.wkv_backend)
+        except CheckpointError as exc:
+            raise ConfigError(f"--init-from: {exc}") from None
+        if model.config.vocab_size != model_cfg.vocab_size:
+            from engine.model.vocab import resize_vocabulary  # noqa: PLC0415
+
+            model = resize_vocabulary(model, model_cfg.vocab_size)
+        return model.to(device)
+
+    def _prepare_progress(self, done: int, total: int, record: dict) -> None:
+        """Data preparation runs before the run directory exists: report it to the callback only."""
+        if self.on_metrics is not None and (done == 1 or done == total):
+            self.on_metrics({"kind": "status", "state": "preparing", "step": 0, "tokens": 0, "time": round(time.time(), 3),
+                             "done": done, "total": total, "message": f"preparing data: {done}/{total} files"})
+
+    def _stop_requested(self, run_dir: Path) -> bool:
+        return (
+            self.signals.requested
+            or (self.stop_event is not None and self.stop_event.is_set())
+            or (run_dir / "control" / "stop").exists()
+        )
+
+    def _stop_reason(self, run_dir: Path) -> str:
+        if self.signals.requested:
+            return self.signals.reason
+        if self.stop_event is not None and self.stop_event.is_set():
+            return "stop requested"
+        return "control/stop file"
+
+    def _forward_backward(self, plan, dist: DistInfo, poison: bool) -> torch.Tensor:
+        """Run every micro-batch and time chunk of this process; return its summed loss (detached)."""
+        objective, device = self.objective, self.device
+        scale = dist.world_size / plan.n_targets  # DDP averages over processes
+        total = torch.zeros((), device=device)
+        pieces = [(mb, chunk) for mb in plan.micro_batches for chunk in mb.chunks(self.cfg.train.tbptt_len)]
+        state = None
+        for i, (mb, chunk) in enumerate(pieces):
+            last = i == len(pieces) - 1
+            sync = contextlib.nullcontext() if last or not isinstance(objective, DistributedDataParallel) else objective.no_sync()
+            if chunk.first:
+                state = None
+            with sync:
+                with self.autocast():
+                    loss_sum, state = objective(*chunk.to(device), state=state, want_state=not chunk.last)
+                if poison:  # fault injection for the NaN guard's tests
+                    loss_sum = loss_sum * float("nan")
+                (loss_sum * scale).backward()
+            if state is not None:
+                state = state.detach()  # truncated BPTT: the next chunk starts from values, not a graph
+            total += loss_sum.detach().float()
+        return total
+
+    @staticmethod
+    def _memory(device: torch.device) -> dict:
+        if device.type != "cuda":
+            return {"mem_alloc": None, "mem_reserved": None, "mem_peak": None}
+        return {
+            "mem_alloc": torch.cuda.memory_allocated(device),
+            "mem_reserved": torch.cuda.memory_reserved(device),
+            "mem_peak": torch.cuda.max_memory_allocated(device),
+        }
+
+    @torch.no_grad()
+    def _validate(self, step: int, tokens: int) -> dict:
+        """Loss in nats per target token and bits per note over the (capped) validation split."""
+        model, feed, dist = self.model, self.feed, self.dist
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, targets, notes
+        objective = TrainingObjective(model)
+        for chunk in feed.val_chunks(self.cfg.train.micro_batch_size, self.cfg.eval.val_max_batches, dist):
+            with self.autocast():
+                loss_sum, _ = objective(*chunk.to(self.device))
+            sums += torch.stack([loss_sum.double(), torch.tensor(chunk.n_targets, dtype=torch.float64, device=self.device),
+                                 torch.tensor(chunk.n_notes, dtype=torch.float64, device=self.device)])
+        all_reduce_sum(sums, dist)
+        nats, n_targets, n_notes = sums.tolist()
+        model.train()
+        if n_targets == 0:
+            return {}
+        result = {
+            "val_loss": nats / n_targets,
+            "bits_per_note": (nats / math.log(2)) / n_notes if n_notes else None,
+            "val_tokens": int(n_targets),
+            "val_notes": int(n_notes),
+        }
+        self.log.write("val", step, tokens, **result)
+        return result
+
+    def _audition(self, step: int, tokens: int) -> None:
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg.eval
+        prompt = self.feed.audition_prompt(cfg.audition_prompt_tokens)
+        if not prompt:
+            return
+        path = self.run_dir / "auditions" / f"{ckpt.checkpoint_name(step)}.mid"
+        self.model.eval()
+        try:
+            with self.autocast():
+                result = write_audition(self.model, self.feed.tokenizer, prompt, path, n_tokens=cfg.audition_tokens,
+                                        temperature=cfg.audition_temperature, top_p=cfg.audition_top_p,
+                                        seed=self.cfg.train.seed + step)
+        except Exception as exc:  # noqa: BLE001 (a sample that does not decode must not end the run)
+            self.log.write("audition", step, tokens, path=None, error=f"{type(exc).__name__}: {exc}")
+        else:
+            self.log.write("audition", step, tokens, path=str(result.path), prompt_tokens=result.prompt_tokens,
+                           new_tokens=result.new_tokens, notes=result.notes)
+        finally:
+            self.model.train()
+
+
+def run_training(config: TrainConfig, on_metrics: MetricsCallback | None = None, stop_event: threading.Event | None = None) -> TrainResult:
+    """Train with ``config``; usable from a spawned process (the TUI tails metrics.jsonl).
+
+    ``on_metrics`` sees every record written to metrics.jsonl; setting ``stop_event`` (or creating
+    ``control/stop`` in the run directory, or SIGINT/SIGTERM) saves and stops at the next step.
+    """
+    return Trainer(config, on_metrics=on_metrics, stop_event=stop_event).fit()

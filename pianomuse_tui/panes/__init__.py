@@ -1,0 +1,1 @@
+"""The three panes of the app, one module each."""

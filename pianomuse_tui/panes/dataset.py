@@ -1,0 +1,496 @@
+"""Dataset pane: scan a folder of MIDI files, read the report, prepare the token store.
+
+The scan and the preparation are the engine's (``engine.data.check.scan``,
+``engine.data.store.prepare``); this pane runs them in thread workers, shows their progress, and
+lays out the report.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
+from textual.worker import get_current_worker
+
+from ..messages import FileDetailLoaded, PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
+from ..widgets.histogram import labelled_histogram
+from .common import PaneBase, Cancelled, field, fmt_count, fmt_duration, progress_args
+
+STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
+
+
+class SortCell(Text):
+    """A table cell that sorts by its value rather than by its text."""
+
+    def __init__(self, shown: str, value: Any, style: str = "", justify: str = "left") -> None:
+        super().__init__(shown, style=style, justify=justify)
+        self.sort_value = value
+
+
+def _sort_key(cell: Any) -> Any:
+    value = getattr(cell, "sort_value", cell)
+    # numbers before missing values, whatever the direction of the column
+    return (value is None, value if value is not None else 0)
+
+
+def default_store_for(folder: Path) -> Path:
+    return Path(".cache") / "stores" / (folder.resolve().name or "corpus")
+
+
+class DatasetPane(PaneBase):
+    BINDINGS = [
+        Binding("s", "scan", "Scan"),
+        Binding("escape", "cancel", "Cancel", show=False),
+        Binding("p", "prepare", "Prepare"),
+        Binding("slash", "filter", "Filter"),
+        Binding("o", "folder", "Folder"),
+    ]
+    COMMANDS_LIST = [
+        ("Scan folder", "Check every MIDI file of the folder (cancellable)", "scan"),
+        ("Cancel scan or prepare", "Stop the running dataset job", "cancel"),
+        ("Prepare token store", "Tokenize the good files into a token store", "prepare"),
+        ("Filter files", "Show only files whose path or status matches", "filter"),
+        ("Change folder", "Type another MIDI folder to scan", "folder"),
+    ]
+
+    def __init__(self, args: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        args = args or {}
+        from engine.paths import CORPUS_DIR
+
+        folder = Path(args.get("folder") or args.get("data") or args.get("dir") or CORPUS_DIR)
+        try:
+            folder = folder.resolve().relative_to(Path.cwd())
+        except ValueError:
+            pass
+        self.start_folder = folder
+        self.start_store = args.get("out") or args.get("store")
+        self.autoscan = bool(args.get("scan", bool(args)))
+        self.report: Any = None
+        self.records: dict[str, dict] = {}
+        self._cancel = threading.Event()
+        self._sort: tuple[str, bool] = ("status", False)
+        self.rows_shown = 0
+        self.detail_path: str | None = None
+        self.pitch_cache: dict[str, list[int]] = {}
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="toolbar"):
+            yield Label("Folder", classes="field-label")
+            yield Input(str(self.start_folder), id="ds-folder", placeholder="folder of .mid files")
+            yield Button("Scan", id="ds-scan", variant="primary")
+            yield Button("Prepare store", id="ds-prepare")
+            yield Button("Cancel", id="ds-cancel", disabled=True)
+        with Horizontal(classes="progress-row"):
+            yield ProgressBar(total=1, id="ds-progress", show_eta=True)
+            yield Label("idle", id="ds-progress-label")
+        with Horizontal(id="ds-body", classes="body"):
+            with Vertical(id="ds-files-box", classes="panel"):
+                yield Input(placeholder="filter: path or status", id="ds-filter", classes="hidden")
+                yield DataTable(id="ds-files", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="ds-side"):
+                yield Static("no scan yet: press s", id="ds-summary", classes="panel")
+                with VerticalScroll(id="ds-detail-box", classes="panel"):
+                    yield Static("select a file", id="ds-detail")
+
+    def on_mount(self) -> None:
+        self.query_one("#ds-files-box").border_title = "Files"
+        self.query_one("#ds-summary").border_title = "Summary"
+        self.query_one("#ds-detail-box").border_title = "Selected file"
+        table = self.query_one("#ds-files", DataTable)
+        for key, label in (("status", "status"), ("file", "file"), ("minutes", "min"),
+                           ("notes", "notes"), ("tokens", "tokens"), ("reasons", "reasons")):
+            table.add_column(label, key=key)
+        if self.autoscan:
+            self.call_after_refresh(self.action_scan)
+
+    def focus_main(self) -> None:
+        self.query_one("#ds-files", DataTable).focus()
+
+    @property
+    def busy(self) -> bool:
+        return any(w.group == "dataset" and w.is_running for w in self.app.workers)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.query_one("#ds-folder", Input).value.strip() or ".").expanduser()
+
+    # ---- actions --------------------------------------------------------------------------------
+
+    def action_folder(self) -> None:
+        self.query_one("#ds-folder", Input).focus()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#ds-filter", Input)
+        box.remove_class("hidden")
+        box.focus()
+
+    @on(Input.Changed, "#ds-filter")
+    def _filter_changed(self) -> None:
+        self._fill_table()
+
+    @on(Input.Submitted, "#ds-filter")
+    def _filter_done(self) -> None:
+        self.focus_main()
+
+    @on(Input.Submitted, "#ds-folder")
+    def _folder_submitted(self) -> None:
+        self.action_scan()
+
+    @on(Button.Pressed, "#ds-scan")
+    def action_scan(self) -> None:
+        if self.busy:
+            self.notify("A dataset job is already running; press escape to cancel it first.", severity="warning")
+            return
+        folder = self.folder
+        if not folder.is_dir():
+            self.notify(f"{folder} is not a folder; type the path of a folder of MIDI files and press enter.",
+                        severity="error")
+            return
+        self._cancel.clear()
+        self._set_running(True, "scanning…")
+        self._scan(folder)
+
+    @on(Button.Pressed, "#ds-cancel")
+    def action_cancel(self) -> None:
+        if self.busy:
+            self._cancel.set()
+            self.query_one("#ds-progress-label", Label).update("cancelling…")
+
+    @on(Button.Pressed, "#ds-prepare")
+    def action_prepare(self) -> None:
+        if self.busy:
+            self.notify("A dataset job is already running; wait for it or press escape.", severity="warning")
+            return
+        folder = self.folder
+        if not folder.is_dir():
+            self.notify(f"{folder} is not a folder; type the path of a folder of MIDI files.", severity="error")
+            return
+        out = Path(self.start_store) if self.start_store else default_store_for(folder)
+        self._cancel.clear()
+        self._set_running(True, f"preparing {out}…")
+        self._prepare(folder, out)
+
+    def shutdown(self) -> None:
+        self._cancel.set()
+
+    def _set_running(self, running: bool, label: str) -> None:
+        self.query_one("#ds-cancel", Button).disabled = not running
+        self.query_one("#ds-scan", Button).disabled = running
+        self.query_one("#ds-prepare", Button).disabled = running
+        self.query_one("#ds-progress-label", Label).update(label)
+        if running:
+            self.query_one("#ds-progress", ProgressBar).update(total=None, progress=0)
+
+    # ---- workers --------------------------------------------------------------------------------
+
+    def _progress_callback(self, make_message):
+        """An engine progress callback that posts coalescing messages and honours cancel."""
+        worker = get_current_worker()
+        started = time.monotonic()
+
+        def on_progress(*args: Any, **kwargs: Any) -> None:
+            if self._cancel.is_set() or worker.is_cancelled:
+                raise Cancelled("cancelled by the user")
+            done, total, current = progress_args(args, kwargs)
+            rate = done / max(1e-6, time.monotonic() - started)
+            self.post_message(make_message(done, total, current, rate))
+
+        return on_progress
+
+    @work(thread=True, exclusive=True, group="dataset", exit_on_error=False, name="scan")
+    def _scan(self, folder: Path) -> None:
+        from engine.data import check
+
+        callback = self._progress_callback(lambda d, t, c, r: ScanProgress(d, t, c, r))
+        try:
+            report = check.scan(folder, on_progress=callback)
+        except Cancelled:
+            self.post_message(ScanFinished(folder, None, cancelled=True))
+            return
+        except Exception as exc:  # noqa: BLE001 - shown as the engine's one sentence
+            self.post_message(ScanFinished(folder, None, error=_sentence(exc)))
+            return
+        self.post_message(ScanFinished(folder, report))
+
+    @work(thread=True, exclusive=True, group="dataset", exit_on_error=False, name="prepare")
+    def _prepare(self, folder: Path, out: Path) -> None:
+        from engine.data import store
+
+        callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, str(c)))
+        try:
+            result = store.prepare(folder, out, None, on_progress=callback)
+        except Cancelled:
+            self.post_message(PrepareFinished(None, cancelled=True))
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(PrepareFinished(None, error=_sentence(exc)))
+            return
+        self.post_message(PrepareFinished(out, detail=_describe_store(result)))
+
+    # ---- messages from the workers --------------------------------------------------------------
+
+    def on_scan_progress(self, message: ScanProgress) -> None:
+        bar = self.query_one("#ds-progress", ProgressBar)
+        bar.update(total=message.total or None, progress=message.done)
+        self.query_one("#ds-progress-label", Label).update(
+            f"{message.done}/{message.total} files  {message.files_per_s:.0f} files/s")
+
+    def on_prepare_progress(self, message: PrepareProgress) -> None:
+        self.query_one("#ds-progress", ProgressBar).update(total=message.total or None, progress=message.done)
+        self.query_one("#ds-progress-label", Label).update(f"prepare {message.done}/{message.total}")
+
+    def on_scan_finished(self, message: ScanFinished) -> None:
+        if message.cancelled:
+            self._set_running(False, "scan cancelled; the previous report is kept")
+            self.notify("Scan cancelled.")
+            return
+        if message.error:
+            self._set_running(False, "scan failed")
+            self.notify(message.error, severity="error", timeout=8)
+            return
+        self.report = message.report
+        files = _report_files(message.report)
+        self.records = {str(f.get("path")): f for f in files}
+        self.pitch_cache.clear()
+        bar = self.query_one("#ds-progress", ProgressBar)
+        bar.update(total=max(1, len(files)), progress=max(1, len(files)))
+        self._set_running(False, f"{len(files)} files scanned in {message.folder}")
+        self._fill_table()
+        self.query_one("#ds-summary", Static).update(render_summary(_report_summary(message.report), files))
+        table = self.query_one("#ds-files", DataTable)
+        if table.row_count:
+            self._show_detail(table.coordinate_to_cell_key((0, 0)).row_key.value)
+
+    def on_prepare_finished(self, message: PrepareFinished) -> None:
+        if message.cancelled:
+            self._set_running(False, "prepare cancelled; files done so far are kept in the store")
+            return
+        if message.error:
+            self._set_running(False, "prepare failed")
+            self.notify(message.error, severity="error", timeout=8)
+            return
+        bar = self.query_one("#ds-progress", ProgressBar)
+        bar.update(total=1, progress=1)
+        self._set_running(False, f"store ready: {message.store}")
+        self.notify(f"Token store ready at {message.store}. {message.detail}".strip(), timeout=6)
+        self.app.train.data_prepared(message.store)
+
+    # ---- table and detail -----------------------------------------------------------------------
+
+    def _fill_table(self) -> None:
+        table = self.query_one("#ds-files", DataTable)
+        table.clear()
+        needle = self.query_one("#ds-filter", Input).value.strip().lower()
+        root = self.folder
+        shown = 0
+        for path, f in self.records.items():
+            status = str(f.get("status", "?"))
+            rel = _relative(path, root)
+            if needle and needle not in rel.lower() and needle not in status:
+                continue
+            stats = f.get("stats") or {}
+            seconds = field(stats, "duration_s", "duration", "seconds")
+            notes = field(stats, "notes", "n_notes", "note_count")
+            tokens = field(stats, "tokens", "n_tokens", "token_count")
+            reasons = f.get("reasons") or []
+            table.add_row(
+                SortCell(status, ("error", "warning", "ok").index(status) if status in STATUS_STYLE else 3,
+                         STATUS_STYLE.get(status, "")),
+                SortCell(rel, rel),
+                SortCell(fmt_duration(seconds), seconds, justify="right"),
+                SortCell(fmt_count(notes), notes, justify="right"),
+                SortCell(fmt_count(tokens), tokens, justify="right"),
+                SortCell("; ".join(map(str, reasons))[:60], len(reasons), style="dim"),
+                key=path,
+            )
+            shown += 1
+        self.rows_shown = shown
+        column, reverse = self._sort
+        table.sort(column, key=_sort_key, reverse=reverse)
+
+    @on(DataTable.HeaderSelected, "#ds-files")
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        column = str(event.column_key.value)
+        current, reverse = self._sort
+        self._sort = (column, not reverse if column == current else column not in ("status", "file"))
+        event.data_table.sort(column, key=_sort_key, reverse=self._sort[1])
+
+    @on(DataTable.RowHighlighted, "#ds-files")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value is not None:
+            self._show_detail(event.row_key.value)
+
+    def _show_detail(self, path: str) -> None:
+        record = self.records.get(path)
+        if record is None:
+            return
+        self.detail_path = path
+        box = self.query_one("#ds-detail", Static)
+        width = max(20, (box.content_size.width or 40) - 2)
+        box.update(render_detail(record, _relative(path, self.folder), width, self.pitch_cache.get(path)))
+        if path not in self.pitch_cache and record.get("status") != "error":
+            self._load_pitches(path)
+
+    @work(thread=True, exclusive=True, group="dataset-detail", exit_on_error=False, name="file detail")
+    def _load_pitches(self, path: str) -> None:
+        """The report has no pitch histogram: count the pitches the engine's piano extraction keeps."""
+        import symusic
+
+        from engine.data.tokenizer import extract_piano
+
+        try:
+            policy = str(_report_summary(self.report).get("piano_policy") or "keyboard")
+            score = extract_piano(symusic.Score(path), policy)
+            counts = [0] * 128
+            for track in score.tracks:
+                for note in track.notes:
+                    counts[note.pitch] += 1
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(FileDetailLoaded(path, None, error=_sentence(exc)))
+            return
+        self.post_message(FileDetailLoaded(path, counts))
+
+    def on_file_detail_loaded(self, message: FileDetailLoaded) -> None:
+        if message.pitch_counts is not None:
+            self.pitch_cache[message.path] = message.pitch_counts
+            if message.path == self.detail_path:
+                self._show_detail(message.path)
+
+
+# ---- rendering of the report (pure functions, tested on their own) ------------------------------
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _report_files(report: Any) -> list[dict]:
+    files = report.get("files") if isinstance(report, dict) else getattr(report, "files", None)
+    return [f if isinstance(f, dict) else _as_dict(f) for f in (files or [])]
+
+
+def _report_summary(report: Any) -> dict:
+    summary = report.get("summary") if isinstance(report, dict) else getattr(report, "summary", None)
+    return summary if isinstance(summary, dict) else _as_dict(summary) if summary is not None else {}
+
+
+def _as_dict(obj: Any) -> dict:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(obj)
+    return dict(getattr(obj, "__dict__", {}))
+
+
+def _sentence(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _describe_store(result: Any) -> str:
+    if result is None:
+        return ""
+    if isinstance(result, dict):
+        parts = [f"{k} {fmt_count(v)}" for k, v in result.items() if isinstance(v, (int, float))]
+        return ", ".join(parts[:4])
+    return ""
+
+
+def render_summary(summary: dict, files: list[dict]) -> Text:
+    """Totals, status counts and the most frequent reasons (from the engine's summary when given)."""
+    counts = field(summary, "status", "status_counts", "counts")
+    if not isinstance(counts, dict):
+        counts = Counter(str(f.get("status")) for f in files)
+    n_files = field(summary, "files", "n_files", "total_files")
+    if not isinstance(n_files, (int, float)):
+        n_files = len(files)
+    hours = field(summary, "hours", "total_hours")
+    if hours is None:
+        seconds = field(summary, "duration_s", "total_duration_s", "seconds")
+        hours = seconds / 3600 if isinstance(seconds, (int, float)) else None
+    notes = field(summary, "notes", "total_notes")
+    tokens = field(summary, "tokens", "total_tokens")
+    text = Text()
+    text.append(f"{fmt_count(n_files)} files", style="bold")
+    if hours is not None:
+        text.append(f"  {hours:.2f} h")
+    if notes is not None:
+        text.append(f"  {fmt_count(notes)} notes")
+    if tokens is not None:
+        text.append(f"  {fmt_count(tokens)} tokens")
+    text.append("\n")
+    for status in ("ok", "warning", "error"):
+        text.append(f"{status} {counts.get(status, 0)}  ", style=STATUS_STYLE[status])
+    reasons = field(summary, "top_reasons", "reasons", "reason_counts")
+    if isinstance(reasons, dict):
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+    elif isinstance(reasons, list):
+        ranked = [(r[0], r[1]) if isinstance(r, (list, tuple)) else
+                  (r.get("reason"), field(r, "files", "count")) for r in reasons]
+    else:
+        ranked = Counter(r for f in files for r in (f.get("reasons") or [])).most_common()
+    if ranked:
+        text.append("\ntop reasons:", style="bold")
+        for reason, count in ranked[:5]:
+            text.append(f"\n  {reason} ({count})")
+    return text
+
+
+def render_detail(record: dict, name: str, width: int, pitch_counts: list[int] | None = None) -> Text:
+    status = str(record.get("status", "?"))
+    stats = record.get("stats") or {}
+    text = Text()
+    text.append(f"{name}\n", style="bold")
+    text.append(status, style=STATUS_STYLE.get(status, ""))
+    for reason in record.get("reasons") or []:
+        text.append(f"\n  • {reason}", style="yellow" if status == "warning" else "red")
+    shown = []
+    for key, value in stats.items():
+        if key.endswith(("hash", "histogram")) or key == "bytes":
+            continue
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items())
+            shown.append(f"{key.replace('_', ' ')}: {inner}")
+        elif isinstance(value, (int, float, str, bool)):
+            shown.append(f"{key.replace('_', ' ')} {value:.4g}" if isinstance(value, float) else
+                         f"{key.replace('_', ' ')} {value}")
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+            shown.append(f"{key.replace('_', ' ')} {value[0]}–{value[1]}")
+    if shown:
+        text.append("\n\n")
+        line = ""
+        for item in shown:
+            if line and len(line) + len(item) + 3 > width:
+                text.append(line + "\n")
+                line = ""
+            line += ("   " if line else "") + item
+        text.append(line)
+    velocity = field(stats, "velocity_histogram", "velocity_hist", "velocities")
+    if isinstance(velocity, dict):
+        velocity = [velocity.get(str(i), velocity.get(i, 0)) for i in range(128)]
+    if velocity:
+        text.append("\n\n")
+        text.append_text(labelled_histogram("velocity", velocity, "0", "127", width))
+    pitch = field(stats, "pitch_histogram", "pitch_hist", "pitches") or pitch_counts
+    if isinstance(pitch, dict):
+        pitch = [pitch.get(str(i), pitch.get(i, 0)) for i in range(128)]
+    if pitch:
+        # show the piano's keys only: A0 (21) .. C8 (108)
+        keys = list(pitch[21:109]) if len(pitch) >= 109 else list(pitch)
+        text.append("\n\n")
+        text.append_text(labelled_histogram("pitch", keys, "A0", "C8", width))
+    return text

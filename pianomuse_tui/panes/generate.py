@@ -1,0 +1,381 @@
+"""Generate pane: pick a checkpoint, a prompt and the knobs, pick a MIDI output, and play live.
+
+The model, the sampler and the real-time scheduler are the engine's (``engine.generate``,
+``engine.midi``). ``performance.Performance`` wires them together in a worker thread; the
+scheduler's own sender thread times the notes. This pane shows what is played (the piano roll fed
+by the performance) and what is buffered ahead, and the scheduler's telemetry.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Button, Input, Label, Select, Static
+from textual.worker import get_current_worker
+
+from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed
+from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
+from ..widgets.meters import bar
+from ..widgets.piano_roll import PianoRoll
+from .common import PaneBase
+
+APIS = ("auto", "alsa", "jack")
+VIRTUAL = "__virtual__"
+FLUIDSYNTH = "__fluidsynth__"
+
+
+def _float(text: str, name: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number between {low} and {high}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _int(text: str, name: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number between {low} and {high}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+class GeneratePane(PaneBase):
+    BINDINGS = [
+        Binding("space", "toggle_play", "Play/stop"),
+        Binding("exclamation_mark", "panic", "Panic"),
+        Binding("f", "fluidsynth", "FluidSynth"),
+        Binding("R", "refresh_ports", "Ports"),
+        Binding("w", "save", "Save MIDI"),
+        Binding("plus", "nudge('temperature', 0.05)", "Temp+", show=False),
+        Binding("minus", "nudge('temperature', -0.05)", "Temp-", show=False),
+        Binding("right_square_bracket", "nudge('top_p', 0.02)", "top-p+", show=False),
+        Binding("left_square_bracket", "nudge('top_p', -0.02)", "top-p-", show=False),
+    ]
+    COMMANDS_LIST = [
+        ("Play / stop", "Start or stop the live performance", "toggle_play"),
+        ("Panic", "Release every sounding note now", "panic"),
+        ("Start FluidSynth", "Launch FluidSynth with the GM soundfont and play through it", "fluidsynth"),
+        ("Refresh MIDI ports", "List the output ports of the chosen MIDI API again", "refresh_ports"),
+        ("Save session as MIDI", "Write what was played to a .mid file", "save"),
+        ("Temperature up", "Hotter sampling from the next token on", "nudge('temperature', 0.05)"),
+        ("Temperature down", "Cooler sampling from the next token on", "nudge('temperature', -0.05)"),
+    ]
+
+    def __init__(self, args: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.args = args or {}
+        self.knobs = Knobs()
+        self.performance: Performance | None = None
+        self.last_saved: Path | None = None
+        self.telemetry: dict[str, Any] = {}
+        self.started_at: float | None = None
+
+    def compose(self) -> ComposeResult:
+        a = self.args
+        ckpt = a.get("checkpoint") or default_checkpoint() or ""
+        with Horizontal(classes="toolbar"):
+            yield Label("Checkpoint", classes="field-label")
+            yield Input(str(ckpt), placeholder="model .pth (bundled model by default)", id="gen-ckpt")
+            yield Label("Prompt", classes="field-label")
+            yield Input(str(a.get("prompt") or ""), placeholder="prompt .mid (optional)", id="gen-prompt")
+            yield Input(str(a.get("prompt_bars") or ""), placeholder="bars e.g. 13-16", id="gen-bars-range")
+        with Horizontal(classes="toolbar"):
+            yield Label("temp", classes="field-label")
+            yield Input(str(a.get("temperature", self.knobs.temperature)), id="gen-temperature")
+            yield Label("top-p", classes="field-label")
+            yield Input(str(a.get("top_p", self.knobs.top_p)), id="gen-top-p")
+            yield Label("alts", classes="field-label")
+            yield Input(str(a.get("alternatives", 1)), id="gen-alternatives")
+            yield Label("bars", classes="field-label")
+            yield Input(str(a.get("bars", 16)), id="gen-bars")
+            yield Label("seed", classes="field-label")
+            yield Input(str(a.get("seed", "")), placeholder="random", id="gen-seed")
+        with Horizontal(classes="toolbar"):
+            yield Label("Out", classes="field-label")
+            yield Select([(x, x) for x in APIS], value=str(a.get("midi_api") or "auto"), allow_blank=False,
+                         id="gen-api")
+            yield Select([("virtual port 'PianoMuse'", VIRTUAL), ("start FluidSynth", FLUIDSYNTH)],
+                         value=FLUIDSYNTH if a.get("synth") else VIRTUAL, allow_blank=False, id="gen-port")
+            yield Button("Ports", id="gen-refresh")
+            yield Button("Play", id="gen-play", variant="success")
+            yield Button("Panic", id="gen-panic", variant="error")
+            yield Button("Save", id="gen-save")
+        yield PianoRoll(id="gen-roll", classes="panel")
+        with Horizontal(id="gen-bottom"):
+            yield Static("", id="gen-knobs", classes="panel")
+            yield Static("", id="gen-telemetry", classes="panel")
+
+    def on_mount(self) -> None:
+        self.query_one("#gen-roll").border_title = "Piano roll (┃ now, ▒ buffered ahead)"
+        self.query_one("#gen-knobs").border_title = "Knobs"
+        self.query_one("#gen-telemetry").border_title = "Timing"
+        self._render_knobs()
+        self._render_telemetry()
+        self.set_interval(1 / 20, self._tick)
+        self.action_refresh_ports()
+        port = self.args.get("port")
+        if port:
+            self._pending_port = str(port)
+
+    def focus_main(self) -> None:
+        self.query_one("#gen-play", Button).focus()
+
+    @property
+    def performing(self) -> bool:
+        return self.performance is not None and self.performance.active
+
+    # ---- knobs ----------------------------------------------------------------------------------
+
+    def _read_knobs(self) -> None:
+        """Validate the knob fields into ``self.knobs`` (the performance reads them per token)."""
+        get = lambda name: self.query_one(f"#gen-{name}", Input).value.strip()  # noqa: E731
+        temperature = _float(get("temperature"), "temperature", 0.05, 3.0)
+        top_p = _float(get("top-p"), "top-p", 0.05, 1.0)
+        alternatives = _int(get("alternatives"), "alternatives", 1, 8)
+        bars = _int(get("bars"), "bars", 1, 512)
+        seed = _int(get("seed"), "seed", 0, 2**31 - 1) if get("seed") else None
+        self.knobs.update(temperature=temperature, top_p=top_p, alternatives=alternatives, bars=bars, seed=seed)
+
+    @on(Input.Submitted)
+    @on(Input.Blurred)
+    def _knob_edited(self, event: Input.Submitted | Input.Blurred) -> None:
+        if event.input.id in ("gen-temperature", "gen-top-p", "gen-alternatives", "gen-bars", "gen-seed"):
+            try:
+                self._read_knobs()
+            except ValueError as exc:
+                self.notify(f"{exc}; the previous value stays in use.", severity="error")
+            self._render_knobs()
+
+    def action_nudge(self, name: str, delta: float) -> None:
+        value = getattr(self.knobs, name) + delta
+        value = min(3.0, max(0.05, value)) if name == "temperature" else min(1.0, max(0.05, value))
+        self.knobs.update(**{name: round(value, 3)})
+        self.query_one("#gen-temperature" if name == "temperature" else "#gen-top-p", Input).value = f"{value:.2f}"
+        self._render_knobs()
+
+    def _render_knobs(self) -> None:
+        k = self.knobs
+        text = Text()
+        text.append(f"temperature {k.temperature:.2f}   top-p {k.top_p:.2f}\n")
+        text.append(f"bars {k.bars}   alternatives {k.alternatives}   seed {k.seed if k.seed is not None else 'random'}\n")
+        text.append("changes apply to the next tokens", style="dim")
+        self.query_one("#gen-knobs", Static).update(text)
+
+    # ---- ports ----------------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#gen-refresh")
+    def action_refresh_ports(self) -> None:
+        self._list_ports(str(self.query_one("#gen-api", Select).value))
+
+    @on(Select.Changed, "#gen-api")
+    def _api_changed(self) -> None:
+        self.action_refresh_ports()
+
+    @work(thread=True, exclusive=True, group="ports", exit_on_error=False, name="list ports")
+    def _list_ports(self, api: str) -> None:
+        from engine.midi import ports
+
+        try:
+            found = ports.list_ports(api)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(PortsListed(api, [], error=str(exc).splitlines()[0]))
+            return
+        names = [f"{name}\t{which}" for which, names in found.items() for name in names]
+        self.post_message(PortsListed(api, names))
+
+    def on_ports_listed(self, message: PortsListed) -> None:
+        select = self.query_one("#gen-port", Select)
+        current = select.value
+        options = [("virtual port 'PianoMuse'", VIRTUAL), ("start FluidSynth", FLUIDSYNTH)]
+        for entry in message.ports:
+            name, which = entry.split("\t")
+            if "PianoMuse" in name and "FluidSynth" not in name:
+                continue  # our own ports
+            options.append((f"{name} ({which})", entry))
+        select.set_options(options)
+        wanted = getattr(self, "_pending_port", None)
+        values = [v for _, v in options]
+        if wanted:
+            match = next((v for v in values if wanted.lower() in v.split("\t")[0].lower()), None)
+            if match:
+                select.value = match
+                self._pending_port = None
+        elif current in values:
+            select.value = current
+        if message.error:
+            self.notify(message.error, severity="warning", timeout=6)
+
+    # ---- play / stop ----------------------------------------------------------------------------
+
+    def _settings(self, midi_file: Path | None = None) -> PerformanceSettings:
+        self._read_knobs()
+        port = self.query_one("#gen-port", Select).value
+        api = str(self.query_one("#gen-api", Select).value)
+        ckpt = self.query_one("#gen-ckpt", Input).value.strip()
+        prompt = self.query_one("#gen-prompt", Input).value.strip()
+        if midi_file is None:
+            if not ckpt:
+                raise ValueError("No checkpoint: type the path of a model .pth (train one in the Train pane)")
+            if not Path(ckpt).exists():
+                raise ValueError(f"Checkpoint {ckpt} does not exist; type the path of a model .pth")
+            if prompt and not Path(prompt).is_file():
+                raise ValueError(f"Prompt {prompt} does not exist; type a .mid file or clear the field")
+        return PerformanceSettings(
+            checkpoint=Path(ckpt) if ckpt else None,
+            prompt=Path(prompt) if prompt else None,
+            prompt_bars=self.query_one("#gen-bars-range", Input).value.strip() or None,
+            api=api,
+            port=None if port in (VIRTUAL, FLUIDSYNTH) else str(port).split("\t")[0],
+            virtual=port == VIRTUAL,
+            fluidsynth=port == FLUIDSYNTH,
+            midi_file=midi_file,
+        )
+
+    @on(Button.Pressed, "#gen-play")
+    def action_toggle_play(self) -> None:
+        if self.performing:
+            self.stop_performance()
+        else:
+            self.start_performance()
+
+    def start_performance(self, midi_file: Path | None = None) -> None:
+        if self.performing:
+            self.notify("Already playing; stop first (space).", severity="warning")
+            return
+        try:
+            settings = self._settings(midi_file)
+        except ValueError as exc:
+            self.notify(f"{exc}.", severity="error")
+            return
+        roll = self.query_one(PianoRoll)
+        roll.clear()
+        self.performance = Performance(settings, self.knobs, on_event=roll.note_event,
+                                       on_problem=lambda text: self.app.call_from_thread(
+                                           self.notify, text, severity="warning", timeout=8))
+        self.query_one("#gen-play", Button).label = "Stop"
+        self.started_at = time.monotonic()
+        self._perform(self.performance)
+
+    def play_file(self, path: Path) -> None:
+        """Play a MIDI file (an audition) through the chosen output."""
+        if self.performing:
+            self.stop_performance()
+        self.start_performance(midi_file=Path(path))
+        self.notify(f"Playing {Path(path).name} through the Generate pane's output.")
+
+    def use_checkpoint(self, path: Path) -> None:
+        self.query_one("#gen-ckpt", Input).value = str(path)
+
+    def stop_performance(self) -> None:
+        if self.performance is not None:
+            self.performance.stop()
+
+    @work(thread=True, exclusive=True, group="perform", exit_on_error=False, name="performance")
+    def _perform(self, performance: Performance) -> None:
+        worker = get_current_worker()
+        try:
+            performance.prepare()
+            self.post_message(PerformanceStarted(performance.output_name))
+            performance.run(lambda: worker.is_cancelled)
+        except Exception as exc:  # noqa: BLE001 - the engine's sentence goes to the user
+            performance.close()
+            self.post_message(PerformanceEnded("error", error=str(exc).strip().splitlines()[0] or type(exc).__name__))
+            return
+        performance.close()
+        self.post_message(PerformanceEnded(performance.end_reason))
+
+    def on_performance_started(self, message: PerformanceStarted) -> None:
+        self.notify(f"Playing to {message.output}.", timeout=3)
+
+    def on_performance_progress(self, message: PerformanceProgress) -> None:
+        self.telemetry = message.telemetry
+        self._render_telemetry()
+
+    def on_performance_ended(self, message: PerformanceEnded) -> None:
+        self.query_one("#gen-play", Button).label = "Play"
+        if message.error:
+            self.notify(message.error, title="performance stopped", severity="error", timeout=10)
+        if self.performance is not None:
+            self.telemetry = self.performance.telemetry() or self.telemetry
+        self._render_telemetry(ended=message.reason)
+
+    @on(Button.Pressed, "#gen-panic")
+    def action_panic(self) -> None:
+        if self.performance is not None:
+            self.performance.panic()
+        self.notify("Panic: all notes released.", timeout=2)
+
+    def action_fluidsynth(self) -> None:
+        self.query_one("#gen-port", Select).value = FLUIDSYNTH
+        if not self.performing:
+            self.start_performance()
+
+    @on(Button.Pressed, "#gen-save")
+    def action_save(self) -> None:
+        if self.performance is None or not self.performance.has_events:
+            self.notify("Nothing played yet; press space to play, then save.", severity="warning")
+            return
+        out = Path("takes") / time.strftime("pianomuse-%Y%m%d-%H%M%S.mid")
+        try:
+            saved = self.performance.save(out)
+        except Exception as exc:  # noqa: BLE001
+            self.notify(f"Could not save {out}: {exc}", severity="error")
+            return
+        self.last_saved = saved
+        self.notify(f"Saved {saved}.", timeout=5)
+
+    # ---- redraw ---------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        perf = self.performance
+        if perf is None or not perf.active:
+            return
+        roll = self.query_one(PianoRoll)
+        roll.now = perf.music_time()
+        roll.refresh()
+        self.post_message(PerformanceProgress(perf.telemetry()))
+
+    def _render_telemetry(self, ended: str | None = None) -> None:
+        t = self.telemetry
+        text = Text()
+        if not t:
+            text.append("not playing: space plays, ! panics", style="dim")
+        else:
+            text.append(f"lateness p50 {t.get('lateness_p50_ms', 0):.2f} ms  p99 {t.get('lateness_p99_ms', 0):.2f} ms"
+                        f"  max {t.get('lateness_max_ms', 0):.1f} ms  underruns {t.get('underruns', 0)}\n")
+            ahead, look = t.get("buffer_s", 0.0), t.get("lookahead_s", 0.5) or 0.5
+            text.append(f"buffer {ahead:.2f}/{look:.2f} s ")
+            text.append_text(bar(ahead / look, 12))
+            text.append(f"  {t.get('tokens_per_s', 0):.0f} tok/s  notes on {t.get('notes_sounding', 0)}")
+            if t.get("falling_behind"):
+                text.append("\nthe model is falling behind: fewer alternatives or a smaller model help",
+                            style="bold yellow")
+            if t.get("port_state") not in (None, "ok", "stopped"):
+                text.append(f"\nport {t.get('port_state')}", style="bold red")
+        if ended:
+            text.append(f"\nended: {ended}", style="dim")
+        self.query_one("#gen-telemetry", Static).update(text)
+
+    async def shutdown(self) -> None:
+        """Stop playing and release every note before the app goes away."""
+        perf = self.performance
+        if perf is None:
+            return
+        perf.stop()
+        import asyncio
+
+        deadline = time.monotonic() + 5
+        while perf.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        perf.close()

@@ -1,0 +1,472 @@
+"""Train pane: start, stop (saving), resume or attach to a run, and watch it live.
+
+The run itself is the engine's (``engine.train``), in its own spawned process. This pane reads the
+run directory the way any observer could (``runwatch``), so a run started here and one started
+with ``pianomuse-tui --headless train`` in another terminal look the same.
+"""
+from __future__ import annotations
+
+import math
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.worker import get_current_worker
+
+from ..messages import MetricsArrived, ResourceSample, RunEnded, RunStarted
+from ..runwatch import MetricsTail, is_run_dir, list_auditions, list_checkpoints, newest_run
+from ..training_process import TrainingProcess, TrainSpec
+from ..widgets.loss_plot import LossPlot
+from ..widgets.meters import MemoryMeter
+from .common import PaneBase, field, fmt_count, fmt_duration
+
+PRESETS = ("tiny", "small", "base")
+SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
+POLL_S = 0.25
+
+
+def _parse_overrides(text: str) -> dict[str, str]:
+    """``train.max_steps=20 eval.val_every=5`` -> {dotted key: value}; values stay text for the engine."""
+    out = {}
+    for item in text.split():
+        if "=" not in item:
+            raise ValueError(f"override {item!r} has no '='; write it as section.key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+class TrainPane(PaneBase):
+    BINDINGS = [
+        Binding("n", "new_run", "New run"),
+        Binding("r", "resume", "Resume"),
+        Binding("a", "attach", "Attach"),
+        Binding("x", "stop", "Stop (save)"),
+        Binding("l", "log_scale", "Log y"),
+        Binding("e", "smoothing", "EMA"),
+        Binding("enter", "play_selected", "Play sample", show=False),
+    ]
+    COMMANDS_LIST = [
+        ("Start a new run", "Train with the chosen data, preset/config and overrides", "new_run"),
+        ("Resume the newest run", "Continue the newest run of the runs folder from its checkpoint", "resume"),
+        ("Attach to a run directory", "Watch a run another process is writing (e.g. --headless train)", "attach"),
+        ("Stop the run (save)", "Ask the run to save a checkpoint and exit", "stop"),
+        ("Toggle log scale", "Log or linear loss axis", "log_scale"),
+        ("Cycle EMA smoothing", "Smoothing of the train loss curve", "smoothing"),
+        ("Play the selected audition", "Play the audition sample through the Generate pane's output", "play_selected"),
+    ]
+
+    def __init__(self, args: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        args = args or {}
+        self.args = args
+        self.proc: TrainingProcess | None = None
+        self.run_dir: Path | None = None
+        self.attached = False
+        self.tail: MetricsTail | None = None
+        self.latest: dict[str, Any] = {}
+        self.max_steps: int | None = None
+        self.records_seen = 0
+        self.last_status = ""
+
+    def compose(self) -> ComposeResult:
+        args = self.args
+        overrides = args.get("overrides") or ""
+        if isinstance(overrides, (list, tuple)):
+            overrides = " ".join(overrides)
+        elif isinstance(overrides, dict):
+            overrides = " ".join(f"{k}={v}" for k, v in overrides.items())
+        if args.get("max_steps"):
+            overrides = f"{overrides} train.max_steps={args['max_steps']}".strip()
+        preset = args.get("preset") or ("tiny" if not args.get("config") else Select.BLANK)
+        with Horizontal(classes="toolbar"):
+            yield Label("Data", classes="field-label")
+            yield Input(str(args.get("data") or ""), placeholder="bundled corpus", id="tr-data")
+            yield Select([(p, p) for p in PRESETS], value=preset, id="tr-preset", allow_blank=True,
+                         prompt="preset")
+            yield Input(str(args.get("config") or ""), placeholder="config.toml (optional)", id="tr-config")
+        with Horizontal(classes="toolbar"):
+            yield Label("Runs", classes="field-label")
+            yield Input(str(args.get("run_dir") or args.get("runs_root") or "runs"), id="tr-runs",
+                        placeholder="runs folder, or a run directory to attach to")
+            yield Input(overrides, placeholder="overrides: train.max_steps=200 optim.lr=3e-4", id="tr-overrides")
+            yield Button("New", id="tr-new", variant="primary")
+            yield Button("Resume", id="tr-resume")
+            yield Button("Attach", id="tr-attach")
+            yield Button("Stop", id="tr-stop", variant="error", disabled=True)
+        yield Static("no run: press n to start one, a to attach", id="tr-status")
+        with Horizontal(id="tr-body", classes="body"):
+            with Vertical(id="tr-left"):
+                yield LossPlot(id="tr-loss", classes="panel")
+                yield DataTable(id="tr-ckpts", cursor_type="row", classes="panel")
+            with Vertical(id="tr-right"):
+                yield Static("", id="tr-now", classes="panel")
+                yield MemoryMeter(id="tr-mem", classes="panel")
+
+    def on_mount(self) -> None:
+        self.query_one("#tr-now").border_title = "Now"
+        self.query_one("#tr-mem").border_title = "Memory"
+        table = self.query_one("#tr-ckpts", DataTable)
+        table.border_title = "Checkpoints / auditions (enter plays)"
+        table.add_column("item", key="item")
+        table.add_column("step", key="step")
+        table.add_column("val", key="val")
+        table.add_column("file", key="file")
+        self._render_now()
+        if self.args.get("attach"):
+            self.call_after_refresh(self.attach, Path(self.args["attach"]))
+        elif self.args.get("resume"):
+            self.call_after_refresh(self.action_resume)
+        elif self.args.get("start") or self.args.get("preset") or self.args.get("config"):
+            self.call_after_refresh(self.action_new_run)
+
+    def focus_main(self) -> None:
+        self.query_one("#tr-ckpts", DataTable).focus()
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    @property
+    def owns_active_run(self) -> bool:
+        return self.proc is not None and self.proc.alive
+
+    def watched_pids(self) -> list[int]:
+        import os
+
+        pids = [os.getpid()]
+        if self.proc is not None and self.proc.alive and self.proc.pid:
+            pids.append(self.proc.pid)
+        return pids
+
+    def _spec(self, resume: str | None = None) -> TrainSpec:
+        preset = self.query_one("#tr-preset", Select).value
+        config = self.query_one("#tr-config", Input).value.strip() or None
+        return TrainSpec(
+            preset=None if preset is Select.BLANK else str(preset),
+            config=config,
+            data=self.query_one("#tr-data", Input).value.strip() or None,
+            runs_root=self.query_one("#tr-runs", Input).value.strip() or "runs",
+            resume=resume,
+            overrides=_parse_overrides(self.query_one("#tr-overrides", Input).value),
+        )
+
+    def data_prepared(self, store: Path | None) -> None:
+        """The Dataset pane built a store: offer it as this pane's data."""
+        if store is not None and not self.owns_active_run:
+            self.query_one("#tr-data", Input).value = str(store)
+
+    # ---- actions --------------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#tr-new")
+    def action_new_run(self) -> None:
+        self._start(resume=None)
+
+    @on(Button.Pressed, "#tr-resume")
+    def action_resume(self) -> None:
+        self._start(resume=str(self.args.get("resume") or "auto") if self.args.get("resume") not in (True, None) else "auto")
+
+    def _start(self, resume: str | None) -> None:
+        if self.owns_active_run:
+            self.notify("A run is already going; stop it first with x.", severity="warning")
+            return
+        try:
+            spec = self._spec(resume)
+        except ValueError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        if spec.config and not Path(spec.config).is_file():
+            self.notify(f"Config file {spec.config} does not exist; type the path of a TOML file or clear it.",
+                        severity="error")
+            return
+        if spec.data and not Path(spec.data).exists():
+            self.notify(f"Data {spec.data} does not exist; type a MIDI folder or token store, or clear it.",
+                        severity="error")
+            return
+        if resume == "auto" and newest_run(Path(spec.runs_root)) is None:
+            self.notify(f"No run to resume in {spec.runs_root}; start a new one with n.", severity="error")
+            return
+        self._detach()
+        self.proc = TrainingProcess(spec)
+        self.proc.start()
+        self.attached = False
+        self._reset_view()
+        self._set_status(f"starting ({'resume ' + resume if resume else spec.preset or spec.config})…")
+        self._set_buttons()
+        self._watch(self.proc, None)
+
+    @on(Button.Pressed, "#tr-attach")
+    def action_attach(self) -> None:
+        target = Path(self.query_one("#tr-runs", Input).value.strip() or "runs")
+        run = target if is_run_dir(target) else newest_run(target)
+        if run is None:
+            self.notify(f"No run directory at {target}; type a run folder (with metrics.jsonl) in Runs.",
+                        severity="error")
+            return
+        self.attach(run)
+
+    def attach(self, run_dir: Path) -> None:
+        if self.owns_active_run:
+            self.notify("This app's own run is going; stop it before attaching to another.", severity="warning")
+            return
+        if not is_run_dir(run_dir):
+            self.notify(f"{run_dir} is not a run directory (no metrics.jsonl or config.toml).", severity="error")
+            return
+        self._detach()
+        self.attached = True
+        self._reset_view()
+        self._watch(None, Path(run_dir))
+
+    @on(Button.Pressed, "#tr-stop")
+    def action_stop(self) -> None:
+        if self.proc is not None and self.proc.alive:
+            self.proc.request_stop()
+            self._set_status("stopping: the run saves a checkpoint at the next step…")
+        elif self.attached and self.run_dir is not None:
+            # attached runs are someone else's: stopping one is explicit, and goes through its control file
+            from ..runwatch import request_stop
+
+            request_stop(self.run_dir)
+            self._set_status(f"asked {self.run_dir.name} to save and stop (control/stop)")
+        else:
+            self.notify("No run to stop.")
+
+    def action_log_scale(self) -> None:
+        plot = self.query_one(LossPlot)
+        plot.log_y = not plot.log_y
+
+    def action_smoothing(self) -> None:
+        plot = self.query_one(LossPlot)
+        later = [s for s in SMOOTHING_STEPS if s > plot.smoothing + 1e-9]
+        plot.smoothing = later[0] if later else SMOOTHING_STEPS[0]
+
+    def action_play_selected(self) -> None:
+        table = self.query_one("#tr-ckpts", DataTable)
+        if not table.row_count:
+            self.notify("No audition yet; the trainer writes one every eval.audition_every steps.")
+            return
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        path = Path(str(key))
+        if path.suffix == ".pth":
+            self.app.generate.use_checkpoint(path)
+            self.app.action_show_pane("generate")
+            self.notify(f"Checkpoint {path.parent.name} selected in the Generate pane.")
+            return
+        self.app.generate.play_file(path)
+
+    # ---- the watcher: one thread per run, polling like dolphie's refresh worker -----------------
+
+    def _detach(self) -> None:
+        self.workers_cancel()
+        self.tail = None
+
+    def workers_cancel(self) -> None:
+        for worker in list(self.app.workers):
+            if worker.group == "train-watch":
+                worker.cancel()
+
+    @work(thread=True, exclusive=True, group="train-watch", exit_on_error=False, name="run watcher")
+    def _watch(self, proc: TrainingProcess | None, run_dir: Path | None) -> None:
+        worker = get_current_worker()
+        tail: MetricsTail | None = None
+        announced = False
+        while not worker.is_cancelled:
+            if proc is not None and run_dir is None:
+                run_dir = proc.find_run_dir()
+            if run_dir is not None and tail is None:
+                tail = MetricsTail(run_dir)
+                self.tail = tail
+            if tail is not None:
+                if not announced:
+                    self.post_message(RunStarted(run_dir, attached=proc is None))
+                    announced = True
+                if tail.poll():
+                    self.post_message(MetricsArrived(run_dir, len(tail.pending)))
+            if proc is not None:
+                error = proc.poll_error()
+                if not proc.alive:
+                    if tail is not None and tail.poll():
+                        self.post_message(MetricsArrived(run_dir, len(tail.pending)))
+                    code = proc.exit_code
+                    if error is None and code not in (0, 130, None):
+                        error = (f"the training process exited with code {code}; see {proc.log_path} "
+                                 f"for details").strip()
+                    self.post_message(RunEnded(run_dir, code, error))
+                    return
+            time.sleep(POLL_S)
+
+    def on_run_started(self, message: RunStarted) -> None:
+        self.run_dir = message.run_dir
+        self.max_steps = _max_steps(message.run_dir)
+        self.query_one(LossPlot).border_subtitle = str(message.run_dir)
+        how = "attached to" if message.attached else "running"
+        self._set_status(f"{how} {message.run_dir}  {_model_line(message.run_dir)}")
+        self._refresh_artifacts()
+
+    def on_metrics_arrived(self, message: MetricsArrived) -> None:
+        tail = self.tail
+        if tail is None or tail.run_dir != message.run_dir:
+            return
+        records = tail.drain()
+        if not records:
+            return
+        self.records_seen += len(records)
+        if self.max_steps is None and self.run_dir is not None:
+            self.max_steps = _max_steps(self.run_dir)
+            self._set_status(f"{'attached to' if self.attached else 'running'} {self.run_dir}  "
+                             f"{_model_line(self.run_dir)}")
+        train_pts, val_pts, artifacts = [], [], False
+        for rec in records:
+            kind = rec.get("kind")
+            step = rec.get("step")
+            if kind == "train" and isinstance(rec.get("loss"), (int, float)):
+                train_pts.append((step, rec["loss"]))
+                self.latest.update({k: v for k, v in rec.items() if v is not None})
+            elif kind == "val":
+                value = rec.get("val_loss")
+                if isinstance(value, (int, float)):
+                    val_pts.append((step, value))
+                self.latest.update({"val_loss": value, "bits_per_note": rec.get("bits_per_note"),
+                                    "val_step": step})
+            elif kind in ("checkpoint", "audition"):
+                artifacts = True
+            elif kind == "status":
+                self.last_status = str(rec.get("state") or rec.get("status") or "")
+                if rec.get("message"):
+                    self.notify(str(rec["message"]), title="trainer")
+        self.query_one(LossPlot).add(train_pts, val_pts)
+        self._render_now()
+        mem = self.query_one(MemoryMeter)
+        mem.update_trainer(self.latest.get("mem_alloc"), self.latest.get("mem_reserved"),
+                           self.latest.get("mem_peak"))
+        if artifacts:
+            self._refresh_artifacts()
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        self._set_buttons()
+        self._refresh_artifacts()
+        if message.error:
+            self._set_status(f"run failed: {message.error}")
+            self.notify(message.error, title="training stopped", severity="error", timeout=10)
+        else:
+            ckpts = list_checkpoints(message.run_dir) if message.run_dir else []
+            saved = f"; last checkpoint {ckpts[0].name}" if ckpts else ""
+            self._set_status(f"run ended (exit {message.exit_code}){saved}  {message.run_dir or ''}")
+
+    def show_resources(self, sample: ResourceSample) -> None:
+        self.query_one(MemoryMeter).update_machine(
+            gpu_util=sample.gpu_util, gpu_mem_used=sample.gpu_mem_used, gpu_mem_total=sample.gpu_mem_total,
+            ram_rss=sample.ram_rss, source=sample.source)
+
+    # ---- drawing --------------------------------------------------------------------------------
+
+    def _reset_view(self) -> None:
+        self.latest = {}
+        self.records_seen = 0
+        self.run_dir = None
+        self.query_one(LossPlot).clear()
+        self.query_one("#tr-ckpts", DataTable).clear()
+        self._render_now()
+
+    def _set_buttons(self) -> None:
+        running = self.owns_active_run
+        self.query_one("#tr-stop", Button).disabled = not (running or self.attached)
+        for name in ("#tr-new", "#tr-resume", "#tr-attach"):
+            self.query_one(name, Button).disabled = running
+
+    def _set_status(self, text: str) -> None:
+        self.query_one("#tr-status", Static).update(text)
+
+    def _render_now(self) -> None:
+        m = self.latest
+        text = Text()
+        step = m.get("step")
+        total = f" / {self.max_steps:,}" if self.max_steps else ""
+        text.append(f"step {step if step is not None else '-'}{total}\n", style="bold")
+        loss, val = m.get("loss"), m.get("val_loss")
+        text.append(f"loss {_num(loss)}   val {_num(val)}\n")
+        if m.get("bits_per_note") is not None:
+            text.append(f"bits/note {_num(m.get('bits_per_note'))}\n")
+        text.append(f"lr {_sci(m.get('lr'))}   grad {_num(m.get('grad_norm'))}\n")
+        tps = m.get("tokens_per_s")
+        text.append(f"{fmt_count(tps)} tok/s   ETA {self._eta()}\n")
+        if m.get("tokens") is not None:
+            text.append(f"tokens seen {fmt_count(m.get('tokens'))}\n", style="dim")
+        if self.last_status:
+            text.append(f"trainer: {self.last_status}", style="dim")
+        self.query_one("#tr-now", Static).update(text)
+
+    def _eta(self) -> str:
+        m = self.latest
+        step, elapsed = m.get("step"), field(m, "elapsed_s")
+        eta = field(m, "eta_s")
+        if eta is None and self.max_steps and step and elapsed:
+            eta = elapsed / step * (self.max_steps - step)
+        return fmt_duration(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else "-"
+
+    def _refresh_artifacts(self) -> None:
+        if self.run_dir is None:
+            return
+        table = self.query_one("#tr-ckpts", DataTable)
+        selected = table.cursor_row
+        table.clear()
+        vals = {}
+        for ckpt in list_checkpoints(self.run_dir):
+            table.add_row("checkpoint", ckpt.step if ckpt.step is not None else "-", vals.get(ckpt.step, ""),
+                          ckpt.name, key=str(ckpt.path))
+        for audition in list_auditions(self.run_dir):
+            step = "".join(ch for ch in audition.stem if ch.isdigit())
+            table.add_row("audition ▶", int(step) if step else "-", "", audition.name, key=str(audition))
+        if table.row_count:
+            table.move_cursor(row=min(selected, table.row_count - 1))
+
+    # ---- quitting -------------------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop our own run cleanly (it saves), wait for it, then make sure nothing is left."""
+        self.workers_cancel()
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.alive:
+            proc.request_stop()
+            import asyncio
+
+            deadline = time.monotonic() + timeout
+            while proc.alive and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        proc.kill()
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+def _sci(v: Any) -> str:
+    return f"{v:.2e}" if isinstance(v, (int, float)) else "-"
+
+
+def _read_config(run_dir: Path) -> dict:
+    try:
+        return tomllib.loads((Path(run_dir) / "config.toml").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _max_steps(run_dir: Path) -> int | None:
+    value = (_read_config(run_dir).get("train") or {}).get("max_steps")
+    return int(value) if isinstance(value, int) else None
+
+
+def _model_line(run_dir: Path) -> str:
+    cfg = _read_config(run_dir)
+    model = cfg.get("model") or {}
+    if not model:
+        return ""
+    preset = cfg.get("preset") or "custom"
+    return f"preset {preset} (L{model.get('n_layer')} D{model.get('n_embd')} {model.get('arch')})"

@@ -1,0 +1,180 @@
+"""A training run in its own process, started and stopped from the app.
+
+CUDA does not survive fork, so the child is spawned (a fresh interpreter). The app and the child
+share nothing but the run directory: the child's trainer writes ``metrics.jsonl``, checkpoints and
+auditions there; the app asks it to stop by creating ``control/stop`` (the trainer saves and exits
+at the next step boundary). A pipe carries just one thing back: the one-sentence error when the
+run could not start or crashed.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runwatch import request_stop
+
+_LIVE: "weakref.WeakSet[TrainingProcess]" = weakref.WeakSet()
+
+
+@dataclass
+class TrainSpec:
+    """What the Train pane asks for; maps onto ``engine.train.load_config`` + ``run_training``."""
+
+    preset: str | None = "tiny"
+    config: str | None = None
+    data: str | None = None
+    runs_root: str = "runs"
+    resume: str | None = None  # "auto" or a run/checkpoint path
+    overrides: dict = field(default_factory=dict)
+
+    def resolved_overrides(self) -> dict:
+        out = {"run.root": self.runs_root}
+        if self.data:
+            out["data.path"] = self.data
+        if self.resume:
+            out["run.resume"] = self.resume
+        out.update(self.overrides)
+        return out
+
+
+def _redirect_output(log_path: str) -> None:
+    """The child shares the app's terminal: everything it prints goes to the run's log instead."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+
+def _child_main(spec: TrainSpec, log_path: str, conn) -> None:
+    _redirect_output(log_path)
+    # the terminal's Ctrl+C belongs to the app; the child stops through control/stop (or SIGINT sent to it)
+    try:
+        from engine.train import run_training
+        from engine.train.config import load_config
+
+        config = load_config(spec.config, spec.preset, spec.resolved_overrides())
+        result = run_training(config, on_metrics=None, stop_event=None)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BaseException as exc:  # noqa: BLE001 - the sentence goes back to the app
+        text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        try:
+            conn.send(("error", text))
+        finally:
+            import traceback
+
+            traceback.print_exc()
+            raise SystemExit(1) from None
+    if result.status == "aborted":
+        conn.send(("error", result.message or "the run aborted; see its metrics.jsonl"))
+    raise SystemExit(result.exit_code)
+
+
+class TrainingProcess:
+    """One spawned training run: start, find its run directory, stop it (saving), reap it."""
+
+    def __init__(self, spec: TrainSpec) -> None:
+        self.spec = spec
+        self.runs_root = Path(spec.runs_root).resolve()
+        self.runs_root.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.runs_root / f".pianomuse-train-{os.getpid()}-{time.time_ns()}.log"
+        self.run_dir: Path | None = None
+        self.error: str | None = None
+        self.started_at = 0.0
+        self._known_runs: set[Path] = set()
+        ctx = multiprocessing.get_context("spawn")
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_child_main, args=(spec, str(self.log_path), send),
+                                   name="pianomuse-train", daemon=False)
+        self._send = send
+
+    def start(self) -> None:
+        self._known_runs = {p for p in self.runs_root.iterdir() if p.is_dir()}
+        self.started_at = time.time()
+        self.process.start()
+        self._send.close()  # the child holds the only writer now: EOF means it is gone
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.exitcode
+
+    def find_run_dir(self) -> Path | None:
+        """The run directory this process writes: the resumed one, or the one created after start."""
+        if self.run_dir is not None:
+            return self.run_dir
+        # a new run is a folder that was not there before; a resumed one is written to after our start
+        fresh = []
+        for p in self.runs_root.iterdir():
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            metrics = p / "metrics.jsonl"
+            if p not in self._known_runs or (metrics.exists() and metrics.stat().st_mtime >= self.started_at):
+                fresh.append(p)
+        if fresh:
+            self.run_dir = max(fresh, key=lambda p: p.stat().st_mtime)
+        return self.run_dir
+
+    def poll_error(self) -> str | None:
+        try:
+            while self._recv.poll():
+                kind, text = self._recv.recv()
+                if kind == "error":
+                    self.error = text
+        except (EOFError, OSError):
+            pass
+        return self.error
+
+    def request_stop(self) -> None:
+        """Save and exit at the next step boundary (control/stop; SIGINT before the run dir exists)."""
+        run_dir = self.find_run_dir()
+        if run_dir is not None:
+            request_stop(run_dir)
+        elif self.alive and self.pid:
+            os.kill(self.pid, signal.SIGINT)
+
+    def wait(self, timeout: float) -> bool:
+        self.process.join(timeout)
+        return not self.alive
+
+    def kill(self) -> None:
+        """Last resort (the run did not stop in time, or the app is going away)."""
+        if self.alive:
+            self.process.terminate()
+            self.process.join(5)
+        if self.alive:
+            self.process.kill()
+            self.process.join(5)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def kill_all_training() -> None:
+    """Called when the app exits however it exits: no training child is left behind."""
+    for proc in list(_LIVE):
+        if proc.alive:
+            proc.request_stop()
+    deadline = time.monotonic() + 30
+    for proc in list(_LIVE):
+        proc.wait(max(0.1, deadline - time.monotonic()))
+        proc.kill()

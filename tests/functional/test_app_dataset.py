@@ -1,0 +1,85 @@
+"""Dataset pane, driven with Pilot against the real engine scan of the bundled corpus."""
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from engine.paths import CORPUS_DIR
+from pianomuse_tui.app import PianoMuseApp
+from pianomuse_tui.messages import ScanFinished, ScanProgress
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _wait_for(pilot, predicate, timeout: float = 60.0, step: float = 0.1) -> bool:
+    waited = 0.0
+    while waited < timeout:
+        if predicate():
+            return True
+        await pilot.pause(step)
+        waited += step
+    return predicate()
+
+
+async def test_scan_of_bundled_corpus_fills_table_summary_and_detail():
+    seen: list = []
+    app = PianoMuseApp(pane="dataset")
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        await pilot.press("s")
+        assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 90)
+        await pilot.pause(0.2)
+        finished = next(m for m in seen if isinstance(m, ScanFinished))
+        assert finished.error is None and not finished.cancelled
+        n_files = len(finished.report.files)
+        assert n_files > 10
+        progress = [m for m in seen if isinstance(m, ScanProgress)]
+        assert progress and progress[-1].total == n_files
+        # coalescing: the pane may see fewer progress messages than files, never more
+        assert len(progress) <= n_files
+
+        table = app.query_one("#ds-files", DataTable)
+        assert table.row_count == n_files
+        summary = str(app.query_one("#ds-summary", Static).render())
+        assert f"{n_files} files" in summary and " h " in summary and "ok " in summary
+
+        # the first row's detail shows its stats and a velocity histogram drawn in block characters
+        detail = str(app.query_one("#ds-detail", Static).render())
+        assert "velocity" in detail and any(ch in detail for ch in "▁▂▃▄▅▆▇█")
+        # the pitch histogram arrives from a worker a moment later
+        assert await _wait_for(pilot, lambda: "pitch\n" in str(app.query_one("#ds-detail", Static).render()), 20)
+
+        # sorting by a column header puts the longest piece first on the second click
+        await pilot.click("#ds-files", offset=(20, 0))
+        table.sort("minutes", key=lambda c: c.sort_value or 0, reverse=True)
+        first = table.get_row_at(0)
+        durations = [table.get_row_at(i)[2].sort_value for i in range(table.row_count)]
+        assert first[2].sort_value == max(d for d in durations if d is not None)
+
+        # the filter narrows the table to matching paths
+        await pilot.press("slash")
+        await pilot.press(*"chorales")
+        await pilot.pause(0.2)
+        assert 0 < table.row_count < n_files
+
+
+async def test_missing_folder_gives_one_sentence_and_keeps_running(tmp_path):
+    app = PianoMuseApp(pane="dataset", args={"folder": str(tmp_path / "nope"), "scan": False})
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("s")
+        await pilot.pause(0.2)
+        notes = [n.message for n in app._notifications]
+        assert any("is not a folder" in n for n in notes)
+        assert app.is_running
+
+
+async def test_scan_can_be_cancelled():
+    seen: list = []
+    app = PianoMuseApp(pane="dataset")
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        await pilot.press("s")
+        assert await _wait_for(pilot, lambda: any(isinstance(m, ScanProgress) for m in seen), 60, 0.02)
+        await pilot.press("escape")
+        assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 60)
+        finished = next(m for m in seen if isinstance(m, ScanFinished))
+        assert finished.cancelled
+        assert str(CORPUS_DIR.name) in app.query_one("#ds-folder").value

@@ -1,0 +1,118 @@
+"""A private JACK server (dummy driver) for tests, and a JACK MIDI port that records what it receives.
+
+Each server gets a unique name and is selected through JACK_DEFAULT_SERVER, so parallel test runs
+and a user's own JACK never collide. Importable from tests as ``from jack_server import ...``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+
+class JackServer:
+    def __init__(self, period: int = 64, rate: int = 48000) -> None:
+        self.name = f"pianomuse-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.period, self.rate = period, rate
+        self.process: subprocess.Popen | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    def __enter__(self) -> "JackServer":
+        if shutil.which("jackd") is None:
+            raise RuntimeError("jackd is not installed: apt install jackd2 (CI's .ci/run does)")
+        for key, value in (("JACK_DEFAULT_SERVER", self.name), ("JACK_NO_START_SERVER", "1")):
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        self.process = subprocess.Popen(
+            ["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("jackd exited: " + self.process.stderr.read().decode(errors="replace")[-500:])
+            if subprocess.run(["jack_lsp", "-s", self.name], capture_output=True).returncode == 0:
+                return self
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("jackd did not come up within 10 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class MidiReceiver:
+    """A JACK MIDI input port ``<client>:recv`` that timestamps every message on the monotonic clock."""
+
+    def __init__(self, client: str = "pm-test-recv") -> None:
+        import rtmidi
+
+        self.client = client
+        self.port_name = f"{client}:recv"
+        self.messages: list[tuple[float, tuple[int, ...]]] = []
+        self._lock = threading.Lock()
+        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client)
+        self._in.ignore_types(sysex=True, timing=True, active_sense=True)
+        self._in.set_callback(self._on_message)
+        self._in.open_virtual_port("recv")
+
+    def _on_message(self, message, _data) -> None:
+        with self._lock:
+            self.messages.append((time.monotonic(), tuple(message[0])))
+
+    def received(self) -> list[tuple[float, tuple[int, ...]]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        if self._in is not None:
+            self._in.cancel_callback()
+            self._in.close_port()
+            self._in.delete()
+            self._in = None
+
+
+def sounding_after(messages: list[tuple[int, ...]]) -> dict[tuple[int, int], int]:
+    """Notes still on at the end of a message stream: (channel, pitch) -> unreleased strikes."""
+    on: dict[tuple[int, int], int] = {}
+    for data in messages:
+        status, ch = data[0] & 0xF0, data[0] & 0x0F
+        if status == 0x90 and data[2] > 0:
+            on[(ch, data[1])] = on.get((ch, data[1]), 0) + 1
+        elif status == 0x80 or (status == 0x90 and data[2] == 0):
+            if on.get((ch, data[1])):
+                on[(ch, data[1])] -= 1
+        elif status == 0xB0 and data[1] in (120, 123):
+            for key in [k for k in on if k[0] == ch]:
+                on[key] = 0
+    return {k: v for k, v in on.items() if v}
+
+
+@pytest.fixture(scope="module")
+def jack_server():
+    with JackServer() as server:
+        yield server
+
+
+@pytest.fixture
+def receiver(jack_server):
+    rec = MidiReceiver()
+    yield rec
+    rec.close()

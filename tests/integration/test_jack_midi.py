@@ -1,0 +1,148 @@
+"""Real JACK (private dummy-driver server): streamed notes arrive in order and on time, nothing is left sounding."""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import mido
+import pytest
+
+from engine.midi import LookaheadScheduler, PortError, control_change, list_ports, note_off, note_on, open_output, write_midi_file
+from jack_server import MidiReceiver, jack_server, receiver, sounding_after  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.jack
+
+
+def dense_phrase(seconds: float = 2.0) -> list:
+    """Chords, a melody with repeated pitches, and pedal: what a piano model streams."""
+    events, t, i = [control_change(0.0, 64, 127)], 0.0, 0
+    while t < seconds:
+        for pitch in (48 + i % 5, 55 + i % 3, 64 + i % 7):
+            events += [note_on(t, pitch, 70 + i % 30), note_off(t + 0.09, pitch)]
+        t += 0.0625
+        i += 1
+        if i % 16 == 0:
+            events += [control_change(t - 0.01, 64, 0), control_change(t, 64, 127)]
+    events.append(control_change(t, 64, 0))
+    return events
+
+
+def stream_like_a_model(sched: LookaheadScheduler, events: list, chunk: float = 0.125) -> None:
+    """Submit the phrase chunk by chunk only when the lookahead has room, as generation does."""
+    events = sorted(events)
+    i, horizon = 0, 0.0
+    while i < len(events):
+        if not sched.wait_for_room(0.02):
+            continue
+        horizon += chunk
+        batch = []
+        while i < len(events) and events[i].time < horizon:
+            batch.append(events[i])
+            i += 1
+        sched.submit(batch, horizon=horizon)
+    sched.finish()
+
+
+def test_ports_lists_the_receiver_and_opens_it_by_substring(receiver):
+    assert receiver.port_name in list_ports("jack")["jack"]
+    out = open_output("jack", "test-recv")
+    assert out.target == receiver.port_name and out.is_alive()
+    out.close()
+    with pytest.raises(PortError, match="No MIDI output port matches"):
+        open_output("jack", "no-such-synth")
+
+
+def test_streamed_phrase_arrives_complete_in_order_and_on_time(receiver, tmp_path):
+    events = dense_phrase(2.0)
+    out = open_output("jack", receiver.port_name)
+    sched = LookaheadScheduler(out, lookahead=0.5, record=True)
+    sched.start()
+    stream_like_a_model(sched, events)
+    assert sched.wait_done(10)
+    time.sleep(0.05)
+    sched.stop()
+    out.close()
+
+    path = write_midi_file(events, tmp_path / "phrase.mid")
+    expected, t = [], 0.0
+    for msg in mido.MidiFile(path):
+        t += msg.time
+        if not msg.is_meta:
+            expected.append((t, tuple(msg.bytes())))
+    got = receiver.received()
+    played = [d for _, d in got][: len(expected)]
+    assert played == [d for _, d in expected]  # every event, in order
+    assert sounding_after([d for _, d in got]) == {}
+
+    # Timing error against the written file, after removing JACK's constant port latency.
+    offsets = [rt - et for (rt, _), (et, _) in zip(got, expected)]
+    base = statistics.median(offsets)
+    errors = sorted(abs(o - base) for o in offsets)
+    p99 = errors[int(0.99 * (len(errors) - 1))]
+    print(f"\nJACK timing: {len(errors)} events, error p99 {p99 * 1e3:.2f} ms, max {errors[-1] * 1e3:.2f} ms; "
+          + sched.telemetry().summary())
+    assert p99 < 0.025  # generous: CI machines are shared; bench/midi_timing.py measures the real figure
+    assert sched.telemetry().underruns == 0
+
+
+def test_stop_mid_phrase_leaves_no_note_sounding(receiver):
+    out = open_output("jack", receiver.port_name)
+    sched = LookaheadScheduler(out, lookahead=0.5)
+    events = [control_change(0.0, 64, 127)] + [e for i in range(20) for e in (note_on(i * 0.03, 50 + i, 90), note_off(i * 0.03 + 2.0, 50 + i))]
+    sched.submit(events)
+    sched.start()
+    time.sleep(0.35)
+    assert sched.telemetry().notes_sounding >= 5
+    sched.stop()
+    time.sleep(0.1)
+    out.close()
+    got = [d for _, d in receiver.received()]
+    assert any(d[0] & 0xF0 == 0x90 for d in got)
+    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}  # real note-offs, not just CC123
+    assert (0xB0, 64, 0) in got and (0xB0, 123, 0) in got
+
+
+def test_watchdog_releases_a_stuck_note_on_the_wire(receiver):
+    out = open_output("jack", receiver.port_name)
+    sched = LookaheadScheduler(out, max_note_seconds=0.2)
+    sched.submit([note_on(0.0, 70, 100)])
+    sched.start()
+    time.sleep(0.5)
+    tel = sched.telemetry()
+    sched.stop(panic=False)
+    out.close()
+    assert tel.watchdog_releases == 1
+    assert [d for _, d in receiver.received()] == [(0x90, 70, 100), (0x80, 70, 0)]
+
+
+def test_disappearing_port_is_reported_and_reconnect_continues(jack_server):
+    first = MidiReceiver("pm-test-synth")
+    out = open_output("jack", "pm-test-synth")
+    lost = threading.Event()
+    reports = []
+    sched = LookaheadScheduler(out, lookahead=0.5, port_check_interval=0.05, on_port_lost=lambda m: (reports.append(m), lost.set()))
+    events = [e for i in range(40) for e in (note_on(i * 0.05, 60 + i % 12, 80), note_off(i * 0.05 + 0.04, 60 + i % 12))]
+    sched.submit(events)
+    sched.start()
+    time.sleep(0.4)
+    first.close()  # the synth quits mid-performance
+    assert lost.wait(3), "a vanished port must be reported"
+    assert "disappeared" in reports[0]
+    assert sched.telemetry().port_state == "lost"
+    queued = sched.telemetry().events_queued
+    assert 0 < queued < len(events)
+    second = MidiReceiver("pm-test-synth")  # the synth comes back under the same name
+    try:
+        sched.reconnect()
+        sched.finish()
+        assert sched.wait_done(10)
+        time.sleep(0.05)
+        sched.stop()
+        got = [d for _, d in second.received()]
+        first_part = [d for _, d in first.messages]
+        assert len([d for d in got if d[0] & 0xF0 in (0x80, 0x90)]) >= queued  # the rest of the phrase played
+        assert sounding_after(first_part + got) == {}
+    finally:
+        out.close()
+        second.close()

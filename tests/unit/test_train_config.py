@@ -1,0 +1,103 @@
+"""TrainConfig: presets, TOML layering, dotted overrides, and one clear error per bad value."""
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from engine.train.config import ConfigError, TrainConfig, load_config
+from engine.train.launch import parse_override_args, resolve_config
+
+
+def test_presets_load_and_differ():
+    tiny, small, base = (load_config(preset=p) for p in ("tiny", "small", "base"))
+    assert (tiny.model.n_layer, tiny.model.n_embd) == (2, 128)
+    assert small.model.n_embd > tiny.model.n_embd
+    assert base.model.n_layer == 12 and base.data.objective == "lm"
+    assert load_config().preset == "small"  # no config, no preset: small
+
+
+def test_config_file_over_preset_and_overrides_win(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[optim]\nlr = 3e-4\n[train]\nmax_steps = 7\n')
+    cfg = load_config(path, preset="tiny", overrides=["optim.lr=1e-4", "train.l2wrap=true", "debug.nan_at_steps=1,3"])
+    assert cfg.model.n_layer == 2  # from the preset
+    assert cfg.train.max_steps == 7  # from the file
+    assert cfg.optim.lr == pytest.approx(1e-4)  # the override wins
+    assert cfg.train.l2wrap is True
+    assert cfg.debug.nan_at_steps == [1, 3]
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = load_config(preset="tiny", overrides={"train.seed": 9, "run.name": "x"})
+    cfg.save(tmp_path / "config.toml")
+    data = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert data["train"]["seed"] == 9 and data["preset"] == "tiny"
+    again = TrainConfig.from_toml(tmp_path / "config.toml")
+    assert again == cfg
+
+
+def test_cli_override_words():
+    assert parse_override_args(["--optim.lr", "3e-4", "--train.seed=5"]) == ["optim.lr=3e-4", "train.seed=5"]
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_override_args(["--optim.lr"])
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        parse_override_args(["--bogus"])
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("optim.lr=-1e-3", "optim.lr must be greater than 0"),
+        ("optim.nope=1", "unknown config key 'optim.nope'"),
+        ("nosection.lr=1", "unknown config key 'nosection.lr'"),
+        ("train.max_steps=abc", "needs a int value"),
+        ("train.max_steps=1.5", "needs a int value"),
+        ("train.l2wrap=maybe", "needs a bool value"),
+        ("optim.lr=nan", "needs a float value"),
+        ("model.n_embd=100", "multiple of model.head_size"),
+        ("data.objective=chat", "data.objective must be one of"),
+        ("optim.beta2=1.0", "optim.beta2 must be in [0, 1)"),
+        ("train.device=tpu", "train.device must be"),
+        ("optim=3", "is a section"),
+        ("lr", "section.key=value"),
+    ],
+)
+def test_bad_values_give_one_sentence(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(preset="tiny", overrides=[override])
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_key_and_bad_toml_in_file(tmp_path):
+    bad_key = tmp_path / "a.toml"
+    bad_key.write_text("[optim]\nlearning_rate = 1e-3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+        load_config(bad_key)
+    bad_syntax = tmp_path / "b.toml"
+    bad_syntax.write_text("[optim\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad_syntax)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset="huge")
+
+
+def test_batch_must_split_over_micro_batches_and_processes():
+    cfg = load_config(preset="tiny", overrides=["train.batch_size=8", "train.micro_batch_size=2"])
+    assert cfg.accumulation_steps(1) == 4 and cfg.accumulation_steps(2) == 2
+    with pytest.raises(ConfigError, match="multiple of train.micro_batch_size"):
+        cfg.accumulation_steps(3)
+
+
+def test_named_flags_and_resume_conflicts(tmp_path):
+    cfg = resolve_config(preset="tiny", data=str(tmp_path), run_root=tmp_path / "runs", max_steps=3, device="cpu")
+    assert (cfg.data.path, cfg.train.max_steps, cfg.train.device) == (str(tmp_path), 3, "cpu")
+    assert cfg.run.root == str(tmp_path / "runs")
+    with pytest.raises(ConfigError, match="only one of them"):
+        resolve_config(preset="tiny", resume="auto", init_from="x.pth")
+    with pytest.raises(ConfigError, match="--max-steps must be greater than 0"):
+        resolve_config(preset="tiny", max_steps=0)

@@ -3,8 +3,9 @@
 Run:  .venv/bin/python bench/wkv7_cpu.py            (default shapes, fp32, prints a markdown table)
       .venv/bin/python bench/wkv7_cpu.py --shapes 1x1024x4 --chunk-sizes 16,32,64
 
-Inputs are random but realistic (decay pre-activations ~ N(0,1), a = -kappa_hat unit per head,
-b = kappa_hat * sigmoid(.)), so the cost matches what the trainer and prefill see. Times are the
+Inputs come from engine.kernels.wkv7.sample_inputs (shaped like the model's: decays spread over
+(0.545, 1), a = -kappa_hat, b = kappa_hat * iclr), with an initial state and the final state kept,
+as in chunked prefill and long-sequence training. Times are the
 median over repeats, in milliseconds; the reference gets fewer repeats because it is slow.
 """
 from __future__ import annotations
@@ -19,19 +20,9 @@ import torch
 
 from engine.kernels.wkv7.chunked import CHUNK_SIZE, wkv7_chunked
 from engine.kernels.wkv7.reference import wkv7_reference
+from engine.kernels.wkv7.sample_inputs import random_state, realistic_inputs
 
 DEFAULT_SHAPES = "1x256x4,1x1024x4,1x2048x8,4x512x8,4x1024x8"
-
-
-def realistic_inputs(B, T, H, N, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def randn():
-        return torch.randn(B, T, H, N, generator=g, dtype=dtype)
-
-    kappa = randn()
-    kappa = kappa / kappa.norm(dim=-1, keepdim=True)
-    return dict(r=randn(), w=randn(), k=randn() * 0.5, v=randn(), a=-kappa, b=kappa * torch.sigmoid(randn()))
 
 
 def median_ms(fn, repeats):
@@ -96,7 +87,7 @@ def main():
     for shape in args.shapes.split(","):
         B, T, H = (int(x) for x in shape.lower().split("x"))
         inputs = realistic_inputs(B, T, H, N)
-        state0 = torch.randn(B, H, N, N, generator=torch.Generator().manual_seed(1)) * 0.1
+        state0 = random_state(B, H, N)
         if args.no_reference:
             ref_f = ref_fb = float("nan")
         else:

@@ -5,7 +5,7 @@
 Shapes are B x T x H with N = 64 (rwkv7-spec.md section 9). Times are medians of CUDA-event timed
 runs (triton.testing.do_bench). Each shape also gets its floor: the larger of (bytes that must move
 / copy bandwidth) and (fp32 FLOPs / fp32 FMA rate) for the sequential formulation, and our time as a
-multiple of it. --variants also times every (segments, lanes) plan for our kernel.
+multiple of it. --variants also times every (segments, variant) plan for our kernel.
 """
 from __future__ import annotations
 
@@ -91,6 +91,18 @@ def bench_fla(inputs, reps_ms):
     return time_ms(fwd, reps_ms), time_ms(fb, reps_ms)
 
 
+def bench_step(reps_ms):
+    """Median time of the batched recurrent step kernel for one layer of L12-D768 (H = 12)."""
+    rows = []
+    for batch in (1, 8):
+        xs = [x[:, 0].contiguous() for x in make_inputs(batch, 1, 12)]
+        state = torch.randn(batch, 12, 64, 64, device="cuda") * 0.1
+        with torch.no_grad():
+            ms = time_ms(lambda: wk.wkv7_cuda_step(*xs, state), reps_ms / 2)
+        rows.append((batch, ms * 1e3))
+    return rows
+
+
 def agreement(inputs):
     """Relative difference of y between ours and fla on the same inputs (same function check)."""
     from fla.ops.rwkv7 import chunk_rwkv7  # noqa: PLC0415
@@ -111,9 +123,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="")
     ap.add_argument("--reps-ms", type=float, default=400)
-    ap.add_argument("--variants", action="store_true", help="also time each (segments, lanes) plan")
+    ap.add_argument("--variants", action="store_true", help="also time each (segments, variant) plan")
+    ap.add_argument("--nsegs", default="1,8,16,32,64", help="segment counts tried by --variants (few-block shapes)")
     ap.add_argument("--no-fla", action="store_true")
     args = ap.parse_args()
+    args.nsegs = [int(x) for x in args.nsegs.split(",")]
     assert wk.is_available(), "CUDA kernels did not build"
     try:
         import fla  # noqa: F401, PLC0415
@@ -127,36 +141,44 @@ def main():
     rows = []
     for B, T, H in parse_shapes(args.shapes):
         inputs = make_inputs(B, T, H)
-        nseg, split = wk.plan(B, H, T, False, inputs[0].device)
+        nseg, variant = wk.plan(B, H, T, False, inputs[0].device)
         if args.variants:
-            for vs in (4, 8):
-                for vn in sorted({1, 2, 4, 8, 16, 32, 64}):
+            for vv in wk.VARIANTS:
+                many_blocks = B * H >= torch.cuda.get_device_properties(0).multi_processor_count
+                for vn in ([1] if many_blocks else args.nsegs):
                     if vn > 1 and T // vn < 64:
                         continue
-                    os.environ["PIANOMUSE_WKV7_SPLIT"], os.environ["PIANOMUSE_WKV7_NSEG"] = str(vs), str(vn)
+                    os.environ["PIANOMUSE_WKV7_VARIANT"], os.environ["PIANOMUSE_WKV7_NSEG"] = str(vv), str(vn)
                     f, fb = bench_ours(inputs, args.reps_ms / 2)
-                    print(f"  variant {B}x{T}x{H} split={vs} nseg={vn}: fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms", flush=True)
-            del os.environ["PIANOMUSE_WKV7_SPLIT"], os.environ["PIANOMUSE_WKV7_NSEG"]
+                    print(f"  variant {B}x{T}x{H} variant={vv} nseg={vn}: fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms",
+                          flush=True)
+            del os.environ["PIANOMUSE_WKV7_VARIANT"], os.environ["PIANOMUSE_WKV7_NSEG"]
         f, fb = bench_ours(inputs, args.reps_ms)
         ff = ffb = agree = float("nan")
         if have_fla:
             ff, ffb = bench_fla(inputs, args.reps_ms)
             agree = agreement(inputs)
         fl_f, fl_fb = floors(B, T, H)
-        rows.append((B, T, H, nseg, split, f, fb, ff, ffb, fl_f, fl_fb, agree))
+        rows.append((B, T, H, nseg, variant, f, fb, ff, ffb, fl_f, fl_fb, agree))
         print(f"  {B}x{T}x{H}: ours {f:.3f}/{fb:.3f} ms, fla {ff:.3f}/{ffb:.3f} ms", flush=True)
         del inputs
         torch.cuda.empty_cache()
+    step_rows = bench_step(args.reps_ms)
     print()
-    print("| B, T, H | plan (nseg, lanes) | ours fwd | fla fwd | ours fwd+bwd | fla fwd+bwd | best public fwd+bwd (spec) "
+    print("| B, T, H | plan (nseg, variant) | ours fwd | fla fwd | ours fwd+bwd | fla fwd+bwd | best public fwd+bwd (spec) "
           "| goal (0.8x) | floor fwd / fwd+bwd | ours / floor (fwd+bwd) | y vs fla |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for B, T, H, nseg, split, f, fb, ff, ffb, fl_f, fl_fb, agree in rows:
+    for B, T, H, nseg, variant, f, fb, ff, ffb, fl_f, fl_fb, agree in rows:
         best = min(SPEC_BEST_FB[(B, T, H)], ffb) if (B, T, H) in SPEC_BEST_FB else ffb
         goal = 0.8 * best if not math.isnan(best) else float("nan")
-        print(f"| {B}, {T}, {H} | {nseg}, {split} | {f:.2f} | {ff:.2f} | {fb:.2f} | {ffb:.2f} | "
+        print(f"| {B}, {T}, {H} | {nseg}, {variant} | {f:.2f} | {ff:.2f} | {fb:.2f} | {ffb:.2f} | "
               f"{SPEC_BEST_FB.get((B, T, H), float('nan')):.2f} | {goal:.2f} | {fl_f:.3f} / {fl_fb:.3f} | "
               f"{fb / fl_fb:.1f}x | {agree:.1e} |")
+    print()
+    print("| generation step (one layer's WKV, H=12, N=64) | median us |")
+    print("|---|---|")
+    for batch, us in step_rows:
+        print(f"| batch {batch} | {us:.1f} |")
 
 
 if __name__ == "__main__":

@@ -131,33 +131,75 @@ __device__ __forceinline__ void store_slice(float* dst_row, int q, const float* 
         make_float4(x[4 * m], x[4 * m + 1], x[4 * m + 2], x[4 * m + 3]);
 }
 
+// Column slice of a row-major [N, N] matrix for column p (the transposed view of load_slice).
 template <int N, int SPLIT>
-__device__ __forceinline__ float dot_slice(const float* x, const float* sm_row, int q) {
+__device__ __forceinline__ void load_col_slice(const float* src, int p, int q, float* x) {
+#pragma unroll
+  for (int e = 0; e < N / SPLIT; ++e) x[e] = src[(size_t)slice_col<SPLIT>(q, e) * N + p];
+}
+
+__device__ __forceinline__ void f4_to(const float4& t, float* o) {
+  o[0] = t.x;
+  o[1] = t.y;
+  o[2] = t.z;
+  o[3] = t.w;
+}
+
+// Sums each of R values over the SPLIT lanes of a row group; every lane gets all R sums. For two
+// rows the first exchange swaps halves (reduce-scatter), so 2 rows cost one shuffle more than 1.
+template <int SPLIT, int R>
+__device__ __forceinline__ void rows_sum(float (&x)[R]) {
+  if constexpr (R == 1) {
+    x[0] = lane_sum<SPLIT>(x[0]);
+  } else if constexpr (R == 2) {
+    const bool hi = threadIdx.x & (SPLIT / 2);
+    float keep = hi ? x[1] : x[0];
+    keep += __shfl_xor_sync(0xffffffffu, hi ? x[0] : x[1], SPLIT / 2);
+#pragma unroll
+    for (int o = 1; o < SPLIT / 2; o <<= 1) keep += __shfl_xor_sync(0xffffffffu, keep, o);
+    const float other = __shfl_xor_sync(0xffffffffu, keep, SPLIT / 2);
+    x[0] = hi ? other : keep;
+    x[1] = hi ? keep : other;
+  } else {
+#pragma unroll
+    for (int i = 0; i < R; ++i) x[i] = lane_sum<SPLIT>(x[i]);
+  }
+}
+
+// out[rr] = X[rr] . v over this lane's slice (partial; rows_sum completes it). Each shared vector
+// element is loaded once for all R rows: shared-memory traffic, not FMAs, bounds a step.
+template <int N, int SPLIT, int R>
+__device__ __forceinline__ void dot_rows(const float (&X)[R][N / SPLIT], const float* sm_row, int q, float (&out)[R]) {
   constexpr int COLS = N / SPLIT;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};  // four chains: the dot product is on the critical path
+  float acc[R][4];
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) acc[rr][0] = acc[rr][1] = acc[rr][2] = acc[rr][3] = 0.f;
 #pragma unroll
   for (int m = 0; m < COLS / 4; ++m) {
-    const float4 t = *reinterpret_cast<const float4*>(sm_row + m * 4 * SPLIT + q * 4);
-    acc[0] += x[4 * m] * t.x;
-    acc[1] += x[4 * m + 1] * t.y;
-    acc[2] += x[4 * m + 2] * t.z;
-    acc[3] += x[4 * m + 3] * t.w;
+    float t[4];
+    f4_to(*reinterpret_cast<const float4*>(sm_row + m * 4 * SPLIT + q * 4), t);
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[rr][u] += X[rr][4 * m + u] * t[u];
   }
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) out[rr] = (acc[rr][0] + acc[rr][1]) + (acc[rr][2] + acc[rr][3]);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Forward sweep (MODE FWD), or a segment's transition (FWD_TRANS: blockIdx.z&1 == 0 -> offset C from
 // a zero state, 1 -> transition P from the identity without v k^T; BWD_TRANS: the same for the
 // gradient recurrence X <- (X + dy r^T)(diag(d) + b a^T), walked backwards, v slot = dy).
-template <int N, int SPLIT, int MODE>
-__global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
-                                                       const bf16* r, const bf16* w, const bf16* k,
-                                                       const bf16* v, const bf16* a, const bf16* b,
-                                                       const float* __restrict__ s_in, bf16* __restrict__ y,
-                                                       float* __restrict__ sa_out, float* __restrict__ snaps,
-                                                       float* __restrict__ s_out) {
-  constexpr int THREADS = N * SPLIT, COLS = N / SPLIT;
+// A lane group of SPLIT lanes owns R consecutive rows; each lane a COLS-wide slice of them.
+template <int N, int SPLIT, int R, int MODE>
+__global__ void __launch_bounds__(N / R * SPLIT) fwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
+                                                            const bf16* r, const bf16* w, const bf16* k,
+                                                            const bf16* v, const bf16* a, const bf16* b,
+                                                            const float* __restrict__ s_in, bf16* __restrict__ y,
+                                                            float* __restrict__ sa_out, float* __restrict__ snaps,
+                                                            float* __restrict__ s_out) {
+  constexpr int THREADS = N / R * SPLIT, COLS = N / SPLIT;
   constexpr bool TRANS = MODE != FWD;
   constexpr bool REV = MODE == BWD_TRANS;
   const int h = blockIdx.x, seq = blockIdx.y;
@@ -166,7 +208,7 @@ __global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restr
   const int z = TRANS ? (blockIdx.z & 1) : 0;
   if (MODE == FWD_TRANS && s == nseg - 1) return;  // nothing follows the last segment
   if (MODE == BWD_TRANS && s == 0) return;          // nothing precedes the first one
-  const int tid = threadIdx.x, row = tid / SPLIT, q = tid % SPLIT;
+  const int tid = threadIdx.x, row0 = (tid / SPLIT) * R, q = tid % SPLIT;
   int bos, eos;
   seq_range(cu, seq, T, bos, eos);
   const int t0 = seg_len ? min(bos + s * seg_len, eos) : bos;
@@ -176,15 +218,18 @@ __global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restr
   __shared__ __align__(16) float sm[6][L][N];  // r, d, k, v (or dy), a, b
   __shared__ __align__(16) float sy[L][N], ssa[L][N];
 
-  float X[COLS];
-  if (TRANS) {
+  float X[R][COLS];
 #pragma unroll
-    for (int e = 0; e < COLS; ++e) X[e] = (z == 1 && slice_col<SPLIT>(q, e) == row) ? 1.f : 0.f;
-  } else if (s_in) {
-    load_slice<N, SPLIT>(s_in + ((size_t)(seq * nseg + s) * H + h) * NN + row * N, q, X);
-  } else {
+  for (int rr = 0; rr < R; ++rr) {
+    if (TRANS) {
 #pragma unroll
-    for (int e = 0; e < COLS; ++e) X[e] = 0.f;
+      for (int e = 0; e < COLS; ++e) X[rr][e] = (z == 1 && slice_col<SPLIT>(q, e) == row0 + rr) ? 1.f : 0.f;
+    } else if (s_in) {
+      load_slice<N, SPLIT>(s_in + ((size_t)(seq * nseg + s) * H + h) * NN + (row0 + rr) * N, q, X[rr]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < COLS; ++e) X[rr][e] = 0.f;
+    }
   }
   const bool inject = !(TRANS && z == 1);
 
@@ -193,6 +238,14 @@ __global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restr
   ChunkPrefetch<N, THREADS, 6> pf;
   const int nc = (t1 - t0 + L - 1) / L;
   auto chunk_start = [&](int ci) { return t0 + (REV ? nc - 1 - ci : ci) * L; };
+  auto flush = [&](int c0, int n) {
+    for (int it = tid; it < n * N / 2; it += THREADS) {
+      const int lt = it / (N / 2), n2 = (it % (N / 2)) * 2;
+      const size_t off = ((size_t)(c0 + lt) * H + h) * N + n2;
+      *reinterpret_cast<__nv_bfloat162*>(y + off) = __floats2bfloat162_rn(sy[lt][n2], sy[lt][n2 + 1]);
+      if (sa_out) *reinterpret_cast<float2*>(sa_out + off) = make_float2(ssa[lt][n2], ssa[lt][n2 + 1]);
+    }
+  };
   if (nc > 0) {
     const int c0 = chunk_start(0);
     pf.load(ptrs, c0, min(L, t1 - c0), H, h);
@@ -201,14 +254,7 @@ __global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restr
   for (int ci = 0; ci < nc; ++ci) {
     const int c0 = chunk_start(ci), n = min(L, t1 - c0);
     __syncthreads();  // the previous chunk is done with sm, sy, ssa
-    if (MODE == FWD && ci > 0) {
-      for (int it = tid; it < prev_n * N / 2; it += THREADS) {
-        const int lt = it / (N / 2), n2 = (it % (N / 2)) * 2;
-        const size_t off = ((size_t)(prev_c0 + lt) * H + h) * N + n2;
-        *reinterpret_cast<__nv_bfloat162*>(y + off) = __floats2bfloat162_rn(sy[lt][n2], sy[lt][n2 + 1]);
-        if (sa_out) *reinterpret_cast<float2*>(sa_out + off) = make_float2(ssa[lt][n2], ssa[lt][n2 + 1]);
-      }
-    }
+    if (MODE == FWD && ci > 0) flush(prev_c0, prev_n);
     pf.store(dst, 1, nullptr);
     __syncthreads();
     if (ci + 1 < nc) {
@@ -217,52 +263,67 @@ __global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restr
     }
     if (MODE == FWD && snaps) {  // chunk starts are snapshot points (segments are multiples of L)
       const size_t slot = snap_slot(bos, seq, (c0 - bos) / L);
-      store_slice<N, SPLIT>(snaps + (slot * H + h) * NN + row * N, q, X);
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) store_slice<N, SPLIT>(snaps + (slot * H + h) * NN + (row0 + rr) * N, q, X[rr]);
     }
     if (!REV) {
       for (int lt = 0; lt < n; ++lt) {
-        const float sa = lane_sum<SPLIT>(dot_slice<N, SPLIT>(X, sm[4][lt], q));
-        const float vi = inject ? sm[3][lt][row] : 0.f;
+        float sa[R], vi[R];
+        dot_rows<N, SPLIT, R>(X, sm[4][lt], q, sa);
+        rows_sum<SPLIT, R>(sa);
+#pragma unroll
+        for (int rr = 0; rr < R; ++rr) vi[rr] = inject ? sm[3][lt][row0 + rr] : 0.f;
 #pragma unroll
         for (int m = 0; m < COLS / 4; ++m) {
           const int c = m * 4 * SPLIT + q * 4;
-          const float4 d4 = *reinterpret_cast<const float4*>(&sm[1][lt][c]);
-          const float4 b4 = *reinterpret_cast<const float4*>(&sm[5][lt][c]);
-          const float4 k4 = *reinterpret_cast<const float4*>(&sm[2][lt][c]);
-          X[4 * m] = X[4 * m] * d4.x + sa * b4.x + vi * k4.x;
-          X[4 * m + 1] = X[4 * m + 1] * d4.y + sa * b4.y + vi * k4.y;
-          X[4 * m + 2] = X[4 * m + 2] * d4.z + sa * b4.z + vi * k4.z;
-          X[4 * m + 3] = X[4 * m + 3] * d4.w + sa * b4.w + vi * k4.w;
+          float dv[4], bv[4], kv[4];
+          f4_to(*reinterpret_cast<const float4*>(&sm[1][lt][c]), dv);
+          f4_to(*reinterpret_cast<const float4*>(&sm[5][lt][c]), bv);
+          f4_to(*reinterpret_cast<const float4*>(&sm[2][lt][c]), kv);
+#pragma unroll
+          for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+            for (int u = 0; u < 4; ++u) X[rr][4 * m + u] = X[rr][4 * m + u] * dv[u] + sa[rr] * bv[u] + vi[rr] * kv[u];
         }
         if (MODE == FWD) {
-          const float yi = lane_sum<SPLIT>(dot_slice<N, SPLIT>(X, sm[0][lt], q));
+          float yo[R];
+          dot_rows<N, SPLIT, R>(X, sm[0][lt], q, yo);
+          rows_sum<SPLIT, R>(yo);
           if (q == 0) {
-            sy[lt][row] = yi;
-            ssa[lt][row] = sa;
+#pragma unroll
+            for (int rr = 0; rr < R; ++rr) {
+              sy[lt][row0 + rr] = yo[rr];
+              ssa[lt][row0 + rr] = sa[rr];
+            }
           }
         }
       }
     } else {
       for (int lt = n - 1; lt >= 0; --lt) {
-        const float u = inject ? sm[3][lt][row] : 0.f;  // dy_i
+        float u_[R], sb[R];
+#pragma unroll
+        for (int rr = 0; rr < R; ++rr) u_[rr] = inject ? sm[3][lt][row0 + rr] : 0.f;  // dy_i
 #pragma unroll
         for (int m = 0; m < COLS / 4; ++m) {
-          const float4 r4 = *reinterpret_cast<const float4*>(&sm[0][lt][m * 4 * SPLIT + q * 4]);
-          X[4 * m] += u * r4.x;
-          X[4 * m + 1] += u * r4.y;
-          X[4 * m + 2] += u * r4.z;
-          X[4 * m + 3] += u * r4.w;
+          float rv[4];
+          f4_to(*reinterpret_cast<const float4*>(&sm[0][lt][m * 4 * SPLIT + q * 4]), rv);
+#pragma unroll
+          for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+            for (int u = 0; u < 4; ++u) X[rr][4 * m + u] += u_[rr] * rv[u];
         }
-        const float sb = lane_sum<SPLIT>(dot_slice<N, SPLIT>(X, sm[5][lt], q));
+        dot_rows<N, SPLIT, R>(X, sm[5][lt], q, sb);
+        rows_sum<SPLIT, R>(sb);
 #pragma unroll
         for (int m = 0; m < COLS / 4; ++m) {
           const int c = m * 4 * SPLIT + q * 4;
-          const float4 d4 = *reinterpret_cast<const float4*>(&sm[1][lt][c]);
-          const float4 a4 = *reinterpret_cast<const float4*>(&sm[4][lt][c]);
-          X[4 * m] = X[4 * m] * d4.x + sb * a4.x;
-          X[4 * m + 1] = X[4 * m + 1] * d4.y + sb * a4.y;
-          X[4 * m + 2] = X[4 * m + 2] * d4.z + sb * a4.z;
-          X[4 * m + 3] = X[4 * m + 3] * d4.w + sb * a4.w;
+          float dv[4], av[4];
+          f4_to(*reinterpret_cast<const float4*>(&sm[1][lt][c]), dv);
+          f4_to(*reinterpret_cast<const float4*>(&sm[4][lt][c]), av);
+#pragma unroll
+          for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+            for (int u = 0; u < 4; ++u) X[rr][4 * m + u] = X[rr][4 * m + u] * dv[u] + sb[rr] * av[u];
         }
       }
     }
@@ -271,39 +332,42 @@ __global__ void __launch_bounds__(N* SPLIT) fwd_kernel(int T, const int* __restr
   }
   if (MODE == FWD) {
     __syncthreads();
-    for (int it = tid; it < prev_n * N / 2; it += THREADS) {
-      const int lt = it / (N / 2), n2 = (it % (N / 2)) * 2;
-      const size_t off = ((size_t)(prev_c0 + lt) * H + h) * N + n2;
-      *reinterpret_cast<__nv_bfloat162*>(y + off) = __floats2bfloat162_rn(sy[lt][n2], sy[lt][n2 + 1]);
-      if (sa_out) *reinterpret_cast<float2*>(sa_out + off) = make_float2(ssa[lt][n2], ssa[lt][n2 + 1]);
+    flush(prev_c0, prev_n);
+    if (s_out && s == nseg - 1) {
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr)
+        store_slice<N, SPLIT>(s_out + ((size_t)seq * H + h) * NN + (row0 + rr) * N, q, X[rr]);
     }
-    if (s_out && s == nseg - 1) store_slice<N, SPLIT>(s_out + ((size_t)seq * H + h) * NN + row * N, q, X);
   } else {
     float* o = s_out + ((((size_t)seq * nseg + s) * 2 + z) * H + h) * NN;  // [seq, seg, {C,P}, H, N, N]
-    store_slice<N, SPLIT>(o + row * N, q, X);
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr) store_slice<N, SPLIT>(o + (row0 + rr) * N, q, X[rr]);
   }
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward over one (sequence, head, segment), walking time downwards. Lane (p, q) holds
+// Backward over one (sequence, head, segment), walking time downwards. For each of its R indices p
+// a lane holds
 //   E  = dL/dS_t row p    (slice over columns),  ET = dL/dS_t column p (slice over rows),
 //   ST = S_t column p     (slice over rows),
 // so every sum over rows or columns is a lane-local dot plus shuffles. S_{t-1} comes from S_t by
 // undoing the update (exact up to rounding, d >= 0.545), restarting from a snapshot every L steps.
-template <int N, int SPLIT>
-__global__ void __launch_bounds__(N* SPLIT) bwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
-                                                       const bf16* r, const bf16* w, const bf16* k,
-                                                       const bf16* v, const bf16* a, const bf16* b,
-                                                       const bf16* dy, const float* __restrict__ sa_saved,
-                                                       const float* __restrict__ snaps,
-                                                       const float* __restrict__ s_last,
-                                                       const float* __restrict__ ds_in, bf16* __restrict__ dr,
-                                                       bf16* __restrict__ dw, bf16* __restrict__ dk,
-                                                       bf16* __restrict__ dv, bf16* __restrict__ da,
-                                                       bf16* __restrict__ db, float* __restrict__ ds_out) {
-  constexpr int THREADS = N * SPLIT, COLS = N / SPLIT;
+// Two rows per lane group fit 128 registers, so two blocks share a multiprocessor (one wave for up to
+// 2 x SM-count blocks); one row per group would spill at that cap.
+template <int N, int SPLIT, int R>
+__global__ void __launch_bounds__(N / R * SPLIT, R == 2 ? 2 : 1) bwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
+                                                            const bf16* r, const bf16* w, const bf16* k,
+                                                            const bf16* v, const bf16* a, const bf16* b,
+                                                            const bf16* dy, const float* __restrict__ sa_saved,
+                                                            const float* __restrict__ snaps,
+                                                            const float* __restrict__ s_last,
+                                                            const float* __restrict__ ds_in, bf16* __restrict__ dr,
+                                                            bf16* __restrict__ dw, bf16* __restrict__ dk,
+                                                            bf16* __restrict__ dv, bf16* __restrict__ da,
+                                                            bf16* __restrict__ db, float* __restrict__ ds_out) {
+  constexpr int THREADS = N / R * SPLIT, COLS = N / SPLIT;
   const int h = blockIdx.x, seq = blockIdx.y, nseg = gridDim.z, s = blockIdx.z;
-  const int tid = threadIdx.x, p = tid / SPLIT, q = tid % SPLIT;
+  const int tid = threadIdx.x, p0 = (tid / SPLIT) * R, q = tid % SPLIT;
   int bos, eos;
   seq_range(cu, seq, T, bos, eos);
   const int t0 = seg_len ? min(bos + s * seg_len, eos) : bos;
@@ -324,21 +388,23 @@ __global__ void __launch_bounds__(N* SPLIT) bwd_kernel(int T, const int* __restr
   float* const s_dsa = smem + 9 * L * N;
   float* const out = smem + 10 * L * N;  // 6 arrays: dr dw dk dv da db
 
-  float E[COLS], ET[COLS], ST[COLS], SNAP[COLS];
-  if (ds_in) {
-    const float* src = ds_in + ((size_t)(seq * nseg + s) * H + h) * NN;
-    load_slice<N, SPLIT>(src + p * N, q, E);
-#pragma unroll
-    for (int e = 0; e < COLS; ++e) ET[e] = src[(size_t)slice_col<SPLIT>(q, e) * N + p];
-  } else {
-#pragma unroll
-    for (int e = 0; e < COLS; ++e) E[e] = ET[e] = 0.f;
-  }
-  {  // S at the segment's last step: the final state, or the snapshot taken right after it
+  float E[R][COLS], ET[R][COLS], ST[R][COLS];
+  {
+    // S at the segment's last step: the final state, or the snapshot taken right after it
     const float* src = (t1 == eos) ? s_last + ((size_t)seq * H + h) * NN
                                    : snaps + (snap_slot(bos, seq, (t1 - bos) / L) * H + h) * NN;
+    const float* gsrc = ds_in ? ds_in + ((size_t)(seq * nseg + s) * H + h) * NN : nullptr;
 #pragma unroll
-    for (int e = 0; e < COLS; ++e) ST[e] = src[(size_t)slice_col<SPLIT>(q, e) * N + p];
+    for (int rr = 0; rr < R; ++rr) {
+      load_col_slice<N, SPLIT>(src, p0 + rr, q, ST[rr]);
+      if (gsrc) {
+        load_slice<N, SPLIT>(gsrc + (p0 + rr) * N, q, E[rr]);
+        load_col_slice<N, SPLIT>(gsrc, p0 + rr, q, ET[rr]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < COLS; ++e) E[rr][e] = ET[rr][e] = 0.f;
+      }
+    }
   }
 
   const bf16* const ptrs[7] = {r, w, k, v, a, b, dy};
@@ -355,17 +421,13 @@ __global__ void __launch_bounds__(N* SPLIT) bwd_kernel(int T, const int* __restr
                        ? __ldg(reinterpret_cast<const float4*>(sa_saved + ((size_t)(c0 + lt) * H + h) * N + n4 * 4))
                        : make_float4(0.f, 0.f, 0.f, 0.f);
     }
-    // S_{c0-1}: the snapshot of this chunk (slot 0 of a sequence is its initial state)
-    const float* src = snaps + (snap_slot(bos, seq, (c0 - bos) / L) * H + h) * NN;
-#pragma unroll
-    for (int e = 0; e < COLS; ++e) SNAP[e] = src[(size_t)slice_col<SPLIT>(q, e) * N + p];
   };
   auto flush = [&](int c0, int n) {
+    bf16* const outs[6] = {dr, dw, dk, dv, da, db};
     for (int it = tid; it < n * N / 2; it += THREADS) {
       const int lt = it / (N / 2), n2 = (it % (N / 2)) * 2;
       const size_t off = ((size_t)(c0 + lt) * H + h) * N + n2;
       const int so = lt * N + n2;
-      bf16* const outs[6] = {dr, dw, dk, dv, da, db};
 #pragma unroll
       for (int g = 0; g < 6; ++g)
         *reinterpret_cast<__nv_bfloat162*>(outs[g] + off) =
@@ -389,14 +451,19 @@ __global__ void __launch_bounds__(N* SPLIT) bwd_kernel(int T, const int* __restr
       const int it = tid + pp * THREADS;
       if (it < SA_ITEMS) *reinterpret_cast<float4*>(in_sa + it * 4) = sa_buf[pp];
     }
-    float SN[COLS];
-#pragma unroll
-    for (int e = 0; e < COLS; ++e) SN[e] = SNAP[e];
     __syncthreads();
+    // S_{c0-1}, needed at the chunk's first step (16 steps from now, so the load latency hides):
+    // the snapshot of this chunk (slot 0 of a sequence is its initial state)
+    float SN[R][COLS];
+    {
+      const float* src = snaps + (snap_slot(bos, seq, (c0 - bos) / L) * H + h) * NN;
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) load_col_slice<N, SPLIT>(src, p0 + rr, q, SN[rr]);
+    }
     if (ci > 0) load_chunk(t0 + (ci - 1) * L, L);
 
     for (int lt = n - 1; lt >= 0; --lt) {
-      const float* rr = in_r + lt * N;
+      const float* rr_ = in_r + lt * N;
       const float* dd = in_d + lt * N;
       const float* kk = in_k + lt * N;
       const float* vv = in_v + lt * N;
@@ -404,88 +471,101 @@ __global__ void __launch_bounds__(N* SPLIT) bwd_kernel(int T, const int* __restr
       const float* bb = in_b + lt * N;
       const float* gy = in_dy + lt * N;
       const float* sa = in_sa + lt * N;
-      const float dy_p = gy[p], r_p = rr[p], d_p = dd[p], k_p = kk[p], a_p = aa[p], b_p = bb[p];
-      float g_dr = 0.f, g_dv = 0.f, g_dsa = 0.f, g_dk = 0.f, g_db = 0.f, g_dd = 0.f;
+      float dy_p[R], r_p[R], d_p[R], k_p[R], a_p[R], b_p[R];
+      float g_dr[R], g_dv[R], g_dsa[R], g_dk[R], g_db[R], g_dd[R], g_da[R];
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) {
+        const int p = p0 + rr;
+        dy_p[rr] = gy[p];
+        r_p[rr] = rr_[p];
+        d_p[rr] = dd[p];
+        k_p[rr] = kk[p];
+        a_p[rr] = aa[p];
+        b_p[rr] = bb[p];
+        g_dr[rr] = g_dv[rr] = g_dsa[rr] = g_dk[rr] = g_db[rr] = g_dd[rr] = g_da[rr] = 0.f;
+      }
+      float v_s[COLS], sa_s[COLS];  // v_i and (S_{t-1} a)_i over this lane's row slice
 #pragma unroll
       for (int m = 0; m < COLS / 4; ++m) {
         const int c = m * 4 * SPLIT + q * 4;
-        const float4 dy4 = *reinterpret_cast<const float4*>(gy + c);
-        const float4 r4 = *reinterpret_cast<const float4*>(rr + c);
-        const float4 k4 = *reinterpret_cast<const float4*>(kk + c);
-        const float4 b4 = *reinterpret_cast<const float4*>(bb + c);
-        const float4 v4 = *reinterpret_cast<const float4*>(vv + c);
-        const float4 sa4 = *reinterpret_cast<const float4*>(sa + c);
-        const float dyv[4] = {dy4.x, dy4.y, dy4.z, dy4.w}, rv[4] = {r4.x, r4.y, r4.z, r4.w};
-        const float kv[4] = {k4.x, k4.y, k4.z, k4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
-        const float vv4[4] = {v4.x, v4.y, v4.z, v4.w}, sav[4] = {sa4.x, sa4.y, sa4.z, sa4.w};
+        float dyv[4], rv[4], kv[4], bv[4];
+        f4_to(*reinterpret_cast<const float4*>(gy + c), dyv);
+        f4_to(*reinterpret_cast<const float4*>(rr_ + c), rv);
+        f4_to(*reinterpret_cast<const float4*>(kk + c), kv);
+        f4_to(*reinterpret_cast<const float4*>(bb + c), bv);
+        f4_to(*reinterpret_cast<const float4*>(vv + c), v_s + 4 * m);
+        f4_to(*reinterpret_cast<const float4*>(sa + c), sa_s + 4 * m);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const int e = 4 * m + u;
-          E[e] += dy_p * rv[u];
-          ET[e] += dyv[u] * r_p;
-          g_dr += ST[e] * dyv[u];
-          g_dv += E[e] * kv[u];
-          g_dsa += E[e] * bv[u];
-          g_dk += ET[e] * vv4[u];
-          g_db += ET[e] * sav[u];
-        }
-      }
-      g_dsa = lane_sum<SPLIT>(g_dsa);
-      if (q == 0) s_dsa[lt * N + p] = g_dsa;
-      // S_{t-1}: undo this step, or take the snapshot at the chunk's first step
-      if (lt == 0) {
 #pragma unroll
-        for (int e = 0; e < COLS; ++e) ST[e] = SN[e];
-      } else {
-        const float inv_d = 1.f / d_p;
-#pragma unroll
-        for (int m = 0; m < COLS / 4; ++m) {
-          const int c = m * 4 * SPLIT + q * 4;
-          const float4 v4 = *reinterpret_cast<const float4*>(vv + c);
-          const float4 sa4 = *reinterpret_cast<const float4*>(sa + c);
-          const float vv4[4] = {v4.x, v4.y, v4.z, v4.w}, sav[4] = {sa4.x, sa4.y, sa4.z, sa4.w};
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int e = 4 * m + u;
-            ST[e] = (ST[e] - sav[u] * b_p - vv4[u] * k_p) * inv_d;
+          for (int rr = 0; rr < R; ++rr) {
+            E[rr][e] += dy_p[rr] * rv[u];
+            ET[rr][e] += dyv[u] * r_p[rr];
+            g_dr[rr] += ST[rr][e] * dyv[u];
+            g_dv[rr] += E[rr][e] * kv[u];
+            g_dsa[rr] += E[rr][e] * bv[u];
+            g_dk[rr] += ET[rr][e] * v_s[e];
+            g_db[rr] += ET[rr][e] * sa_s[e];
           }
         }
       }
+      rows_sum<SPLIT, R>(g_dsa);
+      if (q == 0) {
 #pragma unroll
-      for (int e = 0; e < COLS; ++e) g_dd += ET[e] * ST[e];
-      g_dr = lane_sum<SPLIT>(g_dr);
-      g_dv = lane_sum<SPLIT>(g_dv);
-      g_dk = lane_sum<SPLIT>(g_dk);
-      g_db = lane_sum<SPLIT>(g_db);
-      g_dd = lane_sum<SPLIT>(g_dd);
+        for (int rr = 0; rr < R; ++rr) s_dsa[lt * N + p0 + rr] = g_dsa[rr];
+      }
+      // S_{t-1}: undo this step, or take the snapshot at the chunk's first step
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) {
+        if (lt == 0) {
+#pragma unroll
+          for (int e = 0; e < COLS; ++e) ST[rr][e] = SN[rr][e];
+        } else {
+          const float inv_d = 1.f / d_p[rr];
+#pragma unroll
+          for (int e = 0; e < COLS; ++e) ST[rr][e] = (ST[rr][e] - sa_s[e] * b_p[rr] - v_s[e] * k_p[rr]) * inv_d;
+        }
+#pragma unroll
+        for (int e = 0; e < COLS; ++e) g_dd[rr] += ET[rr][e] * ST[rr][e];
+      }
+      rows_sum<SPLIT, R>(g_dr);
+      rows_sum<SPLIT, R>(g_dv);
+      rows_sum<SPLIT, R>(g_dk);
+      rows_sum<SPLIT, R>(g_db);
+      rows_sum<SPLIT, R>(g_dd);
       __syncthreads();  // every dsa_i of this step is in shared memory
-      float g_da = 0.f;
       const float* dsa = s_dsa + lt * N;
 #pragma unroll
       for (int m = 0; m < COLS / 4; ++m) {
         const int c = m * 4 * SPLIT + q * 4;
-        const float4 g4 = *reinterpret_cast<const float4*>(dsa + c);
-        const float4 d4 = *reinterpret_cast<const float4*>(dd + c);
-        const float4 a4 = *reinterpret_cast<const float4*>(aa + c);
-        const float gv[4] = {g4.x, g4.y, g4.z, g4.w}, dv4[4] = {d4.x, d4.y, d4.z, d4.w};
-        const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+        float gv[4], dv4[4], av[4];
+        f4_to(*reinterpret_cast<const float4*>(dsa + c), gv);
+        f4_to(*reinterpret_cast<const float4*>(dd + c), dv4);
+        f4_to(*reinterpret_cast<const float4*>(aa + c), av);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const int e = 4 * m + u;
-          g_da += ST[e] * gv[u];
-          ET[e] = ET[e] * d_p + gv[u] * a_p;
-          E[e] = E[e] * dv4[u] + g_dsa * av[u];
+#pragma unroll
+          for (int rr = 0; rr < R; ++rr) {
+            g_da[rr] += ST[rr][e] * gv[u];
+            ET[rr][e] = ET[rr][e] * d_p[rr] + gv[u] * a_p[rr];
+            E[rr][e] = E[rr][e] * dv4[u] + g_dsa[rr] * av[u];
+          }
         }
       }
-      g_da = lane_sum<SPLIT>(g_da);
+      rows_sum<SPLIT, R>(g_da);
       if (q == 0) {
-        const int o = lt * N + p;
-        out[0 * L * N + o] = g_dr;
-        out[1 * L * N + o] = g_dd * in_dwf[o];
-        out[2 * L * N + o] = g_dk;
-        out[3 * L * N + o] = g_dv;
-        out[4 * L * N + o] = g_da;
-        out[5 * L * N + o] = g_db;
+#pragma unroll
+        for (int rr = 0; rr < R; ++rr) {
+          const int o = lt * N + p0 + rr;
+          out[0 * L * N + o] = g_dr[rr];
+          out[1 * L * N + o] = g_dd[rr] * in_dwf[o];
+          out[2 * L * N + o] = g_dk[rr];
+          out[3 * L * N + o] = g_dv[rr];
+          out[4 * L * N + o] = g_da[rr];
+          out[5 * L * N + o] = g_db[rr];
+        }
       }
     }
     prev_c0 = c0;
@@ -493,7 +573,11 @@ __global__ void __launch_bounds__(N* SPLIT) bwd_kernel(int T, const int* __restr
   }
   __syncthreads();
   if (nc > 0) flush(prev_c0, prev_n);
-  if (s == 0) store_slice<N, SPLIT>(ds_out + ((size_t)seq * H + h) * NN + p * N, q, E);
+  if (s == 0) {
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr)
+      store_slice<N, SPLIT>(ds_out + ((size_t)seq * H + h) * NN + (p0 + rr) * N, q, E[rr]);
+  }
 }
 
 // S_in of every segment from the per-segment (offset, transition) pairs: X <- X P + C, walked
@@ -536,50 +620,52 @@ __global__ void __launch_bounds__(256) combine_kernel(int nseg, int H, int rever
 // ------------------------------------------------------------------------------------------------
 // Host launchers (plain pointers; the torch binding validates shapes and allocates).
 
-template <int N, int SPLIT>
+template <int N, int SPLIT, int R>
 static cudaError_t fwd_all(const FwdArgs& g, cudaStream_t st) {
-  const dim3 blk(N * SPLIT);
+  const dim3 blk(N / R * SPLIT);
   if (g.nseg <= 1) {
-    fwd_kernel<N, SPLIT, FWD><<<dim3(g.H, g.n_seqs, 1), blk, 0, st>>>(g.T, g.cu, g.H, 0, g.r, g.w, g.k, g.v, g.a,
-                                                                       g.b, g.s0, g.y, g.sa, g.snaps, g.s_last);
+    fwd_kernel<N, SPLIT, R, FWD><<<dim3(g.H, g.n_seqs, 1), blk, 0, st>>>(
+        g.T, g.cu, g.H, 0, g.r, g.w, g.k, g.v, g.a, g.b, g.s0, g.y, g.sa, g.snaps, g.s_last);
     return cudaGetLastError();
   }
-  fwd_kernel<N, SPLIT, FWD_TRANS><<<dim3(g.H, g.n_seqs, 2 * g.nseg), blk, 0, st>>>(
+  fwd_kernel<N, SPLIT, R, FWD_TRANS><<<dim3(g.H, g.n_seqs, 2 * g.nseg), blk, 0, st>>>(
       g.T, g.cu, g.H, g.seg_len, g.r, g.w, g.k, g.v, g.a, g.b, nullptr, nullptr, nullptr, nullptr, g.trans);
   combine_kernel<N><<<dim3(g.H, g.n_seqs), 256, 0, st>>>(g.nseg, g.H, 0, g.trans, g.s0, g.seg_state);
-  fwd_kernel<N, SPLIT, FWD><<<dim3(g.H, g.n_seqs, g.nseg), blk, 0, st>>>(
+  fwd_kernel<N, SPLIT, R, FWD><<<dim3(g.H, g.n_seqs, g.nseg), blk, 0, st>>>(
       g.T, g.cu, g.H, g.seg_len, g.r, g.w, g.k, g.v, g.a, g.b, g.seg_state, g.y, g.sa, g.snaps, g.s_last);
   return cudaGetLastError();
 }
 
-template <int N, int SPLIT>
+template <int N, int SPLIT, int R>
 static cudaError_t bwd_all(const BwdArgs& g, cudaStream_t st) {
-  const dim3 blk(N * SPLIT);
+  const dim3 blk(N / R * SPLIT);
   const size_t shm = (size_t)16 * L * N * sizeof(float);
-  cudaError_t err = cudaFuncSetAttribute(bwd_kernel<N, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm);
+  cudaError_t err =
+      cudaFuncSetAttribute(bwd_kernel<N, SPLIT, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm);
   if (err != cudaSuccess) return err;
   const float* ds_in = g.ds_last;
   int seg_len = 0, nseg = 1;
   if (g.nseg > 1) {
-    fwd_kernel<N, SPLIT, BWD_TRANS><<<dim3(g.H, g.n_seqs, 2 * g.nseg), blk, 0, st>>>(
+    fwd_kernel<N, SPLIT, R, BWD_TRANS><<<dim3(g.H, g.n_seqs, 2 * g.nseg), blk, 0, st>>>(
         g.T, g.cu, g.H, g.seg_len, g.r, g.w, g.k, g.dy, g.a, g.b, nullptr, nullptr, nullptr, nullptr, g.trans);
     combine_kernel<N><<<dim3(g.H, g.n_seqs), 256, 0, st>>>(g.nseg, g.H, 1, g.trans, g.ds_last, g.seg_state);
     ds_in = g.seg_state;
     seg_len = g.seg_len;
     nseg = g.nseg;
   }
-  bwd_kernel<N, SPLIT><<<dim3(g.H, g.n_seqs, nseg), blk, shm, st>>>(
+  bwd_kernel<N, SPLIT, R><<<dim3(g.H, g.n_seqs, nseg), blk, shm, st>>>(
       g.T, g.cu, g.H, seg_len, g.r, g.w, g.k, g.v, g.a, g.b, g.dy, g.sa, g.snaps, g.s_last, ds_in, g.dr, g.dw,
       g.dk, g.dv, g.da, g.db, g.ds0);
   return cudaGetLastError();
 }
 
+// variant = 10 * (lanes per row group) + (rows per lane group); head size N = 64 only for now.
 #define WKV7_DISPATCH(FN, ARGS, STREAM)                                                   \
   do {                                                                                    \
     if (ARGS.N != 64) return cudaErrorInvalidValue; /* other head sizes: add N here */    \
-    switch (ARGS.split) {                                                                 \
-      case 4: return FN<64, 4>(ARGS, STREAM);                                             \
-      case 8: return FN<64, 8>(ARGS, STREAM);                                             \
+    switch (ARGS.variant) {                                                               \
+      case 41: return FN<64, 4, 1>(ARGS, STREAM);                                         \
+      case 82: return FN<64, 8, 2>(ARGS, STREAM);                                         \
       default: return cudaErrorInvalidValue;                                              \
     }                                                                                     \
   } while (0)
@@ -587,6 +673,6 @@ static cudaError_t bwd_all(const BwdArgs& g, cudaStream_t st) {
 cudaError_t launch_forward(const FwdArgs& g, cudaStream_t stream) { WKV7_DISPATCH(fwd_all, g, stream); }
 cudaError_t launch_backward(const BwdArgs& g, cudaStream_t stream) { WKV7_DISPATCH(bwd_all, g, stream); }
 
-bool supported(int N, int split) { return N == 64 && (split == 4 || split == 8); }
+bool supported(int N, int variant) { return N == 64 && (variant == 41 || variant == 82); }
 
 }  // namespace wkv7

@@ -9,7 +9,7 @@ namespace wkv7 {
 // Tensors are [T_total, H, N] (batch folded into time; sequence n spans cu[n]..cu[n+1], or n*T..n*T+T
 // when cu is null). States are [n_seqs, H, N, N] fp32, row = value index, column = key index.
 struct FwdArgs {
-  int T, H, N, n_seqs, nseg, seg_len, split;
+  int T, H, N, n_seqs, nseg, seg_len, variant;  // variant: see WKV7_DISPATCH
   const int* cu;
   const __nv_bfloat16 *r, *w, *k, *v, *a, *b;
   const float* s0;    // initial state or null (zeros)
@@ -22,7 +22,7 @@ struct FwdArgs {
 };
 
 struct BwdArgs {
-  int T, H, N, n_seqs, nseg, seg_len, split;
+  int T, H, N, n_seqs, nseg, seg_len, variant;  // variant: see WKV7_DISPATCH
   const int* cu;
   const __nv_bfloat16 *r, *w, *k, *v, *a, *b, *dy;
   const float *sa, *snaps, *s_last;
@@ -35,6 +35,6 @@ struct BwdArgs {
 
 cudaError_t launch_forward(const FwdArgs& args, cudaStream_t stream);
 cudaError_t launch_backward(const BwdArgs& args, cudaStream_t stream);
-bool supported(int N, int split);
+bool supported(int N, int variant);
 
 }  // namespace wkv7

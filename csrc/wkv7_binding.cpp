@@ -47,12 +47,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> wkv7_fwd(const Tensor& r, const Tenso
                                                     const Tensor& v, const Tensor& a, const Tensor& b,
                                                     const c10::optional<Tensor>& s0,
                                                     const c10::optional<Tensor>& cu_seqlens, int64_t nseg_want,
-                                                    int64_t split, bool save) {
+                                                    int64_t variant, bool save) {
   TORCH_CHECK(r.dim() == 4, "wkv7: inputs must be [B, T, H, N]");
   for (auto& [t, n] : {std::pair<const Tensor&, const char*>{r, "r"}, {w, "w"}, {k, "k"}, {v, "v"}, {a, "a"}, {b, "b"}})
     check_input(t, n, r);
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
-  TORCH_CHECK(wkv7::supported((int)N, (int)split), "wkv7: head size ", N, " with split ", split,
+  TORCH_CHECK(wkv7::supported((int)N, (int)variant), "wkv7: head size ", N, " with variant ", variant,
               " is not compiled (add it to the dispatch in csrc/wkv7.cu)");
   const bool packed = cu_seqlens.has_value();
   if (packed) {
@@ -82,7 +82,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> wkv7_fwd(const Tensor& r, const Tenso
   g.n_seqs = (int)n_seqs;
   g.nseg = nseg;
   g.seg_len = seg_len;
-  g.split = (int)split;
+  g.variant = (int)variant;
   g.cu = packed ? cu_seqlens->data_ptr<int>() : nullptr;
   g.r = bp(r);
   g.w = bp(w);
@@ -105,12 +105,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> wkv7_fwd(const Tensor& r, const Tenso
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv7_bwd(
     const Tensor& r, const Tensor& w, const Tensor& k, const Tensor& v, const Tensor& a, const Tensor& b,
     const Tensor& dy, const c10::optional<Tensor>& ds_last, const Tensor& sa, const Tensor& snaps,
-    const Tensor& s_last, const c10::optional<Tensor>& cu_seqlens, int64_t nseg_want, int64_t split) {
+    const Tensor& s_last, const c10::optional<Tensor>& cu_seqlens, int64_t nseg_want, int64_t variant) {
   for (auto& [t, n] :
        {std::pair<const Tensor&, const char*>{r, "r"}, {w, "w"}, {k, "k"}, {v, "v"}, {a, "a"}, {b, "b"}, {dy, "dy"}})
     check_input(t, n, r);
   const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
-  TORCH_CHECK(wkv7::supported((int)N, (int)split), "wkv7: head size ", N, " with split ", split, " is not compiled");
+  TORCH_CHECK(wkv7::supported((int)N, (int)variant), "wkv7: head size ", N, " with variant ", variant, " is not compiled");
   const bool packed = cu_seqlens.has_value();
   const int64_t n_seqs = packed ? cu_seqlens->numel() - 1 : B;
   check_state(s_last, "saved final state", n_seqs, H, N);
@@ -136,7 +136,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv7_bwd(
   g.n_seqs = (int)n_seqs;
   g.nseg = nseg;
   g.seg_len = seg_len;
-  g.split = (int)split;
+  g.variant = (int)variant;
   g.cu = packed ? cu_seqlens->data_ptr<int>() : nullptr;
   g.r = bp(r);
   g.w = bp(w);
@@ -165,11 +165,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv7_bwd(
 
 // One token for each of B sequences; `state` [B, H, N, N] is updated in place.
 Tensor wkv7_step(const Tensor& r, const Tensor& w, const Tensor& k, const Tensor& v, const Tensor& a,
-                 const Tensor& b, Tensor state, int64_t split) {
+                 const Tensor& b, Tensor state, int64_t variant) {
   TORCH_CHECK(r.dim() == 3, "wkv7 step: inputs must be [B, H, N]");
   const int64_t B = r.size(0), H = r.size(1), N = r.size(2);
   check_state(state, "state", B, H, N);
-  TORCH_CHECK(wkv7::supported((int)N, (int)split), "wkv7: head size ", N, " is not compiled");
+  TORCH_CHECK(wkv7::supported((int)N, (int)variant), "wkv7: head size ", N, " is not compiled");
   c10::cuda::CUDAGuard guard(r.device());
   auto as4 = [&](const Tensor& t, const char* name) {
     check_input(t, name, r);
@@ -183,7 +183,7 @@ Tensor wkv7_step(const Tensor& r, const Tensor& w, const Tensor& k, const Tensor
   g.N = (int)N;
   g.n_seqs = (int)B;
   g.nseg = 1;
-  g.split = (int)split;
+  g.variant = (int)variant;
   g.r = bp(r4);
   g.w = bp(w4);
   g.k = bp(k4);
@@ -203,12 +203,12 @@ Tensor wkv7_step(const Tensor& r, const Tensor& w, const Tensor& k, const Tensor
 TORCH_LIBRARY(pianomuse_wkv7, m) {
   m.def(
       "fwd(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor? s0, Tensor? cu_seqlens, "
-      "int nseg, int split, bool save) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int nseg, int variant, bool save) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bwd(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor dy, Tensor? ds_last, Tensor sa, "
-      "Tensor snaps, Tensor s_last, Tensor? cu_seqlens, int nseg, int split) -> "
+      "Tensor snaps, Tensor s_last, Tensor? cu_seqlens, int nseg, int variant) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("step(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor(s!) state, int split) -> Tensor");
+  m.def("step(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor(s!) state, int variant) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pianomuse_wkv7, CUDA, m) {

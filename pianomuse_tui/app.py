@@ -23,6 +23,7 @@ from .messages import DeviceDetected, ResourceSample
 from .panes.dataset import DatasetPane
 from .panes.generate import GeneratePane
 from .panes.train import TrainPane
+from .training_process import kill_all_training
 
 PANES = {"dataset": "Dataset", "train": "Train", "generate": "Generate"}
 # CLI command names that open a pane
@@ -149,13 +150,17 @@ class PianoMuseApp(App):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="♪")
         args = self.pane_args
+        # kept by reference: App.query_one searches the current screen, which is a dialog at times
+        self._dataset = DatasetPane(args if self.initial_pane == "dataset" else {}, id="dataset-pane")
+        self._train = TrainPane(args if self.initial_pane == "train" else {}, id="train-pane")
+        self._generate = GeneratePane(args if self.initial_pane == "generate" else {}, id="generate-pane")
         with TabbedContent(initial=self.initial_pane, id="panes"):
             with TabPane("Dataset", id="dataset"):
-                yield DatasetPane(args if self.initial_pane == "dataset" else {}, id="dataset-pane")
+                yield self._dataset
             with TabPane("Train", id="train"):
-                yield TrainPane(args if self.initial_pane == "train" else {}, id="train-pane")
+                yield self._train
             with TabPane("Generate", id="generate"):
-                yield GeneratePane(args if self.initial_pane == "generate" else {}, id="generate-pane")
+                yield self._generate
         yield Footer()
 
     def on_mount(self) -> None:
@@ -165,21 +170,21 @@ class PianoMuseApp(App):
 
     @property
     def dataset(self) -> DatasetPane:
-        return self.query_one(DatasetPane)
+        return self._dataset
 
     @property
     def train(self) -> TrainPane:
-        return self.query_one(TrainPane)
+        return self._train
 
     @property
     def generate(self) -> GeneratePane:
-        return self.query_one(GeneratePane)
+        return self._generate
 
     def pane(self, name: str):
         return {"dataset": self.dataset, "train": self.train, "generate": self.generate}[name]
 
     def action_show_pane(self, name: str) -> None:
-        self.query_one("#panes", TabbedContent).active = name
+        self.screen_stack[0].query_one("#panes", TabbedContent).active = name
         self._focus_pane(name)
 
     def _focus_pane(self, name: str) -> None:
@@ -212,7 +217,8 @@ class PianoMuseApp(App):
         self.post_message(ResourceSample(**resources.sample(pids)))
 
     def on_resource_sample(self, message: ResourceSample) -> None:
-        self.train.show_resources(message)
+        if self.train.is_mounted:
+            self.train.show_resources(message)
 
     # ---- errors from any worker: one handler, as notifications ----------------------------------
 
@@ -294,5 +300,5 @@ def run_app(pane: str | None, args: dict) -> None:
     try:
         app.run()
     finally:
-        # belt and braces: whatever ended the app, no child process and no sounding note stay behind
-        app.train.kill_owned_process() if app.is_running else None
+        # belt and braces: however the app ended, no training child is left behind
+        kill_all_training()

@@ -135,19 +135,25 @@ class Performance:
     def run(self, cancelled: Callable[[], bool]) -> None:
         """Generate (or read) events and submit them ahead of the playhead until done or stopped."""
         sched = self.scheduler
-        sched.start()
         source = self._file_events() if self.settings.midi_file else self._generated_events()
+        started = False
         try:
             for events, horizon, n_tokens in source:
                 if self._stop.is_set() or cancelled():
                     self.end_reason = "stopped"
                     break
                 self._submit(events, horizon, n_tokens)
-                while not sched.needs_more():
+                if not started and (horizon or 0.0) >= sched.lookahead:
+                    # pre-roll: the clock starts once the first lookahead is generated
+                    sched.start()
+                    started = True
+                while started and not sched.needs_more():
                     if self._stop.is_set() or cancelled():
                         break
                     sched.wait_for_room(0.02)
             else:
+                if not started:
+                    sched.start()
                 sched.finish()
                 while not sched.wait_done(0.05):
                     if self._stop.is_set() or cancelled():
@@ -196,7 +202,7 @@ class Performance:
             t += step
 
     def _generated_events(self) -> Iterator[tuple[list, float, int]]:
-        from engine.generate import live  # the engine's generation loop (issue 6)
+        from engine.generate import live  # the engine's generation loop, shared with --headless generate
 
         yield from live.stream(
             checkpoint=self.settings.checkpoint,

@@ -24,23 +24,17 @@ _LIVE: "weakref.WeakSet[TrainingProcess]" = weakref.WeakSet()
 
 @dataclass
 class TrainSpec:
-    """What the Train pane asks for; maps onto ``engine.train.load_config`` + ``run_training``."""
+    """What the Train pane asks for: the same knobs as ``pianomuse-tui --headless train``."""
 
     preset: str | None = "tiny"
     config: str | None = None
     data: str | None = None
     runs_root: str = "runs"
     resume: str | None = None  # "auto" or a run/checkpoint path
-    overrides: dict = field(default_factory=dict)
-
-    def resolved_overrides(self) -> dict:
-        out = {"run.root": self.runs_root}
-        if self.data:
-            out["data.path"] = self.data
-        if self.resume:
-            out["run.resume"] = self.resume
-        out.update(self.overrides)
-        return out
+    max_steps: int | None = None
+    device: str | None = None
+    init_from: str | None = None
+    overrides: list[str] = field(default_factory=list)  # "section.key=value"
 
 
 def _redirect_output(log_path: str) -> None:
@@ -57,10 +51,12 @@ def _child_main(spec: TrainSpec, log_path: str, conn) -> None:
     _redirect_output(log_path)
     # the terminal's Ctrl+C belongs to the app; the child stops through control/stop (or SIGINT sent to it)
     try:
-        from engine.train import run_training
-        from engine.train.config import load_config
+        from engine.train.launch import resolve_config
+        from engine.train.trainer import run_training
 
-        config = load_config(spec.config, spec.preset, spec.resolved_overrides())
+        config = resolve_config(spec.config, spec.preset, list(spec.overrides), data=spec.data,
+                                run_root=spec.runs_root, max_steps=spec.max_steps, device=spec.device,
+                                resume=spec.resume, init_from=spec.init_from)
         result = run_training(config, on_metrics=None, stop_event=None)
     except KeyboardInterrupt:
         raise SystemExit(130) from None

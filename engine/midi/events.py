@@ -125,7 +125,7 @@ def write_midi_file(events: Iterable[MidiEvent], path: str | Path, ticks_per_bea
     track.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
     ticks_per_second = ticks_per_beat * 1_000_000 / tempo
     last_tick = 0
-    for event in sorted(events):
+    for event in sorted(events, key=lambda e: (e.time, e.order)):  # stable: chords keep their played order
         tick = max(0, round(event.time * ticks_per_second))
         track.append(mido.Message.from_bytes(list(event.data), time=tick - last_tick))
         last_tick = tick

@@ -88,7 +88,7 @@ def start_fluidsynth(
         audio_file.parent.mkdir(parents=True, exist_ok=True)
         args += ["-a", "file", "-o", f"audio.file.name={audio_file}"]
     elif api == "jack":
-        args += ["-a", "jack", "-o", f"audio.jack.id={client_name}-audio", "-o", "audio.jack.autoconnect=1"]
+        args += ["-a", "jack", "-o", "audio.jack.autoconnect=1"]  # straight to the sound card
     args.append(str(soundfont))
 
     log = tempfile.NamedTemporaryFile(prefix="pianomuse-fluidsynth-", suffix=".log", delete=False)

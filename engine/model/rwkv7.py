@@ -12,6 +12,8 @@ Module and parameter names are the official checkpoint keys (spec section 5), so
 from __future__ import annotations
 
 import math
+import operator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,6 +26,8 @@ from .state import RWKVState
 
 DECAY_SCALE = math.exp(-0.5)  # d = exp(-e^{-1/2} sigmoid(z)) keeps every decay in (0.545, 1)
 LN_X_EPS = 64e-5  # the reference's GroupNorm eps (not LayerNorm's 1e-5)
+LN_EPS = 1e-5
+_VERSION = operator.attrgetter("_version")  # bumped by every in-place update of a tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,29 +72,132 @@ def last_token(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Ten
 # the recurrence: one step (RNN mode); the sequence version is engine.kernels.wkv7
 
 
-def wkv7_step(S, r, w, k, v, a, b):
-    """One WKV7 step for all heads. S [B, H, N, N] fp32; r, w (pre-activation z), k, v, a, b [B, H, N].
+def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int):
+    """One WKV7 step for all heads. S [B, H, N, N] fp32; r, w (pre-activation z), k, v, kappa, b [B, C].
 
-    S <- S diag(d) + (S a) b^T + v k^T and y = S r, forming (S a) b^T in O(N^2).
+    With the kernel's a = -kappa: S <- S diag(d) + (S a) b^T + v k^T and y = S r, forming the
+    rank-1 term from the matrix-vector product S a (O(N^2), never the N x N outer product first).
+    Returns y [B, C] fp32 and the new S.
     """
-    r, k, v, a, b = (t.float() for t in (r, k, v, a, b))
-    d = torch.exp(-DECAY_SCALE * torch.sigmoid(w.float()))
-    sa = torch.matmul(S, a.unsqueeze(-1))  # [B, H, N, 1]
-    S = torch.addcmul(torch.addcmul(S * d.unsqueeze(-2), sa, b.unsqueeze(-2)), v.unsqueeze(-1), k.unsqueeze(-2))
-    y = torch.matmul(S, r.unsqueeze(-1)).squeeze(-1)
-    return y, S
+    B = S.shape[0]
+    if r.dtype != torch.float32:
+        r, k, v, kappa, b = (t.float() for t in (r, k, v, kappa, b))
+    BH = B * H
+    d = torch.exp(torch.sigmoid(w) * -DECAY_SCALE)
+    S = S.view(BH, N, N)
+    s_kappa = torch.bmm(S, kappa.view(BH, N, 1))
+    S = torch.addcmul(S * d.view(BH, 1, N), s_kappa, b.view(BH, 1, N), value=-1.0)
+    S = torch.addcmul(S, v.view(BH, N, 1), k.view(BH, 1, N))
+    y = torch.bmm(S, r.view(BH, N, 1))
+    return y.view(B, H * N), S.view(B, H, N, N)
 
 
 # ---------------------------------------------------------------------------------------------
-# the layers
+# the block math, as functions of a layer's weights. Parallel mode passes the live parameters
+# (views, so autograd flows); recurrent mode passes a cached copy laid out for matrix-vector
+# products (pre-transposed contiguous matrices, flat vectors). Same functions, same numbers.
+
+
+@dataclass(slots=True)
+class TimeMixWeights:
+    mix: torch.Tensor  # [6, 1, C] (RNN) or [6, 1, 1, C] (parallel): mu for r, k, v, a, g, w in that order
+    RKV: torch.Tensor  # [3, C, C]: receptance, key, value, applied as x @ W (transposed Linear weights)
+    w0: torch.Tensor  # [C]
+    w1: torch.Tensor  # [C, Dw]
+    w2: torch.Tensor  # [Dw, C]
+    a0: torch.Tensor
+    a1: torch.Tensor
+    a2: torch.Tensor
+    v0: torch.Tensor
+    v1: torch.Tensor
+    v2: torch.Tensor
+    g1: torch.Tensor
+    g2: torch.Tensor
+    k_k: torch.Tensor  # [C]
+    k_a: torch.Tensor  # [C]
+    one_minus_k_a: torch.Tensor  # [C]
+    r_k: torch.Tensor  # [C] (the [H, N] parameter, flat)
+    O: torch.Tensor  # [C, C]
+    ln_w: torch.Tensor
+    ln_b: torch.Tensor
+
+
+@dataclass(slots=True)
+class ChannelMixWeights:
+    x_k: torch.Tensor  # [C]
+    K: torch.Tensor  # [C, 4C]
+    V: torch.Tensor  # [4C, C]
+    enn: torch.Tensor | None  # [Vocab, C] ("v8" only)
+
+
+@dataclass(slots=True)
+class BlockWeights:
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    att: TimeMixWeights
+    ffn: ChannelMixWeights
+
+
+def layer_norm(x, w, b):
+    return torch.layer_norm(x, (x.shape[-1],), w, b, LN_EPS)
+
+
+def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: int, N: int):
+    """Everything before the recurrence. x, x_prev [..., C]: LN1 output and its token shift.
+
+    Returns (r, z, k, v, kappa_hat, b, g, v_first), all [..., C], where the kernel arguments are
+    a = -kappa_hat and b = kappa_hat * iclr; z (decay pre-activation) is fp32.
+    """
+    shape = x.shape
+    C = shape[-1]
+    # the six token-shift mixes in one op: [6, ..., C], rows r, k, v, a, g, w (each contiguous)
+    mixed = torch.addcmul(x, x_prev - x, W.mix)
+    # receptance, key and value in one batched product
+    r, k, v = torch.matmul(mixed[:3].view(3, -1, C), W.RKV).view((3,) + shape).unbind(0)
+    _, _, xv, xa, xg, xw = mixed.unbind(0)
+    # the decay sits close to 1 and is compounded over many steps: keep it in fp32
+    z = (W.w0 + torch.tanh(xw @ W.w1) @ W.w2).float()
+    iclr = torch.sigmoid(W.a0 + (xa @ W.a1) @ W.a2)  # in-context learning rate a
+    g = torch.sigmoid(xg @ W.g1) @ W.g2
+    kk = (k * W.k_k).view(shape[:-1] + (H, N))
+    kappa = (kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)).view(shape)
+    k = k * torch.addcmul(W.one_minus_k_a, iclr, W.k_a)  # k * (1 + (a - 1) * k_a)
+    if layer_id == 0:
+        v_first = v
+    else:
+        v = torch.lerp(v, v_first, torch.sigmoid(W.v0 + (xv @ W.v1) @ W.v2))
+    return r, z, k, v, kappa, kappa * iclr, g, v_first
+
+
+def time_mix_finish(W: TimeMixWeights, y, r, k, v, g, H: int, N: int):
+    """Everything after the recurrence: GroupNorm per head, bonus term, gate, output projection."""
+    shape = y.shape
+    heads = shape[:-1] + (H, N)
+    y = torch.group_norm(y.reshape(-1, shape[-1]), H, W.ln_w, W.ln_b, LN_X_EPS).view(heads)
+    # bonus: y_h += (sum_j r_hj k_hj r_k[h, j]) v_h
+    bonus_weight = (r * k * W.r_k).view(heads).sum(dim=-1, keepdim=True)
+    return (torch.addcmul(y, bonus_weight, v.view(heads)).view(shape) * g) @ W.O
+
+
+def channel_mix(W: ChannelMixWeights, x, x_prev, idx):
+    """ChannelMix: W_v relu(W_k mix(x))^2, times the token's DeepEmbed row for "v8"."""
+    k = torch.addcmul(x, x_prev - x, W.x_k)
+    out = torch.relu(k @ W.K).square() @ W.V
+    if W.enn is not None:
+        out = out * F.embedding(idx, W.enn)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the layers: parameters under their official names
 
 
 class TimeMix(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
         C, H, N = config.n_embd, config.n_head, config.head_size
-        self.layer_id = layer_id
-        self.n_head, self.head_size = H, N
 
         def vec():
             return nn.Parameter(torch.empty(1, 1, C))
@@ -109,45 +216,29 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
 
-    def project(self, x, x_prev, v_first):
-        """Everything before the recurrence. x, x_prev [B, T, C] (LN1 output and its token shift).
+    def weights(self, packed: bool = False) -> TimeMixWeights:
+        """The parameters as the math functions take them.
 
-        Returns (r, z, k, v, a_k, b_k, g, v_first), all [B, T, C]; z (decay pre-activation) in fp32.
+        Parallel mode (``packed=False``) gets views and small stacks that autograd flows
+        through; RNN mode (``packed=True``) gets contiguous copies laid out for [B, C] inputs.
         """
-        H, N = self.n_head, self.head_size
-        delta = x_prev - x
-        xr = torch.addcmul(x, delta, self.x_r)
-        xw = torch.addcmul(x, delta, self.x_w)
-        xk = torch.addcmul(x, delta, self.x_k)
-        xv = torch.addcmul(x, delta, self.x_v)
-        xa = torch.addcmul(x, delta, self.x_a)
-        xg = torch.addcmul(x, delta, self.x_g)
-
-        r = self.receptance(xr)
-        k = self.key(xk)
-        v = self.value(xv)
-        # the decay sits close to 1 and is compounded over many steps: keep it in fp32
-        z = (self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float()
-        iclr = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate a
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
-
-        shape = k.shape
-        kappa = F.normalize((k * self.k_k).view(*shape[:-1], H, N), dim=-1, p=2.0, eps=1e-12).view(shape)
-        k = k * (1 + (iclr - 1) * self.k_a)
-        if self.layer_id == 0:
-            v_first = v
-        else:
-            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2))
-        return r, z, k, v, -kappa, kappa * iclr, g, v_first
-
-    def finish(self, y, r, k, v, g):
-        """Everything after the recurrence: GroupNorm per head, bonus term, gate, output projection."""
-        H, N = self.n_head, self.head_size
-        shape = y.shape
-        y = F.group_norm(y.reshape(-1, shape[-1]), H, self.ln_x.weight, self.ln_x.bias, LN_X_EPS).view(shape)
-        heads = (*shape[:-1], H, N)
-        bonus = (r * k * self.r_k.view(-1)).view(heads).sum(dim=-1, keepdim=True) * v.view(heads)
-        return self.output((y + bonus.view(shape)) * g)
+        C = self.x_r.shape[-1]
+        mix = torch.cat([self.x_r, self.x_k, self.x_v, self.x_a, self.x_g, self.x_w])  # [6, 1, C]
+        RKV = torch.stack([self.receptance.weight.t(), self.key.weight.t(), self.value.weight.t()])
+        k_a = self.k_a.reshape(C)
+        W = TimeMixWeights(
+            mix=mix if packed else mix.unsqueeze(1), RKV=RKV,
+            w0=self.w0.reshape(C), w1=self.w1, w2=self.w2,
+            a0=self.a0.reshape(C), a1=self.a1, a2=self.a2,
+            v0=self.v0.reshape(C), v1=self.v1, v2=self.v2,
+            g1=self.g1, g2=self.g2,
+            k_k=self.k_k.reshape(C), k_a=k_a, one_minus_k_a=1 - k_a, r_k=self.r_k.reshape(C),
+            O=self.output.weight.t(), ln_w=self.ln_x.weight, ln_b=self.ln_x.bias,
+        )  # fmt: skip
+        if packed:
+            for name in TimeMixWeights.__slots__:
+                setattr(W, name, getattr(W, name).contiguous().clone())
+        return W
 
 
 class ChannelMix(nn.Module):
@@ -160,12 +251,14 @@ class ChannelMix(nn.Module):
         # "v8" DeepEmbed: a per-layer, per-token scale on the ChannelMix output
         self.enn = nn.Embedding(config.vocab_size, C) if config.deep_embed else None
 
-    def forward(self, x, x_prev, idx):
-        k = torch.addcmul(x, x_prev - x, self.x_k)
-        out = self.value(torch.relu(self.key(k)).square())
-        if self.enn is not None:
-            out = out * self.enn(idx)
-        return out
+    def weights(self, packed: bool = False) -> ChannelMixWeights:
+        copy = (lambda t: t.contiguous().clone()) if packed else (lambda t: t)
+        return ChannelMixWeights(
+            x_k=copy(self.x_k.reshape(-1)),
+            K=copy(self.key.weight.t()),
+            V=copy(self.value.weight.t()),
+            enn=self.enn.weight if self.enn is not None else None,
+        )
 
 
 class Block(nn.Module):
@@ -181,38 +274,42 @@ class Block(nn.Module):
         self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config, layer_id)
 
+    def weights(self, packed: bool = False) -> BlockWeights:
+        return BlockWeights(self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, self.att.weights(packed), self.ffn.weights(packed))
+
     def forward(self, x, idx, v_first, prev, cu_seqlens=None, want_state=False, backend="auto"):
-        """Parallel mode over [B, T, C]; ``prev`` = (att_shift, wkv, ffn_shift) or Nones."""
+        """Parallel mode over x [B, T, C]; ``prev`` = (att_shift, wkv, ffn_shift) or Nones."""
+        W = self.weights()
         att_prev, wkv_prev, ffn_prev = prev
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        xa = self.ln1(x)
-        r, z, k, v, a_k, b_k, g, v_first = self.att.project(xa, token_shift(xa, att_prev, cu_seqlens), v_first)
+        xa = layer_norm(x, W.ln1_w, W.ln1_b)
+        r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, token_shift(xa, att_prev, cu_seqlens), v_first, self.layer_id, H, N)
         y, wkv_state = wkv7(
-            *(t.view(B, T, H, N) for t in (r, z, k, v, a_k, b_k)),
+            *(t.view(B, T, H, N) for t in (r, z, k, v, -kappa, b)),
             initial_state=wkv_prev,
             output_final_state=want_state,
             cu_seqlens=cu_seqlens,
             backend=backend,
         )
-        x = x + self.att.finish(y.reshape(B, T, C).to(x.dtype), r, k, v, g)
-        xf = self.ln2(x)
-        x = x + self.ffn(xf, token_shift(xf, ffn_prev, cu_seqlens), idx)
+        x = x + time_mix_finish(W.att, y.reshape(B, T, C).to(x.dtype), r, k, v, g, H, N)
+        xf = layer_norm(x, W.ln2_w, W.ln2_b)
+        x = x + channel_mix(W.ffn, xf, token_shift(xf, ffn_prev, cu_seqlens), idx)
         if not want_state:
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
 
-    def step(self, x, idx, v_first, att_prev, wkv_prev, ffn_prev):
-        """Recurrent mode: the same math on x [B, 1, C] with the state of one token."""
-        B, _, C = x.shape
+    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev):
+        """Recurrent mode: the same math on x [B, C] for one token per sequence."""
+        B, C = x.shape
         H, N = self.n_head, self.head_size
-        xa = self.ln1(x)
-        r, z, k, v, a_k, b_k, g, v_first = self.att.project(xa, att_prev.unsqueeze(1), v_first)
-        y, wkv_state = wkv7_step(wkv_prev, *(t.view(B, H, N) for t in (r, z, k, v, a_k, b_k)))
-        x = x + self.att.finish(y.view(B, 1, C).to(x.dtype), r, k, v, g)
-        xf = self.ln2(x)
-        x = x + self.ffn(xf, ffn_prev.unsqueeze(1), idx)
-        return x, v_first, xa[:, 0], wkv_state, xf[:, 0]
+        xa = layer_norm(x, W.ln1_w, W.ln1_b)
+        r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
+        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N)
+        x = x + time_mix_finish(W.att, y.to(x.dtype), r, k, v, g, H, N)
+        xf = layer_norm(x, W.ln2_w, W.ln2_b)
+        x = x + channel_mix(W.ffn, xf, ffn_prev, idx)
+        return x, v_first, xa, wkv_state, xf
 
 
 class RWKV7(nn.Module):
@@ -228,7 +325,8 @@ class RWKV7(nn.Module):
         self.blocks = nn.ModuleList(Block(config, l) for l in range(config.n_layer))
         self.ln_out = nn.LayerNorm(C)
         self.head = nn.Linear(C, V, bias=False)  # model.head(h): logits from hidden states
-        self._emb_ln0 = None  # (key, table) of LN0 folded into the embedding, for RNN mode
+        self._rnn_cache = None  # (key, weights laid out for RNN mode); see _rnn_weights
+        self._param_list = None
         if init:
             from .init import init_parameters  # noqa: PLC0415
 
@@ -283,39 +381,66 @@ class RWKV7(nn.Module):
         p = self.emb.weight
         return RWKVState.zeros(self.config.n_layer, batch_size, self.config.n_embd, self.config.head_size, dtype=p.dtype, device=p.device)
 
-    def _embed_one(self, idx):
-        """LN0(emb[idx]); without autograd, from a cached table with LN0 folded in (spec section 1)."""
-        if torch.is_grad_enabled():
-            return self.blocks[0].ln0(self.emb(idx))
+    def _rnn_weights(self) -> tuple[torch.Tensor, list[BlockWeights], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(LN0-folded embedding, per-block weights, ln_out w, ln_out b, head as [C, V]).
+
+        Without autograd they are a cached copy laid out for matrix-vector products; any
+        in-place update of a parameter (optimizer step, load_state_dict) bumps its version and
+        a move or dtype change gives new storage, so either rebuilds the cache.
+        """
         ln0 = self.blocks[0].ln0
-        params = (self.emb.weight, ln0.weight, ln0.bias)
-        # any in-place update (optimizer step, load_state_dict) bumps a version: rebuild then
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._emb_ln0 is None or self._emb_ln0[0] != key:
+        if torch.is_grad_enabled():
+            return (
+                layer_norm(self.emb.weight, ln0.weight, ln0.bias),
+                [b.weights() for b in self.blocks],
+                self.ln_out.weight, self.ln_out.bias, self.head.weight.t(),
+            )  # fmt: skip
+        params = self._param_list
+        if params is None:
+            params = self._param_list = list(self.parameters())
+        key = (sum(map(_VERSION, params)), params[0].data_ptr(), params[0].dtype, params[0].device)
+        if self._rnn_cache is None or self._rnn_cache[0] != key:
             with torch.no_grad():
-                table = ln0(self.emb.weight)
-            self._emb_ln0 = (key, table)
-        return F.embedding(idx, self._emb_ln0[1])
+                pack = (
+                    layer_norm(self.emb.weight, ln0.weight, ln0.bias),  # LN0 folded into the table
+                    [b.weights(packed=True) for b in self.blocks],
+                    self.ln_out.weight, self.ln_out.bias, self.head.weight.t().contiguous(),
+                )  # fmt: skip
+            self._rnn_cache = (key, pack)
+        return self._rnn_cache[1]
 
     def step(self, tokens, state: RWKVState):
         """RNN mode: tokens [B] -> (logits [B, V], new state). ``state`` itself is not modified."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.emb.weight.device).view(-1)
+        emb, weights, ln_out_w, ln_out_b, head = self._rnn_weights()
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=emb.device).view(-1)
         B = tokens.shape[0]
         if state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} sequences but {B} tokens were given")
-        idx = tokens.view(B, 1)
-        x = self._embed_one(idx)
+        x = F.embedding(tokens, emb)
         v_first = None
         att, wkv, ffn = [], [], []
-        for l, block in enumerate(self.blocks):
-            x, v_first, a_s, S, f_s = block.step(x, idx, v_first, state.att_shift[l], state.wkv[l], state.ffn_shift[l])
+        layers = zip(self.blocks, weights, state.att_shift.unbind(0), state.wkv.unbind(0), state.ffn_shift.unbind(0))
+        for block, W, att_prev, wkv_prev, ffn_prev in layers:
+            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev)
             att.append(a_s)
             wkv.append(S)
             ffn.append(f_s)
-        logits = self.head(self.ln_out(x))[:, 0]
+        logits = layer_norm(x, ln_out_w, ln_out_b) @ head
         return logits, RWKVState(torch.stack(att), torch.stack(wkv), torch.stack(ffn))
 
     # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _drop_rnn_cache(self) -> None:
+        self._rnn_cache = None
+        self._param_list = None
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .cuda(), ...: parameters may be new objects
+        self._drop_rnn_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._drop_rnn_cache()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

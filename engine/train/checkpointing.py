@@ -68,9 +68,13 @@ def write_checkpoint(run_dir: Path, step: int, write_model, trainer_state: dict,
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write_model(tmp / MODEL_STEM)
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    _fsync_tree(tmp)
+    try:
+        write_model(tmp / MODEL_STEM)
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the latest
+        raise
     if pause_s > 0:  # fault injection: a window in which tests kill the process mid-save
         time.sleep(pause_s)
     if final.exists():  # saving the same step twice (stop right after a periodic save)

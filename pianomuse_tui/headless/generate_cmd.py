@@ -1,8 +1,276 @@
-"""Headless commands for the generate area."""
+"""`pianomuse-tui [--headless] generate` and `pianomuse-tui --headless ports`.
+
+generate: continue a prompt (or start from nothing) with a checkpoint, K alternatives at once.
+Without a port it writes the files as fast as it can; with --port/--virtual/--synth (or --play) it
+plays alternative 1 live through the lookahead scheduler while writing all of them. Ctrl-C stops
+cleanly: every sounding note is released and what was generated so far is written.
+Exit status: 0 done, 130 interrupted (files written), 2 bad input, 3 the MIDI port was lost for good.
+"""
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from .console import console, err_console, fail
+
+RECONNECT_WAIT_S = 60.0
+HARD_TOKEN_CAP = 16384  # a session always ends, even when a model never closes a bar
+
+
+def output_paths(out: Path | None, alternatives: int, seed: int) -> list[Path]:
+    """One file per alternative: OUT.mid for one, OUT-1.mid .. OUT-K.mid for several."""
+    if out is None:
+        out = Path(f"pianomuse-{seed}.mid")
+        n = 1
+        while out.exists():  # never overwrite an earlier default-named take
+            out = Path(f"pianomuse-{seed}-{n}.mid")
+            n += 1
+    if out.suffix.lower() not in (".mid", ".midi"):
+        out = out.with_suffix(".mid")
+    if alternatives == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{k + 1}{out.suffix}") for k in range(alternatives)]
+
+
+def _write_all(session, paths: list[Path]) -> list[Path]:
+    written = []
+    for row, path in enumerate(paths):
+        written.append(session.write_midi(row, path))
+    return written
+
+
+def _generation_summary(session, seconds: float) -> str:
+    rows = session.rows
+    rate = session.tokens_generated / seconds if seconds > 0 else 0.0
+    per_row = ", ".join(f"#{r + 1}: {len(row.tokens)} tokens, {max(row.bars, 0)} bars, {len(row.decoder.notes)} notes ({row.stop_reason or 'stopped'})" for r, row in enumerate(rows))
+    return f"generated {session.tokens_generated} tokens in {seconds:.2f} s ({rate:.0f} tokens/s), seed {session.seed}; {per_row}"
+
+
+def run_generate(
+    checkpoint: Path | None,
+    prompt: Path | None,
+    prompt_bars: str | None,
+    bars: int | None,
+    max_tokens: int | None,
+    alternatives: int,
+    sampling_kwargs: dict,
+    out: Path | None,
+    play: bool,
+    midi_api: str,
+    port: str | None,
+    virtual: bool,
+    synth: str | None,
+    soundfont: Path | None,
+    lookahead: float,
+    threads: int,
+) -> int:
+    import torch  # noqa: PLC0415
+
+    from engine.generate import GenerationError, SamplingConfig  # noqa: PLC0415
+    from engine.generate.live import build_session, load_generator  # noqa: PLC0415
+    from engine.midi import LookaheadScheduler, PortError, open_output, start_fluidsynth  # noqa: PLC0415
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if synth is not None and synth != "fluidsynth":
+        fail(f"unknown synth {synth!r}; the one PianoMuse can start is --synth fluidsynth")
+    if port and virtual:
+        fail("give either --port NAME or --virtual, not both")
+    if lookahead <= 0:
+        fail("--lookahead must be a positive number of seconds, e.g. 0.5")
+    if bars is None and max_tokens is None:
+        bars = 8
+    try:
+        sampling = SamplingConfig(**sampling_kwargs)
+    except ValueError as err:
+        fail(str(err))
+    try:
+        model, tokenizer, pth = load_generator(checkpoint)
+        session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
+                                alternatives=alternatives, bars=bars, max_tokens=max_tokens or HARD_TOKEN_CAP)
+    except GenerationError as err:
+        fail(str(err))
+    paths = output_paths(out, alternatives, session.seed)
+    console.print(f"model {pth} ({model.config.describe()}), {tokenizer.tokenization} tokens"
+                  + (f", prompt {prompt} ({len(session.prompt)} tokens)" if prompt else ", no prompt"))
+
+    live = play or bool(port) or virtual or synth is not None
+    started = time.perf_counter()
+    if not live:
+        interrupted = False
+        try:
+            session.run()
+        except KeyboardInterrupt:
+            interrupted = True
+        session.finish()
+        elapsed = time.perf_counter() - started
+        written = _write_all(session, paths)
+        console.print(_generation_summary(session, elapsed))
+        console.print("wrote " + ", ".join(str(p) for p in written))
+        return 130 if interrupted else 0
+
+    fluid = output = scheduler = None
+    try:
+        if synth == "fluidsynth":
+            fluid = start_fluidsynth(midi_api, soundfont=soundfont)
+            output = open_output(fluid.api, fluid.port_name)
+        else:
+            output = open_output(midi_api, port, virtual=virtual or not port)
+    except PortError as err:
+        if fluid is not None:
+            fluid.stop()
+        fail(str(err))
+    code = 0
+    try:
+        console.print(f"playing alternative 1 on {output.name}, lookahead {lookahead:.2f} s (Ctrl-C stops)")
+        lost_notice: list[str] = []
+        scheduler = LookaheadScheduler(output, lookahead=lookahead, on_port_lost=lost_notice.append)
+        code = _perform(session, scheduler, lost_notice)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        if scheduler is not None:
+            scheduler.stop(panic=True)
+        output.close()
+        if fluid is not None:
+            fluid.stop()
+        session.finish()
+        elapsed = time.perf_counter() - started
+        written = _write_all(session, paths)
+    console.print(_generation_summary(session, elapsed))
+    console.print("timing: " + scheduler.telemetry().summary())
+    console.print("wrote " + ", ".join(str(p) for p in written))
+    if code == 130:
+        console.print("stopped: every note was released")
+    return code
+
+
+def _perform(session, scheduler, lost_notice: list[str]) -> int:
+    """Generate into the lookahead while the sender plays; returns the exit status."""
+    played = session.rows[0]
+    started = False
+
+    def feed_one() -> None:
+        result = session.step()
+        scheduler.note_tokens(sum(t is not None for t in result.tokens))
+        if result.events[0] or not played.done:
+            scheduler.submit(result.events[0], horizon=played.decoder.horizon)
+
+    while not session.done:
+        if lost_notice:
+            if not _wait_for_port(scheduler, lost_notice):
+                return 3
+        if not started and (played.decoder.horizon >= scheduler.lookahead or played.done):
+            scheduler.start()  # pre-roll: the first lookahead is generated before the clock starts
+            started = True
+        if started and not played.done and not scheduler.needs_more():
+            scheduler.wait_for_room(0.02)
+            continue
+        feed_one()
+    scheduler.submit(session.finish()[0])
+    scheduler.start()
+    scheduler.finish()
+    while not scheduler.wait_done(0.1):
+        if lost_notice and not _wait_for_port(scheduler, lost_notice):
+            return 3
+    time.sleep(0.05)  # let the last note-offs leave the port before it closes
+    return 0
+
+
+def _wait_for_port(scheduler, lost_notice: list[str]) -> bool:
+    """The port vanished: say so once, keep the session, reconnect when it is back."""
+    from engine.midi import PortError  # noqa: PLC0415
+
+    err_console.print(f"[yellow]{lost_notice[0]}[/] (waiting up to {RECONNECT_WAIT_S:.0f} s for it)")
+    deadline = time.monotonic() + RECONNECT_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            scheduler.reconnect()
+        except PortError:
+            time.sleep(0.5)
+            continue
+        lost_notice.clear()
+        err_console.print("[green]reconnected[/]: playback continues")
+        return True
+    err_console.print(f"[bold red]error:[/] the MIDI port did not come back within {RECONNECT_WAIT_S:.0f} s; what was generated is written to the files.")
+    return False
+
+
+def run_ports(midi_api: str) -> int:
+    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api  # noqa: PLC0415
+
+    if midi_api not in API_CHOICES:
+        fail(f"unknown MIDI API {midi_api!r}; use one of: {', '.join(API_CHOICES)}")
+    found = list_ports(midi_api)
+    if not found:
+        try:
+            resolve_api(midi_api)
+        except PortError as err:
+            fail(str(err))
+    for api, names in found.items():
+        console.print(f"[bold]{api}[/] output ports:" if names else f"[bold]{api}[/]: no output ports (use --virtual to create 'PianoMuse')")
+        for name in names:
+            console.print(f"  {name}")
+    return 0
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+
+    @app.command("generate")
+    def generate(
+        ctx: typer.Context,
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A .pth file or a training run folder (default: the bundled model)."),
+        prompt: Optional[Path] = typer.Option(None, "--prompt", help="A MIDI file to continue."),
+        prompt_bars: Optional[str] = typer.Option(None, "--prompt-bars", "--bars-range", help="Which bars of the prompt: N (the last N), A-B or A- (from 1)."),
+        bars: Optional[int] = typer.Option(None, "--bars", help="Stop after M bars (default 8 when --max-tokens is not given)."),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after N tokens (a note is never cut)."),
+        alternatives: int = typer.Option(1, "--alternatives", "-k", help="K alternative continuations, generated together and saved separately."),
+        temperature: float = typer.Option(1.0, "--temperature", help="Randomness (0 = always the likeliest token)."),
+        top_k: int = typer.Option(0, "--top-k", help="Keep the K likeliest tokens (0 = off)."),
+        top_p: float = typer.Option(0.95, "--top-p", help="Keep the likeliest tokens up to this probability mass (1 = off)."),
+        min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below this fraction of the likeliest one (0 = off)."),
+        repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Discourage tokens of the recent window (1 = off)."),
+        presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract from tokens of the recent window (0 = off)."),
+        penalty_window: int = typer.Option(64, "--penalty-window", help="How many recent tokens the penalties look at."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Reproducible sampling (default: random, printed at the end)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output .mid (OUT-1.mid .. OUT-K.mid with alternatives)."),
+        play: bool = typer.Option(False, "--play", help="Play live (on the virtual port unless --port/--synth says where)."),
+        midi_api: str = typer.Option("auto", "--midi-api", help="alsa, jack or auto (ALSA, then JACK)."),
+        port: Optional[str] = typer.Option(None, "--port", help="Play to this existing MIDI port (name or part of it)."),
+        virtual: bool = typer.Option(False, "--virtual", help="Play to a new virtual port named 'PianoMuse'."),
+        synth: Optional[str] = typer.Option(None, "--synth", help="fluidsynth: start FluidSynth with the GM soundfont and play to it."),
+        fluidsynth: bool = typer.Option(False, "--fluidsynth", help="Same as --synth fluidsynth."),
+        soundfont: Optional[Path] = typer.Option(None, "--soundfont", help="The .sf2 for --synth fluidsynth (default FluidR3_GM)."),
+        lookahead: float = typer.Option(0.5, "--lookahead", help="Seconds of music generated ahead of the playhead."),
+        threads: int = typer.Option(1, "--threads", help="CPU threads for the model (1 keeps per-token latency steady)."),
+    ) -> None:
+        """Continue a MIDI prompt with a model: write files, or play live to a MIDI port or FluidSynth."""
+        from ..cli import open_app, wants_app  # noqa: PLC0415  (cli imports this module)
+
+        if fluidsynth:
+            synth = "fluidsynth"
+        if wants_app(ctx):
+            open_app("generate", {
+                "checkpoint": str(checkpoint) if checkpoint else None, "prompt": str(prompt) if prompt else None,
+                "prompt_bars": prompt_bars, "bars": bars or 16, "alternatives": alternatives, "temperature": temperature,
+                "top_p": top_p, "seed": seed, "midi_api": midi_api, "port": port, "synth": synth,
+            })
+            return
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                    "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+                    "penalty_window": penalty_window, "seed": seed}
+        code = run_generate(checkpoint, prompt, prompt_bars, bars, max_tokens, alternatives, sampling, out, play,
+                            midi_api, port, virtual, synth, soundfont, lookahead, threads)
+        if code:
+            raise typer.Exit(code)
+
+    @app.command("ports")
+    def ports(midi_api: str = typer.Option("auto", "--midi-api", help="alsa, jack or auto.")) -> None:
+        """List the MIDI output ports you can play to."""
+        code = run_ports(midi_api)
+        if code:
+            raise typer.Exit(code)

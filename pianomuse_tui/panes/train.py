@@ -32,14 +32,13 @@ SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
 POLL_S = 0.25
 
 
-def _parse_overrides(text: str) -> dict[str, str]:
-    """``train.max_steps=20 eval.val_every=5`` -> {dotted key: value}; values stay text for the engine."""
-    out = {}
+def _parse_overrides(text: str) -> list[str]:
+    """``train.max_steps=20 eval.val_every=5`` -> ["train.max_steps=20", ...]; the engine checks values."""
+    out = []
     for item in text.split():
-        if "=" not in item:
-            raise ValueError(f"override {item!r} has no '='; write it as section.key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
+        if "=" not in item.lstrip("-") or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} is not section.key=value (e.g. optim.lr=3e-4); fix it and retry")
+        out.append(item.lstrip("-"))
     return out
 
 
@@ -83,9 +82,11 @@ class TrainPane(PaneBase):
             overrides = " ".join(overrides)
         elif isinstance(overrides, dict):
             overrides = " ".join(f"{k}={v}" for k, v in overrides.items())
-        if args.get("max_steps"):
-            overrides = f"{overrides} train.max_steps={args['max_steps']}".strip()
-        preset = args.get("preset") or ("tiny" if not args.get("config") else Select.BLANK)
+        for flag, key in (("max_steps", "train.max_steps"), ("device", "train.device"), ("init_from", "init_from")):
+            if args.get(flag):
+                overrides = f"{overrides} {key}={args[flag]}".strip()
+        # the headless default (small) unless a config file alone is given
+        preset = args.get("preset") or ("small" if not args.get("config") else Select.BLANK)
         with Horizontal(classes="toolbar"):
             yield Label("Data", classes="field-label")
             yield Input(str(args.get("data") or ""), placeholder="bundled corpus", id="tr-data")
@@ -169,7 +170,7 @@ class TrainPane(PaneBase):
 
     @on(Button.Pressed, "#tr-resume")
     def action_resume(self) -> None:
-        self._start(resume=str(self.args.get("resume") or "auto") if self.args.get("resume") not in (True, None) else "auto")
+        self._start(resume=str(self.args.get("resume") or "auto"))
 
     def _start(self, resume: str | None) -> None:
         if self.owns_active_run:

@@ -59,7 +59,12 @@ class JackServer:
 
 
 class MidiReceiver:
-    """A JACK MIDI input port ``<client>:recv`` that timestamps every message on the monotonic clock."""
+    """A JACK MIDI input port ``<client>:recv`` that records every message with its arrival time.
+
+    Times come from JACK's own clock (RtMidi stamps each message in the JACK process cycle, in
+    microseconds), so a busy Python interpreter does not blur the measurement: the first message is
+    at 0 and each later one at the sum of the deltas. A drain thread empties RtMidi's queue.
+    """
 
     def __init__(self, client: str = "pm-test-recv") -> None:
         import rtmidi
@@ -68,22 +73,41 @@ class MidiReceiver:
         self.port_name = f"{client}:recv"
         self.messages: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
-        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client)
+        self._clock = 0.0
+        self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client, queue_size_limit=16384)
         self._in.ignore_types(sysex=True, timing=True, active_sense=True)
-        self._in.set_callback(self._on_message)
         self._in.open_virtual_port("recv")
+        self._stop = threading.Event()
+        self._drain = threading.Thread(target=self._run, daemon=True)
+        self._drain.start()
 
-    def _on_message(self, message, _data) -> None:
+    def _pull(self) -> bool:
+        item = self._in.get_message()
+        if item is None:
+            return False
+        data, delta = item
         with self._lock:
-            self.messages.append((time.monotonic(), tuple(message[0])))
+            self._clock += delta if self.messages else 0.0
+            self.messages.append((self._clock, tuple(data)))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            while self._pull():
+                pass
+            time.sleep(0.002)
 
     def received(self) -> list[tuple[float, tuple[int, ...]]]:
+        time.sleep(0.01)  # let the drain thread catch up with the queue
         with self._lock:
             return list(self.messages)
 
     def close(self) -> None:
         if self._in is not None:
-            self._in.cancel_callback()
+            self._stop.set()
+            self._drain.join()
+            while self._pull():
+                pass
             self._in.close_port()
             self._in.delete()
             self._in = None

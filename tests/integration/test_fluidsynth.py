@@ -65,3 +65,54 @@ def test_fluidsynth_renders_the_written_file(tmp_path):
     assert float(np.sqrt(np.mean(audio**2))) > 1e-3
     # Sound starts at the first note and dies away after the last release (nothing stuck).
     assert loud[: int(0.05 * rate)].max() > 1e-3 and loud[-int(0.1 * rate):].max() < loud.max() * 0.05
+
+
+def test_generate_with_synth_fluidsynth_starts_it_plays_and_shuts_it_down(jack_server, tmp_path):
+    import os
+    import signal
+    import sys
+
+    import torch
+
+    from engine.data.tokenizer import PianoTokenizer
+    from engine.model import RWKV7, ModelConfig, save_checkpoint
+
+    tok = PianoTokenizer("REMI")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size)), tmp_path / "tiny.pth", tokenizer=tok.to_config())
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(ckpt), "--bars", "64",
+           "--max-tokens", "3000", "--seed", "1", "--midi-api", "jack", "--synth", "fluidsynth", "--out", str(tmp_path / "take.mid")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    def synth_ports():
+        listing = subprocess.run(["jack_lsp", "-s", jack_server.name], capture_output=True, text=True).stdout
+        return [line for line in listing.splitlines() if "PianoMuse-FluidSynth" in line]
+
+    try:
+        deadline = time.monotonic() + 60
+        while not synth_ports() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.1)
+        assert synth_ports(), "FluidSynth never showed up on the JACK server"
+        # its audio is connected to the (dummy) sound card, so a user would hear it
+        listing = subprocess.run(["jack_lsp", "-s", jack_server.name, "-c"], capture_output=True, text=True).stdout
+        links, port = {}, None
+        for line in listing.splitlines():
+            if line.startswith(" "):
+                links.setdefault(port, []).append(line.strip())
+            else:
+                port = line.strip()
+        assert "system:playback_1" in links.get("PianoMuse-FluidSynth:left", [])
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "playing alternative 1 on PianoMuse-FluidSynth" in " ".join(output.split())
+    assert (tmp_path / "take.mid").is_file()
+    deadline = time.monotonic() + 5
+    while synth_ports() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert synth_ports() == []  # FluidSynth was shut down with the command

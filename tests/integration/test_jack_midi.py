@@ -30,7 +30,7 @@ def dense_phrase(seconds: float = 2.0) -> list:
 
 def stream_like_a_model(sched: LookaheadScheduler, events: list, chunk: float = 0.125) -> None:
     """Submit the phrase chunk by chunk only when the lookahead has room, as generation does."""
-    events = sorted(events)
+    events = sorted(events, key=lambda e: (e.time, e.order))  # stable, as the file writer orders them
     i, horizon = 0, 0.0
     while i < len(events):
         if not sched.wait_for_room(0.02):
@@ -146,3 +146,49 @@ def test_disappearing_port_is_reported_and_reconnect_continues(jack_server):
     finally:
         out.close()
         second.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from engine.data.tokenizer import PianoTokenizer
+    from engine.model import RWKV7, ModelConfig, save_checkpoint
+
+    tok = PianoTokenizer("REMI")
+    torch.manual_seed(0)
+    model = RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pth", tokenizer=tok.to_config())
+
+
+def test_ctrl_c_during_live_generation_releases_everything_and_writes_the_file(receiver, tiny_checkpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "live.mid"
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint),
+           "--bars", "64", "--max-tokens", "3000", "--seed", "1", "--midi-api", "jack", "--port", "test-recv",
+           "--lookahead", "0.3", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while not any(d[0] & 0xF0 == 0x90 for _, d in receiver.received()) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+        time.sleep(1.0)  # mid-performance
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "every note was released" in output and "lateness" in output
+    got = [d for _, d in receiver.received()]
+    note_ons = [d for d in got if d[0] & 0xF0 == 0x90 and d[2] > 0]
+    assert note_ons
+    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
+    assert (0xB0, 123, 0) in got
+    written = [tuple(m.bytes()) for m in mido.MidiFile(out) if m.type == "note_on" and m.velocity > 0]
+    assert written[: len(note_ons)] == note_ons  # what played is the start of what was written

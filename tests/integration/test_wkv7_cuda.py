@@ -88,14 +88,14 @@ def assert_close(ours, ref, label=""):
     return report
 
 
-@pytest.mark.parametrize("split", [4, 8])
-def test_matches_reference_odd_T_with_state(cuda_mod, monkeypatch, split):
-    monkeypatch.setenv("PIANOMUSE_WKV7_SPLIT", str(split))
+@pytest.mark.parametrize("variant", [41, 82])
+def test_matches_reference_odd_T_with_state(cuda_mod, monkeypatch, variant):
+    monkeypatch.setenv("PIANOMUSE_WKV7_VARIANT", str(variant))
     monkeypatch.setenv("PIANOMUSE_WKV7_NSEG", "1")
     inputs = random_inputs(2, 77, 3)
     s0 = torch.randn(2, 3, 64, 64, device="cuda") * 0.3
     ours, ref = run_both(cuda_mod, inputs, s0=s0)
-    assert_close(ours, ref, f"split={split} T=77 ")
+    assert_close(ours, ref, f"variant={variant} T=77 ")
 
 
 def test_matches_reference_no_state_large_BH(cuda_mod, monkeypatch):
@@ -106,14 +106,15 @@ def test_matches_reference_no_state_large_BH(cuda_mod, monkeypatch):
     assert_close(ours, ref, "B*H=192 ")
 
 
-@pytest.mark.parametrize("nseg", [2, 5])
-def test_split_sequence_matches_reference(cuda_mod, monkeypatch, nseg):
+@pytest.mark.parametrize("nseg,variant", [(2, 82), (5, 82), (5, 41)])
+def test_split_sequence_matches_reference(cuda_mod, monkeypatch, nseg, variant):
     """A sequence cut into segments run by separate blocks and stitched (S_in P + C), fwd and bwd."""
     monkeypatch.setenv("PIANOMUSE_WKV7_NSEG", str(nseg))
+    monkeypatch.setenv("PIANOMUSE_WKV7_VARIANT", str(variant))
     inputs = random_inputs(1, 301, 2)
     s0 = torch.randn(1, 2, 64, 64, device="cuda") * 0.3
     ours, ref = run_both(cuda_mod, inputs, s0=s0)
-    assert_close(ours, ref, f"nseg={nseg} ")
+    assert_close(ours, ref, f"nseg={nseg} variant={variant} ")
 
 
 def test_packed_sequences_reset_state(cuda_mod, monkeypatch):

@@ -36,8 +36,12 @@ from .reference import DECAY_SCALE, compute_dtype
 
 # 16 keeps the L x L work small next to the N x N state work at N = 64 and measured fastest
 # (bench/wkv7_cpu.py); anything up to 64 is numerically safe (see above).
-CHUNK_SIZE = 16
+CHUNK_SIZE = 32
 MAX_CHUNK_SIZE = 64
+
+
+def _preview(values: list, limit: int = 8) -> str:
+    return str(values) if len(values) <= limit else f"{values[:limit]} ... ({len(values)} values)"
 
 
 def _segments(B: int, T: int, cu_seqlens, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,17 +54,19 @@ def _segments(B: int, T: int, cu_seqlens, device) -> tuple[torch.Tensor, torch.T
     cu = torch.as_tensor(cu_seqlens, device=device).long().flatten()
     if cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != T or bool((cu[1:] < cu[:-1]).any()):
         raise ValueError(
-            f"cu_seqlens must rise from 0 to the packed length {T} (got {cu.tolist()[:8]}...); "
+            f"cu_seqlens must rise from 0 to the packed length {T} (got {_preview(cu.tolist())}); "
             "build it as the cumulative sum of the sequence lengths with a leading 0"
         )
     return cu[:-1], cu[1:] - cu[:-1]
 
 
-def _chunk_layout(starts, lengths, L: int, pad_index: int):
-    """Gather indices [n_chunks, L] into the flat token axis, step-major over sorted segments.
+def _chunk_layout(starts, lengths, L: int):
+    """Which token fills each chunk slot, step-major over segments sorted by chunk count.
 
-    Returns (index, steps, order): ``steps[k]`` is how many segments have a k-th chunk (those are
-    the first ``steps[k]`` of ``order``), padded slots point at ``pad_index``.
+    Returns (token [n_chunks, L], valid [n_chunks, L], steps, order): ``steps[k]`` is how many
+    segments have a k-th chunk (the first ``steps[k]`` of ``order``). Slots past a segment's end
+    are padding: ``valid`` is False there and ``token`` points at the segment start (any real row
+    would do; padding is neutralised later, not read as zeros).
     """
     n_chunks = (lengths + L - 1) // L
     order = torch.argsort(n_chunks, descending=True, stable=True)
@@ -70,22 +76,25 @@ def _chunk_layout(starts, lengths, L: int, pad_index: int):
     live = n_sorted[None, :] > k_grid[:, None]  # [max_k, n_seqs]; rows are prefixes
     k_idx, seg = live.nonzero(as_tuple=True)  # row-major = step-major
     pos = k_idx[:, None] * L + torch.arange(L, device=lengths.device)[None, :]
-    index = torch.where(pos < lengths_s[seg, None], starts_s[seg, None] + pos, pad_index)
+    valid = pos < lengths_s[seg, None]
+    token = starts_s[seg, None] + torch.where(valid, pos, 0)
     steps = live.sum(1).tolist()
-    return index, steps, order
+    return token, valid, steps, order
 
 
-def _intra_chunk(r, k, v, a, b, logd):
-    """All state-independent chunk quantities; inputs [n_chunks, H, L, N].
+def _intra_chunk(r, k, v, a, b, logd, valid):
+    """All state-independent chunk quantities; inputs [n_chunks, H, L, N], ``valid`` [n_chunks, 1, L, 1].
 
     Returns Q, Y0 ([.., L, N]) for y = Q S_in^T + Y0 and P, C ([.., N, N]) for S_out = S_in P + C.
+    Padding slots become identity steps: log-decay 0, and 1/D_t zeroed so their k and b (hence
+    v and a too) never reach the state.
     """
     cdt = r.dtype
-    L = r.shape[-2]
-    logd64 = logd.to(torch.float64)
+    L, N = r.shape[-2:]
+    logd64 = torch.where(valid, logd.to(torch.float64), 0.0)
     c = logd64.cumsum(-2)  # log D_t, inclusive
     decay_in64 = torch.exp(c)  # D_t
-    inv_decay64 = torch.reciprocal(decay_in64)
+    inv_decay64 = torch.where(valid, torch.reciprocal(decay_in64), 0.0)
     decay_total64 = decay_in64[..., -1:, :]  # D_L
     decay_in = decay_in64.to(cdt)
     decay_prev = torch.exp(c - logd64).to(cdt)  # D_{t-1}
@@ -96,20 +105,18 @@ def _intra_chunk(r, k, v, a, b, logd):
     a_hat = a * decay_prev
     # One product for the four pair matrices: rows (a_hat; r_hat), columns (b/D; k/D).
     left = torch.cat((a_hat, r_hat), -2)
-    right = torch.cat((b, k), -2) * inv_decay.repeat(1, 1, 2, 1)
+    right = torch.cat((b * inv_decay, k * inv_decay), -2)
     pairs = left @ right.transpose(-1, -2)  # [.., 2L, 2L]
     ones = torch.ones(L, L, dtype=torch.bool, device=r.device)
-    causal = torch.cat(
-        (torch.cat((torch.tril(ones, -1), torch.tril(ones, -1)), 1), torch.cat((torch.tril(ones), torch.tril(ones)), 1))
-    )
-    pairs = torch.where(causal, pairs, pairs.new_zeros(()))
+    strict, incl = torch.tril(ones, -1), torch.tril(ones)
+    causal = torch.cat((torch.cat((strict, strict), 1), torch.cat((incl, incl), 1)))
+    pairs = torch.where(causal, pairs, 0.0)
     m_ab, m_ak = pairs[..., :L, :L], pairs[..., :L, L:]
     m_r = pairs[..., L:, :]  # [M_rb | M_rk]
 
     # (I - M_ab) X = [a_hat | M_ak V]; unitriangular ignores the diagonal we pass.
     rhs = torch.cat((a_hat, m_ak @ v), -1)
     sol = torch.linalg.solve_triangular(-m_ab, rhs, upper=False, unitriangular=True)
-    N = r.shape[-1]
     w_wy, u0 = sol[..., :N], sol[..., N:]
 
     # [M_rb | M_rk] @ [[W, U0], [0, V]] gives M_rb W and M_rb U0 + M_rk V in one product.
@@ -148,22 +155,18 @@ def wkv7_chunked(
     )
 
     L = chunk_size
-    index, steps, order = _chunk_layout(starts, lengths, L, pad_index=B * T)
-    n_chunks = index.shape[0]
+    token, valid, steps, order = _chunk_layout(starts, lengths, L)
+    n_chunks = token.shape[0]
+    # Gather rows of the flat (token, head) axis straight into the [n_chunks, H, L, N] layout.
+    row = (token[:, None, :] * H + torch.arange(H, device=dev)[None, :, None]).flatten()
 
-    # One gather for all inputs; the appended zero row is the identity step used as padding
-    # (log-decay 0 means d = 1).
-    logd = -DECAY_SCALE * torch.sigmoid(w.to(cdt))
-    packed = torch.cat([x.to(cdt) for x in (r, k, v, a, b)] + [logd], -1).reshape(B * T, H, 6 * N)
-    packed = torch.cat((packed, packed.new_zeros(1, H, 6 * N)))
-    chunks = packed.index_select(0, index.flatten()).view(n_chunks, L, H, 6, N)
-    # One copy into [6, n_chunks, H, L, N] so each input is contiguous for the batched products.
-    r_c, k_c, v_c, a_c, b_c, logd_c = chunks.permute(3, 0, 2, 1, 4).contiguous().unbind(0)
+    def to_chunks(x):
+        return x.reshape(B * T * H, N).index_select(0, row).view(n_chunks, H, L, N).to(cdt)
 
-    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c)
+    r_c, k_c, v_c, a_c, b_c = (to_chunks(x) for x in (r, k, v, a, b))
+    logd_c = -DECAY_SCALE * torch.sigmoid(to_chunks(w))
+    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c, valid[:, None, :, None])
 
-    # Sequential chunk merge. Segments with fewer chunks sit at the end of ``order`` and drop
-    # out of the running prefix; their final states are collected as they leave.
     state = state.index_select(0, order)
     # split (not slicing in the loop) so autograd joins the pieces once instead of once per step;
     # the read-out happens in the loop so the per-chunk input states are never concatenated.
@@ -178,11 +181,12 @@ def wkv7_chunked(
     finished.append(state)
 
     if n_chunks:
-        y_c = torch.cat(ys).view(n_chunks, H, L, N)
-        # Back from chunk layout to tokens: token t sits at the flat slot where index == t.
-        slot = torch.empty(B * T + 1, dtype=torch.long, device=dev)
-        slot[index.flatten()] = torch.arange(n_chunks * L, device=dev)
-        y = y_c.transpose(1, 2).reshape(n_chunks * L, H, N).index_select(0, slot[: B * T]).view(B, T, H, N)
+        y_c = torch.cat(ys).view(n_chunks * H * L, N)
+        # Back from chunk slots to (token, head) rows: each real row sits in exactly one slot.
+        real = valid[:, None, :].expand(-1, H, -1).flatten()
+        slot = torch.empty(B * T * H, dtype=torch.long, device=dev)
+        slot[row[real]] = real.nonzero().flatten()
+        y = y_c.index_select(0, slot).view(B, T, H, N)
     else:
         y = r.new_zeros(B, T, H, N, dtype=cdt)
 

@@ -8,7 +8,7 @@ snapshot every 16 steps (16 B) per token-channel.
 
 Few (sequence, head) pairs leave most of the GPU idle, so a long sequence is cut into segments run
 by separate blocks and stitched with S_out = S_in P + C (rwkv7-spec.md section 8); ``plan`` picks
-the segment count and lanes per state row from the shape.
+the segment count and the kernel variant (how the state is spread over threads) from the shape.
 
 ``wkv7_cuda_step`` is the batched recurrent step for generation (state updated in place); it has
 no backward, and asking it for gradients fails at once instead of returning wrong ones.
@@ -23,7 +23,8 @@ import torch
 from .. import build as _build
 
 HEAD_SIZES = (64,)  # compiled head sizes (csrc/wkv7.cu dispatch)
-SPLITS = (4, 8)  # lanes per state row that are compiled
+# compiled kernel variants: 10 * (lanes sharing a state row) + (rows per lane group)
+VARIANTS = (41, 82)
 
 
 def is_available() -> bool:
@@ -44,10 +45,10 @@ def _sm_count(device: torch.device) -> int:
 
 
 def plan(n_seqs: int, H: int, T: int, packed: bool, device: torch.device) -> tuple[int, int]:
-    """(segments per sequence, lanes per state row) for this shape; env vars override for benches."""
+    """(segments per sequence, kernel variant) for this shape; env vars override for benches."""
     blocks = n_seqs * H
     sms = _sm_count(device)
-    split = int(os.environ.get("PIANOMUSE_WKV7_SPLIT", 8 if blocks < sms else 4))
+    variant = int(os.environ.get("PIANOMUSE_WKV7_VARIANT", 82))
     if "PIANOMUSE_WKV7_NSEG" in os.environ:
         nseg = int(os.environ["PIANOMUSE_WKV7_NSEG"])
     elif packed or blocks >= sms:
@@ -56,7 +57,7 @@ def plan(n_seqs: int, H: int, T: int, packed: bool, device: torch.device) -> tup
         # enough blocks for ~2 per multiprocessor, but segments of >= 128 steps so the stitching
         # (two extra sweeps over a segment plus a 64^3 product per segment) stays cheap
         nseg = max(1, min(math.ceil(2 * sms / blocks), T // 128))
-    return (1 if packed else nseg), split
+    return (1 if packed else nseg), variant
 
 
 def _check_head_size(head_size: int) -> None:
@@ -69,12 +70,12 @@ def _check_head_size(head_size: int) -> None:
 
 class _WKV7(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b, s0, cu, nseg, split):
+    def forward(ctx, r, w, k, v, a, b, s0, cu, nseg, variant):
         save = any(ctx.needs_input_grad[:7])
-        y, s_last, sa, snaps = _ops().fwd(r, w, k, v, a, b, s0, cu, nseg, split, save)
+        y, s_last, sa, snaps = _ops().fwd(r, w, k, v, a, b, s0, cu, nseg, variant, save)
         if save:
             ctx.save_for_backward(r, w, k, v, a, b, sa, snaps, s_last, cu)
-        ctx.nseg, ctx.split, ctx.has_s0 = nseg, split, s0 is not None
+        ctx.nseg, ctx.variant, ctx.has_s0 = nseg, variant, s0 is not None
         return y, s_last
 
     @staticmethod
@@ -83,7 +84,7 @@ class _WKV7(torch.autograd.Function):
         dy = torch.zeros_like(r) if dy is None else dy.to(torch.bfloat16).contiguous()
         ds_last = None if ds_last is None else ds_last.float().contiguous()
         dr, dw, dk, dv, da, db, ds0 = _ops().bwd(r, w, k, v, a, b, dy, ds_last, sa, snaps, s_last, cu, ctx.nseg,
-                                                 ctx.split)
+                                                 ctx.variant)
         return dr, dw, dk, dv, da, db, (ds0 if ctx.has_s0 else None), None, None, None
 
 
@@ -96,8 +97,8 @@ def wkv7_cuda(r, w, k, v, a, b, initial_state=None, output_final_state=False, cu
     s0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     cu = None if cu_seqlens is None else cu_seqlens.to(device=r.device, dtype=torch.int32).contiguous()
     n_seqs = B if cu is None else cu.numel() - 1
-    nseg, split = plan(n_seqs, H, T, cu is not None, r.device)
-    y, s_last = _WKV7.apply(r, w, k, v, a, b, s0, cu, nseg, split)
+    nseg, variant = plan(n_seqs, H, T, cu is not None, r.device)
+    y, s_last = _WKV7.apply(r, w, k, v, a, b, s0, cu, nseg, variant)
     return y.to(out_dtype), (s_last if output_final_state else None)
 
 
@@ -115,7 +116,7 @@ def wkv7_cuda_step(r, w, k, v, a, b, state):
     _check_head_size(N)
     out_dtype = r.dtype
     r, w, k, v, a, b = (x.to(torch.bfloat16).contiguous() for x in (r, w, k, v, a, b))
-    y = _ops().step(r, w, k, v, a, b, state, 4)
+    y = _ops().step(r, w, k, v, a, b, state, 41)
     return y.to(out_dtype)
 
 

@@ -1,0 +1,93 @@
+"""Loading a checkpoint for generation, and the live loop the app and the headless command share.
+
+``stream`` is a generator the player pulls from at its own pace (when its lookahead has room):
+each item is ``(events, horizon_seconds, n_tokens)`` for the alternative being played. Knobs are
+read before every step, so a change in the UI applies to the next token.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .sampling import SamplingConfig
+from .session import GenerationSession, prompt_from_file
+from .timeline import GenerationError
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """A .pth file, a checkpoint folder, a training run folder, or None for the bundled model."""
+    from engine.paths import MODELS_DIR  # noqa: PLC0415
+
+    if path is None:
+        bundled = sorted(MODELS_DIR.glob("*.pth")) if MODELS_DIR.is_dir() else []
+        if not bundled:
+            raise GenerationError("there is no bundled model yet; pass --checkpoint PATH (a .pth file or a training run folder)")
+        return bundled[0]
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model.pth").is_file():
+            return path / "model.pth"
+        from engine.train.checkpointing import latest_checkpoint  # noqa: PLC0415
+
+        latest = latest_checkpoint(path)
+        if latest is not None and (Path(latest) / "model.pth").is_file():
+            return Path(latest) / "model.pth"
+        raise GenerationError(f"{path} holds no checkpoint; pass a .pth file or a run folder with checkpoints/")
+    if not path.exists():
+        raise GenerationError(f"the checkpoint {path} does not exist; pass a .pth file or a training run folder")
+    return path
+
+
+def load_generator(path: str | Path | None, device: str = "cpu"):
+    """(model in eval mode, PianoTokenizer saved with it, resolved path)."""
+    from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
+    from engine.model import CheckpointError, load_checkpoint  # noqa: PLC0415
+
+    pth = resolve_checkpoint(path)
+    try:
+        model, sidecar = load_checkpoint(pth, device=device)
+    except CheckpointError as err:
+        raise GenerationError(str(err)) from None
+    if not sidecar.get("tokenizer"):
+        raise GenerationError(f"{pth} has no tokenizer in its .json sidecar, so its tokens cannot be read; use a checkpoint saved by PianoMuse training")
+    tokenizer = PianoTokenizer.from_config(sidecar["tokenizer"])
+    return model, tokenizer, pth
+
+
+def build_session(model, tokenizer, *, prompt: str | Path | None = None, prompt_bars: str | None = None,
+                  sampling: SamplingConfig | None = None, alternatives: int = 1, bars: int | None = None,
+                  max_tokens: int | None = None) -> GenerationSession:
+    """A prefilled session (prompt tokenized with the checkpoint's own tokenizer)."""
+    session = GenerationSession(model, tokenizer, sampling, alternatives=alternatives, bars=bars, max_tokens=max_tokens)
+    ids = prompt_from_file(prompt, tokenizer, prompt_bars) if prompt else None
+    if prompt_bars and not prompt:
+        raise GenerationError("--prompt-bars needs --prompt FILE.mid")
+    session.prefill(ids)
+    return session
+
+
+def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], dict] | None = None,
+           stop: threading.Event | None = None, model=None, tokenizer=None, row: int = 0,
+           max_tokens: int | None = None) -> Iterator[tuple[list, float, int]]:
+    """Generate and yield ``(events, horizon, n_tokens)`` for alternative ``row`` until done or ``stop``."""
+    if model is None or tokenizer is None:
+        model, tokenizer, _ = load_generator(checkpoint)
+    current = dict(knobs() if knobs else {})
+    sampling = SamplingConfig(temperature=current.get("temperature", 1.0), top_p=current.get("top_p", 0.95), seed=current.get("seed"))
+    session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
+                            alternatives=int(current.get("alternatives", 1)), bars=current.get("bars"), max_tokens=max_tokens)
+    version = current.get("version")
+    while not session.done and not (stop is not None and stop.is_set()):
+        if knobs is not None:
+            latest = knobs()
+            if latest.get("version") != version:
+                version = latest.get("version")
+                session.sampling.temperature = float(latest.get("temperature", session.sampling.temperature))
+                session.sampling.top_p = float(latest.get("top_p", session.sampling.top_p))
+                if latest.get("bars"):
+                    session.bars = int(latest["bars"])
+        result = session.step()
+        yield result.events[row], session.rows[row].decoder.horizon, sum(t is not None for t in result.tokens)
+    tail = session.finish()
+    yield tail[row], session.rows[row].decoder.horizon, 0

@@ -1,0 +1,82 @@
+"""`pianomuse-tui --headless generate` and `ports` through the real CLI, on a tiny checkpoint."""
+from __future__ import annotations
+
+import mido
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from engine.data.tokenizer import PianoTokenizer
+from engine.model import RWKV7, ModelConfig, save_checkpoint
+from engine.paths import CORPUS_DIR
+from pianomuse_tui.cli import app
+
+PROMPT = CORPUS_DIR / "piano" / "bach_bwv846_prelude.mid"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tok = PianoTokenizer("REMI")
+    torch.manual_seed(0)
+    model = RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pth", tokenizer=tok.to_config())
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    before = torch.get_num_threads()  # the command sets its own thread count; other tests keep theirs
+    yield
+    torch.set_num_threads(before)
+
+
+def run(*args):
+    return CliRunner().invoke(app, ["--headless", *map(str, args)])
+
+
+def note_ons(path):
+    return [(m.note, m.velocity) for m in mido.MidiFile(path) if m.type == "note_on" and m.velocity > 0]
+
+
+def test_generate_writes_one_file_per_alternative_reproducibly(checkpoint, tmp_path):
+    args = ["generate", "--checkpoint", checkpoint, "--prompt", PROMPT, "--prompt-bars", "2", "--bars", "4",
+            "--alternatives", "2", "--seed", "7", "--threads", "1"]
+    first = run(*args, "--out", tmp_path / "a.mid")
+    assert first.exit_code == 0, first.output
+    assert "tokens/s" in first.output and "seed 7" in first.output
+    second = run(*args, "--out", tmp_path / "b.mid")
+    assert second.exit_code == 0, second.output
+    for k in (1, 2):
+        assert (tmp_path / f"a-{k}.mid").is_file()
+        assert note_ons(tmp_path / f"a-{k}.mid") == note_ons(tmp_path / f"b-{k}.mid")
+    assert note_ons(tmp_path / "a-1.mid") != note_ons(tmp_path / "a-2.mid")
+    # every note in the files is released
+    for k in (1, 2):
+        on = sum(1 for m in mido.MidiFile(tmp_path / f"a-{k}.mid") if m.type == "note_on" and m.velocity > 0)
+        off = sum(1 for m in mido.MidiFile(tmp_path / f"a-{k}.mid") if m.type == "note_off" or (m.type == "note_on" and m.velocity == 0))
+        assert on == off
+
+
+def test_bad_input_is_one_sentence_and_exit_2(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "pianomuse-no-such-server")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    cases = [
+        (["generate", "--checkpoint", tmp_path / "missing.pth"], "does not exist"),
+        (["generate", "--checkpoint", checkpoint, "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["generate", "--checkpoint", checkpoint, "--prompt", PROMPT, "--prompt-bars", "0"], "bad bar range"),
+        (["generate", "--checkpoint", checkpoint, "--port", "x", "--virtual"], "not both"),
+        (["generate", "--checkpoint", checkpoint, "--synth", "timidity"], "fluidsynth"),
+        (["generate", "--checkpoint", checkpoint, "--midi-api", "jack", "--virtual"], "JACK server is not running"),
+        (["ports", "--midi-api", "beos"], "unknown MIDI API"),
+    ]
+    for args, words in cases:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert words in " ".join(result.output.split()), (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_a_checkpoint_without_a_tokenizer_is_refused(tmp_path):
+    model = RWKV7(ModelConfig(n_layer=1, n_embd=64, head_size=32, vocab_size=360))
+    bare = save_checkpoint(model, tmp_path / "bare.pth")
+    result = run("generate", "--checkpoint", bare)
+    assert result.exit_code == 2 and "no tokenizer" in result.output

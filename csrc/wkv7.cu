@@ -352,10 +352,8 @@ __global__ void __launch_bounds__(N / R * SPLIT) fwd_kernel(int T, const int* __
 //   ST = S_t column p     (slice over rows),
 // so every sum over rows or columns is a lane-local dot plus shuffles. S_{t-1} comes from S_t by
 // undoing the update (exact up to rounding, d >= 0.545), restarting from a snapshot every L steps.
-// Two rows per lane group fit 128 registers, so two blocks share a multiprocessor (one wave for up to
-// 2 x SM-count blocks); one row per group would spill at that cap.
 template <int N, int SPLIT, int R>
-__global__ void __launch_bounds__(N / R * SPLIT, R == 2 ? 2 : 1) bwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
+__global__ void __launch_bounds__(N / R * SPLIT) bwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
                                                             const bf16* r, const bf16* w, const bf16* k,
                                                             const bf16* v, const bf16* a, const bf16* b,
                                                             const bf16* dy, const float* __restrict__ sa_saved,
@@ -388,7 +386,7 @@ __global__ void __launch_bounds__(N / R * SPLIT, R == 2 ? 2 : 1) bwd_kernel(int 
   float* const s_dsa = smem + 9 * L * N;
   float* const out = smem + 10 * L * N;  // 6 arrays: dr dw dk dv da db
 
-  float E[R][COLS], ET[R][COLS], ST[R][COLS];
+  float E[R][COLS], ET[R][COLS], ST[R][COLS], SNAP[R][COLS];
   {
     // S at the segment's last step: the final state, or the snapshot taken right after it
     const float* src = (t1 == eos) ? s_last + ((size_t)seq * H + h) * NN
@@ -421,6 +419,10 @@ __global__ void __launch_bounds__(N / R * SPLIT, R == 2 ? 2 : 1) bwd_kernel(int 
                        ? __ldg(reinterpret_cast<const float4*>(sa_saved + ((size_t)(c0 + lt) * H + h) * N + n4 * 4))
                        : make_float4(0.f, 0.f, 0.f, 0.f);
     }
+    // S_{c0-1}: the snapshot of this chunk (slot 0 of a sequence is its initial state)
+    const float* src = snaps + (snap_slot(bos, seq, (c0 - bos) / L) * H + h) * NN;
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr) load_col_slice<N, SPLIT>(src, p0 + rr, q, SNAP[rr]);
   };
   auto flush = [&](int c0, int n) {
     bf16* const outs[6] = {dr, dw, dk, dv, da, db};
@@ -451,15 +453,12 @@ __global__ void __launch_bounds__(N / R * SPLIT, R == 2 ? 2 : 1) bwd_kernel(int 
       const int it = tid + pp * THREADS;
       if (it < SA_ITEMS) *reinterpret_cast<float4*>(in_sa + it * 4) = sa_buf[pp];
     }
-    __syncthreads();
-    // S_{c0-1}, needed at the chunk's first step (16 steps from now, so the load latency hides):
-    // the snapshot of this chunk (slot 0 of a sequence is its initial state)
     float SN[R][COLS];
-    {
-      const float* src = snaps + (snap_slot(bos, seq, (c0 - bos) / L) * H + h) * NN;
 #pragma unroll
-      for (int rr = 0; rr < R; ++rr) load_col_slice<N, SPLIT>(src, p0 + rr, q, SN[rr]);
-    }
+    for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+      for (int e = 0; e < COLS; ++e) SN[rr][e] = SNAP[rr][e];
+    __syncthreads();
     if (ci > 0) load_chunk(t0 + (ci - 1) * L, L);
 
     for (int lt = n - 1; lt >= 0; --lt) {

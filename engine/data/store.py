@@ -423,19 +423,25 @@ def default_store(config: PrepareConfig | dict | None = None, on_progress: Calla
 
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
     out = default_store_path(CORPUS_DIR, config)
-    if not _is_current(out):
+    if not _is_current(out, config):
         prepare(CORPUS_DIR, out, config, on_progress=on_progress)
     return out
 
 
-def _is_current(out: Path) -> bool:
-    """True when ``out`` was prepared from the bundled corpus as it is now (same files, same bytes)."""
+def _is_current(out: Path, config: PrepareConfig) -> bool:
+    """True when ``out`` was prepared from the bundled corpus as it is now (same files, same bytes)
+    with the tokenizer ``config`` resolves to today (a MidiTok or default change means re-prepare)."""
     from engine.paths import CORPUS_DIR  # noqa: PLC0415
+
+    from .tokenizer import PianoTokenizer  # noqa: PLC0415
 
     try:
         store = TokenStore.open(out)
         report = store.report
     except (StoreError, OSError, ValueError, KeyError):
+        return False
+    policy = CheckPolicy.from_dict(config.check).piano_policy
+    if store.tokenizer_config != PianoTokenizer.from_config({"piano_policy": policy, **config.tokenizer}).to_config():
         return False
     known = {r["path"]: r["stats"].get("file_hash") for r in report.files}
     try:

@@ -10,6 +10,7 @@ per-id lookup tables that augmentation uses.
 from __future__ import annotations
 
 import copy
+import inspect
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ SPECIAL_KINDS = ("PAD", "BOS", "EOS")
 # MidiTok parameters PianoMuse uses unless a config says otherwise (MidiTok's serialised form:
 # beat_res keys are "start_end" strings so the dict is JSON as it is).
 DEFAULT_MIDITOK_PARAMS: dict[str, Any] = {
-    "pitch_range": [PIANO_LOW, PIANO_HIGH + 1],
+    "pitch_range": [PIANO_LOW, PIANO_HIGH],  # inclusive in MidiTok
     "beat_res": {"0_4": 8, "4_12": 4},
+    # rests in whole beats: in REMI the Position after a rest places the next note exactly, so a
+    # fine rest grid only adds a Rest token after every detached note
+    "beat_res_rest": {"0_12": 1},
     "num_velocities": 32,
     "special_tokens": ["PAD", "BOS", "EOS"],
     "use_velocities": True,
@@ -41,6 +45,10 @@ DEFAULT_MIDITOK_PARAMS: dict[str, Any] = {
     "num_tempos": 32,
     "tempo_range": [40, 250],
 }
+
+# Parameters MidiTok's tokenizations read from ``additional_params`` (MidiTok 3.1)
+MIDITOK_EXTRA_PARAMS = {"add_trailing_bars", "max_bar_embedding", "use_bar_end_tokens", "max_duration",
+                        "use_microtiming", "num_microtiming_bins", "max_microtiming_shift", "ticks_per_quarter"}
 
 # Piano-extraction policies: which tracks of a multi-track file become the one piano track.
 PIANO_POLICIES = {
@@ -69,10 +77,15 @@ def _miditok_config(params: dict[str, Any]):
     if "chord_maps" in params:
         params["chord_maps"] = {q: tuple(v) for q, v in params["chord_maps"].items()}
     params.update(params.pop("additional_params", None) or {})
+    # MidiTok files unknown keywords away as "additional params"; a typo must not pass silently
+    known = (set(inspect.signature(TokenizerConfig.__init__).parameters) - {"self", "kwargs"}) | MIDITOK_EXTRA_PARAMS
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TokenizerConfigError(f"unknown MidiTok parameter(s) in the tokenizer config: {', '.join(unknown)}; check the spelling or remove them")
     try:
         return TokenizerConfig(**params)
-    except TypeError as exc:
-        raise TokenizerConfigError(f"unknown MidiTok parameter in the tokenizer config ({exc}); remove it") from exc
+    except (TypeError, ValueError) as exc:
+        raise TokenizerConfigError(f"the tokenizer config is not valid for MidiTok ({exc})") from exc
 
 
 def merge_tracks(score: symusic.Score, tracks) -> symusic.Score:
@@ -322,23 +335,29 @@ class PianoTokenizer:
         return [self.bos_id, *ids, self.eos_id] if bos_eos else ids
 
     def encode_with_bars(self, score: symusic.Score) -> tuple[list[int], list[int]]:
-        """(ids, bar_starts): bar_starts[i] is the index of the first token of bar i.
+        """(ids, bar_starts): bar_starts[i] is the index of the token where a bar begins.
 
-        With REMI these are the Bar tokens. The time-shift tokenizations have no Bar token, so a
-        bar starts at the first event at or after its tick (bars with no event of their own are
-        skipped, so windows still cut between events).
+        A bar begins at the first token at or after its tick that can open a bar: with REMI a Bar
+        token, or, for a bar MidiTok enters through a Rest (REMI writes no Bar token there), the
+        bar's first Position token; with the time-shift tokenizations, the first event. Bars with
+        no event of their own (inside a long rest) are skipped, so every cut falls between events.
         """
         seq = self._encode(score)
         ids = list(seq.ids)
-        if self.tokenization == "REMI":
-            bar = self.token_id("Bar_None")
-            return ids, [i for i, t in enumerate(ids) if t == bar]
         times = np.array([e.time for e in seq.events], dtype=np.int64)
+        if self.tokenization == "REMI":
+            opening = {"Bar", "Position"}
+            can_open = np.array([e.type_ in opening for e in seq.events], dtype=bool)
+        else:
+            can_open = np.ones(len(ids), dtype=bool)
+        candidates = np.flatnonzero(can_open)
         starts: list[int] = []
         for tick in seq._ticks_bars:
-            i = int(np.searchsorted(times, tick, side="left"))
-            if i < len(ids) and (not starts or i > starts[-1]):
-                starts.append(i)
+            j = int(np.searchsorted(times[candidates], tick, side="left")) if len(candidates) else 0
+            if j < len(candidates):
+                i = int(candidates[j])
+                if not starts or i > starts[-1]:
+                    starts.append(i)
         return ids, starts
 
     def encode_file(self, path: str | Path, bos_eos: bool = False) -> list[int]:

@@ -28,7 +28,8 @@ class CompletionWindow:
     tokens: np.ndarray  # int64: BOS, state, context bars, completion bars (EOS when the piece ends)
     ctx_len: int  # BOS + state + context tokens; position ctx_len - 1 predicts the first completion token
     piece: int = -1
-    start_bar: int = 0
+    start_bar: int = 0  # first context bar (after any shortening)
+    completion_bar: int = 0  # first completion bar
 
     @property
     def completion(self) -> np.ndarray:
@@ -69,7 +70,8 @@ def _last_before(mask: np.ndarray, tokens: np.ndarray, end: int) -> int | None:
 def state_prefix(tokens: np.ndarray, start: int, state: _StateTokens) -> tuple[list[int], int]:
     """(tokens to emit before ``tokens[start:]`` is continued, how many source tokens they replace).
 
-    REMI: a bar reads ``Bar [TimeSig] Position_p [Tempo] ...``; the time signature in force goes
+    REMI: a bar reads ``Bar [TimeSig] Position_p [Tempo] ...`` (or, after a Rest, starts at its
+    Position and gets a Bar here); the time signature in force goes
     after Bar when the bar lacks one, and the tempo in force goes right after ``Position_0``
     (inserting ``Position_0`` when the bar's first event is later) unless the bar sets its own.
     Time-shift tokenizations: ``TimeSig Tempo`` open the window unless it opens with them.
@@ -84,8 +86,9 @@ def state_prefix(tokens: np.ndarray, start: int, state: _StateTokens) -> tuple[l
         if tempo is not None and not state.is_tempo[opening].any():
             head.append(tempo)
         return head, 0
-    out = [int(tokens[start])]  # the Bar token
-    i = start + 1
+    # a bar MidiTok entered through a Rest starts at its Position token: give it its Bar
+    out = [state.bar]
+    i = start + 1 if tokens[start] == state.bar else start
     if i < len(tokens) and state.is_timesig[tokens[i]]:
         out.append(int(tokens[i]))
         i += 1
@@ -149,7 +152,7 @@ def completion_windows(
             ids = ids[:max_len]  # the completion's end is cut; the context stays whole
         if ctx >= len(ids):
             continue  # not even one completion token fits
-        out.append(CompletionWindow(ids, ctx, piece, first))
+        out.append(CompletionWindow(ids, ctx, piece, first, split))
     return out
 
 

@@ -130,22 +130,17 @@ def decode_continuation(tokenizer, prompt: Sequence[int], continuation: Sequence
 class SamplingOptions:
     temperature: float = 1.0
     top_p: float = 0.95
-    grammar: bool = True  # mask tokens whose kind may not follow the previous token's kind
+    # True: engine.generate's grammar-safe sessions (what the app plays); False: free sampling
+    # from the raw distribution, to measure how often the model itself breaks the grammar
+    grammar: bool = True
     seed: int = 0
 
+    def config(self, seed: int):
+        from engine.generate import SamplingConfig  # noqa: PLC0415
 
-def _sample_rows(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of fp32 ``logits`` [B, V] (banned ids at -inf): temperature, then nucleus."""
-    probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True, dim=-1)
-        outside = torch.cumsum(sorted_p, dim=-1) - sorted_p >= top_p  # the top token always stays
-        sorted_p = sorted_p.masked_fill(outside, 0.0)
-        return order.gather(1, torch.multinomial(sorted_p, 1, generator=generator)).squeeze(1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=seed)
 
 
-@torch.no_grad()
 def generate_continuations(
     model,
     tokenizer,
@@ -155,66 +150,86 @@ def generate_continuations(
     options: SamplingOptions,
     on_token: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """Continue every prompt (batched RNN steps) until it opens bar ``bars + 1``, ends, or hits its cap.
+    """Continue every prompt until it would open bar ``bars + 1``, ends the piece, or reaches its cap.
 
-    The Bar token that would open bar ``bars + 1`` is not kept. Without Bar tokens in the
-    vocabulary only EOS and the cap stop a row.
+    Prompt ``i`` is sampled with seed ``options.seed + i``. ``on_token(total so far)`` reports progress.
     """
+    if options.grammar:
+        return _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token)
+    return _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_token)
+
+
+def _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token):
+    from engine.generate import GenerationSession  # noqa: PLC0415
+
+    out: list[list[int]] = []
+    done = 0
+    for i, (prompt, cap) in enumerate(zip(prompts, max_new_tokens)):
+        # the prompts are cut from stored pieces that already open with BOS where they should
+        session = GenerationSession(model, tokenizer, options.config(options.seed + i), alternatives=1,
+                                    bars=bars, max_tokens=int(cap), prepend_bos=False)
+        session.prefill([int(t) for t in prompt])
+        if on_token is not None:
+            session.run(on_step=lambda result, before=done: on_token(before + len(session.rows[0].tokens)))
+        else:
+            session.run()
+        out.append(session.tokens(0))
+        done += len(out[-1])
+    return out
+
+
+@torch.no_grad()
+def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_token):
+    """Batched RNN steps over all prompts, no grammar mask (PAD and BOS are still never drawn).
+
+    Bars are counted by Bar tokens, so without them in the vocabulary only EOS and the cap stop
+    a row. The Bar token that would open bar ``bars + 1`` is not kept.
+    """
+    from engine.generate import filter_logits  # noqa: PLC0415
+    from engine.model import RWKVState  # noqa: PLC0415
+
     device = next(model.parameters()).device
     n = len(prompts)
     if n == 0:
         return []
+    vocab = tokenizer.vocab_size
+    config = options.config(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    vocab = tokenizer.vocab_size  # a model's vocabulary may be padded past the tokenizer's: never draw those ids
     # prompts differ in length: prefill each, then step all rows together
-    states, last_logits, last_tokens = [], [], []
+    states, last_logits = [], []
     for prompt in prompts:
-        ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-        logits, state = model(ids, return_state=True)
+        logits, state = model(torch.tensor([list(prompt)], dtype=torch.long, device=device), return_state=True)
         states.append(state)
         last_logits.append(logits[0, -1, :vocab].float().cpu())
-        last_tokens.append(int(prompt[-1]))
-    from engine.model import RWKVState  # noqa: PLC0415
-
     state = RWKVState.cat(states)
     logits = torch.stack(last_logits)
-    banned = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-    banned[[tokenizer.pad_id, tokenizer.bos_id]] = True
-    allowed = torch.as_tensor(tokenizer.grammar_matrix) if options.grammar else None
-    kind_of = torch.as_tensor(tokenizer.kind_of_id.astype(np.int64))
-    bar_ids = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-    bar_ids[tokenizer.kind_ids("Bar")] = True
+    allowed = torch.ones(1, vocab, dtype=torch.bool)
+    allowed[0, [tokenizer.pad_id, tokenizer.bos_id]] = False
+    bar_ids = set(tokenizer.kind_ids("Bar"))
 
     out: list[list[int]] = [[] for _ in range(n)]
     bars_opened = [0] * n
     active = list(range(n))
-    caps = [int(c) for c in max_new_tokens]
-    prev = torch.tensor(last_tokens)
     while active:
-        rows = torch.tensor(active)
-        scores = logits[rows].clone()
-        scores[:, banned] = float("-inf")
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed[kind_of[prev[rows]]], float("-inf"))
-        # a row with nothing left to draw ends the piece instead of sampling from NaNs
-        scores[torch.isinf(scores).all(dim=1), tokenizer.eos_id] = 0.0
-        picked = _sample_rows(scores, options.temperature, options.top_p, generator)
+        scores = filter_logits(logits[torch.tensor(active)], allowed.expand(len(active), -1), config)
+        if config.temperature == 0:
+            picked = scores.argmax(dim=-1).tolist()
+        else:
+            picked = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1).tolist()
         still = []
-        for row, token in zip(active, picked.tolist()):
-            if bar_ids[token]:
+        for row, token in zip(active, picked):
+            if token in bar_ids:
                 bars_opened[row] += 1
                 if bars_opened[row] > bars:
                     continue
             out[row].append(token)
-            prev[row] = token
-            if token != tokenizer.eos_id and len(out[row]) < caps[row]:
+            if token != tokenizer.eos_id and len(out[row]) < int(max_new_tokens[row]):
                 still.append(row)
         if on_token is not None:
             on_token(sum(len(o) for o in out))
         if not still:
             break
-        keep = torch.tensor([active.index(r) for r in still])
-        state = state.select(keep)
+        state = state.select(torch.tensor([active.index(r) for r in still]))
         step_logits, state = model.step(torch.tensor([out[r][-1] for r in still], device=device), state)
         logits[torch.tensor(still)] = step_logits[:, :vocab].float().cpu()
         active = still

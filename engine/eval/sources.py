@@ -27,21 +27,12 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
             raise EvalError("there is no bundled model in assets/models/ and no --checkpoint was given; "
                             "pass --checkpoint PATH (a .pth file, a checkpoint folder or a run folder).")
         return found
-    path = Path(path)
-    if path.is_dir():
-        latest = path / "checkpoints" / "latest"
-        if latest.is_file():  # a run folder: its newest checkpoint
-            name = latest.read_text(encoding="utf-8").strip()
-            candidate = Path(name) if Path(name).is_absolute() else path / "checkpoints" / name
-            path = candidate if candidate.exists() else path / name
-        if (path / "model.pth").is_file():
-            return path / "model.pth"
-        raise EvalError(f"{path} holds no checkpoint (model.pth); pass a .pth file, a checkpoint folder or a run folder.")
-    if path.suffix != ".pth" and path.with_name(path.name + ".pth").is_file():
-        path = path.with_name(path.name + ".pth")
-    if not path.is_file():
-        raise EvalError(f"there is no checkpoint at {path}; check the path (a .pth file, a checkpoint folder or a run folder).")
-    return path
+    from engine.model.checkpoint import checkpoint_paths  # noqa: PLC0415
+
+    pth, _ = checkpoint_paths(path)
+    if not pth.is_file():
+        raise EvalError(f"there is no checkpoint at {path}; pass a .pth file, a checkpoint folder or a run folder.")
+    return pth
 
 
 def _prepare_config(tokenizer_config: dict | None):
@@ -123,7 +114,7 @@ def load_eval_inputs(checkpoint: str | Path | None, data: str | Path | None, dev
         raise EvalError(str(exc)) from None
     store = open_store(data, sidecar.get("tokenizer"), on_progress=on_progress)
     vocab = store.tokenizer.vocab_size
-    if model.config.vocab_size < vocab:
-        raise EvalError(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) is smaller than the data's "
+    if model.config.vocab_size != vocab:
+        raise EvalError(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) does not match the data's "
                         f"tokenizer ({vocab}); evaluate it on data prepared with the tokenizer it was trained with.")
     return model, store_eval_data(store), path

@@ -14,6 +14,8 @@ from .sampling import SamplingConfig
 from .session import GenerationSession, prompt_from_file
 from .timeline import GenerationError
 
+HARD_TOKEN_CAP = 16384  # a live session always ends, even with a model that never closes a bar
+
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
     """A .pth file, a checkpoint folder, a training run folder, or None for the bundled model."""
@@ -76,7 +78,8 @@ def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], d
     current = dict(knobs() if knobs else {})
     sampling = SamplingConfig(temperature=current.get("temperature", 1.0), top_p=current.get("top_p", 0.95), seed=current.get("seed"))
     session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
-                            alternatives=int(current.get("alternatives", 1)), bars=current.get("bars"), max_tokens=max_tokens)
+                            alternatives=int(current.get("alternatives", 1)), bars=current.get("bars"),
+                            max_tokens=max_tokens or HARD_TOKEN_CAP)
     version = current.get("version")
     while not session.done and not (stop is not None and stop.is_set()):
         if knobs is not None:

@@ -51,15 +51,21 @@ class BuildError(RuntimeError):
 # preflight: the toolchain
 
 
+CUDA_HOME_CANDIDATES = ("/usr/local/cuda",)  # looked at after $CUDA_HOME and PATH
+
+
 def find_nvcc() -> str | None:
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and (Path(home) / "bin" / "nvcc").exists():
-        return str(Path(home) / "bin" / "nvcc")
+    if home:  # an explicit toolkit wins; a wrong one is reported rather than silently replaced
+        nvcc = Path(home) / "bin" / "nvcc"
+        return str(nvcc) if nvcc.exists() else None
     found = shutil.which("nvcc")
     if found:
         return found
-    default = Path("/usr/local/cuda/bin/nvcc")
-    return str(default) if default.exists() else None
+    for cand in CUDA_HOME_CANDIDATES:
+        if (Path(cand) / "bin" / "nvcc").exists():
+            return str(Path(cand) / "bin" / "nvcc")
+    return None
 
 
 def nvcc_version(nvcc: str) -> str | None:
@@ -87,9 +93,18 @@ def preflight(need_gpu: bool = True) -> str | None:
     if need_gpu and not torch.cuda.is_available():
         return "no CUDA GPU is visible to PyTorch, so the CUDA kernels are not used here."
     nvcc = find_nvcc()
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if nvcc is None and home:
+        return f"CUDA_HOME is {home} but it has no bin/nvcc; point CUDA_HOME at a CUDA {torch_cuda} toolkit."
     if nvcc is None:
         return (f"nvcc (the CUDA compiler) was not found; install the CUDA {torch_cuda} toolkit or set "
                 "CUDA_HOME to one.")
+    found = nvcc_version(nvcc)
+    if found is None:
+        return f"{nvcc} did not report its version; check that the CUDA toolkit there is intact."
+    if found.split(".")[0] != torch_cuda.split(".")[0]:
+        return (f"nvcc at {nvcc} is CUDA {found} but PyTorch was built with CUDA {torch_cuda}; install a "
+                f"CUDA {torch_cuda.split('.')[0]}.x toolkit or point CUDA_HOME at one.")
     if find_cxx() is None:
         return "no C++ compiler (c++, g++ or clang++) is on PATH; install one (e.g. build-essential)."
     if shutil.which("ninja") is None:
@@ -97,12 +112,6 @@ def preflight(need_gpu: bool = True) -> str | None:
             import ninja  # noqa: F401, PLC0415
         except ImportError:
             return "ninja is not installed; run `pip install ninja`."
-    found = nvcc_version(nvcc)
-    if found is None:
-        return f"{nvcc} did not report its version; check that the CUDA toolkit there is intact."
-    if found.split(".")[0] != torch_cuda.split(".")[0]:
-        return (f"nvcc at {nvcc} is CUDA {found} but PyTorch was built with CUDA {torch_cuda}; install a "
-                f"CUDA {torch_cuda.split('.')[0]}.x toolkit or point CUDA_HOME at one.")
     return None
 
 

@@ -53,7 +53,8 @@ class DataSection:
     transpose_range: int = 6  # semitones either way
     velocity_jitter: int = 0
     tempo_jitter: float = 0.0
-    loader_workers: int = 1  # background threads building batches off the critical path
+    loader_workers: int = 1  # 1 = build the next batch in a background thread; 0 = inline
+    max_train_samples: int = 0  # 0 = all; N = only the first N training samples (overfit checks, debugging)
 
 
 @dataclass
@@ -189,6 +190,10 @@ class TrainConfig:
         _positive("data.stride_bars", d.stride_bars)
         _non_negative("data.context_bars", d.context_bars)
         _non_negative("data.transpose_range", d.transpose_range)
+        _non_negative("data.velocity_jitter", d.velocity_jitter)
+        _non_negative("data.tempo_jitter", d.tempo_jitter)
+        _non_negative("data.loader_workers", d.loader_workers)
+        _non_negative("data.max_train_samples", d.max_train_samples)
         _positive("optim.lr", o.lr)
         _non_negative("optim.lr_final", o.lr_final)
         _positive("optim.finetune_lr", o.finetune_lr)

@@ -239,6 +239,8 @@ def open_feed(cfg: TrainConfig, dist: DistInfo, on_progress=None) -> TrainingFee
     else:
         train = store_packed_chunks(store, "train", d.ctx_len)
         val = store_packed_chunks(store, "val", d.ctx_len, keep_tail=True)
+    if d.max_train_samples:
+        train = train[: d.max_train_samples]
     augmenter = None
     if d.augment:
         augmenter = Augmenter(store.tokenizer, AugmentConfig(d.transpose_range, d.velocity_jitter, d.tempo_jitter))

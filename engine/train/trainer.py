@@ -303,7 +303,8 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             step, tokens, cursor, attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
             total_bad = state.get("bad_steps_total", 0)
-            schedule = CosineTokenSchedule(**state["schedule"])
+            # the schedule is rebuilt from the config: the same config continues the same curve, a
+            # larger --max-steps stretches the remaining cosine over the new length
             _set_rng_state(state["rng"], device)
         last_ckpt = resume_from
         self.log.write(

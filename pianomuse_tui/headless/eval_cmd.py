@@ -36,7 +36,7 @@ def report_tables(report: dict) -> list[Table]:
     """The report as rich tables: likelihood, distributions, validity and memorisation."""
     lik = report["likelihood"]
     t1 = Table(title="Likelihood on the validation split", title_justify="left")
-    for col in ("nats/token", "bits/token", "bits/note", "bits/second", "tokens", "notes", "seconds", "pieces"):
+    for col in ("nats/tok", "bits/tok", "bits/note", "bits/s", "tokens", "notes", "seconds", "pieces"):
         t1.add_column(col, justify="right")
     t1.add_row(_num(lik["nats_per_token"]), _num(lik["bits_per_token"]), _num(lik["bits_per_note"]),
                _num(lik["bits_per_second"], 1), _num(lik["tokens"]), _num(lik["notes"]),
@@ -48,13 +48,14 @@ def report_tables(report: dict) -> list[Table]:
                      f"({opts.get('prompt_bars', '?')} bars of prompt, {opts.get('bars', '?')} bars continued)",
                title_justify="left")
     for col, justify in (("distribution", "left"), ("real", "right"), ("generated", "right"),
-                         ("OA (1 = same)", "right"), ("KL nats (0 = same)", "right")):
+                         ("OA", "right"), ("KL nats", "right")):
         t2.add_column(col, justify=justify)
     for name, entry in cont["features"].items():
         t2.add_row(name.replace("_", " "), _mean_std(entry["real"]), _mean_std(entry["generated"]),
                    _num(entry["oa"]), _num(entry["kl_nats"]))
     for name, entry in cont["histograms"].items():
-        t2.add_row(f"{name.replace('_', ' ')} histogram", "", "", _num(entry["oa"]), _num(entry["kl_nats"]))
+        t2.add_row(f"{name.replace('_', ' ')} hist.", "", "", _num(entry["oa"]), _num(entry["kl_nats"]))
+    t2.caption = "OA: overlapping area (1 = same distribution); KL(real || generated) in nats (0 = same)"
 
     val, ov = report["validity"], report["training_overlap"]
     t3 = Table(title="Validity and memorisation", title_justify="left")
@@ -69,9 +70,10 @@ def report_tables(report: dict) -> list[Table]:
                f"of {val['notes_started']} notes")
     gen, real = ov["generated"], ov["real"]
     t3.add_row("longest copied run (generated)", _num(gen["longest_copied_notes"]),
-               f"notes ({ov['symbols']}) from {gen['source'] or '-'}; mean {_num(gen['mean_copied_notes'], 1)}")
+               f"notes ({ov['symbols']}) from {Path(gen['source']).name if gen['source'] else '-'}; "
+               f"mean {_num(gen['mean_copied_notes'], 1)}")
     t3.add_row("longest copied run (real)", _num(real["longest_copied_notes"]),
-               f"the same check on the real continuations, for scale; mean {_num(real['mean_copied_notes'], 1)}")
+               f"the real continuations, for scale; mean {_num(real['mean_copied_notes'], 1)}")
     return [t1, t2, t3]
 
 

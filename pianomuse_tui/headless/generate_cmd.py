@@ -17,7 +17,6 @@ import typer
 from .console import console, err_console, fail
 
 RECONNECT_WAIT_S = 60.0
-HARD_TOKEN_CAP = 16384  # a session always ends, even when a model never closes a bar
 
 
 def output_paths(out: Path | None, alternatives: int, seed: int) -> list[Path]:
@@ -70,7 +69,7 @@ def run_generate(
     import torch  # noqa: PLC0415
 
     from engine.generate import GenerationError, SamplingConfig  # noqa: PLC0415
-    from engine.generate.live import build_session, load_generator  # noqa: PLC0415
+    from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator  # noqa: PLC0415
     from engine.midi import LookaheadScheduler, PortError, open_output, start_fluidsynth  # noqa: PLC0415
 
     if threads > 0:

@@ -14,7 +14,13 @@ from typing import Optional
 
 import typer
 
-from .console import console, err_console, fail, is_tty
+from .console import console, err_console, is_tty
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """One sentence on stderr, never wrapped (logs and tests read it as one line), then exit."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 def _fmt_bytes(n) -> str:
@@ -191,9 +197,11 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
         fail(str(exc))
     if rank0:
         if result.status == "aborted":
-            err_console.print(f"[bold red]aborted:[/] {result.message}")
+            err_console.print(f"[bold red]aborted:[/] {result.message}", soft_wrap=True, highlight=False)
         elif result.status == "stopped":
-            console.print(f"{result.message}; resume with: pianomuse-tui --headless train --run-dir {result.run_dir} --resume auto", highlight=False, markup=False)
+            console.print(f"{result.message}; resume with: pianomuse-tui --headless train --run-dir {result.run_dir} --resume auto",
+                          highlight=False, markup=False, soft_wrap=True)
         else:
-            console.print(f"done: {result.step} steps, {result.tokens:,} tokens; checkpoint {result.checkpoint}", highlight=False, markup=False)
+            console.print(f"done: {result.step} steps, {result.tokens:,} tokens; checkpoint {result.checkpoint}",
+                          highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)

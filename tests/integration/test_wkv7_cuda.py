@@ -7,6 +7,7 @@ bench/results/wkv7_cuda.md).
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -85,6 +86,9 @@ def assert_close(ours, ref, label=""):
         tol = FP32_TOL if key == "state" else BF16_TOL
         assert e < tol, f"{label}{key}: relative error {e:.2e} >= {tol:.0e} (all: {report})"
     print(label, {k: f"{v:.1e}" for k, v in report.items()})
+    if os.environ.get("PIANOMUSE_GPU_REPORT"):  # bench/gpu_checks.py collects these into a table
+        with open(os.environ["PIANOMUSE_GPU_REPORT"], "a") as fh:
+            fh.write(json.dumps({"case": label.strip(), **report}) + "\n")
     return report
 
 

@@ -80,3 +80,30 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(tmp_path):
     bare = save_checkpoint(model, tmp_path / "bare.pth")
     result = run("generate", "--checkpoint", bare)
     assert result.exit_code == 2 and "no tokenizer" in result.output
+
+
+def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_path):
+    import threading
+
+    from engine.generate import live
+    from engine.midi import NoteTracker, write_midi_file
+
+    knobs = {"temperature": 1.0, "top_p": 0.95, "alternatives": 2, "bars": 6, "seed": 4, "version": 0}
+    stop = threading.Event()
+    played, steps = [], 0
+    horizons = []
+    for events, horizon, n_tokens in live.stream(checkpoint=checkpoint, prompt=PROMPT, prompt_bars="1", knobs=lambda: dict(knobs), stop=stop):
+        played += events
+        horizons.append(horizon)
+        steps += 1
+        if steps == 5:
+            knobs.update(temperature=0.0, version=1)  # the UI turns the knob mid-performance
+    assert horizons == sorted(horizons) and steps > 5
+    tracker = NoteTracker()
+    for e in played:
+        tracker.observe(e.data, 0.0)
+    assert played and tracker.count == 0
+    assert all(e.time <= horizons[-1] + 1e-9 for e in played)
+    write_midi_file(played, tmp_path / "played.mid")
+    stop.set()
+    assert list(live.stream(checkpoint=checkpoint, knobs=lambda: dict(knobs), stop=stop))[-1][2] == 0  # stop ends at once

@@ -21,8 +21,9 @@ and its inverse below 1e17, well inside fp32 range. Every pairwise factor D_t / 
 a product of two such numbers, which keeps full relative precision (no subtraction is involved).
 The cumulative log-decays are summed and exponentiated in fp64 so they carry no rounding drift.
 
-Packed sequences (cu_seqlens) are laid out so no chunk crosses a boundary: each segment is padded
-at its end with identity steps (d = 1, a = b = k = v = 0), which leave its state unchanged.
+Any T and packed sequences (cu_seqlens) use one layout in which no chunk crosses a sequence end:
+each sequence's last chunk is padded with identity steps (log-decay 0 and 1/D zeroed, so their
+k, v, a, b never reach the state), and the padded outputs are never read back.
 Chunks are ordered step-major over segments sorted by length, so at loop step k the segments still
 running are a prefix of the batch and the state tensor just shrinks.
 
@@ -34,8 +35,9 @@ import torch
 
 from .reference import DECAY_SCALE, compute_dtype
 
-# 16 keeps the L x L work small next to the N x N state work at N = 64 and measured fastest
-# (bench/wkv7_cpu.py); anything up to 64 is numerically safe (see above).
+# 32 balances the L x L work (grows with L) against the per-chunk N x N work and the length of
+# the sequential loop (shrink with L) at N = 64; it measured fastest or on par in
+# bench/wkv7_cpu.py --chunk-sizes 16,32,64. Anything up to 64 is numerically safe (see above).
 CHUNK_SIZE = 32
 MAX_CHUNK_SIZE = 64
 
@@ -119,10 +121,8 @@ def _intra_chunk(r, k, v, a, b, logd, valid):
     sol = torch.linalg.solve_triangular(-m_ab, rhs, upper=False, unitriangular=True)
     w_wy, u0 = sol[..., :N], sol[..., N:]
 
-    # [M_rb | M_rk] @ [[W, U0], [0, V]] gives M_rb W and M_rb U0 + M_rk V in one product.
-    qy = m_r @ torch.cat((sol, torch.cat((torch.zeros_like(w_wy), v), -1)), -2)
-    q = r_hat + qy[..., :N]
-    y0 = qy[..., N:]
+    q = r_hat + m_r[..., :L] @ w_wy
+    y0 = m_r @ torch.cat((u0, v), -2)  # M_rb U0 + M_rk V
     b_end = b * decay_to_end
     p = w_wy.transpose(-1, -2) @ b_end
     p.diagonal(dim1=-2, dim2=-1).add_(decay_total64[..., 0, :].to(cdt))

@@ -1,0 +1,110 @@
+"""Train pane against the real trainer: a tiny run started from the pane, stopped (saving), and a
+run written by a separate ``--headless train`` process that the pane attaches to."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from app_helpers import FAST_TINY, wait_for
+from pianomuse_tui.app import ConfirmScreen, PianoMuseApp
+from pianomuse_tui.messages import MetricsArrived, RunEnded, RunStarted
+from pianomuse_tui.widgets.loss_plot import LossPlot
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_tiny_run_from_the_pane_streams_metrics_stops_saving_resumes_and_quits_cleanly(tmp_path):
+    seen: list = []
+    args = {"preset": "tiny", "run_dir": str(tmp_path), "max_steps": 400, "overrides": FAST_TINY}
+    app = PianoMuseApp(pane="train", args=args)
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        pane = app.train
+        plot = pane.query_one(LossPlot)
+        assert await wait_for(pilot, lambda: len(plot.train_points) >= 4, 150, 0.2), pane.proc.log_tail()
+        started = next(m for m in seen if isinstance(m, RunStarted))
+        run_dir = started.run_dir
+        assert run_dir.parent == tmp_path and not started.attached
+        assert any(isinstance(m, MetricsArrived) for m in seen)
+        now = str(pane.query_one("#tr-now").render())
+        assert "loss " in now and "tok/s" in now and "/ 400" in now
+        assert plot.val_points or await wait_for(pilot, lambda: bool(plot.val_points), 60, 0.2)
+
+        # Ctrl+Q while our run trains asks first; "no" keeps everything going
+        await pilot.press("ctrl+q")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        assert app.is_running and pane.owns_active_run
+
+        # x asks the run to save and exit at the next step boundary
+        pane.focus_main()
+        await pilot.press("x")
+        assert await wait_for(pilot, lambda: any(isinstance(m, RunEnded) for m in seen), 90, 0.2)
+        ended = next(m for m in seen if isinstance(m, RunEnded))
+        assert ended.error is None and ended.exit_code == 130
+        saved = sorted((run_dir / "checkpoints").glob("step-*/model.pth"))
+        assert saved, "stopping must leave a checkpoint"
+        first_proc = pane.proc
+        assert not pane.owns_active_run and not first_proc.alive
+        last_step = max(s for s, _ in plot.train_points)
+        table = pane.query_one("#tr-ckpts")
+        assert table.row_count >= 1
+
+        # r resumes the newest run: same directory, steps continue after the checkpoint
+        await pilot.press("r")
+        assert await wait_for(pilot, lambda: pane.tail is not None and plot.train_points
+                              and min(s for s, _ in plot.train_points) > last_step - 1, 150, 0.2), pane.proc.log_tail()
+        assert pane.proc is not first_proc and pane.run_dir == run_dir
+
+        # Ctrl+Q, "yes": the run saves and stops, the app exits, no process is left
+        proc = pane.proc
+        await pilot.press("ctrl+q")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        assert await wait_for(pilot, lambda: not app.is_running, 90, 0.2)
+    assert not proc.alive and proc.exit_code == 130
+
+
+async def test_attach_to_a_run_written_by_a_headless_process(tmp_path):
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "train", "--preset", "tiny",
+           "--run-dir", str(tmp_path), "--max-steps", "400"] + [f"--{o}" for o in FAST_TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 150
+        while not list(tmp_path.glob("*/metrics.jsonl")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        run_dir = next(tmp_path.glob("*/metrics.jsonl")).parent
+        seen: list = []
+        app = PianoMuseApp(pane="train", args={})
+        async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+            await pilot.pause(0.2)
+            pane = app.train
+            pane.query_one("#tr-runs").value = str(run_dir)
+            pane.focus_main()
+            await pilot.press("a")
+            plot = pane.query_one(LossPlot)
+            assert await wait_for(pilot, lambda: len(plot.train_points) >= 3, 150, 0.2)
+            assert any(isinstance(m, RunStarted) and m.attached and m.run_dir == run_dir for m in seen)
+            count = len(plot.train_points)
+            assert await wait_for(pilot, lambda: len(plot.train_points) > count, 60, 0.2), "the tail follows new lines"
+            assert "attached to" in str(pane.query_one("#tr-status").render())
+            # someone else's run: quitting does not ask, and does not stop it
+            await pilot.press("ctrl+q")
+            await pilot.pause(0.3)
+            assert not app.is_running
+        assert proc.poll() is None
+    finally:
+        for run in tmp_path.glob("*/metrics.jsonl"):
+            (run.parent / "control").mkdir(exist_ok=True)
+            (run.parent / "control" / "stop").touch()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,173 @@
+"""`pianomuse-tui --headless eval` on a tiny random model and a store prepared from the demo corpus."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import engine.paths
+from engine.data.store import PrepareConfig, TokenStore, prepare
+from engine.data.tokenizer import PianoTokenizer
+from engine.eval import default_checkpoint
+from engine.eval.metrics import HISTOGRAMS, SCALAR_FEATURES
+from engine.model import RWKV7, ModelConfig, save_checkpoint
+from engine.paths import CORPUS_DIR
+from pianomuse_tui.cli import app
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """The piano pieces and a few chorales of the demo corpus, prepared by engine.data."""
+    root = tmp_path_factory.mktemp("eval-corpus")
+    midi = root / "midi"
+    for sub, count in (("piano", None), ("chorales", 8)):
+        files = sorted((CORPUS_DIR / sub).glob("*.mid"))[:count]
+        (midi / sub).mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, midi / sub / f.name)
+    out = root / "store"
+    prepare(midi, out, PrepareConfig(val_fraction=0.25, workers=1))
+    store = TokenStore.open(out)
+    assert store.pieces("val") and store.pieces("train")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    tok = PianoTokenizer()
+    torch.manual_seed(0)
+    model = RWKV7(ModelConfig(arch="x080", n_layer=2, n_embd=64, vocab_size=tok.vocab_size, head_size=32))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny", tokenizer=tok.to_config())
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def one_sentence(result) -> str:
+    """The error text, unwrapped (rich wraps at the terminal width); it must be one sentence."""
+    text = " ".join(result.stderr.split())
+    assert text.startswith("error: ") and text.endswith(".") and ". " not in text, text
+    assert "Traceback" not in result.output
+    return text
+
+
+def run_eval(*args):
+    return CliRunner().invoke(app, ["--headless", "eval", *map(str, args)])
+
+
+def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, tmp_path):
+    out = tmp_path / "report" / "eval.json"
+    result = run_eval("--checkpoint", tiny_checkpoint, "--data", demo_store, "--samples", 3, "--prompt-bars", 2,
+                      "--bars", 2, "--max-tokens", 2000, "--json", out)
+    assert result.exit_code == 0, result.output
+    for text in ("Likelihood on the validation split", "bits/note", "3 generated continuations",
+                 "invalid-token rate", "stuck-note rate", "longest copied run", "eval.png"):
+        assert text in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["format"] == "pianomuse-eval/1"
+    assert report["checkpoint"] == str(tiny_checkpoint)
+    assert report["model"]["arch"] == "x080" and report["model"]["parameters"] > 0
+
+    lik = report["likelihood"]
+    assert 0 < lik["tokens"] <= 2000 and lik["notes"] > 0 and lik["seconds"] > 0 and lik["pieces"] >= 1
+    # a random model is near uniform: about log(V) nats per token
+    assert 0.5 * math.log(PianoTokenizer().vocab_size) < lik["nats_per_token"] < 2 * math.log(PianoTokenizer().vocab_size)
+    assert lik["bits_per_token"] == pytest.approx(lik["nats_per_token"] / math.log(2))
+    assert lik["bits_per_note"] == pytest.approx(lik["nats"] / math.log(2) / lik["notes"])
+    assert lik["bits_per_second"] == pytest.approx(lik["nats"] / math.log(2) / lik["seconds"])
+
+    cont = report["continuations"]
+    assert cont["samples"] == 3 and cont["real_decoded"] == 3 and cont["generated_decoded"] == 3
+    assert set(cont["features"]) == set(SCALAR_FEATURES)
+    for name, entry in cont["features"].items():
+        assert 0.0 <= entry["oa"] <= 1.0 + 1e-9, name
+        assert finite(entry["kl_nats"]) and entry["kl_nats"] >= 0, name
+        assert entry["real"]["n"] == 3 and finite(entry["real"]["mean"]), name
+        assert sum(entry["real_density"]) == pytest.approx(1.0)
+    assert cont["features"]["pitch_class_entropy"]["real"]["mean"] <= math.log2(12)
+    assert 0 <= cont["features"]["pedal_use"]["real"]["mean"] <= 1
+    assert set(cont["histograms"]) == set(HISTOGRAMS)
+    for name, entry in cont["histograms"].items():
+        assert len(entry["labels"]) == len(entry["real"]) == len(entry["generated"]), name
+        assert sum(entry["real"]) == pytest.approx(1.0) and sum(entry["generated"]) == pytest.approx(1.0), name
+        assert 0.0 <= entry["oa"] <= 1.0 + 1e-9 and entry["kl_nats"] >= 0, name
+
+    val = report["validity"]
+    assert val["tokens"] > 0 and val["grammar_constrained"] is True
+    assert val["invalid_token_rate"] == 0.0 and val["decode_failures"] == 0
+    assert 0.0 <= val["stuck_note_rate"] <= 1.0
+    assert val["stuck_notes"] == val["notes_unreleased"] + val["notes_too_long"]
+
+    ov = report["training_overlap"]
+    assert ov["training_pieces"] > 0 and ov["training_notes"] > 0
+    for side in ("generated", "real"):
+        assert isinstance(ov[side]["longest_copied_notes"], int) and ov[side]["longest_copied_notes"] >= 0
+
+    assert len(report["samples"]) == 3
+    for sample in report["samples"]:
+        assert sample["generated_tokens"] > 0 and sample["prompt_tokens"] > 0 and sample["real"]["notes"] > 0
+
+    png = out.with_suffix(".png")
+    assert report["plot"] == str(png)
+    data = png.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 800 and height > 400
+    import matplotlib.image  # noqa: PLC0415
+
+    assert matplotlib.image.imread(png).shape[:2] == (height, width)
+
+
+def test_without_a_bundled_model_eval_asks_for_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine.paths, "MODELS_DIR", tmp_path / "no-models")
+    assert default_checkpoint() is None
+    result = run_eval("--samples", 1)
+    assert result.exit_code == 2
+    message = one_sentence(result)
+    assert "no bundled model" in message and "--checkpoint" in message
+
+
+def test_the_bundled_model_is_the_default(tiny_checkpoint, demo_store, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".pth", ".json"):
+        shutil.copy(tiny_checkpoint.with_suffix(suffix), models / f"bundled{suffix}")
+    (models / "orphan.pth").write_bytes(b"")  # no sidecar: not a bundled model
+    monkeypatch.setattr(engine.paths, "MODELS_DIR", models)
+    assert default_checkpoint() == models / "bundled.pth"
+    out = tmp_path / "e.json"
+    result = run_eval("--data", demo_store, "--samples", 1, "--prompt-bars", 1, "--bars", 1, "--max-tokens", 300, "--json", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["checkpoint"] == str(models / "bundled.pth")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--checkpoint", "{tmp}/nope.pth"], "no checkpoint at"),
+    (["--checkpoint", "{ckpt}", "--data", "{tmp}/missing"], "does not exist"),
+    (["--checkpoint", "{ckpt}", "--samples", "0"], "--samples must be at least 1"),
+    (["--checkpoint", "{ckpt}", "--top-p", "1.5"], "--top-p"),
+    (["--checkpoint", "{ckpt}", "--json", "{tmp}"], "is a folder"),
+])
+def test_bad_input_gets_one_clear_sentence(tiny_checkpoint, tmp_path, args, words):
+    args = [a.format(tmp=tmp_path, ckpt=tiny_checkpoint) for a in args]
+    result = run_eval(*args)
+    assert result.exit_code == 2, result.output
+    assert words in one_sentence(result)
+
+
+def test_a_store_from_another_tokenizer_is_refused(tmp_path, demo_store):
+    tok = PianoTokenizer.from_config({"tokenization": "TSD"})
+    torch.manual_seed(0)
+    model = RWKV7(ModelConfig(arch="x070", n_layer=1, n_embd=64, vocab_size=tok.vocab_size, head_size=32))
+    ckpt = save_checkpoint(model, tmp_path / "tsd", tokenizer=tok.to_config())
+    result = run_eval("--checkpoint", ckpt, "--data", demo_store)
+    assert result.exit_code == 2
+    assert "tokenized differently" in one_sentence(result)

@@ -1,0 +1,132 @@
+"""`pianomuse-tui --headless train` end to end: a real run from the console script, bad input
+(one sentence, exit 2, nothing created), SIGINT (saves, exit 130) and a kill during a save."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+from train_helpers import micro_overrides, small_store  # noqa: E402
+
+from engine.model import load_checkpoint  # noqa: E402
+from engine.train import checkpointing as ckpt  # noqa: E402
+from engine.train.metrics import read_metrics  # noqa: E402
+from engine.train.trainer import run_training  # noqa: E402
+from engine.train.config import load_config  # noqa: E402
+from pianomuse_tui.cli import app  # noqa: E402
+
+CLI = [str(Path(sys.executable).with_name("pianomuse-tui")), "--headless", "train"]
+
+
+def _micro_args(run_root: Path, **extra) -> list[str]:
+    """micro_overrides as --section.key VALUE words, minus what the named flags cover."""
+    words = []
+    for item in micro_overrides(small_store(), run_root, **extra):
+        key, value = item.split("=", 1)
+        if key not in ("data.path", "run.root", "train.max_steps", "train.device"):
+            words += [f"--{key}", value]
+    return words
+
+
+def test_headless_train_end_to_end(tmp_path):
+    out = subprocess.run(
+        CLI + ["--preset", "tiny", "--max-steps", "3", "--run-dir", str(tmp_path / "tmp"), "--data", str(small_store()),
+               "--device", "cpu", "--eval.val_every", "3", "--eval.val_max_batches", "1", "--run.log_every", "1",
+               "--eval.audition_every", "0"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "tmp").iterdir()
+    assert run.name.endswith("-tiny")
+    lines = out.stdout.splitlines()  # not a terminal: plain lines, one per event
+    assert any(line.startswith("step 3/3 loss ") for line in lines), out.stdout
+    assert any("val_loss" in line and "bits/note" in line for line in lines)
+    assert lines[-1].startswith("done: 3 steps")
+    assert load_config(run / "config.toml").model.n_layer == 2  # the tiny preset, resolved
+    model, _ = load_checkpoint(ckpt.latest_checkpoint(run))
+    assert model.config.n_embd == 128
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--optim.lr", "-1e-3"], "optim.lr must be greater than 0"),
+        (["--optim.bogus", "1"], "unknown config key 'optim.bogus'"),
+        (["--data", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+        (["--resume", "/no/such/run"], "is neither a run directory nor a checkpoint folder"),
+        (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--max-steps", "0"], "CUDA" if not __import__("torch").cuda.is_available() else "--max-steps"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_creates_nothing(tmp_path, args, fragment):
+    result = CliRunner().invoke(app, ["--headless", "train", "--run-dir", str(tmp_path / "runs"), "--preset", "tiny", *args])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error:") and fragment in message and message.count("\n") == 0, message
+    assert not (tmp_path / "runs").exists()
+
+
+def _wait_for(predicate, proc, timeout=180.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early ({proc.returncode}): {proc.stderr.read()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("timed out waiting for the trainer")
+
+
+def _train_records(run_root: Path) -> list[dict]:
+    runs = list(run_root.glob("*/metrics.jsonl"))
+    return [r for r in read_metrics(runs[0]) if r["kind"] == "train"] if runs else []
+
+
+def test_sigint_saves_and_exits_130(tmp_path):
+    root = tmp_path / "runs"
+    proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
+                                   "--device", "cpu", *_micro_args(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(_train_records(root)) >= 2, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    (run,) = root.iterdir()
+    last = ckpt.latest_checkpoint(run)
+    step = max(r["step"] for r in _train_records(root))
+    assert last.name == ckpt.checkpoint_name(step) and ckpt.is_complete(last)
+    assert "resume with: pianomuse-tui --headless train --run-dir" in stdout
+    states = [r.get("state") for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "status"]
+    assert states == ["started", "stopped"]
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
+    root = tmp_path / "runs"
+    proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
+                                   "--device", "cpu", *_micro_args(root), "--run.checkpoint_every", "1",
+                                   "--debug.save_pause_s", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def saving_second():
+        return any(root.glob("*/checkpoints/step-00000001")) and any(root.glob("*/checkpoints/.tmp-step-00000002-*"))
+
+    _wait_for(saving_second, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-save: files written, not yet published
+    proc.wait(timeout=30)
+    (run,) = root.iterdir()
+    last = ckpt.latest_checkpoint(run)
+    assert last.name == "step-00000001" and ckpt.is_complete(last)
+    load_checkpoint(last)  # intact
+    resumed = run_training(load_config(run / "config.toml").with_overrides(
+        [f"run.resume={run}", "train.max_steps=2", "debug.save_pause_s=0"]))
+    assert resumed.status == "finished" and resumed.step == 2
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # the dead save's leftovers are gone

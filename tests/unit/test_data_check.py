@@ -1,0 +1,147 @@
+"""Dataset checks on real files: the demo corpus, hand-made broken files, a hanging parse."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_helpers import PIANO_DIR, mixed_folder, mixed_report, scratch
+from engine.data.check import CheckPolicy, ScanError, ScanReport, find_midi_files, scan
+from engine.data.midi_bytes import MidiStructureError, walk_midi_bytes
+
+# file -> (status, reason categories that must be present)
+EXPECTED = {
+    "empty.mid": ("error", {"unreadable"}),
+    "random_bytes.mid": ("error", {"not a MIDI file"}),
+    "not_midi.mid": ("error", {"not a MIDI file"}),
+    "header_only.mid": ("error", {"truncated"}),
+    "zero_tracks.mid": ("error", {"no tracks"}),
+    "truncated.mid": ("error", {"truncated"}),
+    "running_status_no_status.mid": ("error", {"unreadable"}),
+    "unterminated_sysex.mid": ("error", {"unreadable"}),
+    "meta_only.mid": ("error", {"no notes"}),
+    "drums_only.mid": ("error", {"no usable piano notes", "drums dropped"}),
+    "huge_delta.mid": ("warning", {"very long silence"}),
+    "format2.mid": ("warning", {"format 2"}),
+    "hanging_and_range.mid": ("warning", {"note-ons never released", "notes outside the piano range"}),
+    "multi_instrument.kar": ("warning", {"drums dropped", "non-piano programs dropped"}),
+    "good/joplin_maple_leaf_rag.mid": ("ok", set()),
+    "good/mozart_k545_mvt1_exposition.mid": ("ok", set()),
+    "good/schoenberg_op19_no2.mid": ("ok", set()),
+    "good/zz_copy_of_k545.MIDI": ("warning", {"duplicate"}),
+}
+
+
+def _by_name(report: ScanReport) -> dict[str, dict]:
+    root = mixed_folder()
+    return {str(Path(r["path"]).relative_to(root)): r for r in report.files}
+
+
+def test_every_file_once_with_its_status_and_reasons():
+    records = _by_name(mixed_report())
+    assert sorted(records) == sorted(EXPECTED)  # notes.txt is not scanned; .MIDI and .kar are
+    for name, (status, categories) in EXPECTED.items():
+        record = records[name]
+        found = {reason.split(":", 1)[0] for reason in record["reasons"]}
+        assert record["status"] == status, (name, record["reasons"])
+        assert categories <= found, (name, record["reasons"])
+        assert (status == "ok") == (record["reasons"] == [])
+
+
+def test_report_schema_and_summary(tmp_path):
+    report = mixed_report()
+    path = tmp_path / "report.json"
+    report.write(path)
+    data = json.loads(path.read_text())
+    assert set(data) == {"files", "summary"}
+    for record in data["files"]:
+        assert set(record) == {"path", "status", "reasons", "stats"}
+        assert record["status"] in ("ok", "warning", "error")
+        assert all(isinstance(r, str) and r for r in record["reasons"])
+    summary = data["summary"]
+    assert summary["files"] == len(data["files"]) == len(EXPECTED)
+    statuses = [r["status"] for r in data["files"]]
+    assert summary["status"] == {s: statuses.count(s) for s in ("ok", "warning", "error")}
+    ranked = [item["files"] for item in summary["reasons"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert summary["reasons"][0]["files"] >= 3  # unreadable: empty, bad running status, sysex
+    usable = [r for r in data["files"] if r["status"] != "error"]
+    assert summary["tokens"] == sum(r["stats"]["tokens"] for r in usable) > 0
+    assert summary["hours"] == pytest.approx(sum(r["stats"]["duration_s"] for r in usable) / 3600, abs=1e-3)
+    assert ScanReport.read(path).files == report.files
+
+
+def test_stats_of_a_real_piece():
+    stats = _by_name(mixed_report())["good/joplin_maple_leaf_rag.mid"]["stats"]
+    assert stats["notes"] == 2308 and stats["kept_tracks"] == 2
+    low, high = stats["pitch_range"]
+    assert 21 <= low < high <= 108
+    assert sum(stats["velocity_histogram"]) == stats["notes"]
+    assert stats["notes_per_s"] == pytest.approx(stats["notes"] / stats["duration_s"], rel=1e-3)
+    assert 2 <= stats["max_polyphony"] <= 10
+    assert stats["tokens"] > stats["notes"] * 3  # Pitch, Velocity, Duration per note at least
+    assert stats["time_signature_changes"] >= 0 and stats["tempo_changes"] >= 0
+    assert set(stats["sustain_pedal"]) == {"presses", "down_fraction"}
+
+
+def test_multi_instrument_policy_all_keeps_the_violin():
+    folder = scratch("policy")
+    from data_helpers import multi_instrument_file
+
+    multi_instrument_file(folder / "trio.mid")
+    keyboard = scan(folder, workers=1, policy={"piano_policy": "keyboard"}).files[0]
+    everything = scan(folder, workers=1, policy=CheckPolicy(piano_policy="all")).files[0]
+    assert keyboard["stats"]["notes"] == 3 and everything["stats"]["notes"] == 5
+    assert not any(r.startswith("non-piano") for r in everything["reasons"])
+
+
+def test_a_hanging_parse_times_out_and_the_scan_goes_on():
+    """A real file whose parse and tokenization take far longer than the configured timeout: the
+    worker is killed and replaced, the other files are still checked."""
+    folder = scratch("hang")
+    # ~600k notes: seconds of parsing and tokenizing, against a 1 s timeout
+    n = 600_000
+    pitches = 40 + (np.arange(n) % 40)
+    events = np.empty((n, 8), dtype=np.uint8)
+    events[:, 0] = 0x00
+    events[:, 1] = 0x90
+    events[:, 2] = pitches
+    events[:, 3] = 80
+    events[:, 4] = 0x01  # delta 1 tick
+    events[:, 5] = 0x80
+    events[:, 6] = pitches
+    events[:, 7] = 0
+    body = events.tobytes() + b"\x00\xff\x2f\x00"
+    data = b"MThd" + (6).to_bytes(4, "big") + b"\x00\x00\x00\x01\x01\xe0" + b"MTrk" + len(body).to_bytes(4, "big") + body
+    (folder / "a_huge.mid").write_bytes(data)
+    for name in ("mozart_k545_mvt1_exposition.mid", "schoenberg_op19_no6.mid"):
+        shutil.copy(PIANO_DIR / name, folder / name)
+    report = scan(folder, workers=1, policy={"timeout_s": 1.0})
+    by_name = {r["path"].rsplit("/", 1)[1]: r for r in report.files}
+    assert by_name["a_huge.mid"]["status"] == "error"
+    assert by_name["a_huge.mid"]["reasons"][0].startswith("timed out")
+    assert by_name["mozart_k545_mvt1_exposition.mid"]["status"] == "ok"
+    assert by_name["schoenberg_op19_no6.mid"]["status"] == "ok"
+    assert report.summary["reasons"] == [{"reason": "timed out", "files": 1}]
+
+
+def test_missing_folder_is_one_sentence(tmp_path):
+    with pytest.raises(ScanError, match="does not exist"):
+        scan(tmp_path / "nope")
+    (tmp_path / "file.mid").write_bytes(b"")
+    with pytest.raises(ScanError, match="is a file"):
+        find_midi_files(tmp_path / "file.mid")
+    (tmp_path / "empty_dir").mkdir()
+    empty = scan(tmp_path / "empty_dir")
+    assert empty.files == [] and empty.summary["files"] == 0
+
+
+def test_byte_walk_counts_what_the_parser_hides():
+    info = walk_midi_bytes((PIANO_DIR / "joplin_maple_leaf_rag.mid").read_bytes())
+    assert (info.format, info.declared_tracks, info.track_chunks, info.division) == (1, 2, 2, 10080)
+    assert info.note_ons == 2308 and info.unreleased_note_ons == 0
+    with pytest.raises(MidiStructureError, match="no running status"):
+        walk_midi_bytes(b"MThd" + bytes([0, 0, 0, 6, 0, 0, 0, 1, 1, 0xE0]) + b"MTrk" + bytes([0, 0, 0, 4]) + bytes([0, 0x3C, 0x40, 0]))

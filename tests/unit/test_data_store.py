@@ -1,0 +1,110 @@
+"""Token store: prepare, incremental re-prepare, deterministic split, the bundled default store."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import symusic
+
+from data_helpers import BROKEN_DIR, CHORALE_DIR, PIANO_DIR, demo_store, demo_store_path, scratch
+from engine.data.check import ScanError
+from engine.data.store import PrepareConfig, StoreError, TokenStore, default_store_path, prepare, split_of
+from engine.data.tokenizer import PianoTokenizer
+from engine.paths import CORPUS_DIR
+
+
+def _small_corpus(name: str) -> list:
+    folder = scratch(name)
+    files = sorted(PIANO_DIR.glob("*.mid"))[:4] + sorted(CHORALE_DIR.glob("*.mid"))[:4]
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    shutil.copy(BROKEN_DIR / "truncated.mid", folder / "truncated.mid")
+    return folder
+
+
+def test_prepare_then_reprepare_incrementally():
+    folder = _small_corpus("incremental")
+    out = scratch("incremental-store") / "store"
+    first = prepare(folder, out, {"workers": 2})
+    assert (first.pieces, first.tokenized, first.reused, first.skipped) == (8, 8, 0, 1)
+    store = TokenStore.open(out)
+    tok = store.tokenizer
+    for piece in store.pieces():
+        expected = tok.encode_file(piece.path)
+        assert store.tokens(piece).tolist() == expected
+        bars = store.bars(piece).tolist()
+        bar_tokens = [i for i, t in enumerate(expected) if t == tok.token_id("Bar_None")]
+        assert set(bar_tokens) <= set(bars) and bars == sorted(set(bars))
+        # bars MidiTok enters through a Rest start at their Position token, right after the rest
+        for i in set(bars) - set(bar_tokens):
+            assert tok.token_kind(expected[i]) == "Position" and tok.token_kind(expected[i - 1]) == "Rest"
+    assert store.report.summary["status"]["error"] == 1
+
+    again = prepare(folder, out, {"workers": 2})
+    assert (again.pieces, again.tokenized, again.reused) == (8, 0, 9)  # the broken file is not re-read either
+    reopened = TokenStore.open(out)
+    assert [reopened.tokens(p).tolist() for p in reopened.pieces()] == [store.tokens(p).tolist() for p in store.pieces()]
+    assert [p.split for p in reopened.pieces()] == [p.split for p in store.pieces()]
+
+    # change one piece, add one, delete one: only the changed and the new one are tokenized
+    changed = sorted(folder.glob("*.mid"))[0]
+    score = symusic.Score(str(changed))
+    score.tracks[0].notes.pop()
+    score.dump_midi(str(changed))
+    shutil.copy(PIANO_DIR / "joplin_maple_leaf_rag.mid", folder / "new_joplin.mid")
+    removed = sorted(folder.glob("bwv*.mid"))[-1]
+    removed.unlink()
+    third = prepare(folder, out, {"workers": 2})
+    assert (third.pieces, third.tokenized, third.reused) == (8, 2, 7)
+    final = TokenStore.open(out)
+    assert str(removed) not in {p.path for p in final.pieces()}
+    for piece in final.pieces():
+        assert final.tokens(piece).tolist() == tok.encode_file(piece.path)
+
+
+def test_another_tokenizer_config_retokenizes_everything():
+    folder = _small_corpus("retokenize")
+    out = scratch("retokenize-store") / "store"
+    prepare(folder, out, {"workers": 1})
+    tsd = prepare(folder, out, {"workers": 1, "tokenizer": {"tokenization": "TSD"}})
+    assert tsd.tokenized == 8 and tsd.reused == 0
+    store = TokenStore.open(out)
+    assert store.tokenizer.tokenization == "TSD"
+    assert store.tokenizer == PianoTokenizer.from_config(store.tokenizer_config)
+
+
+def test_split_is_by_piece_content_and_stable():
+    hashes = [f"{i:032x}" for i in range(2000)]
+    splits = [split_of(h, 0.1, 0) for h in hashes]
+    assert 0.07 < splits.count("val") / len(splits) < 0.13
+    assert splits == [split_of(h, 0.1, 0) for h in hashes]
+    assert splits != [split_of(h, 0.1, 1) for h in hashes]
+
+
+def test_default_store_holds_the_bundled_corpus():
+    store = demo_store()
+    assert demo_store_path().name == default_store_path(CORPUS_DIR, PrepareConfig()).name
+    assert len(store) == len(list(CORPUS_DIR.rglob("*.mid")))
+    train, val = store.pieces("train"), store.pieces("val")
+    assert train and val and not {p.note_hash for p in train} & {p.note_hash for p in val}
+    assert store.num_tokens() == store.num_tokens("train") + store.num_tokens("val") > 100_000
+    assert store.tokens(0).dtype == np.int16 and not store.tokens(0).flags.writeable
+
+
+def test_bad_inputs_are_one_sentence(tmp_path):
+    with pytest.raises(StoreError, match="run `pianomuse-tui --headless prepare"):
+        TokenStore.open(tmp_path / "missing")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "keep.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a token store"):
+        prepare(PIANO_DIR, tmp_path / "junk")
+    assert (tmp_path / "junk" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ScanError, match="does not exist"):
+        prepare(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown data setting"):
+        PrepareConfig.from_dict({"tokeniser": {}})
+    config = tmp_path / "data.toml"
+    config.write_text('[tokenizer]\ntokenization = "TSD"\n[split]\nval_fraction = 0.2\nseed = 3\n[check]\ntimeout_s = 5\n')
+    loaded = PrepareConfig.load(config)
+    assert (loaded.tokenizer, loaded.val_fraction, loaded.split_seed, loaded.check) == ({"tokenization": "TSD"}, 0.2, 3, {"timeout_s": 5})

@@ -1,0 +1,87 @@
+"""audition_metrics on real MIDI files against a corpus profile, and the report's JSON file."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import symusic
+
+from engine.eval.metrics import HISTOGRAMS, SCALAR_FEATURES, Performance
+from engine.eval.report import CorpusProfile, audition_metrics, corpus_profile, write_report
+from engine.paths import CORPUS_DIR
+
+PIANO = sorted((CORPUS_DIR / "piano").glob("*.mid"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    for path in PIANO[:6]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_a_corpus_piece_is_copied_whole_and_sits_inside_the_corpus_ranges(corpus):
+    profile = CorpusProfile.from_folder(corpus)
+    assert profile.pieces == 6
+    piece = corpus / PIANO[0].name
+    result = audition_metrics(piece, profile)
+    notes = Performance.from_midi(piece).n_notes
+    assert result["features"]["notes"] == notes
+    assert result["training_overlap"] == {"longest_copied_notes": notes, "source": PIANO[0].name}
+    assert set(result["vs_corpus"]) == set(SCALAR_FEATURES)
+    for name, entry in result["vs_corpus"].items():
+        assert 0.0 <= entry["percentile"] <= 1.0, name
+        assert entry["corpus_std"] >= 0
+    assert set(result["histograms"]) == set(HISTOGRAMS)
+    for name, entry in result["histograms"].items():
+        assert 0.0 < entry["oa"] <= 1.0 and entry["kl_nats"] >= 0, name
+
+
+def test_a_transposed_piece_is_not_a_copy(corpus, tmp_path):
+    original = corpus / PIANO[0].name
+    score = symusic.Score(str(original))
+    score.shift_pitch(1, inplace=True)
+    moved = tmp_path / "moved.mid"
+    score.dump_midi(str(moved))
+    result = audition_metrics(moved, CorpusProfile.from_folder(corpus))
+    assert result["training_overlap"]["longest_copied_notes"] < 20
+    # against the original alone: same rhythm and range, every pitch class moved
+    alone = CorpusProfile.from_performances([Performance.from_midi(original)], ["original"])
+    assert audition_metrics(original, alone)["histograms"]["pitch_class"]["oa"] == pytest.approx(1.0)
+    moved_vs_alone = audition_metrics(moved, alone)
+    assert moved_vs_alone["histograms"]["pitch_class"]["oa"] < 0.9
+    assert moved_vs_alone["histograms"]["ioi"]["oa"] == pytest.approx(1.0)
+    assert moved_vs_alone["vs_corpus"]["pitch_range"]["percentile"] == 0.5
+
+
+def test_an_empty_file_gives_undefined_values_not_an_error(corpus, tmp_path):
+    empty = tmp_path / "empty.mid"
+    symusic.Score(480).dump_midi(str(empty))
+    result = audition_metrics(empty, corpus)  # a folder works as the reference too
+    assert result["features"]["notes"] == 0
+    assert math.isnan(result["vs_corpus"]["note_density"]["value"])
+    assert math.isnan(result["histograms"]["pitch"]["oa"])
+    assert result["training_overlap"]["longest_copied_notes"] == 0
+
+
+def test_folder_profiles_are_cached_until_the_folder_changes(corpus):
+    first = corpus_profile(corpus)
+    assert corpus_profile(corpus) is first
+    shutil.copy(PIANO[7], corpus / PIANO[7].name)
+    try:
+        changed = corpus_profile(corpus)
+        assert changed is not first and changed.pieces == first.pieces + 1
+    finally:
+        (corpus / PIANO[7].name).unlink()
+
+
+def test_report_json_turns_nan_into_null(tmp_path):
+    report = {"likelihood": {"bits_per_note": float("nan"), "tokens": 0}, "values": [1.5, float("inf")]}
+    json_path, png = write_report(report, tmp_path / "deep" / "r.json", plot=False)
+    assert png is None
+    text = json_path.read_text()
+    assert json.loads(text) == {"likelihood": {"bits_per_note": None, "tokens": 0}, "values": [1.5, None]}
+    assert "NaN" not in text and "Infinity" not in text

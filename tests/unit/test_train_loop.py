@@ -1,0 +1,121 @@
+"""Real trainer runs on a micro model and real corpus files: learning, the run directory and
+metrics schema, auditions, exact resume, the NaN/inf guard, and stop requests."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+import symusic
+import torch
+
+from engine.model import load_checkpoint
+from engine.train import checkpointing as ckpt
+from engine.train.config import load_config
+from engine.train.metrics import read_metrics
+from engine.train.trainer import run_training
+from train_helpers import micro_overrides, small_store
+
+
+def _config(tmp_path, **extra):
+    return load_config(preset="tiny", overrides=micro_overrides(small_store(), tmp_path / "runs", **extra))
+
+
+def _losses(run_dir, kind="train"):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == kind}
+
+
+COMMON = {"kind", "step", "tokens", "time", "elapsed_s"}
+
+
+def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
+    cfg = _config(tmp_path, **{"train.max_steps": 14, "data.max_train_samples": 4, "eval.val_every": 7,
+                               "eval.audition_every": 14, "run.checkpoint_every": 7})
+    seen = []
+    result = run_training(cfg, on_metrics=seen.append)
+    assert result.status == "finished" and result.exit_code == 0 and result.step == 14
+    run = result.run_dir
+    losses = _losses(run)
+    assert losses[14] < 0.6 * losses[1], losses  # the same 4 windows every step: the loss must fall
+
+    records = read_metrics(run / "metrics.jsonl")
+    assert records == seen  # the callback sees exactly what the file holds
+    by_kind = {}
+    for r in records:
+        assert COMMON <= r.keys()
+        by_kind.setdefault(r["kind"], []).append(r)
+    assert set(by_kind) == {"status", "train", "val", "audition", "checkpoint"}
+    for r in by_kind["train"]:
+        assert {"loss", "lr", "tokens_per_s", "grad_norm", "mem_alloc", "mem_reserved", "mem_peak"} <= r.keys()
+        assert r["loss"] > 0 and r["lr"] > 0 and r["grad_norm"] > 0 and r["tokens_per_s"] > 0
+    steps = [r["step"] for r in by_kind["train"]]
+    assert steps == sorted(steps) and all(b > a for a, b in zip([0] + steps, steps))
+    val = by_kind["val"]
+    assert [v["step"] for v in val] == [7, 14]
+    assert all(v["val_loss"] > 0 and v["bits_per_note"] > 0 and v["val_notes"] > 0 for v in val)
+    # bits per note is the validation targets' total bits over the notes among them
+    assert val[0]["bits_per_note"] == pytest.approx(val[0]["val_loss"] * val[0]["val_tokens"] / math.log(2) / val[0]["val_notes"])
+    assert [s["state"] for s in by_kind["status"]] == ["started", "finished"]
+
+    # the resolved config, the environment, checkpoints and the audition are all there
+    assert load_config(run / "config.toml").train.max_steps == 14
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000007", "step-00000014"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000014"
+    model, sidecar = load_checkpoint(run / "checkpoints" / "step-00000014")
+    assert sidecar["tokenizer"]["format"].startswith("pianomuse-tokenizer") and model.config.n_layer == 1
+    audition = by_kind["audition"][0]
+    assert audition["path"].endswith("auditions/step-00000014.mid")
+    score = symusic.Score(audition["path"])  # a real MIDI file that decodes
+    assert sum(len(t.notes) for t in score.tracks) == audition["notes"] > 0
+
+
+def test_resume_continues_exactly(tmp_path):
+    settings = {"train.max_steps": 6, "data.augment": "true"}
+    straight = run_training(_config(tmp_path / "a", **settings))
+    event = threading.Event()
+    first = run_training(_config(tmp_path / "b", **settings), stop_event=event,
+                         on_metrics=lambda r: event.set() if r["kind"] == "train" and r["step"] == 2 else None)
+    assert first.status == "stopped" and first.step == 3
+    resumed = run_training(load_config(first.run_dir / "config.toml").with_overrides([f"run.resume={first.run_dir}"]))
+    assert resumed.run_dir == first.run_dir and resumed.step == 6
+    a, b = _losses(straight.run_dir), _losses(first.run_dir)
+    assert [b[s] for s in (4, 5, 6)] == [a[s] for s in (4, 5, 6)]  # bit-for-bit on CPU
+    states = [r["state"] for r in read_metrics(first.run_dir / "metrics.jsonl") if r["kind"] == "status"]
+    assert states == ["started", "stopped", "resumed", "finished"]
+
+
+def test_nan_guard_skips_a_bad_step_and_aborts_after_k(tmp_path):
+    once = run_training(_config(tmp_path / "once", **{"debug.nan_at_steps": "1", "train.max_steps": 3}))
+    assert once.status == "finished" and once.step == 3 and once.bad_steps == 1
+    bad = [r for r in read_metrics(once.run_dir / "metrics.jsonl") if r.get("state") == "bad_step"]
+    assert len(bad) == 1 and bad[0]["loss"] is None and bad[0]["step"] == 1  # JSON null, not NaN
+
+    runaway = run_training(_config(tmp_path / "runaway", **{
+        "debug.nan_at_steps": "2,3,4,5,6,7", "run.max_bad_steps": 3, "run.checkpoint_every": 2, "train.max_steps": 9}))
+    assert runaway.status == "aborted" and runaway.exit_code == 3 and runaway.step == 2
+    assert "3 consecutive steps" in runaway.message and "step-00000002" in runaway.message
+    assert ckpt.latest_checkpoint(runaway.run_dir).name == "step-00000002"
+    model, _ = load_checkpoint(ckpt.latest_checkpoint(runaway.run_dir))
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no poisoned update was applied
+
+
+def test_control_file_and_stop_event_save_and_stop(tmp_path):
+    def stop_by_file(record):
+        if record["kind"] == "train" and record["step"] == 2:
+            (tmp_path / "runs").glob("*")
+            run_dir = next((tmp_path / "file" / "runs").iterdir())
+            (run_dir / "control" / "stop").touch()
+
+    by_file = run_training(_config(tmp_path / "file", **{"train.max_steps": 50}), on_metrics=stop_by_file)
+    assert by_file.status == "stopped" and by_file.exit_code == 130 and by_file.step == 3
+    assert by_file.checkpoint.name == "step-00000003" and ckpt.is_complete(by_file.checkpoint)
+    assert not (by_file.run_dir / "control" / "stop").exists()  # honoured, so it will not stop a resume
+
+    event = threading.Event()
+    by_event = run_training(_config(tmp_path / "event", **{"train.max_steps": 50}),
+                            on_metrics=lambda r: event.set() if r["kind"] == "train" else None, stop_event=event)
+    assert by_event.status == "stopped" and by_event.step == 2
+    assert ckpt.latest_checkpoint(by_event.run_dir).name == "step-00000002"

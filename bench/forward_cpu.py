@@ -55,12 +55,15 @@ def make_model(args) -> RWKV7:
     return model.eval()
 
 
+clock = time.perf_counter
+
+
 def time_steps(step, n: int) -> list[float]:
     times = []
     for i in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         step(i)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -74,7 +77,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="RNN steps per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-peer", action="store_true", help="skip the rwkv package")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this thread's CPU time, robust on a shared machine (needs --threads 1)")
     args = ap.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu measures one thread; use it with --threads 1")
+    global clock
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
 
     model = make_model(args)
@@ -108,14 +117,14 @@ def main() -> None:
 
     def ours_prefill():
         with torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = clock()
             model(prompt.view(1, -1), return_state=True)
-            return time.perf_counter() - t0
+            return clock() - t0
 
     def peer_prefill():
-        t0 = time.perf_counter()
+        t0 = clock()
         peer.forward(prompt.tolist(), None)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     # warm-up (caches, JIT, allocator)
     ours_rnn(), ours_prefill()
@@ -135,10 +144,11 @@ def main() -> None:
             rows["peer_prefill"].append(peer_prefill())
     med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
 
-    print(f"# forward_cpu: L{args.layers}-D{args.width}, V={V}, batch 1, fp32, {args.threads} threads")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# forward_cpu: L{args.layers}-D{args.width}, V={V}, batch 1, fp32, {args.threads} threads, {args.clock} clock")
     print(f"device: {cpu_name()} ({os.cpu_count()} cores visible); torch {torch.__version__}; "
           f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-          f"our WKV backend: {resolve_backend(model.wkv_backend, 'cpu')}; {args.rounds} rounds")
+          f"our WKV backend: {resolve_backend(model.wkv_backend, 'cpu')}; {args.rounds} rounds; load average {load:.1f}")
     print()
     print("| mode | PianoMuse | rwkv 0.8 package | speed-up | goal |")
     print("|---|---|---|---|---|")

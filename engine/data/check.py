@@ -122,8 +122,10 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
     record: dict[str, Any] = {"path": str(path), "status": "ok", "reasons": [], "stats": {}}
     errors, warnings = [], []
     stats = record["stats"]
+    cpu_began = time.process_time()
 
     def finish(ids=None, bars=None):
+        stats["cpu_s"] = round(time.process_time() - cpu_began, 5)  # this file's cost, whatever the machine's load
         record["reasons"] = errors + warnings
         record["status"] = "error" if errors else ("warning" if warnings else "ok")
         return record, ids, bars
@@ -241,6 +243,10 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
 # ---- the worker pool ----------------------------------------------------------------------------
 def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None) -> None:
     """Worker loop: build the tokenizer once, then inspect one file per request."""
+    import signal  # noqa: PLC0415
+
+    # Ctrl-C reaches the whole process group; the parent decides, and stops the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     policy = CheckPolicy(**policy_dict)
     tokenizer = None
     if tokenizer_config is not None:

@@ -172,9 +172,8 @@ def prepare(
 
     began = time.perf_counter()
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
-    policy = CheckPolicy.from_dict(config.check)
-    tokenizer_settings = {"piano_policy": policy.piano_policy, **config.tokenizer}
-    tokenizer = PianoTokenizer.from_config(tokenizer_settings)
+    policy = _check_policy(config)
+    tokenizer = PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy.piano_policy})
     tokenizer_config = tokenizer.to_config()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -272,6 +271,12 @@ def prepare(
         store=out, pieces=len(pieces), tokens=int(len(tokens)), reused=len(files) - len(todo), tokenized=len(fresh_tokens),
         skipped=len(files) - len(pieces), split=split_counts, elapsed_s=round(time.perf_counter() - began, 3),
     )
+
+
+def _check_policy(config: PrepareConfig) -> CheckPolicy:
+    """The check policy; its piano policy is the tokenizer's unless [check] names one (a saved
+    tokenizer config, e.g. a checkpoint's, brings its own)."""
+    return CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", "keyboard"), **config.check})
 
 
 def _ensure_validation_piece(pieces: list[dict], config: PrepareConfig) -> None:
@@ -440,8 +445,8 @@ def _is_current(out: Path, config: PrepareConfig) -> bool:
         report = store.report
     except (StoreError, OSError, ValueError, KeyError):
         return False
-    policy = CheckPolicy.from_dict(config.check).piano_policy
-    if store.tokenizer_config != PianoTokenizer.from_config({"piano_policy": policy, **config.tokenizer}).to_config():
+    policy = _check_policy(config).piano_policy
+    if store.tokenizer_config != PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy}).to_config():
         return False
     known = {r["path"]: r["stats"].get("file_hash") for r in report.files}
     try:

@@ -10,6 +10,7 @@ per-id lookup tables that augmentation uses.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import inspect
 from functools import cached_property
 from pathlib import Path
@@ -172,8 +173,6 @@ class PianoTokenizer:
 
     def to_config(self) -> dict[str, Any]:
         """JSON-serialisable; ``from_config(to_config())`` gives the same vocabulary."""
-        import miditok  # noqa: PLC0415
-
         params = self._miditok.config.to_dict(serialize=True)
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
         params["time_signature_range"] = {str(k): list(v) for k, v in params["time_signature_range"].items()}
@@ -185,7 +184,7 @@ class PianoTokenizer:
             "tokenization": self.tokenization,
             "piano_policy": self.piano_policy,
             "vocab_size": self.vocab_size,
-            "miditok_version": miditok.__version__ if hasattr(miditok, "__version__") else "3.1.0",
+            "miditok_version": importlib.metadata.version("miditok"),
             "miditok": params,
         }
 

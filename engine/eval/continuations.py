@@ -8,7 +8,7 @@ tempo and time signature carry over) and only the notes that the continuation ad
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,15 +27,6 @@ class PromptWindow:
     prompt: list[int]
     real: list[int]  # the real continuation's tokens
     start_bar: int
-
-
-@dataclass
-class Continuation:
-    window: PromptWindow
-    generated: list[int]
-    real_perf: Performance | None
-    generated_perf: Performance | None  # None when the tokens did not decode
-    extras: dict = field(default_factory=dict)
 
 
 def bar_starts(tokens: Sequence[int], tokenizer) -> list[int]:

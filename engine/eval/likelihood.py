@@ -61,11 +61,6 @@ class LikelihoodResult:
         return out
 
 
-def bits_per_note(mean_nats_per_token: float, tokens: int, notes: int) -> float:
-    """Bits per note from a mean token loss (what the trainer logs) and the counts behind it."""
-    return mean_nats_per_token * tokens / (notes * LN2) if notes else math.nan
-
-
 def count_notes(tokens: Sequence[int], tokenizer) -> int:
     """Notes in a token sequence: each note has exactly one Pitch token."""
     pitch_ids = set(int(i) for i in tokenizer.kind_ids("Pitch"))

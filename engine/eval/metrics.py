@@ -132,15 +132,6 @@ class Performance:
             return 0.0
         return float(self.offset.max() - self.onset.min())
 
-    def after(self, start_s: float) -> "Performance":
-        """The notes starting at or after ``start_s`` (and pedals overlapping it), times kept."""
-        keep = self.onset >= start_s - CHORD_TOLERANCE_S
-        ped = self.pedal_time + self.pedal_duration > start_s
-        return Performance(
-            self.onset[keep], self.duration[keep], self.pitch[keep], self.velocity[keep],
-            self.pedal_time[ped], self.pedal_duration[ped],
-        )
-
 
 # --- single-performance features -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,7 +62,6 @@ class EvalData:
     validation: list[tuple[str, list[int], list[int] | None]]  # (name, tokens, bar starts or None)
     training: list[tuple[str, list[int]]]
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _decode_perf(tokenizer, tokens: Sequence[int]) -> m.Performance | None:
@@ -103,6 +102,9 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
 
     # 2. continuations of validation prompts, generated and real
     windows = choose_windows(data.validation, options.samples, options.prompt_bars, options.bars, options.seed)
+    if not windows:
+        raise ValueError(f"no validation piece is longer than {options.prompt_bars} bars, so there is nothing to "
+                         "continue; lower --prompt-bars.")
     caps = [int(MAX_NEW_TOKENS_FACTOR * len(w.real)) + MAX_NEW_TOKENS_MARGIN for w in windows]
     total_cap = sum(caps)
     progress("generate", 0, total_cap)
@@ -263,6 +265,19 @@ class CorpusProfile:
         )
 
     @classmethod
+    def from_store(cls, store, split: str = "train", max_pieces: int | None = None) -> "CorpusProfile":
+        """The pieces of a token store's split, decoded with its tokenizer (e.g. what a run trains on)."""
+        tok = store.tokenizer
+        pieces = store.pieces(split)[:max_pieces]
+        perfs, names = [], []
+        for piece in pieces:
+            perf = _decode_perf(tok, store.tokens(piece).tolist())
+            if perf is not None and perf.n_notes:
+                perfs.append(perf)
+                names.append(piece.path)
+        return cls.from_performances(perfs, names, description=f"{store.path} ({split})")
+
+    @classmethod
     def from_folder(cls, folder: str | Path) -> "CorpusProfile":
         """Every readable MIDI file under ``folder`` (recursively), read with symusic."""
         folder = Path(folder)
@@ -338,3 +353,15 @@ def audition_metrics(midi_path: str | Path, reference: CorpusProfile | str | Pat
         "training_overlap": {"longest_copied_notes": run.notes, "source": run.source},
         "corpus": reference.description,
     }
+
+
+def audition_summary(metrics: dict) -> dict:
+    """``audition_metrics`` flattened to one level of numbers, for a metrics.jsonl line or a status bar."""
+    out = {"notes": metrics["features"]["notes"]}
+    for name in m.SCALAR_FEATURES:
+        out[name] = metrics["vs_corpus"][name]["value"]
+        out[f"{name}_percentile"] = metrics["vs_corpus"][name]["percentile"]
+    for name, entry in metrics["histograms"].items():
+        out[f"{name}_oa"] = entry["oa"]
+    out["copied_notes"] = metrics["training_overlap"]["longest_copied_notes"]
+    return _json_safe(out)

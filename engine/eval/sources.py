@@ -74,7 +74,7 @@ def open_store(data: str | Path | None, tokenizer_config: dict | None,
         raise EvalError(str(exc)) from None
 
 
-def store_eval_data(store, max_training_pieces: int | None = None) -> EvalData:
+def store_eval_data(store) -> EvalData:
     """Validation pieces (with bar starts) and training pieces of a store, each wrapped in BOS ... EOS."""
     tok = store.tokenizer
 
@@ -88,10 +88,7 @@ def store_eval_data(store, max_training_pieces: int | None = None) -> EvalData:
     if not validation:
         raise EvalError(f"the token store {store.path} has no validation pieces; prepare it with a split.val_fraction above 0 "
                         "or with more than one piece.")
-    train_pieces = store.pieces("train")
-    if max_training_pieces is not None:
-        train_pieces = train_pieces[:max_training_pieces]
-    training = [(piece.path, wrapped(piece)) for piece in train_pieces]
+    training = [(piece.path, wrapped(piece)) for piece in store.pieces("train")]
     return EvalData(tok, validation, training, description=f"{store.path} ({len(validation)} validation, "
                                                           f"{len(training)} training pieces)")
 

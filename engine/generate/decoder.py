@@ -100,6 +100,7 @@ class StreamDecoder:
         if self._pending_offs:
             last = max(last, max(end for end, _, _ in self._pending_offs))
         self._flush_offs(last, events)
+        self.timeline.tick = last  # the piece ends when its last note does
         if self.timeline.pedal_down_at is not None:
             self.timeline.pedal_down_at = None
             self._emit(events, control_change(self._time(last), CC_SUSTAIN, 0, self.channel))

@@ -3,8 +3,9 @@
 The tokenizer's kind grammar (``grammar_matrix``) says which kinds may follow which. On top of it,
 from the row's TokenTimeline:
 - a note is Pitch, Velocity, Duration with nothing in between and no end before its Duration;
-- REMI positions never go back in time and stay inside the bar of the current time signature
-  (a live stream cannot play into the past);
+- REMI positions never go back in time, never repeat the one just set, and stay inside the bar
+  of the current time signature (a live stream cannot play into the past);
+- at most MAX_CHORD notes start at one instant (so time always moves on and a session ends);
 - the pedal is pressed only when up and lifted only when down (no events that change nothing);
 - close to a token budget no new note starts, so the budget never cuts a note in half.
 """
@@ -15,6 +16,7 @@ import torch
 from .timeline import TokenTables, TokenTimeline
 
 NOTE_TOKENS = 3  # Pitch, Velocity, Duration
+MAX_CHORD = 16  # ten fingers and the odd cluster; beyond this a model is stuck, not playing
 
 
 class GrammarMask:
@@ -46,6 +48,8 @@ class GrammarMask:
     def _positions_allowed(self, timeline: TokenTimeline) -> torch.Tensor:
         """Position ids at or after the current tick and inside the bar."""
         earliest = max(0, timeline.tick - timeline.bar_tick)
+        if timeline.position_tick == timeline.tick:
+            earliest += 1  # this instant already has its Position token
         key = (earliest, timeline.ticks_per_pos, timeline.ticks_per_bar)
         allowed = self._position_cache.get(key)
         if allowed is None:
@@ -65,7 +69,7 @@ class GrammarMask:
         if self.tables.tokenization == "REMI":
             mask &= ~self.position | self._positions_allowed(timeline)
         mask &= ~(self.pedal if timeline.pedal_down_at is not None else self.pedal_off)
-        if remaining is not None and remaining < NOTE_TOKENS:
+        if (remaining is not None and remaining < NOTE_TOKENS) or timeline.notes_at_tick >= MAX_CHORD:
             mask &= ~self.pitch
         if not allow_eos:
             mask &= ~self.eos

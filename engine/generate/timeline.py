@@ -96,6 +96,8 @@ class TokenTimeline:
         self._pitch = self._velocity = 0
         self.ended = False
         self.tempos: list[tuple[int, float, float]] = [(0, DEFAULT_QPM, 0.0)]  # (tick, qpm, seconds at tick)
+        self.position_tick: int | None = None  # the tick the last Position token set (REMI)
+        self.notes_at_tick = 0  # notes struck at the current tick (the size of the chord so far)
         self.tokens_seen = 0
 
     def copy(self) -> "TokenTimeline":
@@ -139,6 +141,7 @@ class TokenTimeline:
         stage, self.note_stage = self.note_stage, 0
         if kind in ("PAD", "BOS"):
             return out
+        tick_before = self.tick
         self.last_kind = kind
         if kind == "EOS":
             self.ended = True
@@ -151,6 +154,7 @@ class TokenTimeline:
             if self.bar == -1:
                 self.bar = 0
             self.tick = self.bar_tick + int(value) * self.ticks_per_pos
+            self.position_tick = self.tick
         elif kind == "TimeShift":
             self.tick += t.duration_ticks[self.ticks_per_beat][value]
         elif kind == "Rest":
@@ -174,6 +178,7 @@ class TokenTimeline:
                 duration = t.duration_ticks[self.ticks_per_beat][value]
                 out.append(("note", Note(self.tick, duration, self._pitch, self._velocity)))
                 self.previous_note_end = max(self.previous_note_end, self.tick + duration)
+                self.notes_at_tick += 1
         elif kind == "Tempo":
             qpm = float(value)
             if self.tempos[-1][0] == self.tick:
@@ -199,6 +204,8 @@ class TokenTimeline:
             if self.pedal_down_at is not None:
                 self.pedal_down_at = None
                 out.append(("pedal", self.tick, False))
+        if self.tick != tick_before:
+            self.notes_at_tick = 0
         return out
 
     def feed_all(self, ids) -> list[tuple]:

@@ -4,7 +4,7 @@ One implementation of the block math (docs/rwkv7-spec.md sections 1-3) serves bo
 token mixes, projections, decay, value residual, GroupNorm, bonus term and ChannelMix are the
 same functions; only the WKV recurrence differs. Parallel ("GPT") mode hands [B, T, H, N] tensors
 to the WKV7 operator (engine.kernels.wkv7, chunk-wise on CPU); recurrent ("RNN") mode runs the
-same functions on a [B, 1, C] slice and updates the fp32 state in O(H N^2) per token.
+same functions on one token per sequence ([B, C]) and updates the fp32 state in O(H N^2).
 
 Module and parameter names are the official checkpoint keys (spec section 5), so
 ``state_dict()`` is an official RWKV-7 state_dict.

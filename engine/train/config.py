@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from engine.paths import CONFIGS_DIR
 
 PRESETS = ("tiny", "small", "base")
@@ -169,6 +167,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
+        import tomli_w  # noqa: PLC0415 (only runs that write a config need it)
+
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
@@ -208,6 +208,8 @@ class TrainConfig:
         _positive("train.batch_size", t.batch_size)
         _positive("train.micro_batch_size", t.micro_batch_size)
         _non_negative("train.tbptt_len", t.tbptt_len)
+        if t.tbptt_len and d.objective == "lm":
+            raise ConfigError("train.tbptt_len applies to completion windows; packed LM chunks are already bounded by data.ctx_len, so set train.tbptt_len=0 or data.objective=completion")
         _choice("train.precision", t.precision, ("auto", "bf16", "fp32"))
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")

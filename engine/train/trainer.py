@@ -241,6 +241,11 @@ class Trainer:
 
         feed = open_feed(cfg, dist, on_progress=self._prepare_progress if dist.is_main else None)
         self.feed = feed
+        if cfg.init_from and not cfg.run.resume:
+            from engine.model.checkpoint import checkpoint_paths  # noqa: PLC0415
+
+            if not checkpoint_paths(cfg.init_from)[0].is_file():
+                raise ConfigError(f"--init-from {cfg.init_from}: no checkpoint there; pass a .pth file (or a folder holding model.pth)")
         run_dir, resume_from = self._setup_run_dir(cfg, dist)
         self.run_dir = run_dir
         accum = cfg.accumulation_steps(dist.world_size)
@@ -312,7 +317,8 @@ class Trainer:
             checkpoint=str(resume_from) if resume_from else None, device=str(device), world_size=dist.world_size,
             wkv_backend=backend, parameters=model.parameter_count(), frozen=frozen, max_steps=cfg.train.max_steps,
             total_tokens=schedule.total_tokens, train_samples=len(feed.train), val_samples=len(feed.val),
-            vocab_size=model_cfg.vocab_size, precision=str(autocast_dtype or torch.float32).replace("torch.", ""),
+            vocab_size=model.config.vocab_size, precision=str(autocast_dtype or torch.float32).replace("torch.", ""),
+            init_from=cfg.init_from or None, lr=lr, lr_final=lr_final,
         )
 
         def save(reason: str) -> Path | None:
@@ -411,17 +417,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _init_from(self, path: str, model_cfg: ModelConfig, device: torch.device) -> RWKV7:
-        """Start from an existing checkpoint (e.g. a text RWKV-7), vocabulary resized to the music tokenizer's."""
+        """Start from an existing checkpoint (e.g. an official text RWKV-7).
+
+        When the checkpoint was not trained on this exact tokenizer its token ids mean something
+        else, so the embedding and head rows are all re-initialised (engine.model.vocab, keep=0)
+        while the body keeps its weights; the layer sizes come from the checkpoint, not the config.
+        """
         from engine.model.checkpoint import CheckpointError  # noqa: PLC0415
+        from engine.model.vocab import resize_vocab  # noqa: PLC0415
 
         try:
-            model, _ = load_checkpoint(path, device=device, wkv_backend=self.cfg.train.wkv_backend)
+            model, sidecar = load_checkpoint(path, device=device, wkv_backend=self.cfg.train.wkv_backend)
         except CheckpointError as exc:
             raise ConfigError(f"--init-from: {exc}") from None
-        if model.config.vocab_size != model_cfg.vocab_size:
-            from engine.model.vocab import resize_vocabulary  # noqa: PLC0415
-
-            model = resize_vocabulary(model, model_cfg.vocab_size)
+        same_vocabulary = sidecar.get("tokenizer") == self.feed.tokenizer.to_config() and model.config.vocab_size == model_cfg.vocab_size
+        if not same_vocabulary:
+            model = resize_vocab(model, model_cfg.vocab_size, keep=0, seed=self.cfg.train.seed)
         return model.to(device)
 
     def _prepare_progress(self, done: int, total: int, record: dict) -> None:

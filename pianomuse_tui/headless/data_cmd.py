@@ -85,20 +85,25 @@ def _load_prepare_config(config: Optional[Path]):
 
 def run_check(folder: Path, report: Optional[Path], workers: Optional[int], policy: str, timeout: float,
               config: Optional[Path]) -> None:
-    from engine.data.check import ScanError, scan  # noqa: PLC0415
+    from engine.data.check import ScanError, find_midi_files, scan  # noqa: PLC0415
     from engine.data.tokenizer import TokenizerConfigError  # noqa: PLC0415
 
+    try:
+        files = find_midi_files(folder)  # a bad folder fails here, before the workers start
+    except ScanError as exc:
+        fail(str(exc))
     prep = _load_prepare_config(config)
     check_settings = {**prep.check, **({"piano_policy": policy} if policy else {}), **({"timeout_s": timeout} if timeout else {})}
     tokenizer_config = None
     try:
         from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
 
-        piano_policy = check_settings.get("piano_policy", "keyboard")
-        tokenizer_config = PianoTokenizer.from_config({"piano_policy": piano_policy, **prep.tokenizer}).to_config()
+        piano_policy = check_settings.get("piano_policy") or prep.tokenizer.get("piano_policy", "keyboard")
+        check_settings["piano_policy"] = piano_policy
+        tokenizer_config = PianoTokenizer.from_config({**prep.tokenizer, "piano_policy": piano_policy}).to_config()
         with _Progress("check") as progress:
             result = scan(folder, workers=workers or prep.workers, policy=check_settings, on_progress=progress,
-                          tokenizer_config=tokenizer_config)
+                          tokenizer_config=tokenizer_config, paths=files)
     except (ScanError, TokenizerConfigError, ValueError) as exc:
         fail(str(exc))
     _summary_table(result.summary)

@@ -94,54 +94,79 @@ def register(app: typer.Typer) -> None:
         grammar: bool = typer.Option(True, "--grammar/--no-grammar", help="Constrain sampling to the token grammar (off: measure the raw model's invalid tokens)."),
         max_tokens: int = typer.Option(200_000, "--max-tokens", help="Validation tokens scored for the likelihood (0 = all)."),
         device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+        threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = torch's default; 1 is often fastest for small models on a busy machine)."),
     ) -> None:
         """Score a checkpoint: likelihood (bits/note), continuations vs real music, validity, memorisation."""
-        from engine.eval.report import EvalOptions, evaluate, write_report  # noqa: PLC0415
-        from engine.eval.sources import EvalError, load_eval_inputs  # noqa: PLC0415
+        from engine.eval.report import EvalOptions  # noqa: PLC0415
 
-        for name, value, low in (("--samples", samples, 1), ("--prompt-bars", prompt_bars, 1), ("--bars", bars, 1), ("--max-tokens", max_tokens, 0)):
+        for name, value, low in (("--samples", samples, 1), ("--prompt-bars", prompt_bars, 1), ("--bars", bars, 1),
+                                 ("--max-tokens", max_tokens, 0), ("--threads", threads, 0)):
             if value < low:
                 fail(f"{name} must be at least {low}; got {value}.")
         if temperature <= 0 or not 0 < top_p <= 1:
             fail(f"--temperature must be above 0 and --top-p in (0, 1]; got {temperature} and {top_p}.")
-        if json_out is not None and json_out.exists() and json_out.is_dir():
+        if json_out is not None and json_out.is_dir():
             fail(f"--json {json_out} is a folder; give a file name such as {json_out / 'eval.json'}.")
-
-        try:
-            with err_console.status("loading the checkpoint and the data"):
-                model, eval_data, ckpt_path = load_eval_inputs(checkpoint, data, device=device)
-        except EvalError as exc:
-            fail(str(exc))
         options = EvalOptions(samples=samples, prompt_bars=prompt_bars, bars=bars, seed=seed, temperature=temperature,
                               top_p=top_p, grammar=grammar, max_likelihood_tokens=max_tokens or None)
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TimeElapsedColumn(), console=err_console, transient=True)
-        tasks: dict[str, int] = {}
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(STAGE_LABELS.get(stage, stage), total=max(total, 1))
-            progress.update(tasks[stage], completed=done, total=max(total, 1))
+        import torch  # noqa: PLC0415
 
+        threads_before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
         try:
-            with progress:
-                report = evaluate(model, eval_data, options, on_progress=on_progress)
-        except ValueError as exc:
-            fail(str(exc))
-        report["checkpoint"] = str(ckpt_path)
-        report["model"] = {**model.config.to_dict(), "parameters": model.parameter_count()}
+            run_eval(checkpoint, data, device, options, json_out)
+        finally:
+            torch.set_num_threads(threads_before)  # the command may run inside a longer-lived process
 
-        written, write_error = None, None
-        if json_out is not None:
-            try:
-                written = write_report(report, json_out)
-            except OSError as exc:
-                write_error = f"could not write {json_out} ({exc.strerror}); the results are printed above, pick another --json path."
-        console.print(f"checkpoint {ckpt_path}  ({model.config.describe()})")
-        console.print(f"data {eval_data.description}")
-        for table in report_tables(report):
-            console.print(table)
-        if written:
-            console.print(f"wrote {written[0]} and {written[1]}")
-        if write_error:
-            fail(write_error, code=1)
+
+def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, json_out: Path | None) -> None:
+    """Load, evaluate, write the files, print the tables; user errors end in one sentence."""
+    from engine.eval.report import evaluate, write_report  # noqa: PLC0415
+    from engine.eval.sources import EvalError, load_eval_inputs  # noqa: PLC0415
+
+    try:
+        with err_console.status("loading the checkpoint and the data") as status:
+            def on_prepare(done: int, total: int, record: dict) -> None:
+                status.update(f"preparing the data with the checkpoint's tokenizer: {done}/{total} files")
+
+            model, eval_data, ckpt_path = load_eval_inputs(checkpoint, data, device=device, on_progress=on_prepare)
+    except EvalError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted while loading; nothing was evaluated or written.", code=130)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=err_console, transient=True)
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(STAGE_LABELS.get(stage, stage), total=max(total, 1))
+        progress.update(tasks[stage], completed=done, total=max(total, 1))
+
+    try:
+        with progress:
+            report = evaluate(model, eval_data, options, on_progress=on_progress)
+    except ValueError as exc:  # GenerationError and evaluate's own checks: one sentence each
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written (run again, perhaps with fewer --samples or --max-tokens).", code=130)
+    report["checkpoint"] = str(ckpt_path)
+    report["model"] = {**model.config.to_dict(), "parameters": model.parameter_count()}
+
+    written, write_error = None, None
+    if json_out is not None:
+        try:
+            written = write_report(report, json_out)
+        except OSError as exc:
+            write_error = f"could not write {json_out} ({exc.strerror}); the results are printed above, pick another --json path."
+    console.print(f"checkpoint {ckpt_path}  ({model.config.describe()})")
+    console.print(f"data {eval_data.description}")
+    for table in report_tables(report):
+        console.print(table)
+    if written:
+        console.print(f"wrote {written[0]} and {written[1]}")
+    if write_error:
+        fail(write_error, code=1)

@@ -43,6 +43,13 @@ def tiny_checkpoint(tmp_path_factory):
     tok = PianoTokenizer()
     torch.manual_seed(0)
     model = RWKV7(ModelConfig(arch="x080", n_layer=2, n_embd=64, vocab_size=tok.vocab_size, head_size=32))
+    with torch.no_grad():
+        # hidden states lean along one axis and EOS points the other way: a random model would
+        # otherwise often end the piece at once, leaving continuations without notes to measure
+        axis = torch.zeros(64)
+        axis[0] = 1.0
+        model.ln_out.bias.copy_(4 * axis)
+        model.head.weight[tok.eos_id] = -5 * axis
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny", tokenizer=tok.to_config())
 
 
@@ -59,13 +66,14 @@ def one_sentence(result) -> str:
 
 
 def run_eval(*args):
-    return CliRunner().invoke(app, ["--headless", "eval", *map(str, args)])
+    # one torch thread: tiny matrices on a shared 2-core runner only lose time to a second one
+    return CliRunner().invoke(app, ["--headless", "eval", "--threads", "1", *map(str, args)])
 
 
 def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, tmp_path):
     out = tmp_path / "report" / "eval.json"
     result = run_eval("--checkpoint", tiny_checkpoint, "--data", demo_store, "--samples", 3, "--prompt-bars", 2,
-                      "--bars", 2, "--max-tokens", 2000, "--json", out)
+                      "--bars", 1, "--max-tokens", 2000, "--json", out)
     assert result.exit_code == 0, result.output
     for text in ("Likelihood on the validation split", "bits/note", "3 generated continuations",
                  "invalid-token rate", "stuck-note rate", "longest copied run", "eval.png"):
@@ -97,7 +105,13 @@ def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, 
     assert set(cont["histograms"]) == set(HISTOGRAMS)
     for name, entry in cont["histograms"].items():
         assert len(entry["labels"]) == len(entry["real"]) == len(entry["generated"]), name
-        assert sum(entry["real"]) == pytest.approx(1.0) and sum(entry["generated"]) == pytest.approx(1.0), name
+        assert sum(entry["real"]) == pytest.approx(1.0), name
+        if name == "ioi" and sum(entry["generated"]) == 0:
+            # a random model may put every note of a short continuation on one onset: no interval
+            # to measure, so the comparison is undefined (null), never a made-up number
+            assert entry["oa"] is None and entry["kl_nats"] is None
+            continue
+        assert sum(entry["generated"]) == pytest.approx(1.0), name
         assert 0.0 <= entry["oa"] <= 1.0 + 1e-9 and entry["kl_nats"] >= 0, name
 
     val = report["validity"]
@@ -114,6 +128,7 @@ def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, 
     assert len(report["samples"]) == 3
     for sample in report["samples"]:
         assert sample["generated_tokens"] > 0 and sample["prompt_tokens"] > 0 and sample["real"]["notes"] > 0
+        assert sample["generated"]["notes"] > 0 and isinstance(sample["copied_notes"], int)
 
     png = out.with_suffix(".png")
     assert report["plot"] == str(png)
@@ -155,6 +170,7 @@ def test_the_bundled_model_is_the_default(tiny_checkpoint, demo_store, tmp_path,
     (["--checkpoint", "{ckpt}", "--samples", "0"], "--samples must be at least 1"),
     (["--checkpoint", "{ckpt}", "--top-p", "1.5"], "--top-p"),
     (["--checkpoint", "{ckpt}", "--json", "{tmp}"], "is a folder"),
+    (["--checkpoint", "{ckpt}", "--threads", "-1"], "--threads must be at least 0"),
 ])
 def test_bad_input_gets_one_clear_sentence(tiny_checkpoint, tmp_path, args, words):
     args = [a.format(tmp=tmp_path, ckpt=tiny_checkpoint) for a in args]

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import symusic
 import torch
 
 from engine.data.tokenizer import PianoTokenizer

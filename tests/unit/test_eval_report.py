@@ -9,7 +9,7 @@ import pytest
 import symusic
 
 from engine.eval.metrics import HISTOGRAMS, SCALAR_FEATURES, Performance
-from engine.eval.report import CorpusProfile, audition_metrics, corpus_profile, write_report
+from engine.eval.report import CorpusProfile, audition_metrics, audition_summary, corpus_profile, write_report
 from engine.paths import CORPUS_DIR
 
 PIANO = sorted((CORPUS_DIR / "piano").glob("*.mid"))
@@ -38,6 +38,9 @@ def test_a_corpus_piece_is_copied_whole_and_sits_inside_the_corpus_ranges(corpus
     assert set(result["histograms"]) == set(HISTOGRAMS)
     for name, entry in result["histograms"].items():
         assert 0.0 < entry["oa"] <= 1.0 and entry["kl_nats"] >= 0, name
+    flat = audition_summary(result)
+    assert flat["copied_notes"] == notes and flat["pitch_class_oa"] == result["histograms"]["pitch_class"]["oa"]
+    assert all(isinstance(v, (int, float)) for v in flat.values())
 
 
 def test_a_transposed_piece_is_not_a_copy(corpus, tmp_path):
@@ -85,3 +88,18 @@ def test_report_json_turns_nan_into_null(tmp_path):
     text = json_path.read_text()
     assert json.loads(text) == {"likelihood": {"bits_per_note": None, "tokens": 0}, "values": [1.5, None]}
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_a_store_profile_matches_the_folder_it_was_prepared_from(corpus, tmp_path):
+    from engine.data.store import PrepareConfig, TokenStore, prepare  # noqa: PLC0415
+
+    prepare(corpus, tmp_path / "store", PrepareConfig(val_fraction=0.0, workers=1))
+    store = TokenStore.open(tmp_path / "store")
+    from_store = CorpusProfile.from_store(store, split="train")
+    from_folder = CorpusProfile.from_folder(corpus)
+    assert from_store.pieces == from_folder.pieces == 6
+    # decoded tokens keep the notes (quantised in time), so the pitch content is identical
+    assert (from_store.histograms["pitch"] == from_folder.histograms["pitch"]).all()
+    piece = corpus / PIANO[1].name
+    assert audition_metrics(piece, from_store)["histograms"]["pitch"]["oa"] == pytest.approx(
+        audition_metrics(piece, from_folder)["histograms"]["pitch"]["oa"])

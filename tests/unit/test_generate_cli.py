@@ -88,7 +88,7 @@ def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_pat
     from engine.generate import live
     from engine.midi import NoteTracker, write_midi_file
 
-    knobs = {"temperature": 1.0, "top_p": 0.95, "alternatives": 2, "bars": 6, "seed": 4, "version": 0}
+    knobs = {"temperature": 1.0, "top_p": 0.95, "alternatives": 2, "bars": 3, "seed": 4, "version": 0}
     stop = threading.Event()
     played, steps = [], 0
     horizons = []

@@ -119,3 +119,26 @@ def test_control_file_and_stop_event_save_and_stop(tmp_path):
                             on_metrics=lambda r: event.set() if r["kind"] == "train" else None, stop_event=event)
     assert by_event.status == "stopped" and by_event.step == 2
     assert ckpt.latest_checkpoint(by_event.run_dir).name == "step-00000002"
+
+
+def test_truncated_bptt_with_activation_checkpointing_and_l2wrap(tmp_path):
+    result = run_training(_config(tmp_path, **{"train.tbptt_len": 32, "train.activation_checkpointing": "true",
+                                               "train.l2wrap": "true", "train.max_steps": 2, "data.ctx_len": 80}))
+    losses = _losses(result.run_dir)
+    assert result.status == "finished" and all(math.isfinite(v) for v in losses.values())
+
+
+def test_init_from_a_foreign_checkpoint_resizes_the_vocabulary(tmp_path):
+    from engine.model import RWKV7, ModelConfig, save_checkpoint
+
+    text_model = RWKV7(ModelConfig(n_layer=1, n_embd=64, vocab_size=1000, head_size=32))  # stands in for a text RWKV-7
+    source = save_checkpoint(text_model, tmp_path / "text")
+    cfg = _config(tmp_path, **{"train.max_steps": 1, "init_from": str(source), "optim.finetune_lr": 2e-5})
+    result = run_training(cfg)
+    started = next(r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.get("state") == "started")
+    model, sidecar = load_checkpoint(result.checkpoint)
+    assert model.config.vocab_size == started["vocab_size"] != 1000  # the music tokenizer's vocabulary
+    assert sidecar["tokenizer"] is not None and started["lr"] == 2e-5 and started["init_from"] == str(source)
+    # the body came from the source checkpoint (one tiny fine-tuning step moves it only slightly)
+    delta = (model.blocks[0].att.key.weight - text_model.blocks[0].att.key.weight).abs().max()
+    assert delta < 1e-3

@@ -153,6 +153,17 @@ def test_bf16_inputs_compute_in_fp32():
     assert rel_err(final, final_ref) < 1e-5
 
 
+def test_non_contiguous_inputs():
+    # The model hands over views of wider projections; strides must not matter.
+    B, T, H, N = 2, 50, 2, 16
+    inputs = realistic_inputs(B, T, H, N, dtype=torch.float64, seed=75)
+    strided = {n: torch.cat((x, x), -1).transpose(1, 2).contiguous().transpose(1, 2)[..., :N] for n, x in inputs.items()}
+    assert not any(x.is_contiguous() for x in strided.values())
+    y, final = wkv7_chunked(**strided, output_final_state=True)
+    y_ref, final_ref = wkv7_chunked(**inputs, output_final_state=True)
+    assert torch.equal(y, y_ref) and torch.equal(final, final_ref)
+
+
 def test_no_state_requested_returns_none_and_zero_state_start():
     inputs = realistic_inputs(1, 20, 2, 16, dtype=torch.float64, seed=71)
     y, final = wkv7_chunked(**inputs)

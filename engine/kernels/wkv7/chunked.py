@@ -97,18 +97,17 @@ def _intra_chunk(r, k, v, a, b, logd, valid):
     c = logd64.cumsum(-2)  # log D_t, inclusive
     decay_in64 = torch.exp(c)  # D_t
     inv_decay64 = torch.where(valid, torch.reciprocal(decay_in64), 0.0)
-    decay_total64 = decay_in64[..., -1:, :]  # D_L
     decay_in = decay_in64.to(cdt)
     decay_prev = torch.exp(c - logd64).to(cdt)  # D_{t-1}
     inv_decay = inv_decay64.to(cdt)
-    decay_to_end = (inv_decay64 * decay_total64).to(cdt)  # D_L / D_t
+    decay_total = decay_in[..., -1:, :]  # D_L
 
     r_hat = r * decay_in
     a_hat = a * decay_prev
     # One product for the four pair matrices: rows (a_hat; r_hat), columns (b/D; k/D).
     left = torch.cat((a_hat, r_hat), -2)
-    right = torch.cat((b * inv_decay, k * inv_decay), -2)
-    pairs = left @ right.transpose(-1, -2)  # [.., 2L, 2L]
+    bk_scaled = torch.cat((b, k), -2) * inv_decay.repeat(1, 1, 2, 1)
+    pairs = left @ bk_scaled.transpose(-1, -2)  # [.., 2L, 2L]
     ones = torch.ones(L, L, dtype=torch.bool, device=r.device)
     strict, incl = torch.tril(ones, -1), torch.tril(ones)
     causal = torch.cat((torch.cat((strict, strict), 1), torch.cat((incl, incl), 1)))
@@ -122,15 +121,12 @@ def _intra_chunk(r, k, v, a, b, logd, valid):
     w_wy, u0 = sol[..., :N], sol[..., N:]
 
     q = r_hat + m_r[..., :L] @ w_wy
-    y0 = m_r @ torch.cat((u0, v), -2)  # M_rb U0 + M_rk V
-    b_end = b * decay_to_end
-    p = w_wy.transpose(-1, -2) @ b_end
-    p.diagonal(dim1=-2, dim2=-1).add_(decay_total64[..., 0, :].to(cdt))
-    c_off = torch.baddbmm(
-        (u0.transpose(-1, -2) @ b_end).flatten(0, 1),
-        v.transpose(-1, -2).flatten(0, 1),
-        (k * decay_to_end).flatten(0, 1),
-    ).view(p.shape)
+    uv = torch.cat((u0, v), -2)
+    y0 = m_r @ uv  # M_rb U0 + M_rk V
+    bk_end = bk_scaled * decay_total  # (b, k) * D_L / D_t
+    p = w_wy.transpose(-1, -2) @ bk_end[..., :L, :]
+    p.diagonal(dim1=-2, dim2=-1).add_(decay_total[..., 0, :])
+    c_off = uv.transpose(-1, -2) @ bk_end  # U0^T (b D_L/D) + V^T (k D_L/D)
     return q, y0, p, c_off
 
 

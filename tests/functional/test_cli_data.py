@@ -1,0 +1,57 @@
+"""`pianomuse-tui --headless check/prepare` as a user runs them: real processes, real files."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BROKEN = REPO / "tests" / "data" / "broken"
+PIANO = REPO / "assets" / "corpus" / "piano"
+
+
+def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pianomuse_tui.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_check_reports_every_broken_file_and_exits_zero(tmp_path):
+    report = tmp_path / "out" / "report.json"
+    # stdout is a pipe, not a terminal: `check` runs headless even without --headless, in plain lines
+    done = _cli("check", str(BROKEN), "--json", str(report), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    names = sorted(Path(f["path"]).name for f in data["files"])
+    assert names == sorted(p.name for p in BROKEN.glob("*.mid"))
+    assert data["summary"]["status"]["error"] == 10 and data["summary"]["status"]["warning"] == 3
+    assert "\x1b[" not in done.stdout  # no terminal escapes in a pipe
+    assert "13 MIDI files" in done.stdout and "error" in done.stdout and "report written to" in done.stdout
+    assert "check 13/13 files" in done.stdout
+
+
+def test_missing_folder_is_one_sentence_and_nonzero():
+    done = _cli("--headless", "check", "/no/such/folder")
+    assert done.returncode == 2
+    assert "does not exist" in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 2  # one sentence, maybe wrapped
+
+
+def test_prepare_then_prepare_again_skips_unchanged_files(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for name in ("mozart_k545_mvt1_exposition.mid", "schoenberg_op19_no2.mid", "schoenberg_op19_no6.mid"):
+        shutil.copy(PIANO / name, folder / name)
+    shutil.copy(BROKEN / "empty.mid", folder / "empty.mid")
+    store = tmp_path / "store"
+    first = _cli("--headless", "prepare", str(folder), "--out", str(store), "--workers", "1")
+    assert first.returncode == 0, first.stderr
+    assert "3 pieces" in first.stdout and "3 tokenized, 0 unchanged, 1 skipped" in first.stdout
+    second = _cli("--headless", "prepare", str(folder), "--out", str(store), "--workers", "1")
+    assert second.returncode == 0, second.stderr
+    assert "0 tokenized, 4 unchanged, 1 skipped" in second.stdout
+    index = json.loads((store / "index.json").read_text())
+    assert index["totals"]["pieces"] == 3 and (store / "tokens.npy").exists() and (store / "tokenizer.json").exists()
+    bad = _cli("--headless", "prepare", str(folder), "--out", str(store), "--config", str(tmp_path / "missing.toml"))
+    assert bad.returncode == 2 and "does not exist" in " ".join(bad.stderr.split())

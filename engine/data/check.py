@@ -144,7 +144,13 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         return finish()
     stats.update(format=raw.format, tracks=raw.track_chunks, ticks_per_quarter=raw.division)
     if raw.smpte:
-        warnings.append(_reason("SMPTE timing", "time is in frames, not beats; bars are approximate"))
+        # symusic reads only ticks per quarter: give it the same ticks per second at 120 bpm,
+        # so times in seconds stay right and bars follow a nominal 120 bpm
+        fps, ticks_per_frame = 256 - data[12], data[13]
+        tpq = max(1, round(fps * ticks_per_frame / 2))
+        data = data[:12] + tpq.to_bytes(2, "big") + data[14:]
+        stats["ticks_per_quarter"] = tpq
+        warnings.append(_reason("SMPTE timing", f"{fps} frames/s x {ticks_per_frame} ticks read as {tpq} ticks per quarter at 120 bpm; bars are nominal"))
     if raw.format == 2:
         warnings.append(_reason("format 2", "independent sequences were read as parallel tracks"))
     if not raw.smpte and raw.division < policy.min_ticks_per_quarter:
@@ -241,12 +247,26 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
 
 
 # ---- the worker pool ----------------------------------------------------------------------------
-def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None) -> None:
+def _exit_with(owner_pid: int) -> None:
+    """Watchdog thread: a worker busy on a huge file must not outlive a scan whose process died."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
+
+
+def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None, owner_pid: int) -> None:
     """Worker loop: build the tokenizer once, then inspect one file per request."""
     import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     # Ctrl-C reaches the whole process group; the parent decides, and stops the workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(owner_pid,), daemon=True).start()
     policy = CheckPolicy(**policy_dict)
     tokenizer = None
     if tokenizer_config is not None:
@@ -284,12 +304,13 @@ def _context():
 class _Worker:
     def __init__(self, ctx, policy: CheckPolicy, tokenizer_config: dict | None):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, asdict(policy), tokenizer_config), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, asdict(policy), tokenizer_config, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
         self.task: int | None = None
         self.started = 0.0
+        self.created = time.monotonic()
 
     def kill(self) -> None:
         try:
@@ -329,7 +350,8 @@ def run_inspections(
     pool = [_Worker(ctx, policy, tokenizer_config) for _ in range(workers)]
     pending = list(range(len(paths)))[::-1]
     remaining = len(paths)
-    startup_deadline = time.monotonic() + max(60.0, policy.timeout_s)
+    startup_limit = max(120.0, policy.timeout_s)  # imports on a loaded machine can take a while
+    startup_failures = 0
     try:
         while remaining:
             for w in pool:
@@ -348,10 +370,13 @@ def run_inspections(
                 except (EOFError, OSError):
                     # the worker died (a parser crash): report its file, start a fresh worker
                     if w.task is not None:
+                        w.process.join(timeout=1)
                         on_result(w.task, _failure(paths[w.task], "parser crashed", f"the worker exited with code {w.process.exitcode}"), None, None)
                         remaining -= 1
-                    elif not w.ready and time.monotonic() > startup_deadline:
-                        raise ScanError("the check workers could not start; run with --workers 1 and report the error above")
+                    elif not w.ready:
+                        startup_failures += 1
+                        if startup_failures > 2 * len(pool):
+                            raise ScanError("the check workers exit as they start; check that symusic and miditok import in this Python")
                     w.kill()
                     pool[i] = _Worker(ctx, policy, tokenizer_config)
                     continue
@@ -363,6 +388,9 @@ def run_inspections(
                 remaining -= 1
                 on_result(index, record, ids, bars)
             now = time.monotonic()
+            if all(not w.ready and now - w.created > startup_limit for w in pool):
+                raise ScanError(f"the check workers did not start within {startup_limit:.0f} s; "
+                                "check that symusic and miditok import in this Python, then try again")
             for i, w in enumerate(pool):
                 if w.task is not None and now - w.started > policy.timeout_s:
                     on_result(w.task, _failure(paths[w.task], "timed out", f"parsing took longer than {policy.timeout_s:g} s; the worker was stopped"), None, None)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["default_checkpoint", "audition_metrics", "evaluate", "EvalOptions"]
+_FROM_REPORT = ("audition_metrics", "audition_summary", "CorpusProfile", "evaluate", "EvalOptions", "write_report")
+__all__ = ["default_checkpoint", *_FROM_REPORT]
 
 
 def default_checkpoint() -> Path | None:
@@ -33,7 +34,7 @@ def default_checkpoint() -> Path | None:
 
 def __getattr__(name: str):
     # the heavy parts (torch, symusic) load only when asked for
-    if name in ("audition_metrics", "evaluate", "EvalOptions"):
+    if name in _FROM_REPORT:
         from . import report  # noqa: PLC0415
 
         return getattr(report, name)

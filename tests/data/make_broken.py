@@ -66,6 +66,10 @@ def files() -> dict[str, bytes]:
         # a note-on never released, plus notes outside the piano range
         "hanging_and_range.mid": header(0, 1) + track(TEMPO + b"\x00\x90\x3c\x50" + notes([10, 60, 64, 120])),
         "meta_only.mid": header(0, 1) + track(TEMPO),
+        # SMPTE time division: 25 frames per second, 40 ticks per frame (0xE7 = -25)
+        "smpte.mid": b"MThd" + struct.pack(">IHHBB", 6, 0, 1, 0xE7, 40) + track(notes(MELODY, step=500)),
+        # 16 777 215 us per quarter (the largest a tempo event holds) = 3.6 bpm
+        "absurd_tempo.mid": header(0, 1) + track(b"\x00\xff\x51\x03\xff\xff\xff" + notes(MELODY[:2], step=10)),
         "not_midi.mid": b"RIFF\x00\x00\x00\x00WAVEfmt " + bytes(64),
     }
 

@@ -25,10 +25,10 @@ def test_check_reports_every_broken_file_and_exits_zero(tmp_path):
     data = json.loads(report.read_text())
     names = sorted(Path(f["path"]).name for f in data["files"])
     assert names == sorted(p.name for p in BROKEN.glob("*.mid"))
-    assert data["summary"]["status"]["error"] == 10 and data["summary"]["status"]["warning"] == 3
+    assert data["summary"]["status"]["error"] == 10 and data["summary"]["status"]["warning"] == 5
     assert "\x1b[" not in done.stdout  # no terminal escapes in a pipe
-    assert "13 MIDI files" in done.stdout and "error" in done.stdout and "report written to" in done.stdout
-    assert "check 13/13 files" in done.stdout
+    assert "15 MIDI files" in done.stdout and "error" in done.stdout and "report written to" in done.stdout
+    assert "check 15/15 files" in done.stdout
 
 
 def test_missing_folder_is_one_sentence_and_nonzero():

@@ -150,7 +150,12 @@ def test_without_a_bundled_model_eval_asks_for_a_checkpoint(tmp_path, monkeypatc
     assert "no bundled model" in message and "--checkpoint" in message
 
 
-def test_the_bundled_model_is_the_default(tiny_checkpoint, demo_store, tmp_path, monkeypatch):
+def test_the_bundled_model_is_the_default_and_a_midi_folder_is_prepared(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIANOMUSE_CACHE", str(tmp_path / "cache"))
+    midi = tmp_path / "my midi"
+    midi.mkdir()
+    for path in sorted((CORPUS_DIR / "piano").glob("*.mid"))[:3]:
+        shutil.copy(path, midi / path.name)
     models = tmp_path / "models"
     models.mkdir()
     for suffix in (".pth", ".json"):
@@ -159,9 +164,14 @@ def test_the_bundled_model_is_the_default(tiny_checkpoint, demo_store, tmp_path,
     monkeypatch.setattr(engine.paths, "MODELS_DIR", models)
     assert default_checkpoint() == models / "bundled.pth"
     out = tmp_path / "e.json"
-    result = run_eval("--data", demo_store, "--samples", 1, "--prompt-bars", 1, "--bars", 1, "--max-tokens", 300, "--json", out)
+    result = run_eval("--data", midi, "--samples", 1, "--prompt-bars", 1, "--bars", 1, "--max-tokens", 300, "--json", out)
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["checkpoint"] == str(models / "bundled.pth")
+    report = json.loads(out.read_text())
+    assert report["checkpoint"] == str(models / "bundled.pth")
+    # the folder was prepared (with the checkpoint's tokenizer) into the cache, not beside the music
+    stores = list((tmp_path / "cache" / "stores").iterdir())
+    assert len(stores) == 1 and report["data"].startswith(str(stores[0]))
+    assert sorted(p.name for p in midi.iterdir()) == sorted(p.name for p in sorted((CORPUS_DIR / "piano").glob("*.mid"))[:3])
 
 
 @pytest.mark.parametrize("args, words", [

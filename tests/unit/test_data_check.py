@@ -26,6 +26,8 @@ EXPECTED = {
     "drums_only.mid": ("error", {"no usable piano notes", "drums dropped"}),
     "huge_delta.mid": ("warning", {"very long silence"}),
     "format2.mid": ("warning", {"format 2"}),
+    "smpte.mid": ("warning", {"SMPTE timing"}),
+    "absurd_tempo.mid": ("warning", {"absurd tempo"}),
     "hanging_and_range.mid": ("warning", {"note-ons never released", "notes outside the piano range"}),
     "multi_instrument.kar": ("warning", {"drums dropped", "non-piano programs dropped"}),
     "good/joplin_maple_leaf_rag.mid": ("ok", set()),

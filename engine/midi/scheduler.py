@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import sys
 import threading
 import time
@@ -110,6 +111,7 @@ class LookaheadScheduler:
         on_port_lost: Callable[[str], None] | None = None,
         slip_on_underrun: bool = True,
         record: bool = False,
+        realtime: bool = True,
     ) -> None:
         if lookahead <= 0:
             raise ValueError("lookahead must be positive (seconds of music generated ahead, e.g. 0.5)")
@@ -122,6 +124,8 @@ class LookaheadScheduler:
         self.on_port_lost = on_port_lost
         self.slip_on_underrun = slip_on_underrun
         self.record = record
+        self.realtime = realtime
+        self.realtime_granted = False
         # (target, sent, data) of every sent event when ``record`` is on; tests and benchmarks read it.
         self.sent_log: list[tuple[float, float, tuple[int, ...]]] = []
 
@@ -330,7 +334,18 @@ class LookaheadScheduler:
             with self._lock:
                 self._watchdog_releases += 1
 
+    def _raise_priority(self) -> None:
+        """Ask the OS to run the sender before ordinary threads (Linux SCHED_FIFO); no-op when not allowed."""
+        if not self.realtime or not hasattr(os, "sched_setscheduler"):
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # 0: this thread, on Linux
+            self.realtime_granted = True
+        except (OSError, AttributeError):
+            pass
+
     def _run_sender(self) -> None:
+        self._raise_priority()
         try:
             while True:
                 with self._lock:

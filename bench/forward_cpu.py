@@ -9,6 +9,7 @@ Rows:
 - Prefill: a prompt of ``--prefill`` tokens in one call. Ours: ``RWKV7.forward`` (parallel mode, the
   chunked WKV7 kernel). Theirs: ``RWKV.forward(tokens, None)`` (its sequence path, which on CPU
   runs the WKV recurrence as a Python loop over time).
+- Batched RNN step: ``--batch`` sequences per ``step`` call (the package steps one sequence a call).
 Ours and theirs alternate in rounds, so machine noise hits both alike; each figure is the median
 over rounds. Goals (issue 2): RNN step >= 2x the package's, prefill >= 10x its sequence path.
 """
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--steps", type=int, default=200, help="RNN steps per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8, help="sequences in the batched RNN row")
     ap.add_argument("--no-peer", action="store_true", help="skip the rwkv package")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this thread's CPU time, robust on a shared machine (needs --threads 1)")
@@ -108,6 +110,14 @@ def main() -> None:
                 _, state = model.step(torch.tensor([tokens[i]]), state)
             return time_steps(one, len(tokens))
 
+    def ours_rnn_batched():
+        state = model.init_state(args.batch)
+        with torch.inference_mode():
+            def one(i):
+                nonlocal state
+                _, state = model.step(torch.full((args.batch,), tokens[i]), state)
+            return time_steps(one, len(tokens) // 4)
+
     def peer_rnn():
         state = None
         def one(i):
@@ -127,16 +137,17 @@ def main() -> None:
         return clock() - t0
 
     # warm-up (caches, JIT, allocator)
-    ours_rnn(), ours_prefill()
+    ours_rnn(), ours_prefill(), ours_rnn_batched()
     if peer is not None:
         peer_rnn(), peer_prefill()
 
-    rows = {k: [] for k in ("ours_step", "ours_p99", "peer_step", "peer_p99", "ours_prefill", "peer_prefill")}
+    rows = {k: [] for k in ("ours_step", "ours_p99", "ours_batched", "peer_step", "peer_p99", "ours_prefill", "peer_prefill")}
     for _ in range(args.rounds):
         t = ours_rnn()
         rows["ours_step"].append(statistics.median(t))
         rows["ours_p99"].append(sorted(t)[int(0.99 * (len(t) - 1))])
         rows["ours_prefill"].append(ours_prefill())
+        rows["ours_batched"].append(statistics.median(ours_rnn_batched()))
         if peer is not None:
             t = peer_rnn()
             rows["peer_step"].append(statistics.median(t))
@@ -156,6 +167,9 @@ def main() -> None:
     print(f"| RNN step, ms/token median (p99) | {med['ours_step'] * 1e3:.3f} ({med['ours_p99'] * 1e3:.3f}) | "
           f"{med['peer_step'] * 1e3:.3f} ({med['peer_p99'] * 1e3:.3f}) | {sp_step:.2f}x | >= 2x |")
     print(f"| RNN step, tokens/s | {1 / med['ours_step']:,.0f} | {1 / med['peer_step']:,.0f} | {sp_step:.2f}x | |")
+    batched = args.batch / med["ours_batched"]
+    print(f"| RNN step, {args.batch} sequences at once, tokens/s (the package has no batch: {args.batch} calls) | "
+          f"{batched:,.0f} | {1 / med['peer_step']:,.0f} | {batched * med['peer_step']:.1f}x | |")
     sp_pre = med["peer_prefill"] / med["ours_prefill"]
     print(f"| prefill {args.prefill} tokens (GPT mode vs its sequence path), tokens/s | "
           f"{args.prefill / med['ours_prefill']:,.0f} | {args.prefill / med['peer_prefill']:,.0f} | {sp_pre:.1f}x | >= 10x |")

@@ -1,160 +1,211 @@
-"""Training-step throughput and peak memory of the PianoMuse trainer's step, on the GPU.
+"""Tokens/s and peak memory of full training steps, next to the reference trainer (rwkv7-spec.md section 9).
 
-    python bench/train_throughput.py [--shapes L12-D768-V2048-T2048-B16,...] [--steps 10] [--peer chunked]
-    torchrun --nproc_per_node 2 bench/train_throughput.py --ddp --shapes L12-D512-V512-T4096-B8
+    python3 bench/train_throughput.py                       # the four spec shapes, one GPU
+    python3 bench/train_throughput.py --shapes L12-D512-V512-T4096-B8 --activation-checkpointing
+    python3 bench/train_throughput.py --tiny                # CPU smoke run
 
-A step is exactly what engine.train.trainer runs: bf16 autocast over fp32 master weights,
-the TrainingObjective (hidden states -> head on the loss positions -> summed cross-entropy),
-backward, gradient clipping, fused AdamW with the reference groups, and the one host read of
-loss and grad norm the NaN guard needs. "fwd+bwd" times the same without clipping and the
-optimizer, which is what rwkv7-spec.md section 9 reports for the reference trainer.
+One step is what engine.train.trainer runs for a batch: the model in train mode with layer 0's
+unused value-residual parameters frozen, bf16 autocast over fp32 master weights on CUDA (fp32 on
+CPU), the TrainingObjective (head only on loss positions, summed cross-entropy scaled by
+1/targets), backward, gradient clipping, fused AdamW over the reference parameter groups. The
+loss is the plain LM loss over the whole sequence (every position but the last), on uniform
+random tokens, as in the reference measurement. Tokens stay on the device (the trainer builds and
+copies batches off the critical path).
 
-The peer in the same run is the same step with the PyTorch chunked WKV backend (what you get
-without the CUDA kernel); the reference trainer's numbers are quoted from the spec (measured on
-an H200 with torch 2.11 + CUDA 13.0). Tokens are synthetic (uniform random ids): throughput does
-not depend on the token values. With --ddp (under torchrun) the model is wrapped in DDP exactly
-as the trainer does, every process runs the given batch, and the table shows the global rate.
+Timing: CUDA events at each step's start, after backward and at its end (no host sync inside a
+step; one synchronize after the timed steps); median over --steps after --warmup. The trainer
+itself reads loss and grad norm once per step for its NaN guard; --trainer-sync adds that read so
+its cost can be seen. Peak memory is torch.cuda.max_memory_allocated over the timed steps.
+
+The reference numbers time forward+backward only (no optimizer), so the "ours/ref" speed ratio
+is given both for our full step (conservative) and for our forward+backward part.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
+from bench._train_bench import (  # noqa: E402
+    BenchError, fmt_rate, markdown_table, parse_shape, pick_device, run_header, write_outputs,
+)
 from engine.model import RWKV7, ModelConfig  # noqa: E402
 from engine.train.config import OptimSection  # noqa: E402
-from engine.train.objective import TrainingObjective, enable_activation_checkpointing  # noqa: E402
+from engine.train.objective import TrainingObjective, enable_activation_checkpointing, lm_loss_mask  # noqa: E402
 from engine.train.optim import build_optimizer  # noqa: E402
+from engine.train.trainer import freeze_unused_parameters, resolve_precision  # noqa: E402
 
-# rwkv7-spec.md section 9: the reference trainer, one forward+backward (no optimizer), bf16, H200
-SPEC = {
+# rwkv7-spec.md section 9: the reference trainer, one forward+backward, bf16, one H200
+# (step ms, tokens/s, peak GiB)
+REFERENCE = {
     "L12-D768-V2048-T2048-B16": (116.0, 282e3, 22.9),
     "L12-D768-V65536-T512-B16": (59.4, 138e3, 8.4),
     "L24-D1024-V2048-T2048-B16": (284.0, 116e3, 60.8),
     "L12-D512-V512-T4096-B8": (134.0, 245e3, 15.3),
 }
+TINY_SHAPES = "L2-D128-V256-T64-B2"
+
+COLUMNS = ["shape", "params", "WKV", "step ms", "fwd+bwd ms", "tokens/s", "peak GiB",
+           "ref step ms (fwd+bwd)", "ref tokens/s", "ref peak GiB",
+           "speed ours/ref (full step)", "speed ours/ref (fwd+bwd)", "peak ours/ref"]
 
 
-def parse_shape(text: str) -> dict:
-    parts = dict((p[0], int(p[1:])) for p in text.split("-"))
-    return {"L": parts["L"], "D": parts["D"], "V": parts["V"], "T": parts["T"], "B": parts["B"]}
+class StepClock:
+    """Marks on the device timeline: CUDA events (no host sync), or wall time on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def ms(self, a, b) -> float:
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+
+    def wait(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
 
 
-def measure(shape: dict, backend: str, steps: int, warmup: int, ckpt: bool, ddp: bool, device: torch.device) -> dict:
+def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, checkpointing: bool,
+            compile_model: bool, trainer_sync: bool) -> dict:
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=shape["L"], n_embd=shape["D"], vocab_size=shape["V"], head_size=64)
-    model = RWKV7(cfg, wkv_backend=backend).to(device)
+    model = RWKV7(ModelConfig(n_layer=shape.n_layer, n_embd=shape.n_embd, vocab_size=shape.vocab_size, head_size=64),
+                  wkv_backend=backend).to(device)
     model.train()
-    for p in model.blocks[0].att.v0, model.blocks[0].att.v1, model.blocks[0].att.v2:
-        p.requires_grad_(False)  # unused by layer 0; the trainer freezes them too
-    if ckpt:
+    freeze_unused_parameters(model, device)
+    if checkpointing:
         enable_activation_checkpointing(model)
     objective = TrainingObjective(model)
-    if ddp:
-        objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device.index])
-    optimizer = build_optimizer(model, OptimSection(), 6e-4, device)
+    if compile_model:
+        objective = torch.compile(objective)
+    optimizer = build_optimizer(model, OptimSection(), 1e-3, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    B, T = shape["B"], shape["T"]
-    ids = torch.randint(3, shape["V"], (B, T), device=device)
-    mask = torch.ones(B, T, dtype=torch.bool, device=device)
-    mask[:, -1] = False
-    targets = F.pad(ids, (0, 1))
-    n_targets = int(mask.sum())
+    autocast_dtype = resolve_precision("auto", device)
 
-    def fwd_bwd():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    ids = torch.randint(3, shape.vocab_size, (shape.batch, shape.ctx_len), device=device)
+    mask = lm_loss_mask(ids, None)
+    targets = torch.nn.functional.pad(ids, (0, 1))
+    scale = 1.0 / int(mask.sum())  # host read before timing, like the trainer's plan (counted on the CPU)
+    clock = StepClock(device)
+
+    def step(marks: list) -> None:
+        marks.append(clock.mark())
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss_sum, _ = objective(ids, mask, targets)
-        (loss_sum / n_targets).backward()
-        return loss_sum
-
-    def full_step():
-        loss_sum = fwd_bwd()
+        (loss_sum * scale).backward()
+        marks.append(clock.mark())
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        torch.stack([loss_sum.detach().float(), norm.float()]).tolist()  # the trainer's one sync
+        if trainer_sync:
+            torch.stack([loss_sum.detach().float(), norm.float()]).tolist()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        marks.append(clock.mark())
 
-    def timed(fn) -> float:
-        for _ in range(warmup):
-            fn()
-            optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            fn()
-            optimizer.zero_grad(set_to_none=True)
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / steps
+    for _ in range(warmup):
+        step([])
+    clock.wait()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    marks: list = []
+    for _ in range(steps):
+        step(marks)
+    clock.wait()
+    full = [clock.ms(marks[i], marks[i + 2]) for i in range(0, len(marks), 3)]
+    fwd_bwd = [clock.ms(marks[i], marks[i + 1]) for i in range(0, len(marks), 3)]
+    step_ms = statistics.median(full)
+    result = {
+        "shape": shape.name, "params": model.parameter_count(), "wkv_backend": backend,
+        "step_ms": step_ms, "fwd_bwd_ms": statistics.median(fwd_bwd),
+        "step_ms_all": full, "tokens_per_s": shape.batch * shape.ctx_len / step_ms * 1e3,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    del model, objective, optimizer, params
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
 
-    fb_ms = timed(fwd_bwd)
-    torch.cuda.reset_peak_memory_stats(device)
-    step_ms = timed(full_step)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, objective, optimizer
-    torch.cuda.empty_cache()
-    return {"fb_ms": fb_ms, "step_ms": step_ms, "peak_gib": peak, "params": cfg.parameter_count()}
+
+def table_row(r: dict) -> list[str]:
+    ref = REFERENCE.get(r["shape"])
+    peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
+    row = [r["shape"], f"{r['params'] / 1e6:.1f}M", r["wkv_backend"], f"{r['step_ms']:.1f}", f"{r['fwd_bwd_ms']:.1f}",
+           fmt_rate(r["tokens_per_s"]), peak]
+    if ref is None:
+        return row + ["-"] * 6
+    ref_ms, ref_rate, ref_peak = ref
+    peak_ratio = f"{r['peak_gib'] / ref_peak:.2f}x" if r["peak_gib"] is not None else "-"
+    return row + [f"{ref_ms:.1f}", fmt_rate(ref_rate), f"{ref_peak:.1f}", f"{r['tokens_per_s'] / ref_rate:.2f}x",
+                  f"{ref_ms / r['fwd_bwd_ms']:.2f}x", peak_ratio]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default=",".join(SPEC))
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--shapes", default=None, help="comma-separated, e.g. L12-D512-V512-T4096-B8 (default: the spec's four)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes that run on a CPU in seconds (smoke test)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per shape (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--peer", default="chunked", help="WKV backend of the same-run peer ('' for none)")
-    parser.add_argument("--peer-shapes", default="L12-D512-V512-T4096-B8", help="shapes the (slow) peer also runs")
+    parser.add_argument("--wkv-backend", default="auto", choices=("auto", "cuda", "chunked"))
     parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--ddp", action="store_true", help="wrap in DDP (run under torchrun)")
-    args = parser.parse_args()
+    parser.add_argument("--compile", action="store_true", help="torch.compile the objective (CUDA; an experiment: the trainer does not compile)")
+    parser.add_argument("--trainer-sync", action="store_true", help="add the trainer's one host read of loss and grad norm per step")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--out", default=None, help="append the markdown table to this file")
+    parser.add_argument("--json", default=None, help="write every measurement (all step times) to this JSON file")
+    args = parser.parse_args(argv)
 
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    if args.ddp and world > 1:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        torch.distributed.init_process_group("nccl")
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    if rank == 0:
-        print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-              f"processes {world}, activation checkpointing {'on' if args.activation_checkpointing else 'off'}, "
-              f"{time.strftime('%Y-%m-%d')}")
-        print("| shape | params | WKV backend | fwd+bwd ms | full step ms | tokens/s (full step) | peak GiB | reference fwd+bwd ms | reference tokens/s | reference peak GiB | ours fwd+bwd vs reference |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-    peer_shapes = set(args.peer_shapes.split(",")) if args.peer else set()
-    for name in args.shapes.split(","):
-        shape = parse_shape(name)
-        for backend in ["cuda"] + ([args.peer] if name in peer_shapes else []):
-            try:
-                r = measure(shape, backend, args.steps, args.warmup, args.activation_checkpointing, args.ddp and world > 1, device)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if rank == 0:
-                    print(f"| {name} | - | {backend} | OOM | OOM | - | - | - | - | - | - |")
-                continue
-            except (RuntimeError, NotImplementedError) as exc:  # a peer that cannot run this shape/dtype
-                torch.cuda.empty_cache()
-                if rank == 0:
-                    print(f"| {name} | - | {backend} | fails: {str(exc).splitlines()[0][:80]} | - | - | - | - | - | - | - |")
-                continue
-            tokens = shape["B"] * shape["T"] * world
-            ref = SPEC.get(name)
-            ref_cols = f"{ref[0]:.1f} | {ref[1] / 1e3:.0f}k | {ref[2]:.1f} | {ref[0] / r['fb_ms']:.2f}x" if ref else "- | - | - | -"
-            if rank == 0:
-                print(f"| {name} | {r['params'] / 1e6:.1f}M | {backend} | {r['fb_ms']:.1f} | {r['step_ms']:.1f} | "
-                      f"{tokens / r['step_ms'] * 1e3 / 1e3:.0f}k | {r['peak_gib']:.1f} | {ref_cols} |", flush=True)
-    if args.ddp and world > 1:
-        torch.distributed.destroy_process_group()
+    if args.steps < 1 or args.warmup < 0:
+        raise BenchError("--steps must be at least 1 and --warmup at least 0")
+    device = pick_device(args.device, args.tiny or args.shapes is not None)
+    if args.compile and device.type != "cuda":
+        raise BenchError("--compile is for CUDA runs only; drop it on the CPU")
+    shapes = [parse_shape(s) for s in (args.shapes or (TINY_SHAPES if args.tiny else ",".join(REFERENCE))).split(",")]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415 (may build the CUDA kernels)
+
+    backend = resolve_backend(args.wkv_backend, device)
+    options = (f"full training steps, median of {args.steps} after {args.warmup} warm-up; WKV {backend}; "
+               f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}; "
+               f"compile {'on' if args.compile else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
+    header = run_header(device, options)
+    print(f"# {header}\n")
+    print(markdown_table(COLUMNS, []), flush=True)
+    results, rows, failed = [], [], 0
+    for shape in shapes:
+        try:
+            r = measure(shape, device, backend, args.steps, args.warmup, args.activation_checkpointing, args.compile,
+                        args.trainer_sync)
+        except torch.OutOfMemoryError:
+            failed += 1
+            torch.cuda.empty_cache()
+            rows.append([shape.name, "-", backend, "OOM"] + ["-"] * (len(COLUMNS) - 4))
+            results.append({"shape": shape.name, "error": "out of memory"})
+        except (RuntimeError, NotImplementedError) as exc:  # e.g. a backend that lacks a dtype on this device
+            failed += 1
+            message = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            rows.append([shape.name, "-", backend, f"fails: {message}"] + ["-"] * (len(COLUMNS) - 4))
+            results.append({"shape": shape.name, "error": message})
+        else:
+            rows.append(table_row(r))
+            results.append(r)
+        print("| " + " | ".join(rows[-1]) + " |", flush=True)
+    markdown = f"`python3 bench/train_throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{header}\n\n" \
+               + markdown_table(COLUMNS, rows)
+    write_outputs(markdown, {"header": header, "results": results}, args.out, args.json)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,7 +22,9 @@ class StreamDecoder:
     after a prompt does not begin with the prompt's length of silence.
     """
 
-    def __init__(self, tables: TokenTables, channel: int = 0, start_at_first_event: bool = True) -> None:
+    def __init__(self, tables, channel: int = 0, start_at_first_event: bool = True) -> None:
+        if not isinstance(tables, TokenTables):  # a PianoTokenizer will do
+            tables = TokenTables(tables)
         self.tables = tables
         self.timeline = TokenTimeline(tables)
         self.channel = channel

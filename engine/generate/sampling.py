@@ -86,5 +86,5 @@ def sample_rows(logits: torch.Tensor, allowed: torch.Tensor, config: SamplingCon
     logits = filter_logits(apply_penalties(logits, recent, config), allowed, config)
     if config.temperature == 0:
         return logits.argmax(dim=-1).tolist()
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1).cpu()  # the row generators live on the CPU, whatever the model's device
     return [int(torch.multinomial(probs[b], 1, generator=generators[b])) for b in range(probs.shape[0])]

@@ -69,7 +69,7 @@ class GenerationSession:
         bars: int | None = None,
         max_tokens: int | None = None,
         prepend_bos: bool = True,
-        max_snapshots: int = 64,
+        max_snapshots: int = 32,
     ) -> None:
         if alternatives < 1:
             raise GenerationError("--alternatives must be at least 1")

@@ -73,6 +73,7 @@ class SchedulerTelemetry:
     watchdog_releases: int
     port_state: str  # "ok" | "lost" | "paused" | "stopped"
     falling_behind: bool
+    realtime: bool = False  # the sender thread got real-time OS priority
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +83,7 @@ class SchedulerTelemetry:
             f"events {self.events_sent}, lateness p50 {self.lateness_p50_ms:.2f} ms / p99 {self.lateness_p99_ms:.2f} ms / "
             f"max {self.lateness_max_ms:.2f} ms, buffer {self.buffer_s:.2f} s of {self.lookahead_s:.2f} s, "
             f"underruns {self.underruns}, {self.tokens_per_s:.0f} tokens/s, stuck notes released {self.watchdog_releases}, port {self.port_state}"
+            + (", real-time priority" if self.realtime else "")
         )
 
 
@@ -307,6 +309,7 @@ class LookaheadScheduler:
                 watchdog_releases=self._watchdog_releases,
                 port_state=state,
                 falling_behind=(not self._finished and self._origin is not None and buffer_s < self.lookahead / 4),
+                realtime=self.realtime_granted,
             )
 
     # ----- threads -----

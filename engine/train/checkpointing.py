@@ -72,11 +72,11 @@ def write_checkpoint(run_dir: Path, step: int, write_model, trainer_state: dict,
         write_model(tmp / MODEL_STEM)
         torch.save(trainer_state, tmp / TRAINER_STATE)
         _fsync_tree(tmp)
+        if pause_s > 0:  # fault injection: a window in which tests kill or interrupt the process mid-save
+            time.sleep(pause_s)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the latest
         raise
-    if pause_s > 0:  # fault injection: a window in which tests kill the process mid-save
-        time.sleep(pause_s)
     if final.exists():  # saving the same step twice (stop right after a periodic save)
         old = root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, old)

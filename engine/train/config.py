@@ -82,7 +82,6 @@ class TrainSection:
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
     l2wrap: bool = False
     wkv_backend: str = "auto"
-    compile: bool = False  # torch.compile the model (CUDA only)
 
 
 @dataclass

@@ -230,6 +230,8 @@ def open_feed(cfg: TrainConfig, dist: DistInfo, on_progress=None) -> TrainingFee
         store = TokenStore.open(store_path)
     except StoreError as exc:
         raise DataError(str(exc)) from None
+    if not store.pieces():
+        raise DataError(f"{cfg.data.path or store_path} holds no usable MIDI piece; point --data at a folder of piano MIDI files (run `pianomuse-tui --headless check` on it to see why files were rejected)")
     d = cfg.data
     if d.objective == "completion":
         def cut(split):

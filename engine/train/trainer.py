@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import random
 import signal
@@ -38,7 +37,7 @@ from . import checkpointing as ckpt
 from .audition import write_audition
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
-from .feed import TrainingFeed, open_feed
+from .feed import open_feed
 from .metrics import MetricsCallback, MetricsLog
 from .objective import TrainingObjective, enable_activation_checkpointing
 from .optim import build_optimizer, set_learning_rate
@@ -53,7 +52,7 @@ class TrainingAborted(RuntimeError):
 
 @dataclass
 class TrainResult:
-    status: str  # "finished" | "stopped" | "aborted"
+    status: str  # "finished" | "stopped" (saved) | "interrupted" (second signal, not saved) | "aborted"
     run_dir: Path
     step: int
     tokens: int
@@ -64,7 +63,7 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        return {"finished": EXIT_FINISHED, "stopped": EXIT_STOPPED}.get(self.status, EXIT_ABORTED)
+        return {"finished": EXIT_FINISHED, "stopped": EXIT_STOPPED, "interrupted": EXIT_STOPPED}.get(self.status, EXIT_ABORTED)
 
 
 class StopSignals:
@@ -246,9 +245,9 @@ class Trainer:
 
             if not checkpoint_paths(cfg.init_from)[0].is_file():
                 raise ConfigError(f"--init-from {cfg.init_from}: no checkpoint there; pass a .pth file (or a folder holding model.pth)")
+        accum = cfg.accumulation_steps(dist.world_size)
         run_dir, resume_from = self._setup_run_dir(cfg, dist)
         self.run_dir = run_dir
-        accum = cfg.accumulation_steps(dist.world_size)
 
         # ---- model -------------------------------------------------------------------------
         model_cfg = ModelConfig(
@@ -257,11 +256,12 @@ class Trainer:
             dim_v=cfg.model.dim_v or None, dim_g=cfg.model.dim_g or None,
         )
         lr, lr_final = cfg.optim.lr, cfg.optim.lr_final
+        if cfg.init_from:  # fine-tuning (also when such a run is resumed)
+            lr, lr_final = cfg.optim.finetune_lr, cfg.optim.finetune_lr / 10
         if resume_from is not None:
             model, _ = load_checkpoint(resume_from, device=device, wkv_backend=cfg.train.wkv_backend)
         elif cfg.init_from:
             model = self._init_from(cfg.init_from, model_cfg, device)
-            lr, lr_final = cfg.optim.finetune_lr, cfg.optim.finetune_lr / 10
         else:
             model = RWKV7(model_cfg, wkv_backend=cfg.train.wkv_backend).to(device)
         model.train()
@@ -272,8 +272,6 @@ class Trainer:
         objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap)
         if dist.enabled:
             objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.train.compile and device.type == "cuda":
-            objective = torch.compile(objective)
         self.objective = objective
         optimizer = build_optimizer(model, cfg.optim, lr, device)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -396,17 +394,18 @@ class Trainer:
             self.log.write("status", step, tokens, state="aborted", message=str(exc), checkpoint=str(last_ckpt) if last_ckpt else None)
             return TrainResult("aborted", run_dir, step, tokens, last_ckpt, str(exc), total_bad, last_val)
         except KeyboardInterrupt:
-            self.log.write("status", step, tokens, state="aborted", message="interrupted twice: aborted without saving",
-                           checkpoint=str(last_ckpt) if last_ckpt else None)
-            return TrainResult("aborted", run_dir, step, tokens, last_ckpt, "interrupted twice: aborted without saving", total_bad, last_val)
+            return self._interrupted(step, tokens, last_ckpt, total_bad, last_val)
 
-        if status == "finished":
-            if cfg.eval.val_every and step % cfg.eval.val_every:
-                last_val = self._validate(step, tokens)
-            if cfg.eval.audition_every and step % cfg.eval.audition_every:
-                self._audition(step, tokens)
-        if last_ckpt is None or ckpt.checkpoint_name(step) != Path(last_ckpt).name:
-            save("final" if status == "finished" else "stop")
+        try:
+            if status == "finished":
+                if cfg.eval.val_every and step % cfg.eval.val_every:
+                    last_val = self._validate(step, tokens)
+                if cfg.eval.audition_every and step % cfg.eval.audition_every:
+                    self._audition(step, tokens)
+            if last_ckpt is None or ckpt.checkpoint_name(step) != Path(last_ckpt).name:
+                save("final" if status == "finished" else "stop")
+        except KeyboardInterrupt:
+            return self._interrupted(step, tokens, last_ckpt, total_bad, last_val)
         if dist.is_main:
             stop_file = run_dir / "control" / "stop"
             if stop_file.exists():
@@ -414,6 +413,12 @@ class Trainer:
         self.log.write("status", step, tokens, state=status, message=message or f"finished {step} steps", checkpoint=str(last_ckpt),
                        bad_steps_total=total_bad)
         return TrainResult(status, run_dir, step, tokens, last_ckpt, message, total_bad, last_val)
+
+    def _interrupted(self, step, tokens, last_ckpt, total_bad, last_val) -> TrainResult:
+        """A second signal: stop at once, write nothing more than a status line."""
+        message = f"interrupted twice: stopped at once without saving; the last checkpoint is {last_ckpt or 'none'}"
+        self.log.write("status", step, tokens, state="interrupted", message=message, checkpoint=str(last_ckpt) if last_ckpt else None)
+        return TrainResult("interrupted", self.run_dir, step, tokens, last_ckpt, message, total_bad, last_val)
 
     # ------------------------------------------------------------------------------------------
     def _init_from(self, path: str, model_cfg: ModelConfig, device: torch.device) -> RWKV7:

@@ -196,8 +196,8 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
     except (ConfigError, ResumeError, CheckpointError, DataError) as exc:
         fail(str(exc))
     if rank0:
-        if result.status == "aborted":
-            err_console.print(f"[bold red]aborted:[/] {result.message}", soft_wrap=True, highlight=False)
+        if result.status in ("aborted", "interrupted"):
+            err_console.print(f"[bold red]{result.status}:[/] {result.message}", soft_wrap=True, highlight=False)
         elif result.status == "stopped":
             console.print(f"{result.message}; resume with: pianomuse-tui --headless train --run-dir {result.run_dir} --resume auto",
                           highlight=False, markup=False, soft_wrap=True)

@@ -41,10 +41,6 @@ def _sort_key(cell: Any) -> Any:
     return (value is None, value if value is not None else 0)
 
 
-def default_store_for(folder: Path) -> Path:
-    return Path(".cache") / "stores" / (folder.resolve().name or "corpus")
-
-
 class DatasetPane(PaneBase):
     BINDINGS = [
         Binding("s", "scan", "Scan"),
@@ -174,7 +170,9 @@ class DatasetPane(PaneBase):
         if not folder.is_dir():
             self.notify(f"{folder} is not a folder; type the path of a folder of MIDI files.", severity="error")
             return
-        out = Path(self.start_store) if self.start_store else default_store_for(folder)
+        from engine.data.store import default_store_path
+
+        out = Path(self.start_store) if self.start_store else default_store_path(folder)
         self._cancel.clear()
         self._set_running(True, f"preparing {out}…")
         self._prepare(folder, out)
@@ -404,6 +402,8 @@ def _sentence(exc: BaseException) -> str:
 def _describe_store(result: Any) -> str:
     if result is None:
         return ""
+    if not isinstance(result, dict):
+        result = _as_dict(result)
     if isinstance(result, dict):
         parts = [f"{k} {fmt_count(v)}" for k, v in result.items() if isinstance(v, (int, float))]
         return ", ".join(parts[:4])

@@ -86,10 +86,10 @@ class GeneratePane(PaneBase):
         ckpt = a.get("checkpoint") or default_checkpoint() or ""
         with Horizontal(classes="toolbar"):
             yield Label("Checkpoint", classes="field-label")
-            yield Input(str(ckpt), placeholder="model .pth (bundled model by default)", id="gen-ckpt")
+            yield Input(str(ckpt), placeholder="model .pth or run folder", id="gen-ckpt")
             yield Label("Prompt", classes="field-label")
             yield Input(str(a.get("prompt") or ""), placeholder="prompt .mid (optional)", id="gen-prompt")
-            yield Input(str(a.get("prompt_bars") or ""), placeholder="bars e.g. 13-16", id="gen-bars-range")
+            yield Input(str(a.get("prompt_bars") or ""), placeholder="bars 13-16", id="gen-bars-range")
         with Horizontal(classes="toolbar"):
             yield Label("temp", classes="field-label")
             yield Input(str(a.get("temperature", self.knobs.temperature)), id="gen-temperature")
@@ -132,6 +132,10 @@ class GeneratePane(PaneBase):
         self.query_one("#gen-play", Button).focus()
 
     @property
+    def is_on_screen(self) -> bool:
+        return self.app.screen is self.screen and self.region.area > 0
+
+    @property
     def performing(self) -> bool:
         return self.performance is not None and self.performance.active
 
@@ -167,8 +171,8 @@ class GeneratePane(PaneBase):
     def _render_knobs(self) -> None:
         k = self.knobs
         text = Text()
-        text.append(f"temperature {k.temperature:.2f}   top-p {k.top_p:.2f}\n")
-        text.append(f"bars {k.bars}   alternatives {k.alternatives}   seed {k.seed if k.seed is not None else 'random'}\n")
+        text.append(f"temp {k.temperature:.2f}  top-p {k.top_p:.2f}\n")
+        text.append(f"bars {k.bars}  alts {k.alternatives}  seed {k.seed if k.seed is not None else 'random'}\n")
         text.append("changes apply to the next tokens", style="dim")
         self.query_one("#gen-knobs", Static).update(text)
 
@@ -339,8 +343,8 @@ class GeneratePane(PaneBase):
 
     def _tick(self) -> None:
         perf = self.performance
-        if perf is None or not perf.active:
-            return
+        if perf is None or not perf.active or not self.is_on_screen:
+            return  # the roll and the timing only redraw while someone can see them
         roll = self.query_one(PianoRoll)
         roll.now = perf.music_time()
         roll.refresh()

@@ -74,6 +74,7 @@ class TrainPane(PaneBase):
         self.max_steps: int | None = None
         self.records_seen = 0
         self.last_status = ""
+        self.val_by_step: dict[int, float] = {}
 
     def compose(self) -> ComposeResult:
         args = self.args
@@ -332,6 +333,7 @@ class TrainPane(PaneBase):
                 value = rec.get("val_loss")
                 if isinstance(value, (int, float)):
                     val_pts.append((step, value))
+                    self.val_by_step[step] = value
                 self.latest.update({"val_loss": value, "bits_per_note": rec.get("bits_per_note"),
                                     "val_step": step})
             elif kind in ("checkpoint", "audition"):
@@ -368,6 +370,7 @@ class TrainPane(PaneBase):
 
     def _reset_view(self) -> None:
         self.latest = {}
+        self.val_by_step = {}
         self.records_seen = 0
         self.run_dir = None
         self.query_one(LossPlot).clear()
@@ -416,10 +419,10 @@ class TrainPane(PaneBase):
         table = self.query_one("#tr-ckpts", DataTable)
         selected = table.cursor_row
         table.clear()
-        vals = {}
         for ckpt in list_checkpoints(self.run_dir):
-            table.add_row("checkpoint", ckpt.step if ckpt.step is not None else "-", vals.get(ckpt.step, ""),
-                          ckpt.name, key=str(ckpt.path))
+            val = self.val_by_step.get(ckpt.step)
+            table.add_row("checkpoint", ckpt.step if ckpt.step is not None else "-",
+                          f"{val:.3f}" if val is not None else "", ckpt.name, key=str(ckpt.path))
         for audition in list_auditions(self.run_dir):
             step = "".join(ch for ch in audition.stem if ch.isdigit())
             table.add_row("audition ▶", int(step) if step else "-", "", audition.name, key=str(audition))

@@ -17,3 +17,8 @@ async def wait_for(pilot, predicate, timeout: float = 60.0, step: float = 0.1) -
         await pilot.pause(step)
         waited += step
     return predicate()
+
+
+def screen_text(app) -> str:
+    """The screen as plain text, the way a terminal shows it."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

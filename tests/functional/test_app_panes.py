@@ -5,7 +5,7 @@ import pytest
 from textual.command import CommandPalette
 from textual.widgets import TabbedContent
 
-from app_helpers import wait_for
+from app_helpers import screen_text, wait_for
 from pianomuse_tui.app import HelpScreen, PianoMuseApp
 from pianomuse_tui.messages import DeviceDetected
 
@@ -27,7 +27,7 @@ async def test_three_panes_render_at_both_sizes(size):
             await pilot.press(key)
             await pilot.pause(0.2)
             assert tabs.active == pane_id
-            shot = app.export_screenshot()
+            shot = screen_text(app)
             for word in must_show:
                 assert word in shot, f"{word!r} missing from the {pane_id} pane at {size}"
             # nothing of the pane is cut off: every panel sits inside the screen

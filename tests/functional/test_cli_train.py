@@ -39,7 +39,7 @@ def test_headless_train_end_to_end(tmp_path):
     out = subprocess.run(
         CLI + ["--preset", "tiny", "--max-steps", "3", "--run-dir", str(tmp_path / "tmp"), "--data", str(small_store()),
                "--device", "cpu", "--eval.val_every", "3", "--eval.val_max_batches", "1", "--run.log_every", "1",
-               "--eval.audition_every", "0"],
+               "--eval.audition_every", "0", "--train.batch_size", "4", "--train.micro_batch_size", "4"],
         capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stderr
@@ -96,7 +96,7 @@ def test_sigint_saves_and_exits_130(tmp_path):
     proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
                                    "--device", "cpu", *_micro_args(root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: len(_train_records(root)) >= 2, proc)
+    _wait_for(lambda: len(_train_records(root)) >= 1, proc)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
@@ -107,6 +107,24 @@ def test_sigint_saves_and_exits_130(tmp_path):
     assert "resume with: pianomuse-tui --headless train --run-dir" in stdout
     states = [r.get("state") for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "status"]
     assert states == ["started", "stopped"]
+
+
+def test_second_sigint_stops_at_once_without_saving(tmp_path):
+    root = tmp_path / "runs"
+    proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
+                                   "--device", "cpu", *_micro_args(root), "--debug.save_pause_s", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(_train_records(root)) >= 1, proc)
+    proc.send_signal(signal.SIGINT)  # first: finish the step, then save (which the pause holds open)
+    _wait_for(lambda: any(root.glob("*/checkpoints/.tmp-step-*")), proc)
+    proc.send_signal(signal.SIGINT)  # second: stop now
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    (run,) = root.iterdir()
+    assert ckpt.latest_checkpoint(run) is None and not list((run / "checkpoints").glob(".tmp-*"))
+    last = read_metrics(run / "metrics.jsonl")[-1]
+    assert last["state"] == "interrupted" and "without saving" in last["message"]
+    assert "interrupted:" in stderr
 
 
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):

@@ -1,4 +1,5 @@
-"""A private JACK server (dummy driver) for tests, and a JACK MIDI port that records what it receives.
+"""A private JACK server (dummy driver) for tests, a JACK MIDI port that records what it receives, and
+a tiny random-weight checkpoint for the live-generation tests that play through them.
 
 Each server gets a unique name and is selected through JACK_DEFAULT_SERVER, so parallel test runs
 and a user's own JACK never collide. Importable from tests as ``from jack_server import ...``.
@@ -140,3 +141,17 @@ def receiver(jack_server):
     rec = MidiReceiver()
     yield rec
     rec.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A 2-layer random RWKV-7 with the REMI tokenizer in its sidecar (what `generate` loads)."""
+    import torch
+
+    from engine.data.tokenizer import PianoTokenizer
+    from engine.model import RWKV7, ModelConfig, save_checkpoint
+
+    tok = PianoTokenizer("REMI")
+    torch.manual_seed(0)
+    model = RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pth", tokenizer=tok.to_config())

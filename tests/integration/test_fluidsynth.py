@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.midi import DEFAULT_SOUNDFONT, LookaheadScheduler, control_change, note_off, note_on, open_output, start_fluidsynth, write_midi_file
-from jack_server import jack_server  # noqa: F401  (fixture)
+from jack_server import jack_server, tiny_checkpoint  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.jack
 
@@ -67,20 +67,12 @@ def test_fluidsynth_renders_the_written_file(tmp_path):
     assert loud[: int(0.05 * rate)].max() > 1e-3 and loud[-int(0.1 * rate):].max() < loud.max() * 0.05
 
 
-def test_generate_with_synth_fluidsynth_starts_it_plays_and_shuts_it_down(jack_server, tmp_path):
+def test_generate_with_synth_fluidsynth_starts_it_plays_and_shuts_it_down(jack_server, tiny_checkpoint, tmp_path):
     import os
     import signal
     import sys
 
-    import torch
-
-    from engine.data.tokenizer import PianoTokenizer
-    from engine.model import RWKV7, ModelConfig, save_checkpoint
-
-    tok = PianoTokenizer("REMI")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size)), tmp_path / "tiny.pth", tokenizer=tok.to_config())
-    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(ckpt), "--bars", "64",
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint), "--bars", "64",
            "--max-tokens", "3000", "--seed", "1", "--midi-api", "jack", "--synth", "fluidsynth", "--out", str(tmp_path / "take.mid")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
 

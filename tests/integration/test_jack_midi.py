@@ -9,7 +9,7 @@ import mido
 import pytest
 
 from engine.midi import LookaheadScheduler, PortError, control_change, list_ports, note_off, note_on, open_output, write_midi_file
-from jack_server import MidiReceiver, jack_server, receiver, sounding_after  # noqa: F401  (fixtures)
+from jack_server import MidiReceiver, jack_server, receiver, sounding_after, tiny_checkpoint  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.jack
 
@@ -51,6 +51,16 @@ def test_ports_lists_the_receiver_and_opens_it_by_substring(receiver):
     out.close()
     with pytest.raises(PortError, match="No MIDI output port matches"):
         open_output("jack", "no-such-synth")
+
+
+def test_ports_command_lists_jack_ports(receiver):
+    from typer.testing import CliRunner
+
+    from pianomuse_tui.cli import app
+
+    result = CliRunner().invoke(app, ["--headless", "ports", "--midi-api", "jack"])
+    assert result.exit_code == 0, result.output
+    assert "jack output ports:" in result.output and receiver.port_name in result.output
 
 
 def test_streamed_phrase_arrives_complete_in_order_and_on_time(receiver, tmp_path):
@@ -148,19 +158,6 @@ def test_disappearing_port_is_reported_and_reconnect_continues(jack_server):
         second.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    import torch
-
-    from engine.data.tokenizer import PianoTokenizer
-    from engine.model import RWKV7, ModelConfig, save_checkpoint
-
-    tok = PianoTokenizer("REMI")
-    torch.manual_seed(0)
-    model = RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size))
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pth", tokenizer=tok.to_config())
-
-
 def test_ctrl_c_during_live_generation_releases_everything_and_writes_the_file(receiver, tiny_checkpoint, tmp_path):
     import os
     import signal
@@ -192,3 +189,40 @@ def test_ctrl_c_during_live_generation_releases_everything_and_writes_the_file(r
     assert (0xB0, 123, 0) in got
     written = [tuple(m.bytes()) for m in mido.MidiFile(out) if m.type == "note_on" and m.velocity > 0]
     assert written[: len(note_ons)] == note_ons  # what played is the start of what was written
+
+
+def test_generate_reports_a_vanished_synth_and_reconnects_when_it_returns(jack_server, tiny_checkpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    first = MidiReceiver("pm-test-synth")
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint),
+           "--bars", "64", "--max-tokens", "3000", "--seed", "2", "--midi-api", "jack", "--port", "pm-test-synth",
+           "--lookahead", "0.3", "--out", str(tmp_path / "take.mid")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while not first.received() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+        first.close()  # the synth quits
+        time.sleep(1.5)
+        assert proc.poll() is None  # the session waits for it
+        second = MidiReceiver("pm-test-synth")  # and comes back
+        deadline = time.monotonic() + 20
+        while not any(d[0] & 0xF0 in (0x80, 0x90) for _, d in second.received()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output = " ".join(proc.communicate(timeout=30)[0].decode().split())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    got = [d for _, d in second.received()]
+    second.close()
+    assert "disappeared" in output and "reconnected" in output, output
+    assert proc.returncode == 130, output
+    assert any(d[0] & 0xF0 in (0x80, 0x90) for d in got)  # playback went on after reconnecting
+    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}

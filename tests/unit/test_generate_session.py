@@ -173,3 +173,15 @@ def test_prompt_bar_ranges_keep_tempo_and_bad_input_is_one_sentence(remi, tmp_pa
 def test_a_model_with_another_vocabulary_is_refused(remi, tsd):
     with pytest.raises(GenerationError, match="vocabulary"):
         GenerationSession(random_model(tsd, 0), remi)
+
+
+def test_old_bar_snapshots_are_dropped_but_the_start_is_kept(tsd):
+    model = random_model(tsd, 5)
+    session = GenerationSession(model, tsd, SamplingConfig(seed=2), alternatives=1, bars=12, max_tokens=3000, max_snapshots=3)
+    session.prefill()
+    session.run()
+    kept = session.snapshot_bars(0)
+    assert len(kept) == 3 and kept[0] == 0 and kept[1:] == sorted(kept[1:]) and kept[-1] <= 12
+    dropped = next(b for b in range(1, kept[-1]) if b not in kept)
+    with pytest.raises(GenerationError, match="no snapshot for bar"):
+        session.rewind(dropped)

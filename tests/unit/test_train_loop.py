@@ -30,14 +30,14 @@ COMMON = {"kind", "step", "tokens", "time", "elapsed_s"}
 
 
 def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
-    cfg = _config(tmp_path, **{"train.max_steps": 14, "data.max_train_samples": 4, "eval.val_every": 7,
-                               "eval.audition_every": 14, "run.checkpoint_every": 7})
+    cfg = _config(tmp_path, **{"train.max_steps": 10, "data.max_train_samples": 4, "eval.val_every": 5,
+                               "eval.audition_every": 10, "run.checkpoint_every": 5, "optim.lr": 5e-3})
     seen = []
     result = run_training(cfg, on_metrics=seen.append)
-    assert result.status == "finished" and result.exit_code == 0 and result.step == 14
+    assert result.status == "finished" and result.exit_code == 0 and result.step == 10
     run = result.run_dir
     losses = _losses(run)
-    assert losses[14] < 0.6 * losses[1], losses  # the same 4 windows every step: the loss must fall
+    assert losses[10] < 0.6 * losses[1], losses  # the same 4 windows every step: the loss must fall
 
     records = read_metrics(run / "metrics.jsonl")
     assert records == seen  # the callback sees exactly what the file holds
@@ -52,71 +52,73 @@ def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
     steps = [r["step"] for r in by_kind["train"]]
     assert steps == sorted(steps) and all(b > a for a, b in zip([0] + steps, steps))
     val = by_kind["val"]
-    assert [v["step"] for v in val] == [7, 14]
+    assert [v["step"] for v in val] == [5, 10]
     assert all(v["val_loss"] > 0 and v["bits_per_note"] > 0 and v["val_notes"] > 0 for v in val)
     # bits per note is the validation targets' total bits over the notes among them
     assert val[0]["bits_per_note"] == pytest.approx(val[0]["val_loss"] * val[0]["val_tokens"] / math.log(2) / val[0]["val_notes"])
     assert [s["state"] for s in by_kind["status"]] == ["started", "finished"]
 
     # the resolved config, the environment, checkpoints and the audition are all there
-    assert load_config(run / "config.toml").train.max_steps == 14
+    assert load_config(run / "config.toml").train.max_steps == 10
     env = json.loads((run / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000007", "step-00000014"]
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000014"
-    model, sidecar = load_checkpoint(run / "checkpoints" / "step-00000014")
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000005", "step-00000010"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000010"
+    model, sidecar = load_checkpoint(run / "checkpoints" / "step-00000010")
     assert sidecar["tokenizer"]["format"].startswith("pianomuse-tokenizer") and model.config.n_layer == 1
     audition = by_kind["audition"][0]
-    assert audition["path"].endswith("auditions/step-00000014.mid")
+    assert audition["path"].endswith("auditions/step-00000010.mid")
     score = symusic.Score(audition["path"])  # a real MIDI file that decodes
     assert sum(len(t.notes) for t in score.tracks) == audition["notes"] > 0
 
 
 def test_resume_continues_exactly(tmp_path):
-    settings = {"train.max_steps": 6, "data.augment": "true"}
+    settings = {"train.max_steps": 4, "data.augment": "true"}
     straight = run_training(_config(tmp_path / "a", **settings))
     event = threading.Event()
     first = run_training(_config(tmp_path / "b", **settings), stop_event=event,
-                         on_metrics=lambda r: event.set() if r["kind"] == "train" and r["step"] == 2 else None)
-    assert first.status == "stopped" and first.step == 3
+                         on_metrics=lambda r: event.set() if r["kind"] == "train" and r["step"] == 1 else None)
+    assert first.status == "stopped" and first.step == 2
     resumed = run_training(load_config(first.run_dir / "config.toml").with_overrides([f"run.resume={first.run_dir}"]))
-    assert resumed.run_dir == first.run_dir and resumed.step == 6
+    assert resumed.run_dir == first.run_dir and resumed.step == 4
     a, b = _losses(straight.run_dir), _losses(first.run_dir)
-    assert [b[s] for s in (4, 5, 6)] == [a[s] for s in (4, 5, 6)]  # bit-for-bit on CPU
+    assert [b[s] for s in (3, 4)] == [a[s] for s in (3, 4)]  # bit-for-bit on CPU
     states = [r["state"] for r in read_metrics(first.run_dir / "metrics.jsonl") if r["kind"] == "status"]
     assert states == ["started", "stopped", "resumed", "finished"]
 
 
 def test_nan_guard_skips_a_bad_step_and_aborts_after_k(tmp_path):
-    once = run_training(_config(tmp_path / "once", **{"debug.nan_at_steps": "1", "train.max_steps": 3}))
-    assert once.status == "finished" and once.step == 3 and once.bad_steps == 1
-    bad = [r for r in read_metrics(once.run_dir / "metrics.jsonl") if r.get("state") == "bad_step"]
-    assert len(bad) == 1 and bad[0]["loss"] is None and bad[0]["step"] == 1  # JSON null, not NaN
-
-    runaway = run_training(_config(tmp_path / "runaway", **{
-        "debug.nan_at_steps": "2,3,4,5,6,7", "run.max_bad_steps": 3, "run.checkpoint_every": 2, "train.max_steps": 9}))
-    assert runaway.status == "aborted" and runaway.exit_code == 3 and runaway.step == 2
-    assert "3 consecutive steps" in runaway.message and "step-00000002" in runaway.message
-    assert ckpt.latest_checkpoint(runaway.run_dir).name == "step-00000002"
-    model, _ = load_checkpoint(ckpt.latest_checkpoint(runaway.run_dir))
+    # update attempts: 0 good (step 1), 1 poisoned (skipped), 2 good (step 2, checkpoint), 3-5 poisoned -> abort
+    result = run_training(_config(tmp_path, **{"debug.nan_at_steps": "1,3,4,5,6", "run.max_bad_steps": 3,
+                                              "run.checkpoint_every": 1, "train.max_steps": 9}))
+    assert result.status == "aborted" and result.exit_code == 3 and result.step == 2 and result.bad_steps == 4
+    assert "3 consecutive steps" in result.message and "step-00000002" in result.message
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    bad = [r for r in records if r.get("state") == "bad_step"]
+    assert [(r["step"], r["consecutive"]) for r in bad] == [(1, 1), (2, 1), (2, 2), (2, 3)]
+    assert bad[0]["loss"] is None  # JSON null, not NaN
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]  # the run went on after one bad step
+    assert records[-1]["state"] == "aborted"
+    assert ckpt.latest_checkpoint(result.run_dir).name == "step-00000002"
+    model, _ = load_checkpoint(ckpt.latest_checkpoint(result.run_dir))
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no poisoned update was applied
 
 
 def test_control_file_and_stop_event_save_and_stop(tmp_path):
     def stop_by_file(record):
-        if record["kind"] == "train" and record["step"] == 2:
+        if record["kind"] == "train" and record["step"] == 1:
             run_dir = next((tmp_path / "file" / "runs").iterdir())
             (run_dir / "control" / "stop").touch()
 
     by_file = run_training(_config(tmp_path / "file", **{"train.max_steps": 50}), on_metrics=stop_by_file)
-    assert by_file.status == "stopped" and by_file.exit_code == 130 and by_file.step == 3
-    assert by_file.checkpoint.name == "step-00000003" and ckpt.is_complete(by_file.checkpoint)
+    assert by_file.status == "stopped" and by_file.exit_code == 130 and by_file.step == 2
+    assert by_file.checkpoint.name == "step-00000002" and ckpt.is_complete(by_file.checkpoint)
     assert not (by_file.run_dir / "control" / "stop").exists()  # honoured, so it will not stop a resume
 
     event = threading.Event()
     by_event = run_training(_config(tmp_path / "event", **{"train.max_steps": 50}),
                             on_metrics=lambda r: event.set() if r["kind"] == "train" else None, stop_event=event)
-    assert by_event.status == "stopped" and by_event.step == 2
+    assert by_event.status == "stopped" and by_event.step == 2  # the step after the request finishes
     assert ckpt.latest_checkpoint(by_event.run_dir).name == "step-00000002"
 
 
@@ -141,3 +143,15 @@ def test_init_from_a_foreign_checkpoint_resizes_the_vocabulary(tmp_path):
     # the body came from the source checkpoint (one tiny fine-tuning step moves it only slightly)
     delta = (model.blocks[0].att.key.weight - text_model.blocks[0].att.key.weight).abs().max()
     assert delta < 1e-3
+
+
+def test_packed_lm_objective_trains_and_validates(tmp_path):
+    result = run_training(_config(tmp_path, **{"data.objective": "lm", "data.ctx_len": 64, "train.max_steps": 2,
+                                               "eval.val_every": 2, "data.augment": "true"}))
+    records = read_metrics(result.run_dir / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert result.status == "finished" and len(train) == 2 and len(val) == 1
+    # packed chunks carry no padding: every input token counts, 4 chunks of 64 per step
+    assert train[-1]["tokens"] == 2 * 4 * 64
+    assert val[0]["val_loss"] > 0 and val[0]["val_tokens"] > 0

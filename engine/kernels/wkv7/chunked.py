@@ -85,48 +85,49 @@ def _chunk_layout(starts, lengths, L: int):
 
 
 def _intra_chunk(r, k, v, a, b, logd, valid):
-    """All state-independent chunk quantities; inputs [n_chunks, H, L, N], ``valid`` [n_chunks, 1, L, 1].
+    """All state-independent chunk quantities; inputs [n_chunks * H, L, N], ``valid`` [.., L, 1].
 
     Returns Q, Y0 ([.., L, N]) for y = Q S_in^T + Y0 and P, C ([.., N, N]) for S_out = S_in P + C.
     Padding slots become identity steps: log-decay 0, and 1/D_t zeroed so their k and b (hence
-    v and a too) never reach the state.
+    v and a too) never reach the state. Plain 3-D bmm throughout: matmul on 4-D tensors copies
+    transposed operands.
     """
     cdt = r.dtype
     L, N = r.shape[-2:]
     logd64 = torch.where(valid, logd.to(torch.float64), 0.0)
-    c = logd64.cumsum(-2)  # log D_t, inclusive
+    c = logd64.cumsum(1)  # log D_t, inclusive
     decay_in64 = torch.exp(c)  # D_t
     inv_decay64 = torch.where(valid, torch.reciprocal(decay_in64), 0.0)
     decay_in = decay_in64.to(cdt)
     decay_prev = torch.exp(c - logd64).to(cdt)  # D_{t-1}
     inv_decay = inv_decay64.to(cdt)
-    decay_total = decay_in[..., -1:, :]  # D_L
+    decay_total = decay_in[:, -1:, :]  # D_L
 
     r_hat = r * decay_in
     a_hat = a * decay_prev
     # One product for the four pair matrices: rows (a_hat; r_hat), columns (b/D; k/D).
-    left = torch.cat((a_hat, r_hat), -2)
-    bk_scaled = torch.cat((b, k), -2) * inv_decay.repeat(1, 1, 2, 1)
-    pairs = left @ bk_scaled.transpose(-1, -2)  # [.., 2L, 2L]
+    left = torch.cat((a_hat, r_hat), 1)
+    bk_scaled = torch.cat((b, k), 1) * inv_decay.repeat(1, 2, 1)
+    pairs = torch.bmm(left, bk_scaled.transpose(1, 2))  # [.., 2L, 2L]
     ones = torch.ones(L, L, dtype=torch.bool, device=r.device)
     strict, incl = torch.tril(ones, -1), torch.tril(ones)
     causal = torch.cat((torch.cat((strict, strict), 1), torch.cat((incl, incl), 1)))
     pairs = torch.where(causal, pairs, 0.0)
-    m_ab, m_ak = pairs[..., :L, :L], pairs[..., :L, L:]
-    m_r = pairs[..., L:, :]  # [M_rb | M_rk]
+    m_ab, m_ak = pairs[:, :L, :L], pairs[:, :L, L:]
+    m_r = pairs[:, L:, :]  # [M_rb | M_rk]
 
     # (I - M_ab) X = [a_hat | M_ak V]; unitriangular ignores the diagonal we pass.
-    rhs = torch.cat((a_hat, m_ak @ v), -1)
+    rhs = torch.cat((a_hat, torch.bmm(m_ak, v)), -1)
     sol = torch.linalg.solve_triangular(-m_ab, rhs, upper=False, unitriangular=True)
     w_wy, u0 = sol[..., :N], sol[..., N:]
 
-    q = r_hat + m_r[..., :L] @ w_wy
-    uv = torch.cat((u0, v), -2)
-    y0 = m_r @ uv  # M_rb U0 + M_rk V
+    q = torch.baddbmm(r_hat, m_r[:, :, :L], w_wy)  # R_hat + M_rb W
+    uv = torch.cat((u0, v), 1)
+    y0 = torch.bmm(m_r, uv)  # M_rb U0 + M_rk V
     bk_end = bk_scaled * decay_total  # (b, k) * D_L / D_t
-    p = w_wy.transpose(-1, -2) @ bk_end[..., :L, :]
-    p.diagonal(dim1=-2, dim2=-1).add_(decay_total[..., 0, :])
-    c_off = uv.transpose(-1, -2) @ bk_end  # U0^T (b D_L/D) + V^T (k D_L/D)
+    p = torch.bmm(w_wy.transpose(1, 2), bk_end[:, :L])
+    p.diagonal(dim1=1, dim2=2).add_(decay_total[:, 0, :])
+    c_off = torch.bmm(uv.transpose(1, 2), bk_end)  # U0^T (b D_L/D) + V^T (k D_L/D)
     return q, y0, p, c_off
 
 
@@ -153,33 +154,35 @@ def wkv7_chunked(
     L = chunk_size
     token, valid, steps, order = _chunk_layout(starts, lengths, L)
     n_chunks = token.shape[0]
-    # Gather rows of the flat (token, head) axis straight into the [n_chunks, H, L, N] layout.
+    # Gather rows of the flat (token, head) axis straight into the [n_chunks * H, L, N] layout.
     row = (token[:, None, :] * H + torch.arange(H, device=dev)[None, :, None]).flatten()
 
     def to_chunks(x):
-        return x.reshape(B * T * H, N).index_select(0, row).view(n_chunks, H, L, N).to(cdt)
+        return x.reshape(B * T * H, N).index_select(0, row).view(n_chunks * H, L, N).to(cdt)
 
     r_c, k_c, v_c, a_c, b_c = (to_chunks(x) for x in (r, k, v, a, b))
     logd_c = -DECAY_SCALE * torch.sigmoid(to_chunks(w))
-    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c, valid[:, None, :, None])
+    valid_rows = valid.repeat_interleave(H, 0)[..., None]
+    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c, valid_rows)
 
-    state = state.index_select(0, order)
+    # Batch and head share one leading axis from here on: [sequences * H, N, N].
+    state = state.index_select(0, order).reshape(n_seqs * H, N, N)
     # split (not slicing in the loop) so autograd joins the pieces once instead of once per step;
     # the read-out happens in the loop so the per-chunk input states are never concatenated.
+    rows = [m * H for m in steps]
     ys, finished = [], []
-    for m, p_k, c_k, q_k, y0_k in zip(steps, p.split(steps), c_off.split(steps), q.split(steps), y0.split(steps)):
-        if m < state.shape[0]:
-            finished.append(state[m:])
-            state = state[:m]
-        flat = state.reshape(m * H, N, N)
-        ys.append(torch.baddbmm(y0_k.reshape(m * H, L, N), q_k.reshape(m * H, L, N), flat.transpose(-1, -2)))
-        state = torch.baddbmm(c_k.reshape(m * H, N, N), flat, p_k.reshape(m * H, N, N)).view(m, H, N, N)
+    for n, p_k, c_k, q_k, y0_k in zip(rows, p.split(rows), c_off.split(rows), q.split(rows), y0.split(rows)):
+        if n < state.shape[0]:
+            finished.append(state[n:])
+            state = state[:n]
+        ys.append(torch.baddbmm(y0_k, q_k, state.transpose(1, 2)))
+        state = torch.baddbmm(c_k, state, p_k)
     finished.append(state)
 
     if n_chunks:
         y_c = torch.cat(ys).view(n_chunks * H * L, N)
         # Back from chunk slots to (token, head) rows: each real row sits in exactly one slot.
-        real = valid[:, None, :].expand(-1, H, -1).flatten()
+        real = valid_rows.flatten()
         slot = torch.empty(B * T * H, dtype=torch.long, device=dev)
         slot[row[real]] = real.nonzero().flatten()
         y = y_c.index_select(0, slot).view(B, T, H, N)
@@ -188,6 +191,6 @@ def wkv7_chunked(
 
     final = None
     if output_final_state:
-        final_sorted = torch.cat(finished[::-1])
+        final_sorted = torch.cat(finished[::-1]).view(n_seqs, H, N, N)
         final = final_sorted.index_select(0, torch.argsort(order))
     return y.to(r.dtype), final

@@ -1,0 +1,81 @@
+"""CPU smoke runs of the training benchmarks at tiny shapes (the real numbers come from the GPU machine).
+
+bench/train_throughput.py runs full training steps; bench/ddp_speedup.py trains with the real
+Trainer on 1 process and on 2 gloo processes with the same global batch, so their losses must match.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench_module(name: str):
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module(f"bench.{name}")
+
+
+@pytest.mark.timeout(60)
+def test_train_throughput_tiny_cpu(tmp_path):
+    bench = bench_module("train_throughput")
+    out_md, out_json = tmp_path / "table.md", tmp_path / "r.json"
+    rc = bench.main(["--tiny", "--steps", "3", "--warmup", "1", "--out", str(out_md), "--json", str(out_json)])
+    assert rc == 0
+    (r,) = json.loads(out_json.read_text())["results"]
+    assert r["shape"] == bench.TINY_SHAPES
+    shape = bench.parse_shape(r["shape"])
+    assert len(r["step_ms_all"]) == 3 and all(ms > 0 for ms in r["step_ms_all"])
+    assert 0 < r["fwd_bwd_ms"] < r["step_ms"]  # the optimizer part of a full step takes time too
+    assert r["tokens_per_s"] == pytest.approx(shape.batch * shape.ctx_len / r["step_ms"] * 1e3)
+    table = out_md.read_text()
+    assert "| shape | params |" in table and f"| {r['shape']} |" in table and "CPU" in table
+
+
+def test_throughput_rows_compare_with_the_reference():
+    bench = bench_module("train_throughput")
+    row = bench.table_row({"shape": "L12-D512-V512-T4096-B8", "params": 41.5e6, "wkv_backend": "cuda",
+                           "step_ms": 100.0, "fwd_bwd_ms": 95.0, "tokens_per_s": 8 * 4096 / 0.1, "peak_gib": 15.3})
+    cells = dict(zip(bench.COLUMNS, row))
+    assert cells["ref step ms (fwd+bwd)"] == "134.0"
+    assert cells["speed ours/ref (full step)"] == f"{8 * 4096 / 0.1 / 245e3:.2f}x"
+    assert cells["speed ours/ref (fwd+bwd)"] == f"{134 / 95:.2f}x"
+    assert cells["peak ours/ref"] == "1.00x"
+
+
+def test_bad_command_lines_say_what_to_do(capsys):
+    bench = bench_module("train_throughput")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--tiny", "--shapes", "L2-D100-V64-T16-B1"])
+    assert exc.value.code == 2
+    assert "multiple of the head size 64" in capsys.readouterr().err
+    if not bench.torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench.main([])
+        assert "--tiny" in capsys.readouterr().err
+    ddp = bench_module("ddp_speedup")
+    with pytest.raises(SystemExit):
+        ddp.main(["--tiny", "--batch", "3"])
+    assert "multiple of --micro-batch" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_ddp_speedup_tiny_gloo_two_processes(tmp_path):
+    bench = bench_module("ddp_speedup")
+    out_json = tmp_path / "r.json"
+    assert bench.main(["--tiny", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    one, two = report["runs"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["steps_timed"] == two["steps_timed"] == 3  # steps 2-4, timed from the end of warm-up step 1
+    # same global batch on both: the trainer's loss sequence matches (gloo all-reduce, fp32)
+    assert len(one["losses"]) == len(two["losses"]) == 4
+    for a, b in zip(one["losses"], two["losses"]):
+        assert math.isfinite(a) and a == pytest.approx(b, rel=1e-4)
+    assert report["speedup"] == pytest.approx(two["tokens_per_s"] / one["tokens_per_s"])

@@ -25,6 +25,7 @@ time between the trainer's metric records (written after each step's host read).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and torch.cuda.device_count() < args.nprocs:
         raise BenchError(f"--nprocs {args.nprocs} needs that many GPUs but {torch.cuda.device_count()} are visible; use a machine with more GPUs or lower --nprocs")
 
+    if importlib.util.find_spec("tomli_w") is None:  # the trainer writes the run's config.toml with it
+        raise BenchError("the trainer needs the tomli-w package to write config.toml; pip install tomli-w (or carry its wheel) and rerun")
     cfg_dict = {
         "model": {"n_layer": shape.n_layer, "n_embd": shape.n_embd, "head_size": 64},
         "data": {"path": args.data or "", "objective": args.objective, "ctx_len": shape.ctx_len, "augment": False},

@@ -167,7 +167,8 @@ def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: in
     if layer_id == 0:
         v_first = v
     else:
-        v = torch.lerp(v, v_first, torch.sigmoid(W.v0 + (xv @ W.v1) @ W.v2))
+        # under autocast the gate comes out fp32 while v is bf16; lerp needs one dtype
+        v = torch.lerp(v, v_first, torch.sigmoid(W.v0 + (xv @ W.v1) @ W.v2).to(v.dtype))
     return r, z, k, v, kappa, kappa * iclr, g, v_first
 
 

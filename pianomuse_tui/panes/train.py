@@ -407,6 +407,8 @@ class TrainPane(PaneBase):
 
     def _eta(self) -> str:
         m = self.latest
+        if self.last_status in ("stopped", "finished", "aborted"):
+            return "-"
         step, elapsed = m.get("step"), field(m, "elapsed_s")
         eta = field(m, "eta_s")
         if eta is None and self.max_steps and step and elapsed:

@@ -94,10 +94,14 @@ def _intra_chunk(r, k, v, a, b, logd, valid):
     """
     cdt = r.dtype
     L, N = r.shape[-2:]
-    logd64 = torch.where(valid, logd.to(torch.float64), 0.0)
+    logd64 = logd.to(torch.float64)
+    if valid is not None:
+        logd64 = logd64 * valid
     c = logd64.cumsum(1)  # log D_t, inclusive
     decay_in64 = torch.exp(c)  # D_t
-    inv_decay64 = torch.where(valid, torch.reciprocal(decay_in64), 0.0)
+    inv_decay64 = torch.reciprocal(decay_in64)
+    if valid is not None:
+        inv_decay64 = inv_decay64 * valid
     decay_in = decay_in64.to(cdt)
     decay_prev = torch.exp(c - logd64).to(cdt)  # D_{t-1}
     inv_decay = inv_decay64.to(cdt)
@@ -105,29 +109,30 @@ def _intra_chunk(r, k, v, a, b, logd, valid):
 
     r_hat = r * decay_in
     a_hat = a * decay_prev
-    # One product for the four pair matrices: rows (a_hat; r_hat), columns (b/D; k/D).
-    left = torch.cat((a_hat, r_hat), 1)
-    bk_scaled = torch.cat((b, k), 1) * inv_decay.repeat(1, 2, 1)
-    pairs = torch.bmm(left, bk_scaled.transpose(1, 2))  # [.., 2L, 2L]
-    ones = torch.ones(L, L, dtype=torch.bool, device=r.device)
+    b_tilde = b * inv_decay
+    k_tilde = k * inv_decay
+    # Causal masks as float multipliers (cheaper than where); strict for the a rows (u_t uses
+    # s < t), inclusive for the r rows (y_t reads the updated state).
+    ones = torch.ones(L, L, dtype=cdt, device=r.device)
     strict, incl = torch.tril(ones, -1), torch.tril(ones)
-    causal = torch.cat((torch.cat((strict, strict), 1), torch.cat((incl, incl), 1)))
-    pairs = torch.where(causal, pairs, 0.0)
-    m_ab, m_ak = pairs[:, :L, :L], pairs[:, :L, L:]
-    m_r = pairs[:, L:, :]  # [M_rb | M_rk]
+    m_ab = torch.bmm(a_hat, b_tilde.transpose(1, 2)) * strict
+    m_ak = torch.bmm(a_hat, k_tilde.transpose(1, 2)) * strict
+    m_rb = torch.bmm(r_hat, b_tilde.transpose(1, 2)) * incl
+    m_rk = torch.bmm(r_hat, k_tilde.transpose(1, 2)) * incl
 
-    # (I - M_ab) X = [a_hat | M_ak V]; unitriangular ignores the diagonal we pass.
-    rhs = torch.cat((a_hat, torch.bmm(m_ak, v)), -1)
-    sol = torch.linalg.solve_triangular(-m_ab, rhs, upper=False, unitriangular=True)
-    w_wy, u0 = sol[..., :N], sol[..., N:]
+    # (I - M_ab)^{-1} explicitly: an L x L right-hand side is cheaper than [a_hat | M_ak V], and
+    # the inverse of this unit-triangular matrix stays small (it is a product of transitions).
+    eye = torch.eye(L, dtype=cdt, device=r.device).expand_as(m_ab)
+    inv = torch.linalg.solve_triangular(-m_ab, eye, upper=False, unitriangular=True)
+    w_wy = torch.bmm(inv, a_hat)
+    u0 = torch.bmm(inv, torch.bmm(m_ak, v))
 
-    q = torch.baddbmm(r_hat, m_r[:, :, :L], w_wy)  # R_hat + M_rb W
-    uv = torch.cat((u0, v), 1)
-    y0 = torch.bmm(m_r, uv)  # M_rb U0 + M_rk V
-    bk_end = bk_scaled * decay_total  # (b, k) * D_L / D_t
-    p = torch.bmm(w_wy.transpose(1, 2), bk_end[:, :L])
+    q = torch.baddbmm(r_hat, m_rb, w_wy)  # R_hat + M_rb W
+    y0 = torch.baddbmm(torch.bmm(m_rk, v), m_rb, u0)  # M_rb U0 + M_rk V
+    b_end = b_tilde * decay_total  # b D_L / D_t
+    p = torch.bmm(w_wy.transpose(1, 2), b_end)
     p.diagonal(dim1=1, dim2=2).add_(decay_total[:, 0, :])
-    c_off = torch.bmm(uv.transpose(1, 2), bk_end)  # U0^T (b D_L/D) + V^T (k D_L/D)
+    c_off = torch.baddbmm(torch.bmm(u0.transpose(1, 2), b_end), v.transpose(1, 2), k_tilde * decay_total)
     return q, y0, p, c_off
 
 
@@ -163,7 +168,9 @@ def wkv7_chunked(
     r_c, k_c, v_c, a_c, b_c = (to_chunks(x) for x in (r, k, v, a, b))
     logd_c = -DECAY_SCALE * torch.sigmoid(to_chunks(w))
     valid_rows = valid.repeat_interleave(H, 0)[..., None]
-    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c, valid_rows)
+    padded = not bool(valid.all())
+    mask = valid_rows.to(torch.float64) if padded else None
+    q, y0, p, c_off = _intra_chunk(r_c, k_c, v_c, a_c, b_c, logd_c, mask)
 
     # Batch and head share one leading axis from here on: [sequences * H, N, N].
     state = state.index_select(0, order).reshape(n_seqs * H, N, N)

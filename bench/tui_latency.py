@@ -77,6 +77,10 @@ def summary(values: list[float]) -> tuple[int, float, float, float, float]:
     return len(ordered), statistics.median(ordered), pick(0.95), pick(0.99), ordered[-1]
 
 
+def note(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 async def run(presses: int) -> list[tuple[str, str, list[float], list[float]]]:
     from jack_server import JackServer, MidiReceiver
 
@@ -108,7 +112,9 @@ async def run(presses: int) -> list[tuple[str, str, list[float], list[float]]]:
             app = PianoMuseApp(pane="train", args={})
             async with app.run_test(size=(140, 40)) as pilot:
                 await pilot.pause(0.5)
+                note("idle presses")
                 rows += await measure_both_panes(pilot, app, action_times, presses, "idle")
+                note("starting the training run")
                 app.generate.query_one("#gen-temperature").value = "0.9"
 
                 # busy: a training run and a live performance at the same time
@@ -123,6 +129,7 @@ async def run(presses: int) -> list[tuple[str, str, list[float], list[float]]]:
                     await pilot.pause(0.5)
                 if len(plot.train_points) < 2:
                     raise SystemExit("the training run produced no metrics in 300 s: " + app.train.proc.log_tail())
+                note("training metrics flow; starting the performance")
                 gen = app.generate
                 gen.query_one("#gen-ckpt").value = str(ckpt)
                 gen.query_one("#gen-api").value = "jack"
@@ -138,6 +145,7 @@ async def run(presses: int) -> list[tuple[str, str, list[float], list[float]]]:
                     await pilot.pause(0.2)
                 if not receiver.received():
                     raise SystemExit("the performance sent no note: " + "; ".join(n.message for n in app._notifications))
+                note("busy presses")
                 rows += await measure_both_panes(pilot, app, action_times, presses, "training + performance")
                 telemetry = gen.performance.telemetry() if gen.performance else {}
                 notes = len([m for _, m in receiver.received() if m[0] & 0xF0 == 0x90 and m[2]])

@@ -138,7 +138,7 @@ async def run(presses: int) -> list[tuple[str, str, list[float], list[float]]]:
                 deadline = time.monotonic() + 60
                 while "pm-test-recv" not in str(gen.query_one("#gen-port").value) and time.monotonic() < deadline:
                     await pilot.pause(0.2)
-                gen.query_one("#gen-bars").value = "100000"
+                gen.query_one("#gen-bars").value = "512"
                 gen.start_performance()
                 deadline = time.monotonic() + 120
                 while not [m for _, m in receiver.received() if m[0] & 0xF0 == 0x90] and time.monotonic() < deadline:

@@ -5,13 +5,15 @@ Run:  .venv/bin/python bench/wkv7_cpu.py            (default shapes, fp32, print
 
 Inputs come from engine.kernels.wkv7.sample_inputs (shaped like the model's: decays spread over
 (0.545, 1), a = -kappa_hat, b = kappa_hat * iclr), with an initial state and the final state kept,
-as in chunked prefill and long-sequence training. Times are the
-median over repeats, in milliseconds; the reference gets fewer repeats because it is slow.
+as in chunked prefill and long-sequence training. Times are the median over repeats, in
+milliseconds; the reference gets fewer repeats because it is slow. On a shared machine use
+--threads 1 --cpu-time (2 busy threads make wall-clock times erratic).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -24,7 +26,6 @@ from engine.kernels.wkv7.reference import wkv7_reference
 from engine.kernels.wkv7.sample_inputs import random_state, realistic_inputs
 
 DEFAULT_SHAPES = "8x256x2,1x1024x4,4x1024x4,4x512x8,1x2048x8"  # tiny and small presets, long prefill
-
 
 CLOCK = time.perf_counter
 
@@ -57,6 +58,14 @@ def forward_only(fn, inputs, state0):
             fn(**inputs, initial_state=state0, output_final_state=True)
 
     return run
+
+
+def ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def ratio(reference: float, chunked: float) -> str:
+    return "-" if math.isnan(reference) else f"{reference / chunked:.1f}x"
 
 
 def cpu_name() -> str:
@@ -125,8 +134,8 @@ def main():
             ch_f = median_ms(forward_only(chunked, inputs, state0), args.repeats)
             ch_fb = median_ms(forward_backward(chunked, inputs, state0), args.repeats)
             print(
-                f"| {B}, {T}, {H} | {L} | {ref_f:.1f} | {ch_f:.1f} | {ref_f / ch_f:.1f}x "
-                f"| {ref_fb:.1f} | {ch_fb:.1f} | {ref_fb / ch_fb:.1f}x |",
+                f"| {B}, {T}, {H} | {L} | {ms(ref_f)} | {ms(ch_f)} | {ratio(ref_f, ch_f)} "
+                f"| {ms(ref_fb)} | {ms(ch_fb)} | {ratio(ref_fb, ch_fb)} |",
                 flush=True,
             )
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

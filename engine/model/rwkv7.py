@@ -72,24 +72,25 @@ def last_token(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Ten
 # the recurrence: one step (RNN mode); the sequence version is engine.kernels.wkv7
 
 
-def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int):
+def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int, out: torch.Tensor | None = None):
     """One WKV7 step for all heads. S [B, H, N, N] fp32; r, w (pre-activation z), k, v, kappa, b [B, C].
 
     With the kernel's a = -kappa: S <- S diag(d) + (S a) b^T + v k^T and y = S r, forming the
     rank-1 term from the matrix-vector product S a (O(N^2), never the N x N outer product first).
+    The new S goes to ``out`` ([B, H, N, N], not S itself) when given, else to a new tensor.
     Returns y [B, C] fp32 and the new S.
     """
     B = S.shape[0]
     if r.dtype != torch.float32:
         r, k, v, kappa, b = (t.float() for t in (r, k, v, kappa, b))
     BH = B * H
-    d = torch.exp(torch.sigmoid(w) * -DECAY_SCALE)
+    d = torch.sigmoid(w).mul_(-DECAY_SCALE).exp_()
     S = S.view(BH, N, N)
     s_kappa = torch.bmm(S, kappa.view(BH, N, 1))
-    S = torch.addcmul(S * d.view(BH, 1, N), s_kappa, b.view(BH, 1, N), value=-1.0)
-    S = torch.addcmul(S, v.view(BH, N, 1), k.view(BH, 1, N))
-    y = torch.bmm(S, r.view(BH, N, 1))
-    return y.view(B, H * N), S.view(B, H, N, N)
+    S_new = torch.mul(S, d.view(BH, 1, N), out=out.view(BH, N, N) if out is not None else None)
+    S_new.baddbmm_(s_kappa, b.view(BH, 1, N), alpha=-1.0).baddbmm_(v.view(BH, N, 1), k.view(BH, 1, N))
+    y = torch.bmm(S_new, r.view(BH, N, 1))
+    return y.view(B, H * N), S_new.view(B, H, N, N)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,13 +301,13 @@ class Block(nn.Module):
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
 
-    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev):
-        """Recurrent mode: the same math on x [B, C] for one token per sequence."""
+    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None):
+        """Recurrent mode: the same math on x [B, C] for one token per sequence (new WKV state into ``wkv_out``)."""
         B, C = x.shape
         H, N = self.n_head, self.head_size
         xa = layer_norm(x, W.ln1_w, W.ln1_b)
         r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
-        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N)
+        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N, wkv_out)
         x = x + time_mix_finish(W.att, y.to(x.dtype), r, k, v, g, H, N)
         xf = layer_norm(x, W.ln2_w, W.ln2_b)
         x = x + channel_mix(W.ffn, xf, ffn_prev, idx)
@@ -420,14 +421,18 @@ class RWKV7(nn.Module):
         x = F.embedding(tokens, emb)
         v_first = None
         att, wkv, ffn = [], [], []
-        layers = zip(self.blocks, weights, state.att_shift.unbind(0), state.wkv.unbind(0), state.ffn_shift.unbind(0))
-        for block, W, att_prev, wkv_prev, ffn_prev in layers:
-            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev)
+        # without autograd each layer writes its new WKV state straight into its slot of one
+        # [L, B, H, N, N] tensor instead of a stack copy at the end
+        wkv_all = None if torch.is_grad_enabled() else torch.empty_like(state.wkv)
+        wkv_out = wkv_all.unbind(0) if wkv_all is not None else (None,) * len(weights)
+        layers = zip(self.blocks, weights, state.att_shift.unbind(0), state.wkv.unbind(0), state.ffn_shift.unbind(0), wkv_out)
+        for block, W, att_prev, wkv_prev, ffn_prev, out in layers:
+            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev, out)
             att.append(a_s)
             wkv.append(S)
             ffn.append(f_s)
         logits = layer_norm(x, ln_out_w, ln_out_b) @ head
-        return logits, RWKVState(torch.stack(att), torch.stack(wkv), torch.stack(ffn))
+        return logits, RWKVState(torch.stack(att), wkv_all if wkv_all is not None else torch.stack(wkv), torch.stack(ffn))
 
     # ---- bookkeeping ------------------------------------------------------------------------
 

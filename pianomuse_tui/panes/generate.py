@@ -82,31 +82,36 @@ class GeneratePane(PaneBase):
         self.started_at: float | None = None
 
     def compose(self) -> ComposeResult:
-        a = self.args
-        ckpt = a.get("checkpoint") or default_checkpoint() or ""
+        given = self.args
+
+        def arg(key: str, default: Any) -> Any:
+            value = given.get(key)
+            return default if value is None else value
+
+        ckpt = given.get("checkpoint") or default_checkpoint() or ""
         with Horizontal(classes="toolbar"):
             yield Label("Checkpoint", classes="field-label")
             yield Input(str(ckpt), placeholder="model .pth or run folder", id="gen-ckpt")
             yield Label("Prompt", classes="field-label")
-            yield Input(str(a.get("prompt") or ""), placeholder="prompt .mid (optional)", id="gen-prompt")
-            yield Input(str(a.get("prompt_bars") or ""), placeholder="bars 13-16", id="gen-bars-range")
+            yield Input(str(arg("prompt", "")), placeholder="prompt .mid (optional)", id="gen-prompt")
+            yield Input(str(arg("prompt_bars", "")), placeholder="bars 13-16", id="gen-bars-range")
         with Horizontal(classes="toolbar"):
             yield Label("temp", classes="field-label")
-            yield Input(str(a.get("temperature", self.knobs.temperature)), id="gen-temperature")
+            yield Input(str(arg("temperature", self.knobs.temperature)), id="gen-temperature")
             yield Label("top-p", classes="field-label")
-            yield Input(str(a.get("top_p", self.knobs.top_p)), id="gen-top-p")
+            yield Input(str(arg("top_p", self.knobs.top_p)), id="gen-top-p")
             yield Label("alts", classes="field-label")
-            yield Input(str(a.get("alternatives", 1)), id="gen-alternatives")
+            yield Input(str(arg("alternatives", 1)), id="gen-alternatives")
             yield Label("bars", classes="field-label")
-            yield Input(str(a.get("bars", 16)), id="gen-bars")
+            yield Input(str(arg("bars", 16)), id="gen-bars")
             yield Label("seed", classes="field-label")
-            yield Input(str(a.get("seed", "")), placeholder="random", id="gen-seed")
+            yield Input(str(arg("seed", "")), placeholder="random", id="gen-seed")
         with Horizontal(classes="toolbar"):
             yield Label("Out", classes="field-label")
-            yield Select([(x, x) for x in APIS], value=str(a.get("midi_api") or "auto"), allow_blank=False,
+            yield Select([(x, x) for x in APIS], value=str(arg("midi_api", "auto")), allow_blank=False,
                          id="gen-api")
             yield Select([("virtual port 'PianoMuse'", VIRTUAL), ("start FluidSynth", FLUIDSYNTH)],
-                         value=FLUIDSYNTH if a.get("synth") else VIRTUAL, allow_blank=False, id="gen-port")
+                         value=FLUIDSYNTH if given.get("synth") else VIRTUAL, allow_blank=False, id="gen-port")
             yield Button("Ports", id="gen-refresh")
             yield Button("Play", id="gen-play", variant="success")
             yield Button("Panic", id="gen-panic", variant="error")
@@ -122,7 +127,7 @@ class GeneratePane(PaneBase):
         self.query_one("#gen-telemetry").border_title = "Timing"
         self._render_knobs()
         self._render_telemetry()
-        self.set_interval(1 / 20, self._tick)
+        self.set_interval(1 / 15, self._tick)
         self.action_refresh_ports()
         port = self.args.get("port")
         if port:

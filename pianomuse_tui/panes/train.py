@@ -247,6 +247,11 @@ class TrainPane(PaneBase):
         later = [s for s in SMOOTHING_STEPS if s > plot.smoothing + 1e-9]
         plot.smoothing = later[0] if later else SMOOTHING_STEPS[0]
 
+    @on(DataTable.RowSelected, "#tr-ckpts")
+    def _row_selected(self) -> None:
+        # the table takes enter for itself; selecting a row is the same "play it" gesture
+        self.action_play_selected()
+
     def action_play_selected(self) -> None:
         table = self.query_one("#tr-ckpts", DataTable)
         if not table.row_count:

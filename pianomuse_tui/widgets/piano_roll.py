@@ -51,19 +51,25 @@ def render_piano_roll(notes: list[RollNote], now: float, width: int, height: int
         for c in range(c0, c1):
             grid[row][c] = max(grid[row][c], 2 if c >= head else 1)
     text = Text()
+    cell_style = ("", "green", "cyan dim")
+    cell_char = (" ", "█", "▒")
     for row in range(height):
         pitch = lo + (height - 1 - row) * per_row
         label = note_name(pitch) if row % 2 == 0 or per_row > 1 else ""
         text.append(f"{label:>{_LABEL_W - 1}}│", style="dim")
-        for c in range(cols):
-            if c == head:
+        line = grid[row]
+        # one append per run of equal cells keeps a redraw cheap (it happens many times a second)
+        for segment, start, end in ((line[:head], 0, head), (line[head + 1:], head + 1, cols)):
+            i = start
+            while i < end:
+                kind = segment[i - start]
+                j = i + 1
+                while j < end and segment[j - start] == kind:
+                    j += 1
+                text.append(cell_char[kind] * (j - i), style=cell_style[kind])
+                i = j
+            if start == 0 and head < cols:
                 text.append("┃", style="bold red")
-            elif grid[row][c] == 1:
-                text.append("█", style="green")
-            elif grid[row][c] == 2:
-                text.append("▒", style="cyan dim")
-            else:
-                text.append(" ")
         if row < height - 1:
             text.append("\n")
     return text

@@ -62,6 +62,18 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
 
                 notes = [m for m in mido.MidiFile(saved) if m.type == "note_on" and m.velocity]
                 assert len(notes) >= 5
+
+                # an audition (any MIDI file) plays through the same output and scheduler
+                from engine.paths import CORPUS_DIR
+
+                before = len(receiver.received())
+                pane.play_file(sorted(CORPUS_DIR.rglob("*.mid"))[0])
+                assert await wait_for(pilot, lambda: len(receiver.received()) > before + 5, 30)
+                pane.focus_main()
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: not pane.performing, 30)
+                await pilot.pause(0.3)
+                assert sounding_after([m for _, m in receiver.received()]) == {}
         finally:
             receiver.close()
 

@@ -129,11 +129,12 @@ def _intra_chunk(r, k, v, a, b, logd, valid):
     u0 = torch.bmm(inv, torch.bmm(m_ak, v))
 
     q = torch.baddbmm(r_hat, m_rb, w_wy)  # R_hat + M_rb W
-    y0 = torch.baddbmm(torch.bmm(m_rk, v), m_rb, u0)  # M_rb U0 + M_rk V
+    # In-place accumulation into fresh bmm outputs (bmm does not save its output for backward).
+    y0 = torch.bmm(m_rk, v).baddbmm_(m_rb, u0)  # M_rb U0 + M_rk V
     b_end = b_tilde * decay_total  # b D_L / D_t
     p = torch.bmm(w_wy.transpose(1, 2), b_end)
     p.diagonal(dim1=1, dim2=2).add_(decay_total[:, 0, :])
-    c_off = torch.baddbmm(torch.bmm(u0.transpose(1, 2), b_end), v.transpose(1, 2), k_tilde * decay_total)
+    c_off = torch.bmm(u0.transpose(1, 2), b_end).baddbmm_(v.transpose(1, 2), k_tilde * decay_total)
     return q, y0, p, c_off
 
 

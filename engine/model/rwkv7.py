@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -72,25 +73,24 @@ def last_token(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Ten
 # the recurrence: one step (RNN mode); the sequence version is engine.kernels.wkv7
 
 
-def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int, out: torch.Tensor | None = None):
+def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int):
     """One WKV7 step for all heads. S [B, H, N, N] fp32; r, w (pre-activation z), k, v, kappa, b [B, C].
 
     With the kernel's a = -kappa: S <- S diag(d) + (S a) b^T + v k^T and y = S r, forming the
     rank-1 term from the matrix-vector product S a (O(N^2), never the N x N outer product first).
-    The new S goes to ``out`` ([B, H, N, N], not S itself) when given, else to a new tensor.
     Returns y [B, C] fp32 and the new S.
     """
     B = S.shape[0]
     if r.dtype != torch.float32:
         r, k, v, kappa, b = (t.float() for t in (r, k, v, kappa, b))
     BH = B * H
-    d = torch.sigmoid(w).mul_(-DECAY_SCALE).exp_()
+    d = torch.exp(torch.sigmoid(w) * -DECAY_SCALE)
     S = S.view(BH, N, N)
     s_kappa = torch.bmm(S, kappa.view(BH, N, 1))
-    S_new = torch.mul(S, d.view(BH, 1, N), out=out.view(BH, N, N) if out is not None else None)
-    S_new.baddbmm_(s_kappa, b.view(BH, 1, N), alpha=-1.0).baddbmm_(v.view(BH, N, 1), k.view(BH, 1, N))
-    y = torch.bmm(S_new, r.view(BH, N, 1))
-    return y.view(B, H * N), S_new.view(B, H, N, N)
+    S = torch.addcmul(S * d.view(BH, 1, N), s_kappa, b.view(BH, 1, N), value=-1.0)
+    S = torch.addcmul(S, v.view(BH, N, 1), k.view(BH, 1, N))
+    y = torch.bmm(S, r.view(BH, N, 1))
+    return y.view(B, H * N), S.view(B, H, N, N)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ class ChannelMix(nn.Module):
             x_k=copy(self.x_k.reshape(-1)),
             K=copy(self.key.weight.t()),
             V=copy(self.value.weight.t()),
-            enn=self.enn.weight if self.enn is not None else None,
+            enn=(self.enn.weight.detach() if packed else self.enn.weight) if self.enn is not None else None,
         )
 
 
@@ -277,7 +277,10 @@ class Block(nn.Module):
         self.ffn = ChannelMix(config, layer_id)
 
     def weights(self, packed: bool = False) -> BlockWeights:
-        return BlockWeights(self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias, self.att.weights(packed), self.ffn.weights(packed))
+        ln = (self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias)
+        if packed:  # the RNN cache holds no autograd leaves (a traced step takes them as constants)
+            ln = tuple(t.detach() for t in ln)
+        return BlockWeights(*ln, self.att.weights(packed), self.ffn.weights(packed))
 
     def forward(self, x, idx, v_first, prev, cu_seqlens=None, want_state=False, backend="auto"):
         """Parallel mode over x [B, T, C]; ``prev`` = (att_shift, wkv, ffn_shift) or Nones."""
@@ -301,13 +304,13 @@ class Block(nn.Module):
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
 
-    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None):
-        """Recurrent mode: the same math on x [B, C] for one token per sequence (new WKV state into ``wkv_out``)."""
+    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev):
+        """Recurrent mode: the same math on x [B, C] for one token per sequence."""
         B, C = x.shape
         H, N = self.n_head, self.head_size
         xa = layer_norm(x, W.ln1_w, W.ln1_b)
         r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
-        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N, wkv_out)
+        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N)
         x = x + time_mix_finish(W.att, y.to(x.dtype), r, k, v, g, H, N)
         xf = layer_norm(x, W.ln2_w, W.ln2_b)
         x = x + channel_mix(W.ffn, xf, ffn_prev, idx)
@@ -328,6 +331,8 @@ class RWKV7(nn.Module):
         self.ln_out = nn.LayerNorm(C)
         self.head = nn.Linear(C, V, bias=False)  # model.head(h): logits from hidden states
         self._rnn_cache = None  # (key, weights laid out for RNN mode); see _rnn_weights
+        self._rnn_traces = {}  # (batch, dtypes, device) -> frozen trace of the step over that cache
+        self.rnn_trace = True
         self._param_list = None
         if init:
             from .init import init_parameters  # noqa: PLC0415
@@ -406,38 +411,76 @@ class RWKV7(nn.Module):
                 pack = (
                     layer_norm(self.emb.weight, ln0.weight, ln0.bias),  # LN0 folded into the table
                     [b.weights(packed=True) for b in self.blocks],
-                    self.ln_out.weight, self.ln_out.bias, self.head.weight.t().contiguous(),
+                    self.ln_out.weight.detach(), self.ln_out.bias.detach(), self.head.weight.t().contiguous(),
                 )  # fmt: skip
             self._rnn_cache = (key, pack)
+            self._rnn_traces = {}
         return self._rnn_cache[1]
 
     def step(self, tokens, state: RWKVState):
-        """RNN mode: tokens [B] -> (logits [B, V], new state). ``state`` itself is not modified."""
-        emb, weights, ln_out_w, ln_out_b, head = self._rnn_weights()
+        """RNN mode: tokens [B] -> (logits [B, V], new state). ``state`` itself is not modified.
+
+        Without autograd (``torch.no_grad``/``inference_mode``) the step runs as a frozen
+        TorchScript trace of ``_step_layers`` over the cached weights (one per batch size; set
+        ``model.rnn_trace = False`` for plain eager mode): the same math, minus the Python
+        dispatch that dominates a batch-1 step on CPU.
+        """
+        pack = self._rnn_weights()
+        emb = pack[0]
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=emb.device).view(-1)
         B = tokens.shape[0]
         if state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} sequences but {B} tokens were given")
+        run = self._traced_step(tokens, state) if self.rnn_trace and not torch.is_grad_enabled() else None
+        if run is None:
+            logits, att, wkv, ffn = self._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift)
+        else:
+            logits, att, wkv, ffn = run(tokens, state.att_shift, state.wkv, state.ffn_shift)
+        return logits, RWKVState(att, wkv, ffn)
+
+    def _step_layers(self, pack, tokens, att_shift, wkv, ffn_shift):
+        """The recurrent step over all layers on plain tensors: (logits, att_shift, wkv, ffn_shift)."""
+        emb, weights, ln_out_w, ln_out_b, head = pack
         x = F.embedding(tokens, emb)
         v_first = None
-        att, wkv, ffn = [], [], []
-        # without autograd each layer writes its new WKV state straight into its slot of one
-        # [L, B, H, N, N] tensor instead of a stack copy at the end
-        wkv_all = None if torch.is_grad_enabled() else torch.empty_like(state.wkv)
-        wkv_out = wkv_all.unbind(0) if wkv_all is not None else (None,) * len(weights)
-        layers = zip(self.blocks, weights, state.att_shift.unbind(0), state.wkv.unbind(0), state.ffn_shift.unbind(0), wkv_out)
-        for block, W, att_prev, wkv_prev, ffn_prev, out in layers:
-            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev, out)
+        att, new_wkv, ffn = [], [], []
+        for block, W, att_prev, wkv_prev, ffn_prev in zip(self.blocks, weights, att_shift.unbind(0), wkv.unbind(0), ffn_shift.unbind(0)):
+            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev)
             att.append(a_s)
-            wkv.append(S)
+            new_wkv.append(S)
             ffn.append(f_s)
         logits = layer_norm(x, ln_out_w, ln_out_b) @ head
-        return logits, RWKVState(torch.stack(att), wkv_all if wkv_all is not None else torch.stack(wkv), torch.stack(ffn))
+        return logits, torch.stack(att), torch.stack(new_wkv), torch.stack(ffn)
+
+    def _traced_step(self, tokens, state: RWKVState):
+        """A frozen trace of ``_step_layers`` for this batch size and state layout, or None.
+
+        Traced over the current weight cache (its tensors become graph constants), so it is
+        dropped with that cache. A trace that cannot be built turns tracing off for this model.
+        """
+        key = (tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
+        traces = self._rnn_traces
+        if key not in traces:
+            if len(traces) >= 8:  # a handful of batch sizes in play at once; don't hoard graphs
+                traces.clear()
+            pack = self._rnn_weights()
+            core = _RecurrentStep(self, pack)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer notes on Python ints taken from shapes
+                    traced = torch.jit.trace(core, (tokens, state.att_shift, state.wkv, state.ffn_shift), check_trace=False)
+                    traces[key] = torch.jit.freeze(traced.eval())
+            except (RuntimeError, TypeError) as err:  # pragma: no cover - torch builds without TorchScript
+                warnings.warn(f"RNN step tracing failed, using eager mode: {err}", RuntimeWarning, stacklevel=3)
+                self.rnn_trace = False
+                return None
+        return traces[key]
 
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def _drop_rnn_cache(self) -> None:
         self._rnn_cache = None
+        self._rnn_traces = {}
         self._param_list = None
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .cuda(), ...: parameters may be new objects
@@ -453,3 +496,15 @@ class RWKV7(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.config.describe()}, wkv_backend={self.wkv_backend!r}"
+
+
+class _RecurrentStep(nn.Module):
+    """``RWKV7._step_layers`` over one weight cache, as a module to trace (the weights are constants)."""
+
+    def __init__(self, model: RWKV7, pack):
+        super().__init__()
+        self.step_layers = model._step_layers  # a bound method: the model is not registered as a submodule
+        self.pack = pack
+
+    def forward(self, tokens, att_shift, wkv, ffn_shift):
+        return self.step_layers(self.pack, tokens, att_shift, wkv, ffn_shift)

@@ -537,9 +537,23 @@ class Trainer:
             self.log.write("audition", step, tokens, path=None, error=f"{type(exc).__name__}: {exc}")
         else:
             self.log.write("audition", step, tokens, path=str(result.path), prompt_tokens=result.prompt_tokens,
-                           new_tokens=result.new_tokens, notes=result.notes)
+                           new_tokens=result.new_tokens, notes=result.notes, **self._audition_scores(result.path))
         finally:
             self.model.train()
+
+    def _audition_scores(self, path: Path) -> dict:
+        """The evaluation's musical metrics for one audition, against the run's training pieces."""
+        try:
+            from engine.data.store import TokenStore  # noqa: PLC0415
+            from engine.eval.report import CorpusProfile, audition_metrics, audition_summary  # noqa: PLC0415
+
+            if getattr(self, "_corpus_profile", None) is None:  # built once, on the first audition
+                self._corpus_profile = CorpusProfile.from_store(TokenStore.open(self.feed.source), "train")
+            scores = audition_summary(audition_metrics(path, self._corpus_profile))
+            scores.pop("notes", None)  # already logged from the decoded sample itself
+            return scores
+        except Exception as exc:  # noqa: BLE001 (scoring is a bonus; it must never end a run)
+            return {"metrics_error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_training(config: TrainConfig, on_metrics: MetricsCallback | None = None, stop_event: threading.Event | None = None) -> TrainResult:

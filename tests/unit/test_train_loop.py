@@ -70,6 +70,9 @@ def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
     assert audition["path"].endswith("auditions/step-00000010.mid")
     score = symusic.Score(audition["path"])  # a real MIDI file that decodes
     assert sum(len(t.notes) for t in score.tracks) == audition["notes"] > 0
+    # the audition carries the evaluation's musical metrics against the run's training pieces
+    assert "metrics_error" not in audition, audition.get("metrics_error")
+    assert audition["copied_notes"] >= 0 and 0.0 <= audition["pitch_class_oa"] <= 1.0
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -63,8 +63,10 @@ def test_ports_command_lists_jack_ports(receiver):
     assert "jack output ports:" in result.output and receiver.port_name in result.output
 
 
-def test_streamed_phrase_arrives_complete_in_order_and_on_time(receiver, tmp_path):
+def _play_phrase_and_measure(receiver, path):
+    """Stream a dense phrase to the receiver; return (events sent, events received, p99 error s, telemetry)."""
     events = dense_phrase(2.0)
+    already = len(receiver.received())
     out = open_output("jack", receiver.port_name)
     sched = LookaheadScheduler(out, lookahead=0.5, record=True)
     sched.start()
@@ -74,17 +76,13 @@ def test_streamed_phrase_arrives_complete_in_order_and_on_time(receiver, tmp_pat
     sched.stop()
     out.close()
 
-    path = write_midi_file(events, tmp_path / "phrase.mid")
+    write_midi_file(events, path)
     expected, t = [], 0.0
     for msg in mido.MidiFile(path):
         t += msg.time
         if not msg.is_meta:
             expected.append((t, tuple(msg.bytes())))
-    got = receiver.received()
-    played = [d for _, d in got][: len(expected)]
-    assert played == [d for _, d in expected]  # every event, in order
-    assert sounding_after([d for _, d in got]) == {}
-
+    got = receiver.received()[already:]
     # Timing error against the written file, after removing JACK's constant port latency.
     offsets = [rt - et for (rt, _), (et, _) in zip(got, expected)]
     base = statistics.median(offsets)
@@ -92,8 +90,21 @@ def test_streamed_phrase_arrives_complete_in_order_and_on_time(receiver, tmp_pat
     p99 = errors[int(0.99 * (len(errors) - 1))]
     print(f"\nJACK timing: {len(errors)} events, error p99 {p99 * 1e3:.2f} ms, max {errors[-1] * 1e3:.2f} ms; "
           + sched.telemetry().summary())
-    assert p99 < 0.025  # generous: CI machines are shared; bench/midi_timing.py measures the real figure
-    assert sched.telemetry().underruns == 0
+    return expected, got, p99, sched.telemetry()
+
+
+def test_streamed_phrase_arrives_complete_in_order_and_on_time(receiver, tmp_path):
+    expected, got, p99, telemetry = _play_phrase_and_measure(receiver, tmp_path / "phrase.mid")
+    played = [d for _, d in got][: len(expected)]
+    assert played == [d for _, d in expected]  # every event, in order
+    assert sounding_after([d for _, d in got]) == {}
+    assert telemetry.underruns == 0
+    if p99 >= 0.003:
+        # one hiccup of a shared machine (another process took the core) gets one more take;
+        # the issue's bound must then hold: p99 timing error under 3 ms against the written file
+        _, got2, p99, _ = _play_phrase_and_measure(receiver, tmp_path / "phrase2.mid")
+        assert sounding_after([d for _, d in got2]) == {}
+    assert p99 < 0.003, f"p99 timing error {p99 * 1e3:.2f} ms (bench/midi_timing.py measures the figure in detail)"
 
 
 def test_stop_mid_phrase_leaves_no_note_sounding(receiver):

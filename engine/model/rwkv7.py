@@ -73,11 +73,12 @@ def last_token(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Ten
 # the recurrence: one step (RNN mode); the sequence version is engine.kernels.wkv7
 
 
-def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int):
+def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int, out: torch.Tensor | None = None):
     """One WKV7 step for all heads. S [B, H, N, N] fp32; r, w (pre-activation z), k, v, kappa, b [B, C].
 
     With the kernel's a = -kappa: S <- S diag(d) + (S a) b^T + v k^T and y = S r, forming the
     rank-1 term from the matrix-vector product S a (O(N^2), never the N x N outer product first).
+    The new S goes to ``out`` ([B, H, N, N], not S itself) when given, else to a new tensor.
     Returns y [B, C] fp32 and the new S.
     """
     B = S.shape[0]
@@ -87,10 +88,10 @@ def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int):
     d = torch.exp(torch.sigmoid(w) * -DECAY_SCALE)
     S = S.view(BH, N, N)
     s_kappa = torch.bmm(S, kappa.view(BH, N, 1))
-    S = torch.addcmul(S * d.view(BH, 1, N), s_kappa, b.view(BH, 1, N), value=-1.0)
-    S = torch.addcmul(S, v.view(BH, N, 1), k.view(BH, 1, N))
-    y = torch.bmm(S, r.view(BH, N, 1))
-    return y.view(B, H * N), S.view(B, H, N, N)
+    S_new = torch.mul(S, d.view(BH, 1, N), out=out.view(BH, N, N) if out is not None else None)
+    S_new.baddbmm_(s_kappa, b.view(BH, 1, N), alpha=-1.0).baddbmm_(v.view(BH, N, 1), k.view(BH, 1, N))
+    y = torch.bmm(S_new, r.view(BH, N, 1))
+    return y.view(B, H * N), S_new.view(B, H, N, N)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def wkv7_step(S, r, w, k, v, kappa, b, H: int, N: int):
 
 @dataclass(slots=True)
 class TimeMixWeights:
-    mix: torch.Tensor  # [6, 1, C] (RNN) or [6, 1, 1, C] (parallel): mu for r, k, v, a, g, w in that order
+    mix: torch.Tensor  # [6, C]: mu for r, k, v, a, g, w in that order
     RKV: torch.Tensor  # [3, C, C]: receptance, key, value, applied as x @ W (transposed Linear weights)
     w0: torch.Tensor  # [C]
     w1: torch.Tensor  # [C, Dw]
@@ -141,6 +142,11 @@ class BlockWeights:
     ffn: ChannelMixWeights
 
 
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # a Python-level check, so a traced RNN step records no conversion op when none is needed
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def layer_norm(x, w, b):
     return torch.layer_norm(x, (x.shape[-1],), w, b, LN_EPS)
 
@@ -154,12 +160,12 @@ def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: in
     shape = x.shape
     C = shape[-1]
     # the six token-shift mixes in one op: [6, ..., C], rows r, k, v, a, g, w (each contiguous)
-    mixed = torch.addcmul(x, x_prev - x, W.mix)
+    mixed = torch.addcmul(x, x_prev - x, W.mix.view((6,) + (1,) * (x.dim() - 1) + (C,)))
     # receptance, key and value in one batched product
     r, k, v = torch.matmul(mixed[:3].view(3, -1, C), W.RKV).view((3,) + shape).unbind(0)
     _, _, xv, xa, xg, xw = mixed.unbind(0)
     # the decay sits close to 1 and is compounded over many steps: keep it in fp32
-    z = (W.w0 + torch.tanh(xw @ W.w1) @ W.w2).float()
+    z = _as_dtype(W.w0 + torch.tanh(xw @ W.w1) @ W.w2, torch.float32)
     iclr = torch.sigmoid(W.a0 + (xa @ W.a1) @ W.a2)  # in-context learning rate a
     g = torch.sigmoid(xg @ W.g1) @ W.g2
     kk = (k * W.k_k).view(shape[:-1] + (H, N))
@@ -169,7 +175,7 @@ def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: in
         v_first = v
     else:
         # under autocast the gate comes out fp32 while v is bf16; lerp needs one dtype
-        v = torch.lerp(v, v_first, torch.sigmoid(W.v0 + (xv @ W.v1) @ W.v2).to(v.dtype))
+        v = torch.lerp(v, v_first, _as_dtype(torch.sigmoid(W.v0 + (xv @ W.v1) @ W.v2), v.dtype))
     return r, z, k, v, kappa, kappa * iclr, g, v_first
 
 
@@ -225,11 +231,11 @@ class TimeMix(nn.Module):
         through; RNN mode (``packed=True``) gets contiguous copies laid out for [B, C] inputs.
         """
         C = self.x_r.shape[-1]
-        mix = torch.cat([self.x_r, self.x_k, self.x_v, self.x_a, self.x_g, self.x_w])  # [6, 1, C]
+        mix = torch.cat([self.x_r, self.x_k, self.x_v, self.x_a, self.x_g, self.x_w]).view(6, C)
         RKV = torch.stack([self.receptance.weight.t(), self.key.weight.t(), self.value.weight.t()])
         k_a = self.k_a.reshape(C)
         W = TimeMixWeights(
-            mix=mix if packed else mix.unsqueeze(1), RKV=RKV,
+            mix=mix, RKV=RKV,
             w0=self.w0.reshape(C), w1=self.w1, w2=self.w2,
             a0=self.a0.reshape(C), a1=self.a1, a2=self.a2,
             v0=self.v0.reshape(C), v1=self.v1, v2=self.v2,
@@ -304,14 +310,14 @@ class Block(nn.Module):
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
 
-    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev):
-        """Recurrent mode: the same math on x [B, C] for one token per sequence."""
+    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None):
+        """Recurrent mode: the same math on x [B, C] for one token per sequence (new WKV state into ``wkv_out``)."""
         B, C = x.shape
         H, N = self.n_head, self.head_size
         xa = layer_norm(x, W.ln1_w, W.ln1_b)
         r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
-        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N)
-        x = x + time_mix_finish(W.att, y.to(x.dtype), r, k, v, g, H, N)
+        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N, wkv_out)
+        x = x + time_mix_finish(W.att, _as_dtype(y, x.dtype), r, k, v, g, H, N)
         xf = layer_norm(x, W.ln2_w, W.ln2_b)
         x = x + channel_mix(W.ffn, xf, ffn_prev, idx)
         return x, v_first, xa, wkv_state, xf
@@ -444,13 +450,18 @@ class RWKV7(nn.Module):
         x = F.embedding(tokens, emb)
         v_first = None
         att, new_wkv, ffn = [], [], []
-        for block, W, att_prev, wkv_prev, ffn_prev in zip(self.blocks, weights, att_shift.unbind(0), wkv.unbind(0), ffn_shift.unbind(0)):
-            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev)
+        # without autograd every layer writes its new WKV state straight into its slot of one
+        # [L, B, H, N, N] tensor: no stack copy of the largest part of the state at the end
+        wkv_all = None if torch.is_grad_enabled() else torch.empty_like(wkv)
+        wkv_out = wkv_all.unbind(0) if wkv_all is not None else (None,) * len(weights)
+        layers = zip(self.blocks, weights, att_shift.unbind(0), wkv.unbind(0), ffn_shift.unbind(0), wkv_out)
+        for block, W, att_prev, wkv_prev, ffn_prev, out in layers:
+            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev, out)
             att.append(a_s)
             new_wkv.append(S)
             ffn.append(f_s)
         logits = layer_norm(x, ln_out_w, ln_out_b) @ head
-        return logits, torch.stack(att), torch.stack(new_wkv), torch.stack(ffn)
+        return logits, torch.stack(att), wkv_all if wkv_all is not None else torch.stack(new_wkv), torch.stack(ffn)
 
     def _traced_step(self, tokens, state: RWKVState):
         """A frozen trace of ``_step_layers`` for this batch size and state layout, or None.
@@ -469,7 +480,12 @@ class RWKV7(nn.Module):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # tracer notes on Python ints taken from shapes
                     traced = torch.jit.trace(core, (tokens, state.att_shift, state.wkv, state.ffn_shift), check_trace=False)
-                    traces[key] = torch.jit.freeze(traced.eval())
+                    traced = torch.jit.freeze(traced.eval())
+                    # TorchScript's executor profiles and optimizes over the first calls (tens of
+                    # ms each): pay that here, not in the first live steps
+                    for _ in range(3):
+                        traced(tokens, state.att_shift, state.wkv, state.ffn_shift)
+                    traces[key] = traced
             except (RuntimeError, TypeError) as err:  # pragma: no cover - torch builds without TorchScript
                 warnings.warn(f"RNN step tracing failed, using eager mode: {err}", RuntimeWarning, stacklevel=3)
                 self.rnn_trace = False

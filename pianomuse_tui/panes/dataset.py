@@ -113,7 +113,8 @@ class DatasetPane(PaneBase):
 
     @property
     def busy(self) -> bool:
-        return any(w.group == "dataset" and w.is_running for w in self.app.workers)
+        # pending counts too: a cancel pressed right after "scan" must reach the scan
+        return any(w.group == "dataset" and not w.is_finished for w in self.app.workers)
 
     @property
     def folder(self) -> Path:

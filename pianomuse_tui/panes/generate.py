@@ -125,6 +125,10 @@ class GeneratePane(PaneBase):
         self.query_one("#gen-roll").border_title = "Piano roll (┃ now, ▒ buffered ahead)"
         self.query_one("#gen-knobs").border_title = "Knobs"
         self.query_one("#gen-telemetry").border_title = "Timing"
+        try:
+            self._read_knobs()  # the fields may come from the command line
+        except ValueError as exc:
+            self.notify(f"{exc}; fix the field before playing.", severity="error")
         self._render_knobs()
         self._render_telemetry()
         self.set_interval(1 / 15, self._tick)
@@ -267,6 +271,7 @@ class GeneratePane(PaneBase):
         except ValueError as exc:
             self.notify(f"{exc}.", severity="error")
             return
+        self._render_knobs()
         roll = self.query_one(PianoRoll)
         roll.clear()
         self.performance = Performance(settings, self.knobs, on_event=roll.note_event,

@@ -367,7 +367,10 @@ class TrainPane(PaneBase):
             self._set_status(f"run ended (exit {message.exit_code}){saved}  {message.run_dir or ''}")
 
     def show_resources(self, sample: ResourceSample) -> None:
-        self.query_one(MemoryMeter).update_machine(
+        meters = self.query(MemoryMeter)  # empty while the app is closing
+        if not meters:
+            return
+        meters.first().update_machine(
             gpu_util=sample.gpu_util, gpu_mem_used=sample.gpu_mem_used, gpu_mem_total=sample.gpu_mem_total,
             ram_rss=sample.ram_rss, source=sample.source)
 

@@ -5,7 +5,9 @@
 
 Rows:
 - RNN step: one token per call, batch 1 (ms per token, median and p99). Ours: ``RWKV7.step``
-  under ``torch.inference_mode``. Theirs: ``RWKV.forward([token], state)`` (its per-token path).
+  under ``torch.inference_mode``, which runs a frozen TorchScript trace of the step (the eager
+  row, ``model.rnn_trace = False``, is the same math without it). Theirs:
+  ``RWKV.forward([token], state)`` (its per-token path, itself TorchScript).
 - Prefill: a prompt of ``--prefill`` tokens in one call. Ours: ``RWKV7.forward`` (parallel mode, the
   chunked WKV7 kernel). Theirs: ``RWKV.forward(tokens, None)`` (its sequence path, which on CPU
   runs the WKV recurrence as a Python loop over time).
@@ -141,11 +143,16 @@ def main() -> None:
     if peer is not None:
         peer_rnn(), peer_prefill()
 
-    rows = {k: [] for k in ("ours_step", "ours_p99", "ours_batched", "peer_step", "peer_p99", "ours_prefill", "peer_prefill")}
+    rows = {k: [] for k in ("ours_step", "ours_p99", "eager_step", "eager_p99", "ours_batched", "peer_step", "peer_p99", "ours_prefill", "peer_prefill")}
     for _ in range(args.rounds):
         t = ours_rnn()
         rows["ours_step"].append(statistics.median(t))
         rows["ours_p99"].append(sorted(t)[int(0.99 * (len(t) - 1))])
+        model.rnn_trace = False
+        t = ours_rnn()
+        model.rnn_trace = True
+        rows["eager_step"].append(statistics.median(t))
+        rows["eager_p99"].append(sorted(t)[int(0.99 * (len(t) - 1))])
         rows["ours_prefill"].append(ours_prefill())
         rows["ours_batched"].append(statistics.median(ours_rnn_batched()))
         if peer is not None:
@@ -167,6 +174,8 @@ def main() -> None:
     print(f"| RNN step, ms/token median (p99) | {med['ours_step'] * 1e3:.3f} ({med['ours_p99'] * 1e3:.3f}) | "
           f"{med['peer_step'] * 1e3:.3f} ({med['peer_p99'] * 1e3:.3f}) | {sp_step:.2f}x | >= 2x |")
     print(f"| RNN step, tokens/s | {1 / med['ours_step']:,.0f} | {1 / med['peer_step']:,.0f} | {sp_step:.2f}x | |")
+    print(f"| RNN step eager (no trace), ms/token median (p99) | {med['eager_step'] * 1e3:.3f} ({med['eager_p99'] * 1e3:.3f}) | "
+          f"{med['peer_step'] * 1e3:.3f} ({med['peer_p99'] * 1e3:.3f}) | {med['peer_step'] / med['eager_step']:.2f}x | |")
     batched = args.batch / med["ours_batched"]
     print(f"| RNN step, {args.batch} sequences at once, tokens/s (the package has no batch: {args.batch} calls) | "
           f"{batched:,.0f} | {1 / med['peer_step']:,.0f} | {batched * med['peer_step']:.1f}x | |")

@@ -80,6 +80,8 @@ class GeneratePane(PaneBase):
         self.last_saved: Path | None = None
         self.telemetry: dict[str, Any] = {}
         self.started_at: float | None = None
+        self._ports_listed = False
+        self._pending_port: str | None = None
 
     def compose(self) -> ComposeResult:
         given = self.args
@@ -132,13 +134,16 @@ class GeneratePane(PaneBase):
         self._render_knobs()
         self._render_telemetry()
         self.set_interval(1 / 15, self._tick)
-        self.action_refresh_ports()
         port = self.args.get("port")
         if port:
             self._pending_port = str(port)
 
     def focus_main(self) -> None:
         self.query_one("#gen-play", Button).focus()
+        if not self._ports_listed:
+            # probing MIDI systems is slow (and JACK talks on stderr): only once the pane is shown
+            self._ports_listed = True
+            self.action_refresh_ports()
 
     @property
     def is_on_screen(self) -> bool:

@@ -46,7 +46,7 @@ def test_newcomer_session_in_tmux(tmp_path):
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "140", "-y", "40", " ".join(command)],
                    check=True, cwd=tmp_path)
     try:
-        screen = _wait_screen(session, lambda s: "Dataset" in s and "Generate" in s and "Loss" in s, 60)
+        screen = _wait_screen(session, lambda s: "Dataset" in s and "Generate" in s and "Loss" in s, 120)
         assert re.search(r"(CPU|GPU): ", screen)
         first = _loss(_wait_screen(session, lambda s: _loss(s) is not None, 150))
         _wait_screen(session, lambda s: _loss(s) not in (None, first), 90)  # the loss changes

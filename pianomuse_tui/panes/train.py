@@ -75,6 +75,7 @@ class TrainPane(PaneBase):
         self.records_seen = 0
         self.last_status = ""
         self.val_by_step: dict[int, float] = {}
+        self.audition_scores: dict[int, str] = {}  # step -> the trainer's musical score of that audition
 
     def compose(self) -> ComposeResult:
         args = self.args
@@ -343,6 +344,8 @@ class TrainPane(PaneBase):
                                     "val_step": step})
             elif kind in ("checkpoint", "audition"):
                 artifacts = True
+                if kind == "audition" and isinstance(rec.get("pitch_class_oa"), (int, float)):
+                    self.audition_scores[step] = f"pc OA {rec['pitch_class_oa']:.2f}, copy {rec.get('copied_notes', '-')}"
             elif kind == "status":
                 self.last_status = str(rec.get("state") or rec.get("status") or "")
                 if rec.get("message"):
@@ -379,6 +382,7 @@ class TrainPane(PaneBase):
     def _reset_view(self) -> None:
         self.latest = {}
         self.val_by_step = {}
+        self.audition_scores = {}
         self.records_seen = 0
         self.run_dir = None
         self.query_one(LossPlot).clear()
@@ -435,7 +439,8 @@ class TrainPane(PaneBase):
                           f"{val:.3f}" if val is not None else "", ckpt.name, key=str(ckpt.path))
         for audition in list_auditions(self.run_dir):
             step = "".join(ch for ch in audition.stem if ch.isdigit())
-            table.add_row("audition ▶", int(step) if step else "-", "", audition.name, key=str(audition))
+            score = self.audition_scores.get(int(step), "") if step else ""
+            table.add_row("audition ▶", int(step) if step else "-", score, audition.name, key=str(audition))
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))
 

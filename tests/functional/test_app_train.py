@@ -108,3 +108,35 @@ async def test_attach_to_a_run_written_by_a_headless_process(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(tmp_path):
+    """A finished run's folder: the pane shows the validation bits/note and each audition's score."""
+    import json
+    import shutil
+
+    from textual.widgets import DataTable
+
+    from engine.paths import CORPUS_DIR
+
+    run_dir = tmp_path / "20261130-1200-tiny"
+    (run_dir / "auditions").mkdir(parents=True)
+    shutil.copy(next(iter(sorted(CORPUS_DIR.rglob("*.mid")))), run_dir / "auditions" / "step-00000010.mid")
+    records = [{"kind": "train", "step": s, "tokens": 256 * s, "time": 0.0, "loss": 5.0 - 0.2 * s, "lr": 1e-3}
+               for s in range(1, 11)]
+    records.append({"kind": "val", "step": 10, "tokens": 2560, "time": 0.0, "val_loss": 3.21, "bits_per_note": 7.77})
+    records.append({"kind": "audition", "step": 10, "tokens": 2560, "time": 0.0, "notes": 40,
+                    "path": str(run_dir / "auditions" / "step-00000010.mid"), "pitch_class_oa": 0.91, "copied_notes": 7})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    app = PianoMuseApp(pane="train", args={})
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause(0.2)
+        pane = app.train
+        pane.query_one("#tr-runs").value = str(run_dir)
+        pane.focus_main()
+        await pilot.press("a")
+        table = pane.query_one("#tr-ckpts", DataTable)
+        assert await wait_for(pilot, lambda: table.row_count >= 1, 30, 0.1)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        assert ["audition ▶", "10", "pc OA 0.91, copy 7", "step-00000010.mid"] in rows, rows
+        assert await wait_for(pilot, lambda: "bits/note 7.77" in str(pane.query_one("#tr-now").render()), 30, 0.1)

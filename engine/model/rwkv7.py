@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from engine.kernels.wkv7 import wkv7
 
+from . import cpu_ext
 from .config import ModelConfig, check_head_size_env
 from .state import RWKVState
 
@@ -339,6 +340,8 @@ class RWKV7(nn.Module):
         self._rnn_cache = None  # (key, weights laid out for RNN mode); see _rnn_weights
         self._rnn_traces = {}  # (batch, dtypes, device) -> frozen trace of the step over that cache
         self.rnn_trace = True
+        self.rnn_fused = True  # the C++ CPU step (engine.model.cpu_ext) where it applies
+        self._rnn_fused = None  # that step bound to the current weight cache
         self._param_list = None
         if init:
             from .init import init_parameters  # noqa: PLC0415
@@ -421,6 +424,7 @@ class RWKV7(nn.Module):
                 )  # fmt: skip
             self._rnn_cache = (key, pack)
             self._rnn_traces = {}
+            self._rnn_fused = None
         return self._rnn_cache[1]
 
     def step(self, tokens, state: RWKVState):
@@ -429,7 +433,9 @@ class RWKV7(nn.Module):
         Without autograd (``torch.no_grad``/``inference_mode``) the step runs as a frozen
         TorchScript trace of ``_step_layers`` over the cached weights (one per batch size; set
         ``model.rnn_trace = False`` for plain eager mode): the same math, minus the Python
-        dispatch that dominates a batch-1 step on CPU.
+        dispatch that dominates a batch-1 step on CPU. On CPU in fp32 at small batch the fused
+        C++ step (``engine.model.cpu_ext``, built on first use) runs instead; set
+        ``model.rnn_fused = False`` or ``PIANOMUSE_CPU_EXT=0`` to keep the PyTorch step.
         """
         pack = self._rnn_weights()
         emb = pack[0]
@@ -437,7 +443,11 @@ class RWKV7(nn.Module):
         B = tokens.shape[0]
         if state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} sequences but {B} tokens were given")
-        run = self._traced_step(tokens, state) if self.rnn_trace and not torch.is_grad_enabled() else None
+        run = None
+        if not torch.is_grad_enabled():
+            run = self._fused_cpu_step(B, state) if self.rnn_fused else None
+            if run is None and self.rnn_trace:
+                run = self._traced_step(tokens, state)
         if run is None:
             logits, att, wkv, ffn = self._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift)
         else:
@@ -492,11 +502,30 @@ class RWKV7(nn.Module):
                 return None
         return traces[key]
 
+    def _fused_cpu_step(self, batch_size: int, state: RWKVState):
+        """The C++ step over the current weight cache where it applies (CPU, fp32, small batch), else None."""
+        emb = self._rnn_weights()[0]
+        if (
+            emb.device.type != "cpu" or emb.dtype != torch.float32 or batch_size > cpu_ext.MAX_BATCH
+            or state.att_shift.dtype != torch.float32 or state.ffn_shift.dtype != torch.float32
+            or state.wkv.device.type != "cpu" or self.config.head_size > cpu_ext.MAX_HEAD_SIZE
+            or not cpu_ext.enabled()
+        ):  # fmt: skip
+            return None
+        if self._rnn_fused is None:
+            lib = cpu_ext.library()
+            if lib is None:
+                self.rnn_fused = False  # warned once; this model keeps the PyTorch step
+                return None
+            self._rnn_fused = cpu_ext.FusedStep(lib, self._rnn_weights(), self.config.n_head, self.config.head_size)
+        return self._rnn_fused
+
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def _drop_rnn_cache(self) -> None:
         self._rnn_cache = None
         self._rnn_traces = {}
+        self._rnn_fused = None
         self._param_list = None
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .cuda(), ...: parameters may be new objects

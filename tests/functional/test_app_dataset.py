@@ -4,21 +4,12 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Static
 
+from app_helpers import wait_for as _wait_for
 from engine.paths import CORPUS_DIR
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.messages import ScanFinished, ScanProgress
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _wait_for(pilot, predicate, timeout: float = 60.0, step: float = 0.1) -> bool:
-    waited = 0.0
-    while waited < timeout:
-        if predicate():
-            return True
-        await pilot.pause(step)
-        waited += step
-    return predicate()
 
 
 async def test_scan_of_bundled_corpus_fills_table_summary_and_detail():

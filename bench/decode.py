@@ -5,8 +5,9 @@
 
 Rows per model size and batch:
 - PianoMuse step: ``RWKV7.step`` on a batch of B rows (one call per token for all rows), as the
-  engine runs it without autograd: a frozen TorchScript trace of the step.
-- PianoMuse eager: the same step with ``model.rnn_trace = False`` (plain PyTorch eager mode).
+  engine runs it without autograd on CPU: the fused C++ step (``engine.model.cpu_ext``).
+- PianoMuse traced: the PyTorch step (``model.rnn_fused = False``): a frozen TorchScript trace.
+- PianoMuse eager: the PyTorch step without the trace either (plain eager mode).
 - PianoMuse session: ``GenerationSession.step`` (the same step plus grammar mask and sampling
   for every row: what a live performance pays per token).
 - rwkv package: ``RWKV.forward([token], state)``, its per-token path; it has no batch, so batch B
@@ -93,7 +94,7 @@ def main() -> None:
             path = save_checkpoint(model, Path(tmp) / "bench.pth", tokenizer=tok.to_config())
             peer = RWKV(str(Path(path).with_suffix("")), "cpu fp32")
         for batch in (int(b) for b in args.batches.split(",")):
-            results = {"step": [], "eager": [], "session": [], "peer": []}
+            results = {"step": [], "traced": [], "eager": [], "session": [], "peer": []}
             tokens = torch.randint(3, tok.vocab_size, (batch,))
             with torch.inference_mode():  # warm-up: the trace for this batch size, allocator, caches
                 model.step(tokens, model.init_state(batch))
@@ -101,15 +102,16 @@ def main() -> None:
             for _ in range(5):  # and the package's TorchScript functions
                 _, warm_state = peer.forward([int(tokens[0])], warm_state)
             for _ in range(args.rounds):
-                for mode in ("step", "eager"):
-                    model.rnn_trace = mode == "step"
+                for mode in ("step", "traced", "eager"):
+                    model.rnn_fused = mode == "step"
+                    model.rnn_trace = mode != "eager"
                     state = model.init_state(batch)
                     with torch.inference_mode():
                         def ours():
                             nonlocal state
                             _, state = model.step(tokens, state)
                         results[mode].append(summary(timed(ours, args.steps), batch))
-                model.rnn_trace = True
+                model.rnn_trace = model.rnn_fused = True
                 session = GenerationSession(model, tok, SamplingConfig(seed=0), alternatives=batch, max_tokens=10**9)
                 session.prefill()
                 results["session"].append(summary(timed(session.step, args.steps), batch))
@@ -130,13 +132,14 @@ def main() -> None:
         print()
         print(f"{title}: tokens/s over all rows (p99 ms per step)")
         print()
-        print("| model | batch | PianoMuse step | PianoMuse eager | PianoMuse session | rwkv 0.8 | step speed-up | eager speed-up | session speed-up |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| model | batch | PianoMuse step (fused) | PianoMuse traced | PianoMuse eager | PianoMuse session | rwkv 0.8 "
+              "| step speed-up | traced speed-up | eager speed-up | session speed-up |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for size, batch, med in rows_out:
-            s, e, g, p = (med[k] for k in ("step", "eager", "session", "peer"))
-            print(f"| L{size.replace('x', '-D')} | {batch} | {s[i]:.0f} ({s[i + 1]:.2f}) | {e[i]:.0f} ({e[i + 1]:.2f}) | "
-                  f"{g[i]:.0f} ({g[i + 1]:.2f}) | {p[i]:.0f} ({p[i + 1]:.2f}) | "
-                  f"{s[i] / p[i]:.2f}x | {e[i] / p[i]:.2f}x | {g[i] / p[i]:.2f}x |")
+            s, t, e, g, p = (med[k] for k in ("step", "traced", "eager", "session", "peer"))
+            print(f"| L{size.replace('x', '-D')} | {batch} | {s[i]:.0f} ({s[i + 1]:.2f}) | {t[i]:.0f} ({t[i + 1]:.2f}) | "
+                  f"{e[i]:.0f} ({e[i + 1]:.2f}) | {g[i]:.0f} ({g[i + 1]:.2f}) | {p[i]:.0f} ({p[i + 1]:.2f}) | "
+                  f"{s[i] / p[i]:.2f}x | {t[i] / p[i]:.2f}x | {e[i] / p[i]:.2f}x | {g[i] / p[i]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 
 Rows:
 - RNN step: one token per call, batch 1 (ms per token, median and p99). Ours: ``RWKV7.step``
-  under ``torch.inference_mode``, which runs a frozen TorchScript trace of the step (the eager
-  row, ``model.rnn_trace = False``, is the same math without it). Theirs:
+  under ``torch.inference_mode`` as the engine runs it: the fused C++ CPU step
+  (``engine.model.cpu_ext``). The "traced" row is the PyTorch step (``model.rnn_fused = False``:
+  a frozen TorchScript trace), the "eager" row the same math without the trace either. Theirs:
   ``RWKV.forward([token], state)`` (its per-token path, itself TorchScript).
 - Prefill: a prompt of ``--prefill`` tokens in one call. Ours: ``RWKV7.forward`` (parallel mode, the
   chunked WKV7 kernel). Theirs: ``RWKV.forward(tokens, None)`` (its sequence path, which on CPU
@@ -143,14 +144,18 @@ def main() -> None:
     if peer is not None:
         peer_rnn(), peer_prefill()
 
-    rows = {k: [] for k in ("ours_step", "ours_p99", "eager_step", "eager_p99", "ours_batched", "peer_step", "peer_p99", "ours_prefill", "peer_prefill")}
+    rows = {k: [] for k in ("ours_step", "ours_p99", "traced_step", "traced_p99", "eager_step", "eager_p99", "ours_batched", "peer_step", "peer_p99", "ours_prefill", "peer_prefill")}
     for _ in range(args.rounds):
         t = ours_rnn()
         rows["ours_step"].append(statistics.median(t))
         rows["ours_p99"].append(sorted(t)[int(0.99 * (len(t) - 1))])
+        model.rnn_fused = False
+        t = ours_rnn()
+        rows["traced_step"].append(statistics.median(t))
+        rows["traced_p99"].append(sorted(t)[int(0.99 * (len(t) - 1))])
         model.rnn_trace = False
         t = ours_rnn()
-        model.rnn_trace = True
+        model.rnn_trace = model.rnn_fused = True
         rows["eager_step"].append(statistics.median(t))
         rows["eager_p99"].append(sorted(t)[int(0.99 * (len(t) - 1))])
         rows["ours_prefill"].append(ours_prefill())
@@ -163,7 +168,8 @@ def main() -> None:
     med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# forward_cpu: L{args.layers}-D{args.width}, V={V}, batch 1, fp32, {args.threads} threads, {args.clock} clock")
+    fused = "on" if model._rnn_fused is not None else "OFF (see the warning above)"
+    print(f"# forward_cpu: L{args.layers}-D{args.width}, V={V}, batch 1, fp32, {args.threads} threads, {args.clock} clock, fused CPU step {fused}")
     print(f"device: {cpu_name()} ({os.cpu_count()} cores visible); torch {torch.__version__}; "
           f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"our WKV backend: {resolve_backend(model.wkv_backend, 'cpu')}; {args.rounds} rounds; load average {load:.1f}")
@@ -174,7 +180,9 @@ def main() -> None:
     print(f"| RNN step, ms/token median (p99) | {med['ours_step'] * 1e3:.3f} ({med['ours_p99'] * 1e3:.3f}) | "
           f"{med['peer_step'] * 1e3:.3f} ({med['peer_p99'] * 1e3:.3f}) | {sp_step:.2f}x | >= 2x |")
     print(f"| RNN step, tokens/s | {1 / med['ours_step']:,.0f} | {1 / med['peer_step']:,.0f} | {sp_step:.2f}x | |")
-    print(f"| RNN step eager (no trace), ms/token median (p99) | {med['eager_step'] * 1e3:.3f} ({med['eager_p99'] * 1e3:.3f}) | "
+    print(f"| RNN step PyTorch traced (no fused step), ms/token median (p99) | {med['traced_step'] * 1e3:.3f} ({med['traced_p99'] * 1e3:.3f}) | "
+          f"{med['peer_step'] * 1e3:.3f} ({med['peer_p99'] * 1e3:.3f}) | {med['peer_step'] / med['traced_step']:.2f}x | |")
+    print(f"| RNN step PyTorch eager (no fused step, no trace), ms/token median (p99) | {med['eager_step'] * 1e3:.3f} ({med['eager_p99'] * 1e3:.3f}) | "
           f"{med['peer_step'] * 1e3:.3f} ({med['peer_p99'] * 1e3:.3f}) | {med['peer_step'] / med['eager_step']:.2f}x | |")
     batched = args.batch / med["ours_batched"]
     print(f"| RNN step, {args.batch} sequences at once, tokens/s (the package has no batch: {args.batch} calls) | "

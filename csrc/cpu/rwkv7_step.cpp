@@ -205,9 +205,11 @@ int pianomuse_rwkv7_step(const int64_t* dims, const float* const* weights, int B
           const float* row = S0 + (int64_t)i * N;
           float* nrow = S1 + (int64_t)i * N;
           float sa = 0.0f;
+#pragma omp simd reduction(+ : sa)
           for (int j = 0; j < N; ++j) sa += row[j] * kap[j];
           const float vi = v[o + i];
           float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
           for (int j = 0; j < N; ++j) {
             const float s = row[j] * d[j] - sa * bb[j] + vi * kv[j];
             nrow[j] = s;

@@ -8,7 +8,7 @@ kernel against the chunked operator, not a second definition of the math.
 
 It is used by ``RWKV7.step`` only without autograd, on CPU, in fp32, at batch <= ``MAX_BATCH``.
 Nothing is compiled at import: the first such step builds it (torch.utils.cpp_extension + ninja,
-~2-5 s, -O3 -march=native, no fast-math) into ``~/.cache/pianomuse/cpu_ext-<torch>/`` under a
+~2-5 s, -O3 -march=native or its ARM spelling, no fast-math) into ``~/.cache/pianomuse/cpu_ext-<torch>/`` under a
 name that carries a hash of the source, flags and CPU, so an edited source or another machine's
 build is never reused. The source includes no torch headers (the call goes through ctypes with
 raw pointers), which keeps that build short. If no compiler is present or the build fails, one
@@ -33,7 +33,14 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cpu" / "rwkv7_step.cpp"
-CFLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17")
+# tuned for the CPU that builds it (hence the per-CPU name); AVX-512 machines use full-width vectors
+_ARCH_FLAGS = {
+    "x86_64": ("-march=native", "-mprefer-vector-width=512"),
+    "amd64": ("-march=native", "-mprefer-vector-width=512"),
+    "aarch64": ("-mcpu=native",),
+    "arm64": ("-mcpu=native",),
+}
+CFLAGS = ("-O3", *_ARCH_FLAGS.get(platform.machine().lower(), ()), "-fopenmp-simd", "-std=c++17")
 MAX_BATCH = 16  # above this the PyTorch step's GEMMs win: the fused loops are matrix-vector code
 MAX_HEAD_SIZE = 1024  # the per-head scratch arrays in the C++ step
 ENV_SWITCH = "PIANOMUSE_CPU_EXT"
@@ -157,12 +164,21 @@ class FusedStep:
         self._dims = (ctypes.c_int64 * len(dims))(*dims)
         self._fn = lib.pianomuse_rwkv7_step
         self.vocab_size = emb.shape[0]
+        self._shift_shape = (len(blocks), C)  # [L, B, C] with B in the middle
+        self._wkv_shape = (len(blocks), n_head, head_size, head_size)
 
     def __call__(self, tokens: torch.Tensor, att_shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor):
         """(logits [B, V], att_shift, wkv, ffn_shift): the new state in new tensors, inputs untouched."""
         tokens = tokens.contiguous()
         att_shift, wkv, ffn_shift = att_shift.contiguous(), wkv.contiguous(), ffn_shift.contiguous()
         B = tokens.shape[0]
+        L, C = self._shift_shape
+        _, H, N, _ = self._wkv_shape
+        # the C++ trusts these shapes with raw pointers: a mismatch must stop here, not read past a buffer
+        if att_shift.shape != (L, B, C) or ffn_shift.shape != (L, B, C) or wkv.shape != (L, B, H, N, N):
+            raise ValueError(f"state shapes {tuple(att_shift.shape)}, {tuple(wkv.shape)}, {tuple(ffn_shift.shape)} do not "
+                             f"fit this model at batch {B}: expected ({L}, {B}, {C}) and ({L}, {B}, {H}, {N}, {N}); "
+                             "start from model.init_state(batch).")
         logits = torch.empty(B, self.vocab_size)
         att_out, wkv_out, ffn_out = torch.empty_like(att_shift), torch.empty_like(wkv), torch.empty_like(ffn_shift)
         rc = self._fn(self._dims, self._pointers, B, tokens.data_ptr(), att_shift.data_ptr(), wkv.data_ptr(),

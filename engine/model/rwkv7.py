@@ -340,7 +340,7 @@ class RWKV7(nn.Module):
         self._rnn_cache = None  # (key, weights laid out for RNN mode); see _rnn_weights
         self._rnn_traces = {}  # (batch, dtypes, device) -> frozen trace of the step over that cache
         self.rnn_trace = True
-        self.rnn_fused = True  # the C++ CPU step (engine.model.cpu_ext) where it applies
+        self.rnn_fused = True  # the C++ CPU step (engine.model.cpu_ext) instead of the trace, where it applies
         self._rnn_fused = None  # that step bound to the current weight cache
         self._param_list = None
         if init:
@@ -434,8 +434,8 @@ class RWKV7(nn.Module):
         TorchScript trace of ``_step_layers`` over the cached weights (one per batch size; set
         ``model.rnn_trace = False`` for plain eager mode): the same math, minus the Python
         dispatch that dominates a batch-1 step on CPU. On CPU in fp32 at small batch the fused
-        C++ step (``engine.model.cpu_ext``, built on first use) runs instead; set
-        ``model.rnn_fused = False`` or ``PIANOMUSE_CPU_EXT=0`` to keep the PyTorch step.
+        C++ step (``engine.model.cpu_ext``, built on first use) runs instead of the trace, unless
+        ``model.rnn_fused = False``, ``PIANOMUSE_CPU_EXT=0`` or ``wkv_backend="reference"``.
         """
         pack = self._rnn_weights()
         emb = pack[0]
@@ -444,9 +444,11 @@ class RWKV7(nn.Module):
         if state.batch_size != B:
             raise ValueError(f"state holds {state.batch_size} sequences but {B} tokens were given")
         run = None
-        if not torch.is_grad_enabled():
-            run = self._fused_cpu_step(B, state) if self.rnn_fused else None
-            if run is None and self.rnn_trace:
+        if self.rnn_trace and not torch.is_grad_enabled():
+            # the "reference" backend pins a model to the plain PyTorch math (the tests' oracle)
+            fused = self.rnn_fused and self.wkv_backend != "reference"
+            run = self._fused_cpu_step(pack, B, state) if fused else None
+            if run is None:
                 run = self._traced_step(tokens, state)
         if run is None:
             logits, att, wkv, ffn = self._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift)
@@ -502,13 +504,13 @@ class RWKV7(nn.Module):
                 return None
         return traces[key]
 
-    def _fused_cpu_step(self, batch_size: int, state: RWKVState):
-        """The C++ step over the current weight cache where it applies (CPU, fp32, small batch), else None."""
-        emb = self._rnn_weights()[0]
+    def _fused_cpu_step(self, pack, batch_size: int, state: RWKVState):
+        """The C++ step over the weight cache ``pack`` where it applies (CPU, fp32, small batch), else None."""
+        emb = pack[0]
         if (
             emb.device.type != "cpu" or emb.dtype != torch.float32 or batch_size > cpu_ext.MAX_BATCH
             or state.att_shift.dtype != torch.float32 or state.ffn_shift.dtype != torch.float32
-            or state.wkv.device.type != "cpu" or self.config.head_size > cpu_ext.MAX_HEAD_SIZE
+            or state.wkv.dtype != torch.float32 or state.wkv.device.type != "cpu" or self.config.head_size > cpu_ext.MAX_HEAD_SIZE
             or not cpu_ext.enabled()
         ):  # fmt: skip
             return None
@@ -517,7 +519,7 @@ class RWKV7(nn.Module):
             if lib is None:
                 self.rnn_fused = False  # warned once; this model keeps the PyTorch step
                 return None
-            self._rnn_fused = cpu_ext.FusedStep(lib, self._rnn_weights(), self.config.n_head, self.config.head_size)
+            self._rnn_fused = cpu_ext.FusedStep(lib, pack, self.config.n_head, self.config.head_size)
         return self._rnn_fused
 
     # ---- bookkeeping ------------------------------------------------------------------------

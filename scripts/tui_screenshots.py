@@ -1,10 +1,19 @@
-"""Screenshots of the three panes from a real session, for the README (SVG; PNG when ImageMagick can).
+"""Screenshots of the three panes from a real session, for the README (SVG, and PNG from the SVG).
 
     .venv/bin/python scripts/tui_screenshots.py --run runs/<a run dir> [--out docs/images]
 
-Dataset: a real scan of the bundled corpus. Train: attached to the given run directory.
-Generate: playing --checkpoint (default: the bundled model) to the app's virtual port when a
-MIDI system (ALSA sequencer or a JACK server) is there, else the idle pane.
+Run it from the project folder: every path on screen is then project-relative. Dataset: a real
+scan of the bundled corpus. Train: attached to the given run directory (docs/images/train.png
+shows the bundled model's own run: its .metrics.jsonl and .train.toml copied into
+runs/pianomuse-v8-small/ as metrics.jsonl and config.toml, its .pth linked as
+checkpoints/step-00000600/model.pth). Generate: playing --checkpoint
+(default: the bundled model) to the app's virtual port when a MIDI system (ALSA sequencer or a
+JACK server) is there, else the idle pane; the committed one played to a private dummy JACK
+server (``JACK_DEFAULT_SERVER=shots jackd -n shots -d dummy &`` before running this script).
+
+The PNGs are made from the SVGs by ``rsvg-convert`` (Debian/Ubuntu: ``apt-get install
+librsvg2-bin``), which draws the text with the system's monospace font (DejaVu Sans Mono here);
+without it only the SVGs are written. This is a docs step: neither the tests nor CI need it.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from pathlib import Path
 async def shoot(run: Path, checkpoint: Path | None, out: Path, size: tuple[int, int]) -> list[Path]:
     from pianomuse_tui.app import PianoMuseApp
     from pianomuse_tui.messages import ScanFinished
+    from pianomuse_tui.performance import default_checkpoint
 
     seen: list = []
     files = []
@@ -39,8 +49,9 @@ async def shoot(run: Path, checkpoint: Path | None, out: Path, size: tuple[int, 
         files.append(Path(app.save_screenshot("train.svg", str(out))))
         app.action_show_pane("generate")
         await pilot.pause(2.0)  # the port list
+        checkpoint = checkpoint or default_checkpoint()
         if checkpoint is not None:
-            app.generate.use_checkpoint(checkpoint)
+            app.generate.use_checkpoint(_project_relative(checkpoint))
         app.generate.start_performance()
         for _ in range(150):  # until notes sound (model load and pre-roll take a while on a CPU)
             if app.generate.query_one("#gen-roll").note_count >= 12:
@@ -52,6 +63,13 @@ async def shoot(run: Path, checkpoint: Path | None, out: Path, size: tuple[int, 
     return files
 
 
+def _project_relative(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a run directory with metrics and a checkpoint")
@@ -61,8 +79,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for svg in asyncio.run(shoot(args.run, args.checkpoint, args.out, (140, 40))):
         print(svg)
-        if shutil.which("convert"):
-            subprocess.run(["convert", str(svg), str(svg.with_suffix(".png"))], check=False)
+        if shutil.which("rsvg-convert"):
+            png = svg.with_suffix(".png")
+            subprocess.run(["rsvg-convert", "-o", str(png), str(svg)], check=True)
+            print(png)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Snapshot tests (pytest-textual-snapshot): each pane at 120x36 against a committed SVG.
 
-The panes show real engine results: a real scan of six corpus files, the recorded metrics of the
+The panes show real engine results: a real scan of six corpus files (each file's measured CPU
+time pinned), the recorded metrics of the
 bundled model's training run, the bundled model in the Generate pane. What differs from machine to
 machine is pinned so the SVGs match anywhere: the header's device and the RAM readout (the real
 readouts are checked in test_app_panes.py), paths (each test runs from a fixed working directory
@@ -42,8 +43,10 @@ def fixed_machine(monkeypatch):
 async def _settle(pilot, ready) -> None:
     """Wait for ``ready()``, for every worker, then drop toasts (their text is machine-dependent)."""
     assert await wait_for(pilot, ready, 60, 0.1)
-    # the run watcher tails metrics.jsonl until it is cancelled: not waited for
-    await pilot.app.workers.wait_for_complete([w for w in pilot.app.workers if w.group != "train-watch"])
+    # the run watcher tails metrics.jsonl until cancelled, and the RAM sampler comes back every second
+    busy = lambda: [w for w in pilot.app.workers  # noqa: E731
+                    if w.group not in ("train-watch", "resources") and not w.is_finished]
+    assert await wait_for(pilot, lambda: not busy(), 60, 0.1), busy()
     await pilot.pause(0.3)
     pilot.app.clear_notifications()
     await pilot.pause(0.1)
@@ -59,6 +62,12 @@ def test_dataset_pane_after_a_real_scan(snap_compare, fixed_machine, tmp_path, m
     async def scanned(pilot):
         await _settle(pilot, lambda: app.dataset.report is not None and app.device.startswith("CPU"))
         assert app.dataset.rows_shown == len(SCAN_FILES)
+        # each file's measured CPU time is the one timing in the detail panel: pinned
+        for record in app.dataset.records.values():
+            record["stats"]["cpu_s"] = 0.0125
+        # and the detail is drawn again now that the layout (with its scrollbar) has settled
+        await pilot.press("down", "up")
+        await _settle(pilot, lambda: not app.dataset.busy)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=scanned)
 
@@ -78,6 +87,7 @@ def test_train_pane_attached_to_the_bundled_models_recorded_run(snap_compare, fi
     async def attached(pilot):
         app.train.attach(Path("runs") / run.name)
         await _settle(pilot, lambda: app.train.records_seen == records and app.device.startswith("CPU"))
+        app.train.workers_cancel()  # everything is read; the app exits without waiting for a poll
 
     assert snap_compare(app, terminal_size=SIZE, run_before=attached)
 

@@ -64,15 +64,21 @@ async def test_missing_folder_gives_one_sentence_and_keeps_running(tmp_path):
         assert app.is_running
 
 
-async def test_scan_can_be_cancelled():
+async def test_scan_can_be_cancelled(tmp_path):
+    # a folder far too large to scan before the cancel lands, even on an idle machine
+    files = sorted(CORPUS_DIR.rglob("*.mid"))
+    for copy in range(12):
+        for f in files:
+            (tmp_path / f"{copy:02d}-{f.name}").symlink_to(f)
     seen: list = []
     app = PianoMuseApp(pane="dataset")
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         await pilot.pause(0.3)
-        # escape right behind s: the cancel lands before the scan can finish, however fast it is
+        app.query_one("#ds-folder").value = str(tmp_path)
+        app.dataset.focus_main()
         await pilot.press("s", "escape")
         assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 60)
         finished = next(m for m in seen if isinstance(m, ScanFinished))
         assert finished.cancelled and finished.report is None
         assert not app.dataset.busy and app.query_one("#ds-files").row_count == 0
-        assert str(CORPUS_DIR.name) in app.query_one("#ds-folder").value
+        assert app.query_one("#ds-folder").value == str(tmp_path)

@@ -92,7 +92,7 @@ def info(
         ("parameters", f"{found['parameters']:,} ({found['parameters'] / 1e6:.2f}M)"),
         ("dtype", found["dtype"]),
         ("file size", _human_bytes(found["file_bytes"])),
-        ("tokenizer", json.dumps(tokenizer) if tokenizer else ("none in sidecar" if found["has_sidecar"] else "no sidecar (official file)")),
+        ("tokenizer", _describe_tokenizer(tokenizer) if tokenizer else ("none in sidecar" if found["has_sidecar"] else "no sidecar (official file)")),
         ("WKV backend (auto)", f"{backend} ({why})"),
     ]
     for field, value in rows:
@@ -103,3 +103,13 @@ def info(
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.add_typer(model_app, name="model")
+
+
+def _describe_tokenizer(tokenizer: dict) -> str:
+    """One line for the table (the full config is in the sidecar and in --json)."""
+    parts = [str(tokenizer.get(k)) for k in ("tokenization", "kind") if tokenizer.get(k)]
+    if tokenizer.get("vocab_size"):
+        parts.append(f"vocab {tokenizer['vocab_size']}")
+    if tokenizer.get("miditok_version"):
+        parts.append(f"MidiTok {tokenizer['miditok_version']}")
+    return ", ".join(parts) or json.dumps(tokenizer)

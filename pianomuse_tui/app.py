@@ -20,6 +20,7 @@ from textual.worker import Worker, WorkerState
 
 from . import resources
 from .messages import DeviceDetected, ResourceSample
+from .panes.common import one_sentence
 from .panes.dataset import DatasetPane
 from .panes.generate import GeneratePane
 from .panes.train import TrainPane
@@ -287,11 +288,6 @@ class PianoMuseApp(App):
         await self.generate.shutdown()
         self.dataset.shutdown()
         await self.train.shutdown()
-
-
-def one_sentence(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def run_app(pane: str | None, args: dict) -> None:

@@ -9,7 +9,6 @@ be saved. The same object plays a MIDI file (an audition) through the same sched
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -54,14 +53,13 @@ class PerformanceSettings:
 
 def default_checkpoint() -> Path | None:
     """The bundled model if there is one, else the newest checkpoint of the newest run in ./runs."""
-    from engine.paths import MODELS_DIR
+    from engine.eval import default_checkpoint as bundled_checkpoint  # light: no torch until asked
 
     from .runwatch import latest_checkpoint, newest_run
 
-    if MODELS_DIR.is_dir():
-        bundled = sorted(MODELS_DIR.glob("*.pth"))
-        if bundled:
-            return bundled[0]
+    bundled = bundled_checkpoint()
+    if bundled is not None:
+        return bundled
     run = newest_run(Path("runs"))
     return latest_checkpoint(run) if run is not None else None
 
@@ -104,11 +102,7 @@ class Performance:
     def music_time(self) -> float:
         """Where the playhead is, in the events' music seconds."""
         sched = self.scheduler
-        origin = getattr(sched, "_origin", None) if sched is not None else None
-        if origin is None:
-            return 0.0
-        paused = getattr(sched, "_paused_at", None)
-        return paused if paused is not None else sched.clock.now() - origin
+        return sched.music_time() if sched is not None else 0.0
 
     # ---- lifecycle (worker thread) --------------------------------------------------------------
 
@@ -172,10 +166,10 @@ class Performance:
             self.played.extend(events)
         if self.on_event is not None:
             for ev in events:
-                status, data = ev.data[0] & 0xF0, ev.data
-                if status in (0x80, 0x90):
-                    kind = "note_on" if status == 0x90 and data[2] > 0 else "note_off"
-                    self.on_event(ev.time, kind, data[1], data[2] if kind == "note_on" else 0, data[0] & 0x0F)
+                if ev.is_note_on:
+                    self.on_event(ev.time, "note_on", ev.data[1], ev.data[2], ev.channel)
+                elif ev.is_note_off:
+                    self.on_event(ev.time, "note_off", ev.data[1], 0, ev.channel)
 
     def _file_events(self) -> Iterator[tuple[list, float, int]]:
         """A MIDI file as timed events, in slices of half a second of music."""
@@ -244,9 +238,3 @@ class Performance:
         with self._lock:
             events = list(self.played)
         return write_midi_file(events, path)
-
-    def wait_inactive(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.active and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return not self.active

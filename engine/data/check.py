@@ -75,9 +75,6 @@ class ScanReport:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(data["files"], data["summary"])
 
-    def by_status(self, status: str) -> list[dict[str, Any]]:
-        return [f for f in self.files if f["status"] == status]
-
 
 def find_midi_files(folder: str | Path) -> list[Path]:
     """Every .mid/.midi/.kar under ``folder`` (recursive, case-insensitive suffix), sorted."""

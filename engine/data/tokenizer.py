@@ -242,6 +242,10 @@ class PianoTokenizer:
             return []
         return np.flatnonzero(self.kind_of_id == self.kinds.index(kind)).tolist()
 
+    def note_start_ids(self) -> list[int]:
+        """Ids of the token that opens each note (Pitch in REMI/TSD, NoteOn in MIDILike): one per note."""
+        return sorted(self.kind_ids("Pitch") + self.kind_ids("NoteOn"))
+
     def token_value(self, token_id: int) -> str:
         """The value part of a token (``"60"`` for ``Pitch_60``)."""
         parts = self._id_to_token[token_id].split("_", 1)

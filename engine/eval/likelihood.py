@@ -62,9 +62,9 @@ class LikelihoodResult:
 
 
 def count_notes(tokens: Sequence[int], tokenizer) -> int:
-    """Notes in a token sequence: each note has exactly one Pitch token."""
-    pitch_ids = set(int(i) for i in tokenizer.kind_ids("Pitch"))
-    return sum(1 for t in tokens if int(t) in pitch_ids)
+    """Notes in a token sequence: each note has exactly one opening token (Pitch or NoteOn)."""
+    note_ids = set(tokenizer.note_start_ids())
+    return sum(1 for t in tokens if int(t) in note_ids)
 
 
 def music_seconds(tokens: Sequence[int], tokenizer) -> float:

@@ -59,8 +59,9 @@ def check_continuation(
     limit_s: float = STUCK_NOTE_S,
 ) -> TokenValidity:
     """Validity of generated tokens; ``continuation`` is what they decoded to (None: decoding failed)."""
-    pitch_ids = set(int(i) for i in tokenizer.kind_ids("Pitch"))
-    started = sum(1 for t in generated if int(t) in pitch_ids)
+    from .likelihood import count_notes  # noqa: PLC0415  (keeps this module free of torch at import)
+
+    started = count_notes(generated, tokenizer)
     if continuation is None:
         return TokenValidity(len(generated), len(generated), started, started, 0, decoded=False)
     invalid = grammar_violations(generated, tokenizer, previous)

@@ -28,10 +28,6 @@ class GrammarMask:
         tok = tables.tokenizer
         kinds = tables.kinds
         matrix = torch.as_tensor(tok.grammar_matrix, dtype=torch.bool)
-        never = torch.zeros(tables.vocab_size, dtype=torch.bool)
-        never[[tables.pad_id, tables.bos_id]] = True
-        self.after_kind = {kind: matrix[i] & ~never for i, kind in enumerate(kinds)}
-        self.start = self.after_kind["BOS"]
         self.kind_of_id = torch.as_tensor(tables.kind_of_id)
 
         def ids_of(kind: str) -> torch.Tensor:
@@ -46,20 +42,30 @@ class GrammarMask:
         self.pitch, self.position = ids_of("Pitch"), ids_of("Position")
         self.pedal, self.pedal_off = ids_of("Pedal"), ids_of("PedalOff")
         self.position_value = torch.as_tensor(tables.position_value)
+        never = torch.zeros(tables.vocab_size, dtype=torch.bool)
+        never[[tables.pad_id, tables.bos_id]] = True
+        # Velocity and Duration are only reachable through a Pitch (note_stage 1 and 2), so they are
+        # dropped from every kind's row here once, not on every token.
+        never |= self.velocity | self.duration
+        self.after_kind = {kind: matrix[i] & ~never for i, kind in enumerate(kinds)}
+        self.start = self.after_kind["BOS"]
+        # the complements ``allowed`` ands with, built once: it runs for every row on every token
+        self._not_pitch, self._not_eos = ~self.pitch, ~self.eos
+        self._not_pedal, self._not_pedal_off = ~self.pedal, ~self.pedal_off
         self._position_cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
-    def _positions_allowed(self, timeline: TokenTimeline) -> torch.Tensor:
-        """Position ids at or after the current tick and inside the bar."""
+    def _position_filter(self, timeline: TokenTimeline) -> torch.Tensor:
+        """Every id but the Position ids before the current tick or past the bar's end."""
         earliest = max(0, timeline.tick - timeline.bar_tick)
         if timeline.position_tick == timeline.tick:
             earliest += 1  # this instant already has its Position token
         key = (earliest, timeline.ticks_per_pos, timeline.ticks_per_bar)
-        allowed = self._position_cache.get(key)
-        if allowed is None:
+        keep = self._position_cache.get(key)
+        if keep is None:
             ticks = self.position_value * timeline.ticks_per_pos
-            allowed = self.position & (ticks >= earliest) & (ticks < timeline.ticks_per_bar)
-            self._position_cache[key] = allowed
-        return allowed
+            keep = ~self.position | ((ticks >= earliest) & (ticks < timeline.ticks_per_bar))
+            self._position_cache[key] = keep
+        return keep
 
     def allowed(self, timeline: TokenTimeline, remaining: int | None = None, allow_eos: bool = True) -> torch.Tensor:
         """bool [vocab] of ids that may follow; never empty."""
@@ -68,14 +74,13 @@ class GrammarMask:
         if timeline.note_stage == 2:
             return self.duration.clone()
         mask = (self.start if timeline.last_kind is None else self.after_kind[timeline.last_kind]).clone()
-        mask &= ~self.velocity & ~self.duration  # only reachable through a Pitch
         if self.tables.tokenization == "REMI":
-            mask &= ~self.position | self._positions_allowed(timeline)
-        mask &= ~(self.pedal if timeline.pedal_down_at is not None else self.pedal_off)
+            mask &= self._position_filter(timeline)
+        mask &= self._not_pedal if timeline.pedal_down_at is not None else self._not_pedal_off
         if (remaining is not None and remaining < NOTE_TOKENS) or timeline.notes_at_tick >= MAX_CHORD:
-            mask &= ~self.pitch
+            mask &= self._not_pitch
         if not allow_eos:
-            mask &= ~self.eos
+            mask &= self._not_eos
         if not bool(mask.any()):
             mask = self.eos.clone()  # a dead end (should not happen): end the piece cleanly
         return mask

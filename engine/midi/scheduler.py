@@ -204,6 +204,15 @@ class LookaheadScheduler:
                 return self._horizon - self._paused_at
             return self._origin + self._horizon - self.clock.now()
 
+    def music_time(self) -> float:
+        """Where the playhead is, in the events' music seconds (0 before ``start``)."""
+        with self._lock:
+            if self._origin is None:
+                return 0.0
+            if self._paused_at is not None:
+                return self._paused_at
+            return self.clock.now() - self._origin
+
     def needs_more(self) -> bool:
         return not self._stopping and self.buffered_seconds() < self.lookahead
 

@@ -1,9 +1,10 @@
 """Auditions: every N steps the model continues a fixed validation prompt, saved as MIDI so the
 user (and the TUI) can hear what the run has learnt so far.
 
-The prompt is prefilled in parallel mode, then tokens are drawn one at a time in RNN mode with a
-plain temperature + nucleus (top-p) sampler; the grammar-constrained sampler lives in
-engine.generate. PAD and BOS are never drawn; EOS ends the continuation early.
+The prompt is prefilled in parallel mode, then tokens are drawn one at a time in RNN mode with the
+model's plain temperature + nucleus (top-p) sampler (engine.model.pianomuse.sample_logits); the
+grammar-constrained sampler lives in engine.generate. PAD and BOS are never drawn; EOS ends the
+continuation early.
 """
 from __future__ import annotations
 
@@ -13,17 +14,7 @@ from pathlib import Path
 
 import torch
 
-
-def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Draw one token id from fp32 ``logits`` [V] (banned ids already set to -inf)."""
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p  # always keeps the top token
-        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-        choice = torch.multinomial(sorted_p, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+from engine.model.pianomuse import sample_logits
 
 
 @torch.no_grad()
@@ -39,7 +30,7 @@ def continue_prompt(model, prompt: list[int], n_tokens: int, *, temperature: flo
         scores = last.float().cpu()
         if banned:
             scores[list(banned)] = float("-inf")
-        token = sample_top_p(scores, temperature, top_p, generator)
+        token = sample_logits(scores, temperature, top_p, generator=generator)
         new_tokens.append(token)
         if eos_id is not None and token == eos_id:
             break

@@ -95,10 +95,7 @@ class TrainingFeed:
         self.source = source
         self.pad_id = tokenizer.pad_id
         self.note_ids = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-        for kind in ("Pitch", "NoteOn"):
-            ids = tokenizer.kind_ids(kind)
-            if ids:
-                self.note_ids[ids] = True
+        self.note_ids[tokenizer.note_start_ids()] = True
         self._perm_cache: dict[int, np.ndarray] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pianomuse-feed") if cfg.data.loader_workers > 0 else None
         self._pending: tuple[int, int, Future] | None = None

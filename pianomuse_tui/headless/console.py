@@ -5,6 +5,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -14,7 +15,11 @@ def is_tty() -> bool:
     return sys.stdout.isatty()
 
 
-def fail(message: str, code: int = 2) -> "typer.Exit":
-    """Print one clear sentence to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}")
+def fail(message: str, code: int = 2, soft_wrap: bool = False) -> "typer.Exit":
+    """Print one clear sentence to stderr and exit with ``code``.
+
+    The message is escaped: engine sentences name TOML sections like ``[tokenizer]``, which rich
+    would otherwise take for markup (eating them, or raising on a stray ``[/...]``).
+    """
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=soft_wrap)
     raise typer.Exit(code)

@@ -8,6 +8,7 @@ Exit status: 0 done, 130 interrupted (files written), 2 bad input, 3 the MIDI po
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,10 +35,23 @@ def output_paths(out: Path | None, alternatives: int, seed: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{k + 1}{out.suffix}") for k in range(alternatives)]
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, checked before generating so that no take is lost; else None."""
+    folder = path.parent
+    while not folder.exists():  # the writer creates missing folders
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        return f"cannot write {path}: {folder} is not a writable folder; give another --out"
+    return None
+
+
 def _write_all(session, paths: list[Path]) -> list[Path]:
     written = []
     for row, path in enumerate(paths):
-        written.append(session.write_midi(row, path))
+        try:
+            written.append(session.write_midi(row, path))
+        except OSError as exc:
+            fail(f"could not write {path} ({exc.strerror or exc}); give another --out")
     return written
 
 
@@ -93,6 +107,9 @@ def run_generate(
     except GenerationError as err:
         fail(str(err))
     paths = output_paths(out, alternatives, session.seed)
+    problem = _unwritable(paths[0])
+    if problem:
+        fail(problem)
     console.print(f"model {pth} ({model.config.describe()}), {tokenizer.tokenization} tokens"
                   + (f", prompt {prompt} ({len(session.prompt)} tokens)" if prompt else ", no prompt"))
 

@@ -15,12 +15,12 @@ from typing import Optional
 import typer
 
 from .console import console, err_console, is_tty
+from .console import fail as console_fail
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """One sentence on stderr, never wrapped (logs and tests read it as one line), then exit."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
-    raise typer.Exit(code)
+    console_fail(message, code, soft_wrap=True)
 
 
 def _fmt_bytes(n) -> str:

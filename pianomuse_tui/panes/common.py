@@ -19,6 +19,12 @@ class PaneBase(Container):
         self.focus()
 
 
+def one_sentence(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none), for a notification."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 def field(mapping: Any, *names: str) -> Any:
     """The first of ``names`` present in ``mapping`` (the engine's reports are plain dicts)."""
     if not isinstance(mapping, dict):

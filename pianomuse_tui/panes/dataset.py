@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from ..messages import FileDetailLoaded, PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
 from ..widgets.histogram import labelled_histogram
-from .common import PaneBase, Cancelled, field, fmt_count, fmt_duration, progress_args
+from .common import PaneBase, Cancelled, field, fmt_count, fmt_duration, one_sentence, progress_args
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 
@@ -216,7 +216,7 @@ class DatasetPane(PaneBase):
             self.post_message(ScanFinished(folder, None, cancelled=True))
             return
         except Exception as exc:  # noqa: BLE001 - shown as the engine's one sentence
-            self.post_message(ScanFinished(folder, None, error=_sentence(exc)))
+            self.post_message(ScanFinished(folder, None, error=one_sentence(exc)))
             return
         self.post_message(ScanFinished(folder, report))
 
@@ -231,7 +231,7 @@ class DatasetPane(PaneBase):
             self.post_message(PrepareFinished(None, cancelled=True))
             return
         except Exception as exc:  # noqa: BLE001
-            self.post_message(PrepareFinished(None, error=_sentence(exc)))
+            self.post_message(PrepareFinished(None, error=one_sentence(exc)))
             return
         self.post_message(PrepareFinished(out, detail=_describe_store(result)))
 
@@ -354,7 +354,7 @@ class DatasetPane(PaneBase):
                 for note in track.notes:
                     counts[note.pitch] += 1
         except Exception as exc:  # noqa: BLE001
-            self.post_message(FileDetailLoaded(path, None, error=_sentence(exc)))
+            self.post_message(FileDetailLoaded(path, None, error=one_sentence(exc)))
             return
         self.post_message(FileDetailLoaded(path, counts))
 
@@ -393,11 +393,6 @@ def _as_dict(obj: Any) -> dict:
 
         return dataclasses.asdict(obj)
     return dict(getattr(obj, "__dict__", {}))
-
-
-def _sentence(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _describe_store(result: Any) -> str:

@@ -23,28 +23,22 @@ from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted
 from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
 from ..widgets.meters import bar
 from ..widgets.piano_roll import PianoRoll
-from .common import PaneBase
+from .common import PaneBase, one_sentence
 
 APIS = ("auto", "alsa", "jack")
 VIRTUAL = "__virtual__"
 FLUIDSYNTH = "__fluidsynth__"
+# what the knob fields accept; the +/- and [/] nudges stay inside the same bounds
+KNOB_RANGES = {"temperature": (0.05, 3.0), "top_p": (0.05, 1.0)}
 
 
-def _float(text: str, name: str, low: float, high: float) -> float:
+def _bounded(text: str, name: str, low: float, high: float, kind: type = float) -> Any:
+    """``text`` read as a ``kind`` (float or int) within [low, high], or a ValueError sentence."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise ValueError(f"{name} must be a number between {low} and {high}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _int(text: str, name: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number between {low} and {high}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what} between {low} and {high}") from None
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, got {value}")
     return value
@@ -79,7 +73,6 @@ class GeneratePane(PaneBase):
         self.performance: Performance | None = None
         self.last_saved: Path | None = None
         self.telemetry: dict[str, Any] = {}
-        self.started_at: float | None = None
         self._ports_listed = False
         self._pending_port: str | None = None
 
@@ -158,11 +151,11 @@ class GeneratePane(PaneBase):
     def _read_knobs(self) -> None:
         """Validate the knob fields into ``self.knobs`` (the performance reads them per token)."""
         get = lambda name: self.query_one(f"#gen-{name}", Input).value.strip()  # noqa: E731
-        temperature = _float(get("temperature"), "temperature", 0.05, 3.0)
-        top_p = _float(get("top-p"), "top-p", 0.05, 1.0)
-        alternatives = _int(get("alternatives"), "alternatives", 1, 8)
-        bars = _int(get("bars"), "bars", 1, 512)
-        seed = _int(get("seed"), "seed", 0, 2**31 - 1) if get("seed") else None
+        temperature = _bounded(get("temperature"), "temperature", *KNOB_RANGES["temperature"])
+        top_p = _bounded(get("top-p"), "top-p", *KNOB_RANGES["top_p"])
+        alternatives = _bounded(get("alternatives"), "alternatives", 1, 8, int)
+        bars = _bounded(get("bars"), "bars", 1, 512, int)
+        seed = _bounded(get("seed"), "seed", 0, 2**31 - 1, int) if get("seed") else None
         self.knobs.update(temperature=temperature, top_p=top_p, alternatives=alternatives, bars=bars, seed=seed)
 
     @on(Input.Submitted)
@@ -177,7 +170,8 @@ class GeneratePane(PaneBase):
 
     def action_nudge(self, name: str, delta: float) -> None:
         value = getattr(self.knobs, name) + delta
-        value = min(3.0, max(0.05, value)) if name == "temperature" else min(1.0, max(0.05, value))
+        low, high = KNOB_RANGES[name]
+        value = min(high, max(low, value))
         self.knobs.update(**{name: round(value, 3)})
         self.query_one("#gen-temperature" if name == "temperature" else "#gen-top-p", Input).value = f"{value:.2f}"
         self._render_knobs()
@@ -207,7 +201,7 @@ class GeneratePane(PaneBase):
         try:
             found = ports.list_ports(api)
         except Exception as exc:  # noqa: BLE001
-            self.post_message(PortsListed(api, [], error=str(exc).splitlines()[0]))
+            self.post_message(PortsListed(api, [], error=one_sentence(exc)))
             return
         names = [f"{name}\t{which}" for which, names in found.items() for name in names]
         self.post_message(PortsListed(api, names))
@@ -283,7 +277,6 @@ class GeneratePane(PaneBase):
                                        on_problem=lambda text: self.app.call_from_thread(
                                            self.notify, text, severity="warning", timeout=8))
         self.query_one("#gen-play", Button).label = "Stop"
-        self.started_at = time.monotonic()
         self._perform(self.performance)
 
     def play_file(self, path: Path) -> None:
@@ -309,7 +302,7 @@ class GeneratePane(PaneBase):
             performance.run(lambda: worker.is_cancelled)
         except Exception as exc:  # noqa: BLE001 - the engine's sentence goes to the user
             performance.close()
-            self.post_message(PerformanceEnded("error", error=str(exc).strip().splitlines()[0] or type(exc).__name__))
+            self.post_message(PerformanceEnded("error", error=one_sentence(exc)))
             return
         performance.close()
         self.post_message(PerformanceEnded(performance.end_reason))

@@ -104,3 +104,16 @@ def test_time_shift_tokenization_has_bars_too():
     assert tsd.kind_ids("Bar") == [] and tsd.kind_ids("TimeShift")
     assert len(bars) > 50 and bars == sorted(set(bars)) and bars[0] == 0
     assert tsd.grammar_next_kinds("BOS") >= {"Pitch", "TimeSig", "Tempo"}
+
+
+@pytest.mark.parametrize("tokenization", ["REMI", "TSD", "MIDILike"])
+def test_one_note_start_token_per_note(tokenization):
+    """Bits per note (training and eval alike) count notes by their opening token."""
+    from engine.eval.likelihood import count_notes
+
+    tok = PianoTokenizer.from_config({"tokenization": tokenization})
+    score = symusic.Score(str(CHORALE_DIR / "bwv101_7.mid"))
+    ids = tok.encode_score(score)
+    notes = sum(len(t.notes) for t in tok.decode(ids).tracks)
+    assert notes > 0 and count_notes(ids, tok) == notes
+    assert set(tok.note_start_ids()) <= set(range(tok.vocab_size))

@@ -86,7 +86,12 @@ def test_train_pane_attached_to_the_bundled_models_recorded_run(snap_compare, fi
 
     async def attached(pilot):
         app.train.attach(Path("runs") / run.name)
-        await _settle(pilot, lambda: app.train.records_seen == records and app.device.startswith("CPU"))
+        from pianomuse_tui.widgets.meters import MemoryMeter
+
+        # the machine readout comes every second: wait for it, so the Memory panel is the same every time
+        meter = app.train.query_one(MemoryMeter)
+        await _settle(pilot, lambda: app.train.records_seen == records and app.device.startswith("CPU")
+                      and meter.machine.get("ram_rss") is not None)
         app.train.workers_cancel()  # everything is read; the app exits without waiting for a poll
 
     assert snap_compare(app, terminal_size=SIZE, run_before=attached)

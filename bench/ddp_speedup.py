@@ -61,6 +61,9 @@ class RandomTokenVocabulary:
     def kind_ids(self, kind: str) -> list[int]:
         return []  # no token is a note: bits per note is not measured here
 
+    def note_start_ids(self) -> list[int]:
+        return []
+
     def to_config(self) -> dict:
         return {"format": "random-tokens", "vocab_size": self.vocab_size}
 

@@ -18,18 +18,10 @@ __all__ = ["default_checkpoint", *_FROM_REPORT]
 
 
 def default_checkpoint() -> Path | None:
-    """The bundled model (``assets/models/*.pth`` with its sidecar ``.json``), or None if there is none.
+    """The bundled model, the default of ``eval`` (one rule for the whole project: engine.paths)."""
+    from engine.paths import bundled_checkpoint  # noqa: PLC0415
 
-    With several bundled checkpoints the first by name wins, so the choice is stable.
-    """
-    from engine.paths import MODELS_DIR  # noqa: PLC0415
-
-    if not MODELS_DIR.is_dir():
-        return None
-    for pth in sorted(MODELS_DIR.glob("*.pth")):
-        if pth.with_suffix(".json").is_file():
-            return pth
-    return None
+    return bundled_checkpoint()
 
 
 def __getattr__(name: str):

@@ -19,13 +19,13 @@ HARD_TOKEN_CAP = 16384  # a live session always ends, even with a model that nev
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
     """A .pth file, a checkpoint folder, a training run folder, or None for the bundled model."""
-    from engine.paths import MODELS_DIR  # noqa: PLC0415
+    from engine.paths import bundled_checkpoint  # noqa: PLC0415
 
     if path is None:
-        bundled = sorted(MODELS_DIR.glob("*.pth")) if MODELS_DIR.is_dir() else []
-        if not bundled:
+        bundled = bundled_checkpoint()
+        if bundled is None:
             raise GenerationError("there is no bundled model yet; pass --checkpoint PATH (a .pth file or a training run folder)")
-        return bundled[0]
+        return bundled
     path = Path(path)
     if path.is_dir():
         if (path / "model.pth").is_file():

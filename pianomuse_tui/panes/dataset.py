@@ -260,8 +260,7 @@ class DatasetPane(PaneBase):
         files = _report_files(message.report)
         self.records = {str(f.get("path")): f for f in files}
         self.pitch_cache.clear()
-        bar = self.query_one("#ds-progress", ProgressBar)
-        bar.update(total=max(1, len(files)), progress=max(1, len(files)))
+        _show_done(self.query_one("#ds-progress", ProgressBar), len(files))
         self._set_running(False, f"{len(files)} files scanned in {message.folder}")
         self._fill_table()
         self.query_one("#ds-summary", Static).update(render_summary(_report_summary(message.report), files))
@@ -277,8 +276,7 @@ class DatasetPane(PaneBase):
             self._set_running(False, "prepare failed")
             self.notify(message.error, severity="error", timeout=8)
             return
-        bar = self.query_one("#ds-progress", ProgressBar)
-        bar.update(total=1, progress=1)
+        _show_done(self.query_one("#ds-progress", ProgressBar), 1)
         self._set_running(False, f"store ready: {message.store}")
         self.notify(f"Token store ready at {message.store}. {message.detail}".strip(), timeout=6)
         self.app.train.data_prepared(message.store)
@@ -490,3 +488,13 @@ def render_detail(record: dict, name: str, width: int, pitch_counts: list[int] |
         text.append("\n\n")
         text.append_text(labelled_histogram("pitch", keys, "A0", "C8", width))
     return text
+
+
+def _show_done(bar: ProgressBar, total: int) -> None:
+    """A finished job: a full bar and no countdown, however long the job took.
+
+    Textual keeps the ETA's speed samples while the total stays the same, so a slow job would end
+    on 00:00:00 and a fast one on --:--:--; dropping the samples first makes the end state one.
+    """
+    bar.update(total=None)
+    bar.update(total=max(1, total), progress=max(1, total))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, ProgressBar, Static
 
 from app_helpers import wait_for as _wait_for
 from engine.paths import CORPUS_DIR
@@ -27,6 +27,11 @@ async def test_scan_of_bundled_corpus_fills_table_summary_and_detail():
         # the pane's own progress messages (the hook also sees them bubble up through the parents)
         progress = [m for m in seen if isinstance(m, ScanProgress)]
         assert progress and max(m.done for m in progress) == n_files and progress[-1].total == n_files
+        # a finished scan shows a full bar and no countdown, however long it ran (this one spans
+        # seconds of progress, enough for Textual's ETA to have a speed)
+        bar = app.query_one("#ds-progress", ProgressBar)
+        assert bar.percentage == 1.0
+        assert str(bar.query_one("#eta").render()) == "--:--:--"
 
         table = app.query_one("#ds-files", DataTable)
         assert table.row_count == n_files

@@ -78,7 +78,7 @@ class StepClock:
 
 
 def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, checkpointing: bool,
-            compile_model: bool, trainer_sync: bool) -> dict:
+            compile_model: bool, trainer_sync: bool, profile: str | None = None) -> dict:
     torch.manual_seed(0)
     model = RWKV7(ModelConfig(n_layer=shape.n_layer, n_embd=shape.n_embd, vocab_size=shape.vocab_size, head_size=64),
                   wkv_backend=backend).to(device)
@@ -86,9 +86,9 @@ def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, 
     freeze_unused_parameters(model, device)
     if checkpointing:
         enable_activation_checkpointing(model)
-    objective = TrainingObjective(model)
     if compile_model:
-        objective = torch.compile(objective)
+        model.compile_blocks()  # what the trainer does with train.compile on (its default on CUDA)
+    objective = TrainingObjective(model)
     optimizer = build_optimizer(model, OptimSection(), 1e-3, device)
     params = [p for p in model.parameters() if p.requires_grad]
     autocast_dtype = resolve_precision("auto", device)
@@ -121,6 +121,8 @@ def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, 
     for _ in range(steps):
         step(marks)
     clock.wait()
+    if profile:
+        write_profile(step, shape.name, profile)
     full = [clock.ms(marks[i], marks[i + 2]) for i in range(0, len(marks), 3)]
     fwd_bwd = [clock.ms(marks[i], marks[i + 1]) for i in range(0, len(marks), 3)]
     step_ms = statistics.median(full)
@@ -134,6 +136,18 @@ def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, 
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def write_profile(step, name: str, path: str) -> None:
+    """One more step under torch.profiler: the top GPU kernels by time, appended to ``path``."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step([])
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n## {name}\n\n{table}\n")
 
 
 def table_row(r: dict) -> list[str]:
@@ -157,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--wkv-backend", default="auto", choices=("auto", "cuda", "chunked"))
     parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the objective (CUDA; an experiment: the trainer does not compile)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the block parts around the WKV kernel (the trainer's train.compile)")
+    parser.add_argument("--profile", default=None, help="append a torch.profiler kernel table of one extra step per shape to this file")
     parser.add_argument("--trainer-sync", action="store_true", help="add the trainer's one host read of loss and grad norm per step")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--out", default=None, help="append the markdown table to this file")
@@ -167,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0:
         raise BenchError("--steps must be at least 1 and --warmup at least 0")
     device = pick_device(args.device, args.tiny or args.shapes is not None)
-    if args.compile and device.type != "cuda":
-        raise BenchError("--compile is for CUDA runs only; drop it on the CPU")
     shapes = [parse_shape(s) for s in (args.shapes or (TINY_SHAPES if args.tiny else ",".join(REFERENCE))).split(",")]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         try:
             r = measure(shape, device, backend, args.steps, args.warmup, args.activation_checkpointing, args.compile,
-                        args.trainer_sync)
+                        args.trainer_sync, args.profile)
         except torch.OutOfMemoryError:
             failed += 1
             torch.cuda.empty_cache()

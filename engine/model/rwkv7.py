@@ -36,24 +36,36 @@ _VERSION = operator.attrgetter("_version")  # bumped by every in-place update of
 # token shift: the previous token's LN output of the same layer
 
 
-def token_shift(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+def shift_plan(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a packed row of T tokens: (starts [1, T, 1] bool, doc [T] long).
+
+    ``starts`` marks each document's first position and ``doc`` gives the document that holds
+    each position (empty documents hold none). Computed once per forward and shared by every
+    layer; no host sync and no data-dependent shapes, so the shift compiles into one graph.
+    """
+    pos = torch.arange(T, device=cu_seqlens.device)
+    doc = torch.searchsorted(cu_seqlens[1:].contiguous(), pos, right=True)
+    starts = pos == cu_seqlens[doc.clamp(max=cu_seqlens.numel() - 1)]
+    return starts.view(1, T, 1), doc
+
+
+def token_shift(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None,
+                plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """x [B, T, C] -> x[t-1] per position; position 0 (and every packed sequence start) gets ``prev``.
 
-    ``prev`` is [B, C] (or [n_seqs, C] with ``cu_seqlens``) or None for zeros.
+    ``prev`` is [B, C] (or [n_seqs, C] with ``cu_seqlens``) or None for zeros. ``plan`` is
+    ``shift_plan(cu_seqlens, T)`` when the caller has it already.
     """
     B, T, C = x.shape
-    if cu_seqlens is None:
+    if cu_seqlens is None and plan is None:
         first = prev.to(x.dtype).unsqueeze(1) if prev is not None else x.new_zeros(B, 1, C)
         return torch.cat([first, x[:, :-1]], dim=1)
-    shifted = torch.cat([x.new_zeros(B, 1, C), x[:, :-1]], dim=1)
-    starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
-    nonempty = lengths > 0
+    starts, doc = plan if plan is not None else shift_plan(cu_seqlens, T)
+    shifted = F.pad(x[:, :-1], (0, 0, 1, 0))
     if prev is None:
         # a packed sequence start must not see the previous document's last token
-        values = x.new_zeros(1, int(nonempty.sum()), C)
-    else:
-        values = prev.to(x.dtype)[nonempty].unsqueeze(0)
-    return shifted.index_copy(1, starts[nonempty], values)
+        return shifted.masked_fill(starts, 0.0)
+    return torch.where(starts, prev.to(x.dtype)[doc].unsqueeze(0), shifted)
 
 
 def last_token(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
@@ -199,6 +211,58 @@ def channel_mix(W: ChannelMixWeights, x, x_prev, idx):
     return out
 
 
+def block_time_mix_in(W: BlockWeights, x, att_prev, v_first, plan, first_layer: bool, H: int, N: int):
+    """A block up to the WKV operator: LN1, token shift, TimeMix projections.
+
+    Returns (LN1 output, r, z, k, v, a, b, g, v_first) with the kernel's a = -kappa_hat.
+    """
+    xa = layer_norm(x, W.ln1_w, W.ln1_b)
+    xs = token_shift(xa, att_prev, None, plan)
+    r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, xs, v_first, 0 if first_layer else 1, H, N)
+    return xa, r, z, k, v, -kappa, b, g, v_first
+
+
+def block_finish(W: BlockWeights, x, y, r, k, v, g, idx, ffn_prev, plan, H: int, N: int):
+    """A block after the WKV operator: TimeMix output, residual, LN2, ChannelMix, residual.
+
+    Returns (the block's output, LN2 output).
+    """
+    x = x + time_mix_finish(W.att, y.to(x.dtype), r, k, v, g, H, N)
+    xf = layer_norm(x, W.ln2_w, W.ln2_b)
+    x = x + channel_mix(W.ffn, xf, token_shift(xf, ffn_prev, None, plan), idx)
+    return x, xf
+
+
+_COMPILED_PARTS: tuple | None = None
+
+
+def _compiled_parts():
+    """torch.compile'd ``block_time_mix_in`` and ``block_finish``, made once per process.
+
+    They are free functions of tensors, so one compiled graph serves every layer of a shape
+    (layer 0, which defines v_first, gets its own). The WKV operator stays outside the graphs.
+    """
+    global _COMPILED_PARTS
+    if _COMPILED_PARTS is None:
+        _COMPILED_PARTS = (torch.compile(block_time_mix_in), torch.compile(block_finish))
+    return _COMPILED_PARTS
+
+
+def _cast_weights(W: BlockWeights, dtype: torch.dtype) -> BlockWeights:
+    def cast(obj):
+        for name in type(obj).__slots__:
+            t = getattr(obj, name)
+            if isinstance(t, torch.Tensor) and name != "w0":
+                setattr(obj, name, _as_dtype(t, dtype))
+        return obj
+
+    for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b"):
+        setattr(W, name, _as_dtype(getattr(W, name), dtype))
+    cast(W.att)
+    cast(W.ffn)
+    return W
+
+
 # ---------------------------------------------------------------------------------------------
 # the layers: parameters under their official names
 
@@ -282,31 +346,55 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(C)
         self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config, layer_id)
+        self.compiled = False  # RWKV7.compile_blocks(): the parts around the WKV operator through torch.compile
 
-    def weights(self, packed: bool = False) -> BlockWeights:
+    def weights(self, packed: bool = False, dtype: torch.dtype | None = None) -> BlockWeights:
+        """The block's parameters as the math functions take them.
+
+        ``dtype`` casts them for a reduced-precision forward (autograd flows through the casts
+        to the fp32 masters), all but ``att.w0``: the decay pre-activation stays fp32.
+        """
         ln = (self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias)
         if packed:  # the RNN cache holds no autograd leaves (a traced step takes them as constants)
             ln = tuple(t.detach() for t in ln)
-        return BlockWeights(*ln, self.att.weights(packed), self.ffn.weights(packed))
+        W = BlockWeights(*ln, self.att.weights(packed), self.ffn.weights(packed))
+        if dtype is not None:
+            W = _cast_weights(W, dtype)
+        return W
 
-    def forward(self, x, idx, v_first, prev, cu_seqlens=None, want_state=False, backend="auto"):
-        """Parallel mode over x [B, T, C]; ``prev`` = (att_shift, wkv, ffn_shift) or Nones."""
-        W = self.weights()
+    def forward(self, x, idx, v_first, prev, cu_seqlens=None, want_state=False, backend="auto", plan=None):
+        """Parallel mode over x [B, T, C]; ``prev`` = (att_shift, wkv, ffn_shift) or Nones.
+
+        Under autocast the block runs in the autocast dtype throughout (weights cast once, the
+        residual stream and every activation in that dtype, LayerNorm/GroupNorm statistics in
+        fp32 inside their kernels), rather than autocast's mix of bf16 products and fp32
+        element-wise work: half the activation memory and traffic, the same functions.
+        ``plan`` is ``shift_plan(cu_seqlens, T)``, shared by the layers.
+        """
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, enabled=False):
+                return self._forward(x.to(dtype), idx, v_first, prev, cu_seqlens, want_state, backend, plan, dtype)
+        return self._forward(x, idx, v_first, prev, cu_seqlens, want_state, backend, plan, None)
+
+    def _forward(self, x, idx, v_first, prev, cu_seqlens, want_state, backend, plan, dtype):
+        W = self.weights(dtype=dtype)
         att_prev, wkv_prev, ffn_prev = prev
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        xa = layer_norm(x, W.ln1_w, W.ln1_b)
-        r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, token_shift(xa, att_prev, cu_seqlens), v_first, self.layer_id, H, N)
+        if cu_seqlens is not None and plan is None:
+            plan = shift_plan(cu_seqlens, T)
+        time_mix_in, block_out = (_compiled_parts() if self.compiled else (block_time_mix_in, block_finish))
+        xa, r, z, k, v, a, b, g, v_first = time_mix_in(W, x, att_prev, v_first, plan, self.layer_id == 0, H, N)
         y, wkv_state = wkv7(
-            *(t.view(B, T, H, N) for t in (r, z, k, v, -kappa, b)),
+            *(t.view(B, T, H, N) for t in (r, z, k, v, a, b)),
             initial_state=wkv_prev,
             output_final_state=want_state,
             cu_seqlens=cu_seqlens,
             backend=backend,
         )
-        x = x + time_mix_finish(W.att, y.reshape(B, T, C).to(x.dtype), r, k, v, g, H, N)
-        xf = layer_norm(x, W.ln2_w, W.ln2_b)
-        x = x + channel_mix(W.ffn, xf, token_shift(xf, ffn_prev, cu_seqlens), idx)
+        x, xf = block_out(W, x, y.view(B, T, C), r, k, v, g, idx, ffn_prev, plan, H, N)
         if not want_state:
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
@@ -342,6 +430,9 @@ class RWKV7(nn.Module):
         self.rnn_trace = True
         self.rnn_fused = True  # the C++ CPU step (engine.model.cpu_ext) instead of the trace, where it applies
         self._rnn_fused = None  # that step bound to the current weight cache
+        # on CUDA: replay the step from a captured CUDA graph (_graphed_step). Opt-in until it has
+        # been measured on a GPU (tests/integration/test_model_gpu.py checks it there)
+        self.rnn_cuda_graph = False
         self._param_list = None
         if init:
             from .init import init_parameters  # noqa: PLC0415
@@ -373,9 +464,10 @@ class RWKV7(nn.Module):
         x = self.blocks[0].ln0(self.emb(idx))
         v_first = None
         layer_states = []
+        plan = shift_plan(cu_seqlens, T) if cu_seqlens is not None else None
         for l, block in enumerate(self.blocks):
             prev = state.layer(l) if state is not None else (None, None, None)
-            x, v_first, layer_state = block(x, idx, v_first, prev, cu_seqlens, return_state, self.wkv_backend)
+            x, v_first, layer_state = block(x, idx, v_first, prev, cu_seqlens, return_state, self.wkv_backend, plan)
             layer_states.append(layer_state)
         h = self.ln_out(x)
         if not return_state:
@@ -445,9 +537,12 @@ class RWKV7(nn.Module):
             raise ValueError(f"state holds {state.batch_size} sequences but {B} tokens were given")
         run = None
         if self.rnn_trace and not torch.is_grad_enabled():
-            # the "reference" backend pins a model to the plain PyTorch math (the tests' oracle)
-            fused = self.rnn_fused and self.wkv_backend != "reference"
-            run = self._fused_cpu_step(pack, B, state) if fused else None
+            if emb.device.type == "cuda" and self.rnn_cuda_graph:
+                run = self._graphed_step(tokens, state)
+            else:
+                # the "reference" backend pins a model to the plain PyTorch math (the tests' oracle)
+                fused = self.rnn_fused and self.wkv_backend != "reference"
+                run = self._fused_cpu_step(pack, B, state) if fused else None
             if run is None:
                 run = self._traced_step(tokens, state)
         if run is None:
@@ -504,6 +599,27 @@ class RWKV7(nn.Module):
                 return None
         return traces[key]
 
+    def _graphed_step(self, tokens, state: RWKVState):
+        """On CUDA: the eager step over the weight cache captured once per batch size and state
+        layout as a CUDA graph, then replayed: one launch per token instead of hundreds (at batch
+        1 the step is bound by launch overhead, not by the GPU). Inputs are copied into the
+        graph's static buffers and outputs copied out, so callers keep their own states (a
+        session's bar snapshots). Dropped with the weight cache; None where capture fails.
+        """
+        key = ("graph", tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
+        traces = self._rnn_traces
+        if key not in traces:
+            if len(traces) >= 8:
+                traces.clear()
+            try:
+                traces[key] = _GraphedStep(self, self._rnn_weights(), tokens, state)
+            except RuntimeError as err:
+                warnings.warn(f"CUDA graph capture of the RNN step failed, using the traced step: {err}",
+                              RuntimeWarning, stacklevel=3)
+                self.rnn_cuda_graph = False
+                return None
+        return traces[key]
+
     def _fused_cpu_step(self, pack, batch_size: int, state: RWKVState):
         """The C++ step over the weight cache ``pack`` where it applies (CPU, fp32, small batch), else None."""
         emb = pack[0]
@@ -521,6 +637,18 @@ class RWKV7(nn.Module):
                 return None
             self._rnn_fused = cpu_ext.FusedStep(lib, pack, self.config.n_head, self.config.head_size)
         return self._rnn_fused
+
+    def compile_blocks(self, enabled: bool = True) -> "RWKV7":
+        """Run each block's parts around the WKV operator through ``torch.compile`` (parallel mode).
+
+        Inductor fuses the element-wise work (token-shift mixes, gates, key normalisation,
+        GroupNorm with the bonus term, the residuals and ChannelMix) and recomputes cheap
+        element-wise results in backward instead of saving them. Same functions, same math;
+        the first forward of each shape pays the compile.
+        """
+        for block in self.blocks:
+            block.compiled = enabled
+        return self
 
     # ---- bookkeeping ------------------------------------------------------------------------
 
@@ -555,3 +683,26 @@ class _RecurrentStep(nn.Module):
 
     def forward(self, tokens, att_shift, wkv, ffn_shift):
         return self.step_layers(self.pack, tokens, att_shift, wkv, ffn_shift)
+
+
+class _GraphedStep:
+    """``RWKV7._step_layers`` captured as a CUDA graph over static input and output buffers."""
+
+    def __init__(self, model: RWKV7, pack, tokens, state: RWKVState):
+        self.inputs = [tokens.clone(), state.att_shift.clone(), state.wkv.clone(), state.ffn_shift.clone()]
+        step = model._step_layers
+        side = torch.cuda.Stream(device=tokens.device)
+        side.wait_stream(torch.cuda.current_stream(tokens.device))
+        with torch.cuda.stream(side):  # warm-up outside the capture (workspace allocation, kernel loads)
+            for _ in range(2):
+                step(pack, *self.inputs)
+        torch.cuda.current_stream(tokens.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = step(pack, *self.inputs)
+
+    def __call__(self, tokens, att_shift, wkv, ffn_shift):
+        for buf, value in zip(self.inputs, (tokens, att_shift, wkv, ffn_shift)):
+            buf.copy_(value)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.outputs)

@@ -79,6 +79,7 @@ class TrainSection:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     seed: int = 1234
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
+    compile: bool = False  # torch.compile the block parts around the WKV kernel (RWKV7.compile_blocks)
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
     l2wrap: bool = False
     wkv_backend: str = "auto"

@@ -267,6 +267,8 @@ class Trainer:
         model.train()
         self.model = model
         frozen = freeze_unused_parameters(model, device)
+        if cfg.train.compile:
+            model.compile_blocks()
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
         objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap)

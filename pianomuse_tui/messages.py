@@ -58,15 +58,6 @@ class PrepareFinished(Message):
     error: str | None = None
 
 
-@dataclass
-class FileDetailLoaded(Message):
-    """Histograms of one file, read off the main thread."""
-
-    path: str
-    pitch_counts: list[int] | None = None
-    error: str | None = None
-
-
 # ---- training -----------------------------------------------------------------------------------
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+ARTIFACT_KINDS = ("checkpoint", "audition")
 
 # The trainer's field names, with the spellings the issue texts also use, so a run written by
 # either reads the same here.
@@ -51,6 +54,10 @@ class MetricsTail:
         self.pending: list[dict] = []
         self.bad_lines = 0
         self.last_growth: float | None = None
+        # running counts, so the watcher knows when to read the run's files again without
+        # looking into the records the UI drains
+        self.records_read = 0
+        self.artifact_records = 0  # "checkpoint" and "audition" records: new files in the run
 
     def poll(self) -> int:
         """Read what was appended; return how many new records are waiting."""
@@ -77,6 +84,8 @@ class MetricsTail:
                 records.append(normalise_record(json.loads(line)))
             except (ValueError, AttributeError):
                 self.bad_lines += 1
+        self.records_read += len(records)
+        self.artifact_records += sum(r.get("kind") in ARTIFACT_KINDS for r in records)
         with self._lock:
             self.pending.extend(records)
             return len(self.pending)
@@ -132,6 +141,41 @@ def list_auditions(run_dir: Path) -> list[Path]:
     for folder in ("auditions", "samples"):
         files.extend((Path(run_dir) / folder).glob("*.mid"))
     return sorted(files, key=lambda p: (_step_of(p.stem) or -1, p.name), reverse=True)
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's resolved ``config.toml``, or {} while it is missing or half-written."""
+    try:
+        return tomllib.loads((Path(run_dir) / "config.toml").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class RunFiles:
+    """What the Train pane shows of a run's folder besides its metrics, read in one go off the UI thread."""
+
+    run_dir: Path
+    config: dict
+    checkpoints: list[Checkpoint]
+    auditions: list[Path]
+
+    @property
+    def max_steps(self) -> int | None:
+        value = (self.config.get("train") or {}).get("max_steps")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def model_line(self) -> str:
+        model = self.config.get("model") or {}
+        if not model:
+            return ""
+        preset = self.config.get("preset") or "custom"
+        return f"preset {preset} (L{model.get('n_layer')} D{model.get('n_embd')} {model.get('arch')})"
+
+
+def read_run_files(run_dir: Path) -> RunFiles:
+    return RunFiles(Path(run_dir), read_config(run_dir), list_checkpoints(run_dir), list_auditions(run_dir))
 
 
 def request_stop(run_dir: Path) -> Path:

@@ -63,11 +63,18 @@ class ScanReport:
     def to_dict(self) -> dict[str, Any]:
         return {"files": self.files, "summary": self.summary}
 
+    def to_json(self) -> str:
+        """The report as JSON text with one line per file: indenting every list item would put each
+        of a file's 128 pitch-histogram counts on a line of its own and double the report's size."""
+        files = ",\n".join(" " + json.dumps(record) for record in self.files)
+        files = f"[\n{files}\n]" if files else "[]"
+        return f'{{"files": {files},\n"summary": {json.dumps(self.summary, indent=1)}}}\n'
+
     def write(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        tmp.write_text(self.to_json(), encoding="utf-8")
         tmp.replace(path)
 
     @classmethod
@@ -205,6 +212,8 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         notes=int(len(pitch)),
         notes_per_s=round(len(pitch) / duration_s, 3) if duration_s > 0 else 0.0,
         pitch_range=[int(pitch.min()), int(pitch.max())],
+        # notes per MIDI pitch, of the notes counted above (outside the piano range included)
+        pitch_histogram=np.bincount(pitch, minlength=128).astype(int).tolist(),
         velocity_histogram=np.histogram(velocity, bins=8, range=(0, 128))[0].astype(int).tolist(),
         sustain_pedal={"presses": int(len(pedals["time"])),
                        "down_fraction": round(min(1.0, float(np.sum(pedals["duration"])) / duration_s), 3) if duration_s > 0 else 0.0},

@@ -263,7 +263,7 @@ def prepare(
         _save_npy_atomic(out / "tokens.npy", tokens)
         _save_npy_atomic(out / "bars.npy", bars_flat)
         _write_atomic(out / "tokenizer.json", json.dumps(tokenizer_config, indent=1))
-        _write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1))
+        _write_atomic(out / "report.json", report.to_json())
         _write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1))
         _write_atomic(out / "index.json", json.dumps(index, indent=1))  # last: the commit point
 

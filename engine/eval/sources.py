@@ -11,28 +11,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from . import default_checkpoint
+from engine.paths import resolve_checkpoint
+
 from .report import EvalData
 
 
 class EvalError(RuntimeError):
     """Something the user can fix; the message is one sentence saying what to do."""
-
-
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """The checkpoint ``.pth`` for ``--checkpoint`` (a file, a checkpoint folder or a run folder)."""
-    if path is None:
-        found = default_checkpoint()
-        if found is None:
-            raise EvalError("there is no bundled model in assets/models/ and no --checkpoint was given; "
-                            "pass --checkpoint PATH (a .pth file, a checkpoint folder or a run folder).")
-        return found
-    from engine.model.checkpoint import checkpoint_paths  # noqa: PLC0415
-
-    pth, _ = checkpoint_paths(path)
-    if not pth.is_file():
-        raise EvalError(f"there is no checkpoint at {path}; pass a .pth file, a checkpoint folder or a run folder.")
-    return pth
 
 
 def _prepare_config(tokenizer_config: dict | None):
@@ -100,7 +85,7 @@ def load_eval_inputs(checkpoint: str | Path | None, data: str | Path | None, dev
 
     from engine.model import CheckpointError, load_checkpoint  # noqa: PLC0415
 
-    path = resolve_checkpoint(checkpoint)
+    path = resolve_checkpoint(checkpoint, EvalError)
     try:
         torch.empty(0, device=device)
     except (RuntimeError, ValueError) as exc:

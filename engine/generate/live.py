@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
+from engine.paths import resolve_checkpoint
+
 from .sampling import SamplingConfig
 from .session import GenerationSession, prompt_from_file
 from .timeline import GenerationError
@@ -17,36 +19,12 @@ from .timeline import GenerationError
 HARD_TOKEN_CAP = 16384  # a live session always ends, even with a model that never closes a bar
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """A .pth file, a checkpoint folder, a training run folder, or None for the bundled model."""
-    from engine.paths import bundled_checkpoint  # noqa: PLC0415
-
-    if path is None:
-        bundled = bundled_checkpoint()
-        if bundled is None:
-            raise GenerationError("there is no bundled model yet; pass --checkpoint PATH (a .pth file or a training run folder)")
-        return bundled
-    path = Path(path)
-    if path.is_dir():
-        if (path / "model.pth").is_file():
-            return path / "model.pth"
-        from engine.train.checkpointing import latest_checkpoint  # noqa: PLC0415
-
-        latest = latest_checkpoint(path)
-        if latest is not None and (Path(latest) / "model.pth").is_file():
-            return Path(latest) / "model.pth"
-        raise GenerationError(f"{path} holds no checkpoint; pass a .pth file or a run folder with checkpoints/")
-    if not path.exists():
-        raise GenerationError(f"the checkpoint {path} does not exist; pass a .pth file or a training run folder")
-    return path
-
-
 def load_generator(path: str | Path | None, device: str = "cpu"):
     """(model in eval mode, PianoTokenizer saved with it, resolved path)."""
     from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
     from engine.model import CheckpointError, load_checkpoint  # noqa: PLC0415
 
-    pth = resolve_checkpoint(path)
+    pth = resolve_checkpoint(path, GenerationError)
     try:
         model, sidecar = load_checkpoint(pth, device=device)
     except CheckpointError as err:

@@ -61,11 +61,16 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p, p.with_suffix(".json")
 
 
-def save_checkpoint(model: RWKV7, path, tokenizer: dict | None = None, extra: dict | None = None) -> Path:
-    """Write ``NAME.pth`` (official state_dict) and ``NAME.json`` (sidecar). Returns the .pth path."""
+def save_checkpoint(model: RWKV7, path, tokenizer: dict | None = None, extra: dict | None = None,
+                    state_dict: dict | None = None) -> Path:
+    """Write ``NAME.pth`` (official state_dict) and ``NAME.json`` (sidecar). Returns the .pth path.
+
+    ``state_dict`` replaces ``model.state_dict()`` where the caller gathered it (sharded training).
+    """
     pth, sidecar_path = checkpoint_paths(path)
     pth.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    source = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     sidecar = {"format": SIDECAR_FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer, "extra": extra or {}}
     # write beside, then rename: a crash mid-save never leaves a truncated checkpoint behind
     tmp_pth = pth.with_name(pth.name + ".tmp")

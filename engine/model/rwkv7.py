@@ -371,6 +371,8 @@ class Block(nn.Module):
         element-wise work: half the activation memory and traffic, the same functions.
         ``plan`` is ``shift_plan(cu_seqlens, T)``, shared by the layers.
         """
+        if self.layer_id == 0:
+            x = self.ln0(x)
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
@@ -461,7 +463,7 @@ class RWKV7(nn.Module):
             rows = cu_seqlens.numel() - 1
         if state is not None and state.batch_size != rows:
             raise ValueError(f"state holds {state.batch_size} sequences but the input has {rows}")
-        x = self.blocks[0].ln0(self.emb(idx))
+        x = self.emb(idx)  # layer 0 applies ln0 (Block.forward): its parameters live with that block
         v_first = None
         layer_states = []
         plan = shift_plan(cu_seqlens, T) if cu_seqlens is not None else None

@@ -80,6 +80,7 @@ class TrainSection:
     seed: int = 1234
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
     compile: bool = False  # torch.compile the block parts around the WKV kernel (RWKV7.compile_blocks)
+    parallel: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (parameters, gradients and optimizer state sharded)
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
     l2wrap: bool = False
     wkv_backend: str = "auto"
@@ -211,6 +212,7 @@ class TrainConfig:
         if t.tbptt_len and d.objective == "lm":
             raise ConfigError("train.tbptt_len applies to completion windows; packed LM chunks are already bounded by data.ctx_len, so set train.tbptt_len=0 or data.objective=completion")
         _choice("train.precision", t.precision, ("auto", "bf16", "fp32"))
+        _choice("train.parallel", t.parallel, ("ddp", "fsdp"))
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
         _choice("train.wkv_backend", t.wkv_backend, ("auto", "reference", "chunked", "cuda"))

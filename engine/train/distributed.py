@@ -1,12 +1,17 @@
 """torch.distributed for torchrun launches: who am I, where do I run, and helpers that are
-no-ops in a single process. DDP by default; only rank 0 writes logs and checkpoints."""
+no-ops in a single process. DDP by default, FSDP (``train.parallel=fsdp``) where the model's
+parameters, gradients and AdamW state should not be replicated; only rank 0 writes logs and
+checkpoints, and checkpoints always hold full (unsharded) tensors, so a run resumes on any
+number of processes in either mode."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,69 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- FSDP (fully_shard, the per-parameter sharding of torch.distributed.fsdp) ---------------
+
+
+def shard_fsdp(objective: nn.Module, blocks, device: torch.device, info: DistInfo) -> nn.Module:
+    """Shard every block on its own (its parameters are gathered just before its forward and
+    freed after) and the rest (embedding, head, final LayerNorm) with the objective at the root,
+    whose forward is the training step's entry point."""
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    # a block returns layer 0's value (v_first) as a view of its projections; FSDP warns that an
+    # in-place op on a view would skip its backward hook, and the model never does one
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(device.type, (info.world_size,))
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(objective, mesh=mesh)
+    return objective
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return any(_is_dtensor(p) for p in module.parameters())
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    return isinstance(t, DTensor)
+
+
+def full_tensor(t):
+    """A DTensor gathered to its full value (a collective: every rank must call it in the same
+    order); anything else as it is."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def full_model_state(model: nn.Module) -> dict:
+    """The model's state_dict with full tensors (official checkpoint keys, as unsharded)."""
+    return {k: full_tensor(v.detach()) for k, v in model.state_dict().items()}
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()`` with full tensors: the same layout a single process writes."""
+    state = optimizer.state_dict()
+    state["state"] = {i: {k: full_tensor(v) for k, v in s.items()} for i, s in state["state"].items()}
+    return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a full optimizer state (as written by ``full_optimizer_state`` or by a single
+    process) into an optimizer whose parameters may be sharded: each per-parameter tensor the
+    shape of its parameter is cut to this rank's shard, locally (every rank read the file)."""
+    optimizer.load_state_dict(state)
+    from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not _is_dtensor(p) or p not in optimizer.state:
+                continue
+            slots = optimizer.state[p]
+            for key, value in slots.items():
+                if isinstance(value, torch.Tensor) and not _is_dtensor(value) and tuple(value.shape) == tuple(p.shape):
+                    slots[key] = distribute_tensor(value.to(p.to_local().device), p.device_mesh, p.placements,
+                                                   src_data_rank=None)

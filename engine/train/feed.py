@@ -164,15 +164,24 @@ class TrainingFeed:
         return plan
 
     # ---- validation and auditions --------------------------------------------------------------
-    def val_chunks(self, micro: int, max_batches: int, dist: DistInfo):
-        """This process's share of the (capped) validation set, with target and note counts."""
+    def val_chunks(self, micro: int, max_batches: int, dist: DistInfo, same_count: bool = False):
+        """This process's share of the (capped) validation set, with target and note counts.
+
+        ``same_count``: every process yields as many chunks as the busiest one (sharded models
+        gather weights in every forward, so all processes must run the same number); the extra
+        chunks repeat a batch and carry ``discard=True`` with zero counts.
+        """
         samples = self.val[: max_batches * micro] if max_batches else self.val
         batches = [samples[i:i + micro] for i in range(0, len(samples), micro)]
-        for b in batches[dist.rank::dist.world_size]:
-            chunk = self.collate(b).chunks(0)[0]
+        mine = batches[dist.rank::dist.world_size]
+        rounds = -(-len(batches) // dist.world_size) if same_count else len(mine)
+        for i in range(rounds):
+            discard = i >= len(mine)
+            chunk = self.collate(mine[i] if not discard else batches[0]).chunks(0)[0]
             targets = chunk.target_ids[:, 1:][chunk.loss_mask]
-            chunk.n_targets = int(targets.numel())
-            chunk.n_notes = int(self.note_ids[targets].sum())
+            chunk.discard = discard
+            chunk.n_targets = 0 if discard else int(targets.numel())
+            chunk.n_notes = 0 if discard else int(self.note_ids[targets].sum())
             yield chunk
 
     def audition_prompt(self, n_tokens: int) -> list[int]:

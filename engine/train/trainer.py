@@ -36,7 +36,10 @@ from engine.paths import REPO_ROOT
 from . import checkpointing as ckpt
 from .audition import write_audition
 from .config import ConfigError, TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
+from .distributed import (
+    DistInfo, all_reduce_sum, barrier, broadcast_object, full_model_state, full_optimizer_state, full_tensor,
+    init_distributed, load_optimizer_state, shard_fsdp, shutdown,
+)
 from .feed import open_feed
 from .metrics import MetricsCallback, MetricsLog
 from .objective import TrainingObjective, enable_activation_checkpointing
@@ -195,6 +198,7 @@ class Trainer:
         self.cfg = config.validate()
         self.on_metrics = on_metrics
         self.stop_event = stop_event
+        self.fsdp = False  # set in _fit: train.parallel=fsdp under torchrun
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -272,7 +276,10 @@ class Trainer:
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
         objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap)
-        if dist.enabled:
+        fsdp = self.fsdp = dist.enabled and cfg.train.parallel == "fsdp"
+        if fsdp:
+            objective = shard_fsdp(objective, model.blocks, device, dist)
+        elif dist.enabled:
             objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
         self.objective = objective
         optimizer = build_optimizer(model, cfg.optim, lr, device)
@@ -305,7 +312,7 @@ class Trainer:
         total_bad = 0
         if resume_from is not None:
             state = ckpt.load_trainer_state(resume_from)
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])  # full tensors: any world size, either mode
             step, tokens, cursor, attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
             total_bad = state.get("bad_steps_total", 0)
             # the schedule is rebuilt from the config: the same config continues the same curve, a
@@ -323,15 +330,19 @@ class Trainer:
 
         def save(reason: str) -> Path | None:
             nonlocal last_ckpt
+            # sharded: every rank takes part in gathering the full tensors; rank 0 writes them
+            model_state = full_model_state(model) if fsdp else None
+            optimizer_state = full_optimizer_state(optimizer) if fsdp else None
             if dist.is_main:
                 trainer_state = {
-                    "optimizer": optimizer.state_dict(), "step": step, "tokens": tokens, "cursor": cursor,
+                    "optimizer": optimizer_state if fsdp else optimizer.state_dict(), "step": step, "tokens": tokens, "cursor": cursor,
                     "attempts": attempts, "bad_steps_total": total_bad, "schedule": schedule.__dict__.copy(),
                     "rng": _rng_state(device), "world_size": dist.world_size, "config": cfg.to_dict(),
                 }
                 last_ckpt = ckpt.write_checkpoint(
                     run_dir, step,
-                    lambda stem: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), extra={"step": step, "tokens": tokens, "run_dir": str(run_dir)}),
+                    lambda stem: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), state_dict=model_state,
+                                                 extra={"step": step, "tokens": tokens, "run_dir": str(run_dir)}),
                     trainer_state, keep=cfg.run.keep_checkpoints, pause_s=cfg.debug.save_pause_s,
                 )
                 self.log.write("checkpoint", step, tokens, path=str(last_ckpt), reason=reason)
@@ -354,6 +365,7 @@ class Trainer:
                 stop_local = self._stop_requested(run_dir) if dist.is_main else False
                 sums = torch.stack([loss_sum.float(), torch.tensor(float(stop_local), device=device)])
                 all_reduce_sum(sums, dist)
+                grad_norm = full_tensor(grad_norm)  # a DTensor when sharded
                 loss_total, stop_flag, grad_val = torch.cat([sums, grad_norm.float().view(1).to(device)]).tolist()
                 loss = loss_total / plan.n_targets
                 attempts += 1
@@ -472,6 +484,8 @@ class Trainer:
         for i, (mb, chunk) in enumerate(pieces):
             last = i == len(pieces) - 1
             sync = contextlib.nullcontext() if last or not isinstance(objective, DistributedDataParallel) else objective.no_sync()
+            if self.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+                objective.set_requires_gradient_sync(last)
             if chunk.first:
                 state = None
             with sync:
@@ -501,10 +515,14 @@ class Trainer:
         model, feed, dist = self.model, self.feed, self.dist
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, targets, notes
-        objective = TrainingObjective(model)
-        for chunk in feed.val_chunks(self.cfg.train.micro_batch_size, self.cfg.eval.val_max_batches, dist):
+        # sharded: the root's forward gathers the embedding and head; otherwise a plain objective
+        objective = self.objective if self.fsdp else TrainingObjective(model)
+        for chunk in feed.val_chunks(self.cfg.train.micro_batch_size, self.cfg.eval.val_max_batches, dist,
+                                     same_count=self.fsdp):
             with self.autocast():
                 loss_sum, _ = objective(*chunk.to(self.device))
+            if chunk.discard:  # a sharded model's extra forward, so every process runs as many
+                continue
             sums += torch.stack([loss_sum.double(), torch.tensor(chunk.n_targets, dtype=torch.float64, device=self.device),
                                  torch.tensor(chunk.n_notes, dtype=torch.float64, device=self.device)])
         all_reduce_sum(sums, dist)
@@ -522,6 +540,13 @@ class Trainer:
         return result
 
     def _audition(self, step: int, tokens: int) -> None:
+        model = self.model
+        if self.fsdp:  # every rank helps gather the weights; rank 0 plays from an unsharded copy
+            state = full_model_state(model)
+            if not self.dist.is_main:
+                return
+            model = RWKV7(model.config, init=False, wkv_backend=model.wkv_backend).to(self.device)
+            model.load_state_dict(state)
         if not self.dist.is_main:
             return
         cfg = self.cfg.eval
@@ -529,10 +554,10 @@ class Trainer:
         if not prompt:
             return
         path = self.run_dir / "auditions" / f"{ckpt.checkpoint_name(step)}.mid"
-        self.model.eval()
+        model.eval()
         try:
             with self.autocast():
-                result = write_audition(self.model, self.feed.tokenizer, prompt, path, n_tokens=cfg.audition_tokens,
+                result = write_audition(model, self.feed.tokenizer, prompt, path, n_tokens=cfg.audition_tokens,
                                         temperature=cfg.audition_temperature, top_p=cfg.audition_top_p,
                                         seed=self.cfg.train.seed + step)
         except Exception as exc:  # noqa: BLE001 (a sample that does not decode must not end the run)
@@ -541,7 +566,7 @@ class Trainer:
             self.log.write("audition", step, tokens, path=str(result.path), prompt_tokens=result.prompt_tokens,
                            new_tokens=result.new_tokens, notes=result.notes, **self._audition_scores(result.path))
         finally:
-            self.model.train()
+            self.model.train()  # (a gathered copy needs no reset; the live model does)
 
     def _audition_scores(self, path: Path) -> dict:
         """The evaluation's musical metrics for one audition, against the run's training pieces."""

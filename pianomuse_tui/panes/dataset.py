@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from ..messages import FileDetailLoaded, PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
+from ..messages import PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
 from ..widgets.histogram import labelled_histogram
 from .common import PaneBase, Cancelled, field, fmt_count, fmt_duration, one_sentence, progress_args
 
@@ -75,8 +75,6 @@ class DatasetPane(PaneBase):
         self._cancel = threading.Event()
         self._sort: tuple[str, bool] = ("status", False)
         self.rows_shown = 0
-        self.detail_path: str | None = None
-        self.pitch_cache: dict[str, list[int]] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="toolbar"):
@@ -259,7 +257,6 @@ class DatasetPane(PaneBase):
         self.report = message.report
         files = _report_files(message.report)
         self.records = {str(f.get("path")): f for f in files}
-        self.pitch_cache.clear()
         _show_done(self.query_one("#ds-progress", ProgressBar), len(files))
         self._set_running(False, f"{len(files)} files scanned in {message.folder}")
         self._fill_table()
@@ -330,37 +327,10 @@ class DatasetPane(PaneBase):
         record = self.records.get(path)
         if record is None:
             return
-        self.detail_path = path
         box = self.query_one("#ds-detail", Static)
         width = max(20, (box.content_size.width or 40) - 2)
-        box.update(render_detail(record, _relative(path, self.folder), width, self.pitch_cache.get(path)))
-        if path not in self.pitch_cache and record.get("status") != "error":
-            self._load_pitches(path)
-
-    @work(thread=True, exclusive=True, group="dataset-detail", exit_on_error=False, name="file detail")
-    def _load_pitches(self, path: str) -> None:
-        """The report has no pitch histogram: count the pitches the engine's piano extraction keeps."""
-        import symusic
-
-        from engine.data.tokenizer import extract_piano
-
-        try:
-            policy = str(_report_summary(self.report).get("piano_policy") or "keyboard")
-            score = extract_piano(symusic.Score(path), policy)
-            counts = [0] * 128
-            for track in score.tracks:
-                for note in track.notes:
-                    counts[note.pitch] += 1
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(FileDetailLoaded(path, None, error=one_sentence(exc)))
-            return
-        self.post_message(FileDetailLoaded(path, counts))
-
-    def on_file_detail_loaded(self, message: FileDetailLoaded) -> None:
-        if message.pitch_counts is not None:
-            self.pitch_cache[message.path] = message.pitch_counts
-            if message.path == self.detail_path:
-                self._show_detail(message.path)
+        # the histograms are in the record: the engine counted them in the scan's own pass
+        box.update(render_detail(record, _relative(path, self.folder), width))
 
 
 # ---- rendering of the report (pure functions, tested on their own) ------------------------------
@@ -444,7 +414,7 @@ def render_summary(summary: dict, files: list[dict]) -> Text:
     return text
 
 
-def render_detail(record: dict, name: str, width: int, pitch_counts: list[int] | None = None) -> Text:
+def render_detail(record: dict, name: str, width: int) -> Text:
     status = str(record.get("status", "?"))
     stats = record.get("stats") or {}
     text = Text()
@@ -479,7 +449,7 @@ def render_detail(record: dict, name: str, width: int, pitch_counts: list[int] |
     if velocity:
         text.append("\n\n")
         text.append_text(labelled_histogram("velocity", velocity, "0", "127", width))
-    pitch = field(stats, "pitch_histogram", "pitch_hist", "pitches") or pitch_counts
+    pitch = field(stats, "pitch_histogram", "pitch_hist", "pitches")
     if isinstance(pitch, dict):
         pitch = [pitch.get(str(i), pitch.get(i, 0)) for i in range(128)]
     if pitch:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from ..messages import MetricsArrived, ResourceSample, RunEnded, RunStarted
-from ..runwatch import MetricsTail, is_run_dir, list_auditions, list_checkpoints, newest_run
+from ..runwatch import MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files
 from ..training_process import TrainingProcess, TrainSpec
 from ..widgets.loss_plot import LossPlot
 from ..widgets.meters import MemoryMeter
@@ -40,6 +41,19 @@ def _parse_overrides(text: str) -> list[str]:
             raise ValueError(f"override {item!r} is not section.key=value (e.g. optim.lr=3e-4); fix it and retry")
         out.append(item.lstrip("-"))
     return out
+
+
+@dataclass
+class RunFilesRead(Message):
+    """The run watcher read the run's config.toml and listed its checkpoints and auditions.
+
+    ``tail`` names the watcher that read them: a replaced watcher's late reading is dropped.
+    ``started``: the first reading since the watcher found the run.
+    """
+
+    files: RunFiles
+    tail: MetricsTail
+    started: bool = False
 
 
 class TrainPane(PaneBase):
@@ -70,6 +84,7 @@ class TrainPane(PaneBase):
         self.run_dir: Path | None = None
         self.attached = False
         self.tail: MetricsTail | None = None
+        self.run_files: RunFiles | None = None  # the watcher's latest reading of the run's folder
         self.latest: dict[str, Any] = {}
         self.max_steps: int | None = None
         self.records_seen = 0
@@ -282,7 +297,8 @@ class TrainPane(PaneBase):
     def _watch(self, proc: TrainingProcess | None, run_dir: Path | None) -> None:
         worker = get_current_worker()
         tail: MetricsTail | None = None
-        announced = False
+        files: RunFiles | None = None
+        artifacts_seen = records_counted = 0
         while not worker.is_cancelled:
             if proc is not None and run_dir is None:
                 run_dir = proc.find_run_dir()
@@ -290,16 +306,30 @@ class TrainPane(PaneBase):
                 tail = MetricsTail(run_dir)
                 self.tail = tail
             if tail is not None:
-                if not announced:
+                started = files is None
+                waiting = tail.poll()
+                # the run's files are read here, never on the UI thread: when the run is found, when
+                # a checkpoint or an audition is logged, and on new records while the config (which
+                # the trainer writes after it starts) has not given max_steps yet
+                read = (started or tail.artifact_records != artifacts_seen
+                        or (tail.records_read != records_counted and files.max_steps is None))
+                artifacts_seen, records_counted = tail.artifact_records, tail.records_read
+                if read:
+                    files = read_run_files(run_dir)
+                if started:
                     self.post_message(RunStarted(run_dir, attached=proc is None))
-                    announced = True
-                if tail.poll():
+                if waiting:
                     self.post_message(MetricsArrived(run_dir, len(tail.pending)))
+                if read:  # after the records, so the checkpoint table shows their scores
+                    self.post_message(RunFilesRead(files, tail, started))
             if proc is not None:
                 error = proc.poll_error()
                 if not proc.alive:
-                    if tail is not None and tail.poll():
-                        self.post_message(MetricsArrived(run_dir, len(tail.pending)))
+                    if tail is not None:
+                        if tail.poll():
+                            self.post_message(MetricsArrived(run_dir, len(tail.pending)))
+                        # the last checkpoint, saved as the run stopped, is in the listing RunEnded reports
+                        self.post_message(RunFilesRead(read_run_files(run_dir), tail))
                     code = proc.exit_code
                     if error is None and code not in (0, 130, None):
                         error = (f"the training process exited with code {code}; see {proc.log_path} "
@@ -310,10 +340,19 @@ class TrainPane(PaneBase):
 
     def on_run_started(self, message: RunStarted) -> None:
         self.run_dir = message.run_dir
-        self.max_steps = _max_steps(message.run_dir)
         self.query_one(LossPlot).border_subtitle = str(message.run_dir)
-        how = "attached to" if message.attached else "running"
-        self._set_status(f"{how} {message.run_dir}  {_model_line(message.run_dir)}")
+        # the model line and the checkpoints follow in the watcher's RunFilesRead
+        self._set_status(f"{'attached to' if message.attached else 'running'} {message.run_dir}")
+
+    def on_run_files_read(self, message: RunFilesRead) -> None:
+        if message.tail is not self.tail:
+            return
+        files = message.files
+        self.run_files = files
+        if message.started or self.max_steps is None:
+            self.max_steps = files.max_steps
+            self._set_status(f"{'attached to' if self.attached else 'running'} {files.run_dir}  {files.model_line}")
+            self._render_now()
         self._refresh_artifacts()
 
     def on_metrics_arrived(self, message: MetricsArrived) -> None:
@@ -324,11 +363,7 @@ class TrainPane(PaneBase):
         if not records:
             return
         self.records_seen += len(records)
-        if self.max_steps is None and self.run_dir is not None:
-            self.max_steps = _max_steps(self.run_dir)
-            self._set_status(f"{'attached to' if self.attached else 'running'} {self.run_dir}  "
-                             f"{_model_line(self.run_dir)}")
-        train_pts, val_pts, artifacts = [], [], False
+        train_pts, val_pts = [], []
         for rec in records:
             kind = rec.get("kind")
             step = rec.get("step")
@@ -342,9 +377,8 @@ class TrainPane(PaneBase):
                     self.val_by_step[step] = value
                 self.latest.update({"val_loss": value, "bits_per_note": rec.get("bits_per_note"),
                                     "val_step": step})
-            elif kind in ("checkpoint", "audition"):
-                artifacts = True
-                if kind == "audition" and isinstance(rec.get("pitch_class_oa"), (int, float)):
+            elif kind == "audition":
+                if isinstance(rec.get("pitch_class_oa"), (int, float)):
                     self.audition_scores[step] = f"pc OA {rec['pitch_class_oa']:.2f}, copy {rec.get('copied_notes', '-')}"
             elif kind == "status":
                 self.last_status = str(rec.get("state") or rec.get("status") or "")
@@ -355,17 +389,18 @@ class TrainPane(PaneBase):
         mem = self.query_one(MemoryMeter)
         mem.update_trainer(self.latest.get("mem_alloc"), self.latest.get("mem_reserved"),
                            self.latest.get("mem_peak"))
-        if artifacts:
-            self._refresh_artifacts()
+        # a checkpoint or audition record brings a RunFilesRead right behind it: the table is
+        # refreshed there, from the watcher's listing
 
     def on_run_ended(self, message: RunEnded) -> None:
         self._set_buttons()
-        self._refresh_artifacts()
         if message.error:
             self._set_status(f"run failed: {message.error}")
             self.notify(message.error, title="training stopped", severity="error", timeout=10)
         else:
-            ckpts = list_checkpoints(message.run_dir) if message.run_dir else []
+            files = self.run_files
+            # the watcher listed the run's folder just before it reported the end
+            ckpts = files.checkpoints if files is not None and message.run_dir == files.run_dir else []
             saved = f"; last checkpoint {ckpts[0].name}" if ckpts else ""
             self._set_status(f"run ended (exit {message.exit_code}){saved}  {message.run_dir or ''}")
 
@@ -385,6 +420,7 @@ class TrainPane(PaneBase):
         self.audition_scores = {}
         self.records_seen = 0
         self.run_dir = None
+        self.run_files = None
         self.query_one(LossPlot).clear()
         self.query_one("#tr-ckpts", DataTable).clear()
         self._render_now()
@@ -428,16 +464,17 @@ class TrainPane(PaneBase):
         return fmt_duration(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else "-"
 
     def _refresh_artifacts(self) -> None:
-        if self.run_dir is None:
+        files = self.run_files
+        if files is None:
             return
         table = self.query_one("#tr-ckpts", DataTable)
         selected = table.cursor_row
         table.clear()
-        for ckpt in list_checkpoints(self.run_dir):
+        for ckpt in files.checkpoints:
             val = self.val_by_step.get(ckpt.step)
             table.add_row("checkpoint", ckpt.step if ckpt.step is not None else "-",
                           f"{val:.3f}" if val is not None else "", ckpt.name, key=str(ckpt.path))
-        for audition in list_auditions(self.run_dir):
+        for audition in files.auditions:
             step = "".join(ch for ch in audition.stem if ch.isdigit())
             score = self.audition_scores.get(int(step), "") if step else ""
             table.add_row("audition ▶", int(step) if step else "-", score, audition.name, key=str(audition))
@@ -468,24 +505,3 @@ def _num(v: Any) -> str:
 
 def _sci(v: Any) -> str:
     return f"{v:.2e}" if isinstance(v, (int, float)) else "-"
-
-
-def _read_config(run_dir: Path) -> dict:
-    try:
-        return tomllib.loads((Path(run_dir) / "config.toml").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _max_steps(run_dir: Path) -> int | None:
-    value = (_read_config(run_dir).get("train") or {}).get("max_steps")
-    return int(value) if isinstance(value, int) else None
-
-
-def _model_line(run_dir: Path) -> str:
-    cfg = _read_config(run_dir)
-    model = cfg.get("model") or {}
-    if not model:
-        return ""
-    preset = cfg.get("preset") or "custom"
-    return f"preset {preset} (L{model.get('n_layer')} D{model.get('n_embd')} {model.get('arch')})"

@@ -140,3 +140,57 @@ async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(t
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
         assert ["audition ▶", "10", "pc OA 0.91, copy 7", "step-00000010.mid"] in rows, rows
         assert await wait_for(pilot, lambda: "bits/note 7.77" in str(pane.query_one("#tr-now").render()), 30, 0.1)
+
+
+async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_listed(tmp_path, monkeypatch):
+    """The config and the checkpoint/audition listing come from the run watcher's thread, as
+    RunFilesRead messages; a checkpoint logged later appears in the table the same way."""
+    import json
+    import threading
+    from pathlib import Path
+
+    from textual.widgets import DataTable
+
+    from pianomuse_tui.panes.train import RunFilesRead
+
+    run_dir = tmp_path / "20261130-1300-tiny"
+    (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-00000002" / "model.pth").write_bytes(b"")
+    (run_dir / "config.toml").write_text('preset = "tiny"\n[model]\nn_layer = 1\nn_embd = 64\narch = "x070"\n'
+                                         "[train]\nmax_steps = 50\n")
+    log = run_dir / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"kind": "train", "step": s, "tokens": 64 * s, "time": 0.0, "loss": 4.0})
+                           + "\n" for s in (1, 2)))
+
+    # every read of the run folder's files and every listing of it, with the thread that made it
+    reads: list[tuple[str, threading.Thread]] = []
+    for name in ("read_text", "iterdir", "glob"):
+        real = getattr(Path, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            if run_dir in self.parents or self == run_dir:
+                reads.append((_name, threading.current_thread()))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, name, spy)
+
+    seen: list = []
+    app = PianoMuseApp(pane="train", args={"attach": str(run_dir)})
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        pane = app.train
+        table = pane.query_one("#tr-ckpts", DataTable)
+        assert await wait_for(pilot, lambda: table.row_count == 1 and pane.records_seen == 2, 30, 0.1)
+        assert "preset tiny (L1 D64 x070)" in str(pane.query_one("#tr-status").render())
+        assert "step 2 / 50" in str(pane.query_one("#tr-now").render())
+
+        (run_dir / "checkpoints" / "step-00000004").mkdir()
+        (run_dir / "checkpoints" / "step-00000004" / "model.pth").write_bytes(b"")
+        with log.open("a") as fh:
+            fh.write(json.dumps({"kind": "checkpoint", "step": 4, "tokens": 256, "time": 0.0,
+                                 "path": str(run_dir / "checkpoints" / "step-00000004")}) + "\n")
+        assert await wait_for(pilot, lambda: table.row_count == 2, 30, 0.1)
+        assert [str(table.get_row_at(i)[3]) for i in range(2)] == ["step-00000004", "step-00000002"]
+        pane.workers_cancel()
+    assert sum(isinstance(m, RunFilesRead) for m in seen) >= 2
+    assert {name for name, _ in reads} >= {"read_text", "iterdir"}
+    assert not [name for name, thread in reads if thread is threading.main_thread()], reads

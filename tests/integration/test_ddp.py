@@ -24,6 +24,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun_train(run_root: Path, settings: dict) -> subprocess.CompletedProcess:
+    """`pianomuse-tui --headless train` on 2 gloo processes under torchrun."""
+    words = []
+    for item in micro_overrides(small_store(), run_root, **settings):
+        key, value = item.split("=", 1)
+        words += [f"--{key}", value]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "pianomuse_tui.cli", "--headless", "train", "--preset", "tiny", *words],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
 def _train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
@@ -33,16 +47,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                 "eval.val_every": 2}
     single = run_training(load_config(preset="tiny", overrides=micro_overrides(small_store(), tmp_path / "one", **settings)))
 
-    words = []
-    for item in micro_overrides(small_store(), tmp_path / "two", **settings):
-        key, value = item.split("=", 1)
-        words += [f"--{key}", value]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "pianomuse_tui.cli", "--headless", "train", "--preset", "tiny", *words],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
+    out = _torchrun_train(tmp_path / "two", settings)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     (run,) = (tmp_path / "two").iterdir()  # only rank 0 created a run directory
     records = read_metrics(run / "metrics.jsonl")
@@ -59,5 +64,47 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert val_two == pytest.approx(val_one, rel=1e-4)
 
     # a checkpoint written by 2 processes resumes on 1 (the data position is global)
+    resumed = run_training(load_config(run / "config.toml").with_overrides([f"run.resume={run}", "train.max_steps=3"]))
+    assert resumed.status == "finished" and resumed.step == 3
+
+
+def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_path):
+    """train.parallel=fsdp: parameters, gradients and AdamW state sharded over 2 processes give
+    the single process's losses; validation, an audition and the checkpoint (full tensors, model
+    and optimizer) work from the shards, and the run resumes on 1 process."""
+    settings = {"train.max_steps": 2, "train.batch_size": 4, "train.micro_batch_size": 1, "data.augment": "true",
+                "eval.val_every": 2, "eval.audition_every": 2, "model.n_layer": 2}
+    single = run_training(load_config(preset="tiny", overrides=micro_overrides(small_store(), tmp_path / "one", **settings)))
+
+    out = _torchrun_train(tmp_path / "two", {**settings, "train.parallel": "fsdp"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    (run,) = (tmp_path / "two").iterdir()
+    records = read_metrics(run / "metrics.jsonl")
+    one, two = _train_losses(single.run_dir), _train_losses(run)
+    assert sorted(one) == sorted(two) == [1, 2]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4)
+    val_one = [r["val_loss"] for r in read_metrics(single.run_dir / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["val_loss"] for r in records if r["kind"] == "val"] == pytest.approx(val_one, rel=1e-4)
+    audition = [r for r in records if r["kind"] == "audition"]
+    assert audition and audition[0]["path"] and Path(audition[0]["path"]).is_file()
+
+    # the checkpoint holds full tensors: the same shapes as the single-process one, and the
+    # weights after 2 sharded steps match the single process's
+    import torch  # noqa: PLC0415
+
+    from engine.model import load_checkpoint  # noqa: PLC0415
+    from engine.train import checkpointing as ckpt  # noqa: PLC0415
+
+    m_two, _ = load_checkpoint(ckpt.latest_checkpoint(run))
+    m_one, _ = load_checkpoint(ckpt.latest_checkpoint(single.run_dir))
+    for (name, a), (_, b) in zip(m_one.state_dict().items(), m_two.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    s_two = ckpt.load_trainer_state(ckpt.latest_checkpoint(run))["optimizer"]["state"]
+    s_one = ckpt.load_trainer_state(ckpt.latest_checkpoint(single.run_dir))["optimizer"]["state"]
+    assert s_two.keys() == s_one.keys()
+    for i in s_one:
+        assert s_two[i]["exp_avg"].shape == s_one[i]["exp_avg"].shape
+
     resumed = run_training(load_config(run / "config.toml").with_overrides([f"run.resume={run}", "train.max_steps=3"]))
     assert resumed.status == "finished" and resumed.step == 3

@@ -89,6 +89,39 @@ def test_stats_of_a_real_piece():
     assert set(stats["sustain_pedal"]) == {"presses", "down_fraction"}
 
 
+def test_pitch_histogram_counts_the_notes_the_piano_extraction_keeps(tmp_path):
+    import symusic
+
+    from engine.data.tokenizer import extract_piano
+
+    report = mixed_report()
+    records = _by_name(report)
+    # a corpus piece, and a file with notes outside the piano range (they count, as in "notes")
+    for name in ("good/joplin_maple_leaf_rag.mid", "hanging_and_range.mid"):
+        stats = records[name]["stats"]
+        histogram = stats["pitch_histogram"]
+        assert len(histogram) == 128 and all(isinstance(n, int) and n >= 0 for n in histogram)
+        assert sum(histogram) == stats["notes"]
+        played = [pitch for pitch, n in enumerate(histogram) if n]
+        assert [played[0], played[-1]] == stats["pitch_range"]
+    low, high = records["hanging_and_range.mid"]["stats"]["pitch_range"]
+    assert low < 21 or high > 108
+    # the same counts as reading the file again through the engine's piano extraction
+    score = extract_piano(symusic.Score(str(PIANO_DIR / "joplin_maple_leaf_rag.mid")), "keyboard")
+    counted = [0] * 128
+    for note in score.tracks[0].notes:
+        counted[note.pitch] += 1
+    assert records["good/joplin_maple_leaf_rag.mid"]["stats"]["pitch_histogram"] == counted
+    # the violin and the drums of a multi-track file are left out
+    trio = records["multi_instrument.kar"]["stats"]["pitch_histogram"]
+    assert {pitch: n for pitch, n in enumerate(trio) if n} == {60: 1, 64: 1, 67: 1}
+    # one line per file: the 128 counts do not take a line each in the written report
+    path = tmp_path / "report.json"
+    report.write(path)
+    assert len(path.read_text()) < 1.1 * len(json.dumps(report.to_dict()))
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report.to_dict()))
+
+
 def test_multi_instrument_policy_all_keeps_the_violin():
     folder = scratch("policy")
     from data_helpers import multi_instrument_file

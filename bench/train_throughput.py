@@ -78,7 +78,7 @@ class StepClock:
 
 
 def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, checkpointing: bool,
-            compile_model: bool, trainer_sync: bool, profile: str | None = None) -> dict:
+            compile_model: bool, trainer_sync: bool, profile: str | None = None, wkv_recompute: bool = False) -> dict:
     torch.manual_seed(0)
     model = RWKV7(ModelConfig(n_layer=shape.n_layer, n_embd=shape.n_embd, vocab_size=shape.vocab_size, head_size=64),
                   wkv_backend=backend).to(device)
@@ -87,7 +87,9 @@ def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, 
     if checkpointing:
         enable_activation_checkpointing(model)
     if compile_model:
-        model.compile_blocks()  # what the trainer does with train.compile on (its default on CUDA)
+        model.compile_blocks()  # what the trainer does with train.compile on
+    if wkv_recompute:
+        model.set_wkv_recompute()  # train.wkv_recompute
     objective = TrainingObjective(model)
     optimizer = build_optimizer(model, OptimSection(), 1e-3, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wkv-backend", default="auto", choices=("auto", "cuda", "chunked"))
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the block parts around the WKV kernel (the trainer's train.compile)")
+    parser.add_argument("--wkv-recompute", action="store_true", help="the WKV operator saves only its inputs (train.wkv_recompute)")
     parser.add_argument("--profile", default=None, help="append a torch.profiler kernel table of one extra step per shape to this file")
     parser.add_argument("--trainer-sync", action="store_true", help="add the trainer's one host read of loss and grad norm per step")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = resolve_backend(args.wkv_backend, device)
     options = (f"full training steps, median of {args.steps} after {args.warmup} warm-up; WKV {backend}; "
                f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}; "
-               f"compile {'on' if args.compile else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
+               f"compile {'on' if args.compile else 'off'}; WKV recompute {'on' if args.wkv_recompute else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
     header = run_header(device, options)
     print(f"# {header}\n")
     print(markdown_table(COLUMNS, []), flush=True)
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         try:
             r = measure(shape, device, backend, args.steps, args.warmup, args.activation_checkpointing, args.compile,
-                        args.trainer_sync, args.profile)
+                        args.trainer_sync, args.profile, args.wkv_recompute)
         except torch.OutOfMemoryError:
             failed += 1
             torch.cuda.empty_cache()

@@ -347,6 +347,7 @@ class Block(nn.Module):
         self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config, layer_id)
         self.compiled = False  # RWKV7.compile_blocks(): the parts around the WKV operator through torch.compile
+        self.wkv_recompute = False  # RWKV7.set_wkv_recompute(): the WKV operator saves only its inputs
 
     def weights(self, packed: bool = False, dtype: torch.dtype | None = None) -> BlockWeights:
         """The block's parameters as the math functions take them.
@@ -395,6 +396,7 @@ class Block(nn.Module):
             output_final_state=want_state,
             cu_seqlens=cu_seqlens,
             backend=backend,
+            recompute=self.wkv_recompute,
         )
         x, xf = block_out(W, x, y.view(B, T, C), r, k, v, g, idx, ffn_prev, plan, H, N)
         if not want_state:
@@ -650,6 +652,13 @@ class RWKV7(nn.Module):
         """
         for block in self.blocks:
             block.compiled = enabled
+        return self
+
+    def set_wkv_recompute(self, enabled: bool = True) -> "RWKV7":
+        """Training: each layer's WKV operator keeps only its inputs and reruns its forward in
+        backward (engine.kernels.wkv7, ``recompute``): less memory for one more WKV forward."""
+        for block in self.blocks:
+            block.wkv_recompute = enabled
         return self
 
     # ---- bookkeeping ------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class TrainSection:
     seed: int = 1234
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
     compile: bool = False  # torch.compile the block parts around the WKV kernel (RWKV7.compile_blocks)
+    wkv_recompute: bool = False  # the WKV operator keeps only its inputs and reruns its forward in backward
     parallel: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (parameters, gradients and optimizer state sharded)
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
     l2wrap: bool = False

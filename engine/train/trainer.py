@@ -273,6 +273,8 @@ class Trainer:
         frozen = freeze_unused_parameters(model, device)
         if cfg.train.compile:
             model.compile_blocks()
+        if cfg.train.wkv_recompute:
+            model.set_wkv_recompute()
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
         objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap)

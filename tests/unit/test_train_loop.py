@@ -171,3 +171,13 @@ def test_compiled_blocks_train_the_same_losses(tmp_path):
     assert a.keys() == b.keys() == {1, 2, 3}
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
+
+
+def test_wkv_recompute_trains_the_same_losses(tmp_path):
+    settings = {"train.max_steps": 2}
+    plain = run_training(_config(tmp_path / "plain", **settings))
+    recompute = run_training(_config(tmp_path / "recompute", **settings, **{"train.wkv_recompute": "true"}))
+    a, b = _losses(plain.run_dir), _losses(recompute.run_dir)
+    assert a.keys() == b.keys() == {1, 2}
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-6), step

@@ -194,3 +194,37 @@ def test_bad_packing_is_one_clear_error(cu_seqlens, state_rows, message):
     with pytest.raises(ValueError) as err:
         wkv7_chunked(**inputs, initial_state=torch.zeros(state_rows, 2, 8, 8), cu_seqlens=torch.tensor(cu_seqlens))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_recompute_gives_the_same_values_and_gradients_and_saves_less(packed):
+    """``recompute=True`` keeps only the inputs for backward (fresh inputs every run)."""
+    from engine.kernels.wkv7 import wkv7
+    from engine.kernels.wkv7.sample_inputs import random_state, realistic_inputs
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    B, T, H, N = (1, 70, 2, 32) if packed else (2, 45, 2, 32)
+    cu = torch.tensor([0, 20, 20, 70]) if packed else None
+    n = 3 if packed else B
+    results = []
+    for recompute in (False, True):
+        inputs = {k: t.requires_grad_() for k, t in realistic_inputs(B, T, H, N, seed=seed).items()}
+        s0 = random_state(n, H, N, seed=seed + 1).requires_grad_()
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y, s = wkv7(**inputs, initial_state=s0, output_final_state=True, cu_seqlens=cu, backend="chunked",
+                        recompute=recompute)
+        (y.square().sum() + s.square().sum()).backward()
+        grads = [inputs[k].grad for k in ("r", "w", "k", "v", "a", "b")] + [s0.grad]
+        results.append((y.detach(), s.detach(), grads, sum(saved)))
+    (y0, s0_, g0, bytes0), (y1, s1, g1, bytes1) = results
+    assert torch.equal(y0, y1) and torch.equal(s0_, s1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    inputs_bytes = 6 * B * T * H * N * 4 + n * H * N * N * 4
+    assert bytes1 <= inputs_bytes * 1.05 < bytes0

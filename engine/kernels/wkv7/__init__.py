@@ -1,7 +1,7 @@
 """The WKV7 operator: one entry point, several backends, all checked against ``reference``.
 
 ``wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_seqlens=None,
-backend="auto") -> (y, final_state_or_None)``
+backend="auto", recompute=False) -> (y, final_state_or_None)``
 
 Shapes are [B, T, H, N]; ``w`` is the decay pre-activation z (d = exp(-e^{-1/2} sigmoid(z)));
 ``a``/``b`` follow the kernel convention (a = -kappa_hat, b = kappa_hat * iclr). ``initial_state``
@@ -11,6 +11,11 @@ and the state resets at each boundary.
 Backends: "reference" (plain loop, the spec), "chunked" (PyTorch chunk-wise, CPU default),
 "cuda" (csrc kernels). "auto" picks cuda for CUDA tensors when it is built, else chunked.
 RWKV_CUDA_ON=0 forces the PyTorch paths.
+
+``recompute=True`` (training) keeps only the operator's inputs for backward and runs the forward
+again there, whatever the backend: the CUDA kernel's saved activations (S_{t-1} a_t and the state
+snapshots, 20 B per token-channel on top of the 12 B of bf16 inputs) or the chunked backend's
+intermediates then live only while that layer's backward runs, for one more forward per step.
 """
 from __future__ import annotations
 
@@ -54,7 +59,8 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return "chunked"
 
 
-def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_seqlens=None, backend="auto"):
+def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_seqlens=None, backend="auto",
+         recompute=False):
     if r.dim() != 4:
         raise ValueError(f"wkv7 expects [B, T, H, N] inputs, got shape {tuple(r.shape)}")
     if cu_seqlens is not None and r.shape[0] != 1:
@@ -68,6 +74,13 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_s
         from . import cuda as _cuda  # noqa: PLC0415
 
         fn = _cuda.wkv7_cuda
+    if recompute and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint  # noqa: PLC0415
+
+        def run(r, w, k, v, a, b, s0):
+            return fn(r, w, k, v, a, b, initial_state=s0, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
+        return checkpoint(run, r, w, k, v, a, b, initial_state, use_reentrant=False, preserve_rng_state=False)
     return fn(r, w, k, v, a, b, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 

@@ -7,14 +7,19 @@ A random-weight model (V = 512, as in rwkv7-spec.md section 9's table) runs ``RW
 (``.cpu()``), as a live player needs them for sampling. Modes, same weights, same tokens:
 - graphed: the engine's default on CUDA, the step replayed from a captured CUDA graph;
 - traced: the frozen TorchScript trace (``model.rnn_cuda_graph = False``);
-- eager: plain PyTorch (``model.rnn_trace = False``).
+- eager: plain PyTorch (``model.rnn_trace = False``);
+- rwkv package (the peer, when ``rwkv`` is importable): ``RWKV.forward([token], state)`` on the
+  same weights (saved as an official checkpoint), strategy ``--peer-strategy`` (default
+  "cuda fp16"); it has no batch, so batch B is B calls per step. ``--peer-cuda`` turns its own
+  CUDA kernel on (RWKV_CUDA_ON=1, built at load).
 Reported per mode and batch: median and p99 milliseconds per step (all rows of the batch at
-once). The public rwkv package's numbers on an H200 are in rwkv7-spec.md section 9 (L12-D768,
-"cuda fp16", its CUDA kernel on: 12.6 ms median, 15.1 ms p99 per token at batch 1).
+once). rwkv7-spec.md section 9 lists the package on an H200 (L12-D768, "cuda fp16", its CUDA
+kernel on: 12.6 ms median, 15.1 ms p99 per token at batch 1).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -25,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench._train_bench import BenchError, markdown_table, run_header, write_outputs  # noqa: E402
-from engine.model import RWKV7, ModelConfig  # noqa: E402
+from engine.model import RWKV7, ModelConfig, save_checkpoint  # noqa: E402
 
 MODES = ("graphed", "traced", "eager")
 
@@ -50,6 +55,37 @@ def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dic
             "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps}
 
 
+def load_peer(model: RWKV7, strategy: str, cuda_kernel: bool, folder: str):
+    """The public rwkv package on ``model``'s weights, or None when it is not installed."""
+    os.environ["RWKV_V7_ON"] = "1"
+    os.environ["RWKV_JIT_ON"] = "1"
+    os.environ["RWKV_CUDA_ON"] = "1" if cuda_kernel else "0"
+    try:
+        from rwkv.model import RWKV  # noqa: PLC0415
+    except ImportError:
+        return None
+    path = save_checkpoint(model.float().cpu(), Path(folder) / "peer")
+    return RWKV(str(path.with_suffix("")), strategy)  # it appends .pth
+
+
+def measure_peer(peer, vocab: int, batch: int, steps: int, warmup: int) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(batch)
+    tokens = torch.randint(3, vocab, (warmup + steps, batch), generator=g).tolist()
+    states = [None] * batch
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            for b in range(batch):
+                out, states[b] = peer.forward([tokens[i][b]], states[b])
+                out.cpu()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"mode": "rwkv package", "batch": batch, "median_ms": statistics.median(times),
+            "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="12x768", help="LAYERSxWIDTH list")
@@ -57,12 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--peer-strategy", default="cuda fp16", help="the rwkv package's strategy string")
+    ap.add_argument("--peer-cuda", action="store_true", help="the rwkv package with its CUDA kernel (built at load)")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise BenchError("this benchmark needs a CUDA GPU; bench/decode.py measures the CPU step")
-    device = torch.device("cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("this benchmark needs a CUDA GPU; bench/decode.py measures the CPU step (--device cpu is a smoke run)")
+    device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     header = run_header(device, f"RWKV7.step, random weights, V=512, weights {args.dtype}, fp32 state; "
                                 f"median of {args.steps} steps after {args.warmup}, logits copied to the host each step")
@@ -70,10 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         L, D = (int(x) for x in size.lower().split("x"))
         torch.manual_seed(0)
-        model = RWKV7(ModelConfig(n_layer=L, n_embd=D, vocab_size=512, head_size=64)).to(device=device, dtype=dtype).eval()
+        model = RWKV7(ModelConfig(n_layer=L, n_embd=D, vocab_size=512, head_size=64))
+        with torch.no_grad():  # off the zero inits so every term does real work
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model = model.to(device=device, dtype=dtype).eval()
+        peer = None
+        if not args.no_peer:
+            import tempfile  # noqa: PLC0415
+
+            strategy = args.peer_strategy if device.type == "cuda" else "cpu fp32"
+            peer = load_peer(model, strategy, args.peer_cuda, tempfile.mkdtemp(prefix="pianomuse-peer-"))
+            model = model.to(device=device, dtype=dtype)
         for batch in (int(b) for b in args.batches.split(",")):
-            for mode in MODES:
-                r = measure(model, mode, batch, args.steps, args.warmup)
+            modes = MODES if device.type == "cuda" else ("traced", "eager")
+            for mode in modes + (("rwkv package",) if peer is not None else ()):
+                if mode == "rwkv package":
+                    r = measure_peer(peer, 512, batch, args.steps, args.warmup)
+                else:
+                    r = measure(model, mode, batch, args.steps, args.warmup)
                 r["size"] = f"L{L}-D{D}"
                 results.append(r)
                 rows.append([r["size"], str(batch), mode, f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",

@@ -57,13 +57,20 @@ def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dic
 
 def load_peer(model: RWKV7, strategy: str, cuda_kernel: bool, folder: str):
     """The public rwkv package on ``model``'s weights, or None when it is not installed."""
-    os.environ["RWKV_V7_ON"] = "1"
-    os.environ["RWKV_JIT_ON"] = "1"
-    os.environ["RWKV_CUDA_ON"] = "1" if cuda_kernel else "0"
+    # the package reads its switches at import; RWKV_CUDA_ON also steers our operator, so it is
+    # put back right after
+    saved = {k: os.environ.get(k) for k in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
+    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="1" if cuda_kernel else "0")
     try:
         from rwkv.model import RWKV  # noqa: PLC0415
     except ImportError:
         return None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     path = save_checkpoint(model.float().cpu(), Path(folder) / "peer")
     return RWKV(str(path.with_suffix("")), strategy)  # it appends .pth
 

@@ -19,7 +19,8 @@ step() {  # step NAME SECONDS COMMAND...
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "$name rc $?"; tail -4 "$OUT/$name.log"
 }
 step tests 300 python3 -m pytest -q -p no:cacheprovider tests/integration/test_model_gpu.py \
-  tests/integration/test_wkv7_cuda.py tests/integration/test_train_gpu.py
+  tests/integration/test_wkv7_cuda.py tests/integration/test_train_gpu.py \
+  tests/integration/test_model_strategy_gpu.py
 step train_eager 150 python3 bench/train_throughput.py --shapes $S --steps 5 --warmup 2 --out "$OUT/train.md"
 step train_compile 240 python3 bench/train_throughput.py --shapes $S --steps 5 --warmup 3 --compile \
   --profile "$OUT/profile.txt" --out "$OUT/train.md"

@@ -41,6 +41,7 @@ class ScanFinished(Message):
     report: Any = None
     cancelled: bool = False
     error: str | None = None
+    names: dict[str, str] = field(default_factory=dict)  # path -> name relative to the folder
 
 
 @dataclass
@@ -71,6 +72,23 @@ class MetricsArrived(Coalescing):
 
     run_dir: Path
     pending: int = 0
+
+
+@dataclass
+class RunLaunched(Message):
+    """The launcher's answer to "start a run": the spawned process, or the sentence saying why not."""
+
+    spec: Any
+    process: Any = None
+    error: str | None = None
+
+
+@dataclass
+class RunLocated(Message):
+    """The attach worker's answer: the run directory to watch, or the sentence saying why there is none."""
+
+    run_dir: Path | None
+    error: str | None = None
 
 
 @dataclass

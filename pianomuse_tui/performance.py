@@ -50,6 +50,16 @@ class PerformanceSettings:
     midi_file: Path | None = None  # play this file instead of generating
     lookahead: float = 0.5
 
+    def problem(self) -> str | None:
+        """The sentence saying why these settings cannot play (a file that is not there), or None."""
+        if self.midi_file is not None:
+            return None if self.midi_file.is_file() else f"{self.midi_file} does not exist; pick another audition."
+        if self.checkpoint is not None and not self.checkpoint.exists():
+            return f"Checkpoint {self.checkpoint} does not exist; type the path of a model .pth."
+        if self.prompt is not None and not self.prompt.is_file():
+            return f"Prompt {self.prompt} does not exist; type a .mid file or clear the field."
+        return None
+
 
 def default_checkpoint() -> Path | None:
     """The bundled model if there is one, else the newest checkpoint of the newest run in ./runs."""
@@ -196,8 +206,13 @@ class Performance:
             t += step
 
     def _generated_events(self) -> Iterator[tuple[list, float, int]]:
+        import torch
+
         from engine.generate import live  # the engine's generation loop, shared with --headless generate
 
+        # one thread, as `--headless generate` defaults to: steadier per-token time, and the other
+        # core stays free for the UI thread, the scheduler's sender and a training run
+        torch.set_num_threads(1)
         yield from live.stream(
             checkpoint=self.settings.checkpoint,
             prompt=self.settings.prompt,

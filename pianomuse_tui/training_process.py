@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runwatch import request_stop
+from .runwatch import newest_run, request_stop
 
 _LIVE: "weakref.WeakSet[TrainingProcess]" = weakref.WeakSet()
 
@@ -35,6 +35,20 @@ class TrainSpec:
     device: str | None = None
     init_from: str | None = None
     overrides: list[str] = field(default_factory=list)  # "section.key=value"
+
+
+def launch_problem(spec: TrainSpec) -> str | None:
+    """The one sentence saying why ``spec`` cannot start (a missing file or run), or None.
+
+    It touches the disk, so the Train pane calls it from a worker thread.
+    """
+    if spec.config and not Path(spec.config).is_file():
+        return f"Config file {spec.config} does not exist; type the path of a TOML file or clear it."
+    if spec.data and not Path(spec.data).exists():
+        return f"Data {spec.data} does not exist; type a MIDI folder or token store, or clear it."
+    if spec.resume == "auto" and newest_run(Path(spec.runs_root)) is None:
+        return f"No run to resume in {spec.runs_root}; start a new one with n."
+    return None
 
 
 def _redirect_output(log_path: str) -> None:

@@ -42,6 +42,13 @@ class CheckPolicy:
     max_onsets_per_s: int = 60  # onsets inside any one-second window
     tokenize: bool = True  # count tokens in the report (prepare always tokenizes)
 
+    def __post_init__(self) -> None:
+        from .tokenizer import PIANO_POLICIES  # noqa: PLC0415
+
+        # a bad policy must stop the scan with one sentence, not fail every file in the workers
+        if self.piano_policy not in PIANO_POLICIES:
+            raise ValueError(f"unknown piano policy {self.piano_policy!r}; use one of: {', '.join(PIANO_POLICIES)}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "CheckPolicy":
         data = dict(data or {})

@@ -8,6 +8,7 @@ shifts the origin so the rhythm stays intact instead of notes piling up.
 """
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import os
@@ -162,6 +163,8 @@ class LookaheadScheduler:
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         with self._lock:
             self._origin = self.clock.now() + self.start_delay
+        # A program that ends without stop() (sys.exit, an uncaught error) still releases its notes.
+        atexit.register(self.stop)
         self._thread = threading.Thread(target=self._run_sender, name="pianomuse-midi-sender", daemon=True)
         self._thread.start()
         if self.port_check_interval > 0:
@@ -212,6 +215,14 @@ class LookaheadScheduler:
             if self._paused_at is not None:
                 return self._paused_at
             return self.clock.now() - self._origin
+
+    def falling_behind(self) -> bool:
+        """The producer is not keeping up: under a quarter of the lookahead is left before the playhead."""
+        with self._lock:
+            return self._behind(self.buffered_seconds())
+
+    def _behind(self, buffer_s: float) -> bool:
+        return not self._finished and self._origin is not None and buffer_s < self.lookahead / 4
 
     def needs_more(self) -> bool:
         return not self._stopping and self.buffered_seconds() < self.lookahead
@@ -272,6 +283,7 @@ class LookaheadScheduler:
 
     def stop(self, panic: bool = True) -> None:
         """Cancel: drop the queue, send pending note-offs and panic, stop the threads."""
+        atexit.unregister(self.stop)
         with self._lock:
             self._stopping = True
             self._heap.clear()
@@ -317,7 +329,7 @@ class LookaheadScheduler:
                 notes_sounding=self._tracker.count,
                 watchdog_releases=self._watchdog_releases,
                 port_state=state,
-                falling_behind=(not self._finished and self._origin is not None and buffer_s < self.lookahead / 4),
+                falling_behind=self._behind(buffer_s),
                 realtime=self.realtime_granted,
             )
 

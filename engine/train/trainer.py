@@ -293,7 +293,7 @@ class Trainer:
         # ---- run directory, logs -----------------------------------------------------------
         from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415
 
-        backend = resolve_backend(cfg.train.wkv_backend, device)
+        backend = resolve_backend(cfg.train.wkv_backend, device, model.config.head_size)
         if dist.is_main:
             cfg.save(run_dir / "config.toml")
             (run_dir / "env.json").write_text(json.dumps(environment_report(device, dist, backend), indent=2) + "\n")

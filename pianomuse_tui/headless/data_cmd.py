@@ -100,7 +100,8 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
 
         piano_policy = check_settings.get("piano_policy") or prep.tokenizer.get("piano_policy", "keyboard")
         check_settings["piano_policy"] = piano_policy
-        tokenizer_config = PianoTokenizer.from_config({**prep.tokenizer, "piano_policy": piano_policy}).to_config()
+        if check_settings.get("tokenize", True):  # MidiTok (and the torch it imports) only when tokens are counted
+            tokenizer_config = PianoTokenizer.from_config({**prep.tokenizer, "piano_policy": piano_policy}).to_config()
         with _Progress("check") as progress:
             result = scan(folder, workers=workers or prep.workers, policy=check_settings, on_progress=progress,
                           tokenizer_config=tokenizer_config, paths=files)

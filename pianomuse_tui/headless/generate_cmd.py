@@ -4,11 +4,15 @@ generate: continue a prompt (or start from nothing) with a checkpoint, K alterna
 Without a port it writes the files as fast as it can; with --port/--virtual/--synth (or --play) it
 plays alternative 1 live through the lookahead scheduler while writing all of them. Ctrl-C stops
 cleanly: every sounding note is released and what was generated so far is written.
-Exit status: 0 done, 130 interrupted (files written), 2 bad input, 3 the MIDI port was lost for good.
+Exit status: 0 done, 130 interrupted by Ctrl-C, SIGTERM or SIGHUP (files written), 2 bad input, 3 the MIDI
+port was lost for good.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -62,7 +66,31 @@ def _generation_summary(session, seconds: float) -> str:
     return f"generated {session.tokens_generated} tokens in {seconds:.2f} s ({rate:.0f} tokens/s), seed {session.seed}; {per_row}"
 
 
-def run_generate(
+@contextlib.contextmanager
+def _termination_stops_like_ctrl_c():
+    """SIGTERM and SIGHUP (a closed terminal) stop the run as Ctrl-C does: notes released, files written."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    saved = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                saved[getattr(signal, name)] = signal.signal(getattr(signal, name), stop)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def run_generate(*args, **kwargs) -> int:
+    with _termination_stops_like_ctrl_c():
+        return _run_generate(*args, **kwargs)
+
+
+def _run_generate(
     checkpoint: Path | None,
     prompt: Path | None,
     prompt_bars: str | None,
@@ -100,20 +128,36 @@ def run_generate(
         sampling = SamplingConfig(**sampling_kwargs)
     except ValueError as err:
         fail(str(err))
+
+    live = play or bool(port) or virtual or synth is not None
+    fluid = output = scheduler = None
+    if live:
+        # The port (or synth) first: a wrong name or a missing MIDI system is told before the model loads.
+        try:
+            if synth == "fluidsynth":
+                fluid = start_fluidsynth(midi_api, soundfont=soundfont)
+                output = open_output(fluid.api, fluid.port_name)
+            else:
+                output = open_output(midi_api, port, virtual=virtual or not port)
+        except PortError as err:
+            _release(output, fluid)
+            fail(str(err))
     try:
         model, tokenizer, pth = load_generator(checkpoint)
         session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
                                 alternatives=alternatives, bars=bars, max_tokens=max_tokens or HARD_TOKEN_CAP)
-    except GenerationError as err:
+        paths = output_paths(out, alternatives, session.seed)
+        problem = _unwritable(paths[0])
+        if problem:
+            raise GenerationError(problem)
+    except (GenerationError, KeyboardInterrupt) as err:
+        _release(output, fluid)
+        if isinstance(err, KeyboardInterrupt):
+            fail("interrupted while loading the model; nothing was generated.", code=130)
         fail(str(err))
-    paths = output_paths(out, alternatives, session.seed)
-    problem = _unwritable(paths[0])
-    if problem:
-        fail(problem)
     console.print(f"model {pth} ({model.config.describe()}), {tokenizer.tokenization} tokens"
                   + (f", prompt {prompt} ({len(session.prompt)} tokens)" if prompt else ", no prompt"))
 
-    live = play or bool(port) or virtual or synth is not None
     started = time.perf_counter()
     if not live:
         interrupted = False
@@ -128,17 +172,6 @@ def run_generate(
         console.print("wrote " + ", ".join(str(p) for p in written))
         return 130 if interrupted else 0
 
-    fluid = output = scheduler = None
-    try:
-        if synth == "fluidsynth":
-            fluid = start_fluidsynth(midi_api, soundfont=soundfont)
-            output = open_output(fluid.api, fluid.port_name)
-        else:
-            output = open_output(midi_api, port, virtual=virtual or not port)
-    except PortError as err:
-        if fluid is not None:
-            fluid.stop()
-        fail(str(err))
     code = 0
     try:
         console.print(f"playing alternative 1 on {output.name}, lookahead {lookahead:.2f} s (Ctrl-C stops)")
@@ -150,24 +183,32 @@ def run_generate(
     finally:
         if scheduler is not None:
             scheduler.stop(panic=True)
-        output.close()
-        if fluid is not None:
-            fluid.stop()
+        _release(output, fluid)
         session.finish()
         elapsed = time.perf_counter() - started
         written = _write_all(session, paths)
     console.print(_generation_summary(session, elapsed))
-    console.print("timing: " + scheduler.telemetry().summary())
+    if scheduler is not None:
+        console.print("timing: " + scheduler.telemetry().summary())
     console.print("wrote " + ", ".join(str(p) for p in written))
     if code == 130:
         console.print("stopped: every note was released")
     return code
 
 
+def _release(output, fluid) -> None:
+    """Close our port and stop the FluidSynth we started (either may be None)."""
+    if output is not None:
+        output.close()
+    if fluid is not None:
+        fluid.stop()
+
+
 def _perform(session, scheduler, lost_notice: list[str]) -> int:
     """Generate into the lookahead while the sender plays; returns the exit status."""
     played = session.rows[0]
     started = False
+    behind_told = False
 
     def feed_one() -> None:
         result = session.step()
@@ -182,6 +223,11 @@ def _perform(session, scheduler, lost_notice: list[str]) -> int:
         if not started and (played.decoder.horizon >= scheduler.lookahead or played.done):
             scheduler.start()  # pre-roll: the first lookahead is generated before the clock starts
             started = True
+        if started and not played.done and not behind_told and scheduler.falling_behind():
+            behind_told = True  # once: the end summary counts every underrun
+            err_console.print(f"[yellow]the model is falling behind the music[/] (under {scheduler.lookahead / 4:.2f} s "
+                              "buffered; late notes count as underruns): fewer --alternatives, a longer --lookahead "
+                              "or a smaller model help")
         if started and not played.done and not scheduler.needs_more():
             scheduler.wait_for_room(0.02)
             continue

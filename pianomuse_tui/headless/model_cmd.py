@@ -20,25 +20,13 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def wkv_backend_here() -> tuple[str, str]:
-    """(backend, why): what WKV7 backend="auto" runs on this machine."""
-    import os  # noqa: PLC0415
-
+def wkv_backend_here(head_size: int | None = None) -> tuple[str, str]:
+    """(backend, why): what WKV7 backend="auto" runs on this machine (for this head size)."""
     import torch  # noqa: PLC0415
 
-    from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415
+    from engine.kernels.wkv7 import explain_backend  # noqa: PLC0415
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = resolve_backend("auto", device)
-    if os.environ.get("RWKV_CUDA_ON", "1") == "0":
-        why = "RWKV_CUDA_ON=0 forces the PyTorch path"
-    elif device == "cpu":
-        why = "no CUDA GPU visible"
-    elif name == "cuda":
-        why = "CUDA kernels available"
-    else:
-        why = "CUDA kernels not built here"
-    return name, why
+    return explain_backend("auto", "cuda" if torch.cuda.is_available() else "cpu", head_size)
 
 
 @model_app.command("info")
@@ -54,7 +42,7 @@ def info(
     except CheckpointError as e:
         fail(str(e))
     config = found["config"]
-    backend, why = wkv_backend_here()
+    backend, why = wkv_backend_here(config.head_size)
     tokenizer = found["sidecar"].get("tokenizer")
     report = {
         "path": found["path"],

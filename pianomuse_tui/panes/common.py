@@ -72,3 +72,25 @@ def progress_args(args: tuple, kwargs: dict) -> tuple[int, int, str]:
     if isinstance(current, dict):
         current = current.get("path", "")
     return done, total, str(getattr(current, "path", current))
+
+
+def fill_table(table, columns, rows) -> None:
+    """Replace a DataTable's content: ``columns`` (key, label) pairs, ``rows`` (key, cells).
+
+    Each column gets a fixed width, its widest cell, before any row is drawn. DataTable measures
+    auto-width columns only when it next idles and keeps lines drawn before that, so on a busy
+    machine a table could stay drawn at its header widths; this draws the same table every time.
+    """
+    from rich.cells import cell_len  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    def shown(cell) -> str:
+        return cell.plain if isinstance(cell, Text) else str(cell)
+
+    widths = [max([cell_len(label)] + [cell_len(shown(cells[i])) for _, cells in rows])
+              for i, (_, label) in enumerate(columns)]
+    table.clear(columns=True)
+    for (key, label), width in zip(columns, widths):
+        table.add_column(label, key=key, width=width)
+    for key, cells in rows:
+        table.add_row(*cells, key=key)

@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from ..messages import PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
 from ..widgets.histogram import labelled_histogram
-from .common import PaneBase, Cancelled, field, fmt_count, fmt_duration, one_sentence, progress_args
+from .common import PaneBase, Cancelled, field, fill_table, fmt_count, fmt_duration, one_sentence, progress_args
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 
@@ -69,9 +69,14 @@ class DatasetPane(PaneBase):
             pass
         self.start_folder = folder
         self.start_store = args.get("out") or args.get("store")
+        # `pianomuse-tui check --workers N --policy all --json report.json` opens the pane with these
+        self.scan_workers = args.get("workers")
+        self.policy = args.get("policy")
+        self.report_json = args.get("json")
         self.autoscan = bool(args.get("scan", bool(args)))
         self.report: Any = None
         self.records: dict[str, dict] = {}
+        self.names: dict[str, str] = {}  # path -> the name shown (relative to the scanned folder)
         self._cancel = threading.Event()
         self._sort: tuple[str, bool] = ("status", False)
         self.rows_shown = 0
@@ -99,10 +104,7 @@ class DatasetPane(PaneBase):
         self.query_one("#ds-files-box").border_title = "Files"
         self.query_one("#ds-summary").border_title = "Summary"
         self.query_one("#ds-detail-box").border_title = "Selected file"
-        table = self.query_one("#ds-files", DataTable)
-        for key, label in (("status", "status"), ("file", "file"), ("minutes", "min"),
-                           ("notes", "notes"), ("tokens", "tokens"), ("reasons", "reasons")):
-            table.add_column(label, key=key)
+        fill_table(self.query_one("#ds-files", DataTable), COLUMNS, [])
         if self.autoscan:
             self.call_after_refresh(self.action_scan)
 
@@ -145,14 +147,9 @@ class DatasetPane(PaneBase):
         if self.busy:
             self.notify("A dataset job is already running; press escape to cancel it first.", severity="warning")
             return
-        folder = self.folder
-        if not folder.is_dir():
-            self.notify(f"{folder} is not a folder; type the path of a folder of MIDI files and press enter.",
-                        severity="error")
-            return
         self._cancel.clear()
         self._set_running(True, "scanning…")
-        self._scan(folder)
+        self._scan(self.folder)
 
     @on(Button.Pressed, "#ds-cancel")
     def action_cancel(self) -> None:
@@ -165,16 +162,9 @@ class DatasetPane(PaneBase):
         if self.busy:
             self.notify("A dataset job is already running; wait for it or press escape.", severity="warning")
             return
-        folder = self.folder
-        if not folder.is_dir():
-            self.notify(f"{folder} is not a folder; type the path of a folder of MIDI files.", severity="error")
-            return
-        from engine.data.store import default_store_path
-
-        out = Path(self.start_store) if self.start_store else default_store_path(folder)
         self._cancel.clear()
-        self._set_running(True, f"preparing {out}…")
-        self._prepare(folder, out)
+        self._set_running(True, "preparing…")
+        self._prepare(self.folder, Path(self.start_store) if self.start_store else None)
 
     def shutdown(self) -> None:
         self._cancel.set()
@@ -207,21 +197,34 @@ class DatasetPane(PaneBase):
     def _scan(self, folder: Path) -> None:
         from engine.data import check
 
+        # the disk is looked at here, never on the UI thread: the folder check and the names shown
+        if not folder.is_dir():
+            self.post_message(ScanFinished(folder, None, error=_not_a_folder(folder)))
+            return
         callback = self._progress_callback(lambda d, t, c, r: ScanProgress(d, t, c, r))
+        policy = {"piano_policy": self.policy} if self.policy else None
         try:
-            report = check.scan(folder, on_progress=callback)
+            report = check.scan(folder, workers=self.scan_workers, policy=policy, on_progress=callback)
+            if self.report_json:
+                report.write(self.report_json)
         except Cancelled:
             self.post_message(ScanFinished(folder, None, cancelled=True))
             return
         except Exception as exc:  # noqa: BLE001 - shown as the engine's one sentence
             self.post_message(ScanFinished(folder, None, error=one_sentence(exc)))
             return
-        self.post_message(ScanFinished(folder, report))
+        root = folder.resolve()
+        names = {str(f.get("path")): _relative(str(f.get("path")), root) for f in _report_files(report)}
+        self.post_message(ScanFinished(folder, report, names=names))
 
     @work(thread=True, exclusive=True, group="dataset", exit_on_error=False, name="prepare")
-    def _prepare(self, folder: Path, out: Path) -> None:
+    def _prepare(self, folder: Path, out: Path | None) -> None:
         from engine.data import store
 
+        if not folder.is_dir():
+            self.post_message(PrepareFinished(None, error=_not_a_folder(folder)))
+            return
+        out = out or store.default_store_path(folder)
         callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, str(c)))
         try:
             result = store.prepare(folder, out, None, on_progress=callback)
@@ -257,6 +260,7 @@ class DatasetPane(PaneBase):
         self.report = message.report
         files = _report_files(message.report)
         self.records = {str(f.get("path")): f for f in files}
+        self.names = message.names
         _show_done(self.query_one("#ds-progress", ProgressBar), len(files))
         self._set_running(False, f"{len(files)} files scanned in {message.folder}")
         self._fill_table()
@@ -282,13 +286,11 @@ class DatasetPane(PaneBase):
 
     def _fill_table(self) -> None:
         table = self.query_one("#ds-files", DataTable)
-        table.clear()
         needle = self.query_one("#ds-filter", Input).value.strip().lower()
-        root = self.folder
-        shown = 0
+        rows = []
         for path, f in self.records.items():
             status = str(f.get("status", "?"))
-            rel = _relative(path, root)
+            rel = self.names.get(path, path)
             if needle and needle not in rel.lower() and needle not in status:
                 continue
             stats = f.get("stats") or {}
@@ -296,7 +298,7 @@ class DatasetPane(PaneBase):
             notes = field(stats, "notes", "n_notes", "note_count")
             tokens = field(stats, "tokens", "n_tokens", "token_count")
             reasons = f.get("reasons") or []
-            table.add_row(
+            rows.append((path, (
                 SortCell(status, ("error", "warning", "ok").index(status) if status in STATUS_STYLE else 3,
                          STATUS_STYLE.get(status, "")),
                 SortCell(rel, rel),
@@ -304,10 +306,9 @@ class DatasetPane(PaneBase):
                 SortCell(fmt_count(notes), notes, justify="right"),
                 SortCell(fmt_count(tokens), tokens, justify="right"),
                 SortCell("; ".join(map(str, reasons))[:60], len(reasons), style="dim"),
-                key=path,
-            )
-            shown += 1
-        self.rows_shown = shown
+            )))
+        fill_table(table, COLUMNS, rows)
+        self.rows_shown = len(rows)
         column, reverse = self._sort
         table.sort(column, key=_sort_key, reverse=reverse)
 
@@ -330,15 +331,20 @@ class DatasetPane(PaneBase):
         box = self.query_one("#ds-detail", Static)
         width = max(20, (box.content_size.width or 40) - 2)
         # the histograms are in the record: the engine counted them in the scan's own pass
-        box.update(render_detail(record, _relative(path, self.folder), width))
+        box.update(render_detail(record, self.names.get(path, path), width))
 
 
 # ---- rendering of the report (pure functions, tested on their own) ------------------------------
 
 
+def _not_a_folder(folder: Path) -> str:
+    return f"{folder} is not a folder; type the path of a folder of MIDI files and press enter."
+
+
 def _relative(path: str, root: Path) -> str:
+    """``path`` relative to the (resolved) ``root``; resolving touches the disk: workers only."""
     try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
+        return str(Path(path).resolve().relative_to(root))
     except (ValueError, OSError):
         return str(path)
 
@@ -468,3 +474,7 @@ def _show_done(bar: ProgressBar, total: int) -> None:
     """
     bar.update(total=None)
     bar.update(total=max(1, total), progress=max(1, total))
+
+
+COLUMNS = (("status", "status"), ("file", "file"), ("minutes", "min"), ("notes", "notes"), ("tokens", "tokens"),
+           ("reasons", "reasons"))

@@ -64,6 +64,8 @@ class GeneratePane(PaneBase):
         ("Save session as MIDI", "Write what was played to a .mid file", "save"),
         ("Temperature up", "Hotter sampling from the next token on", "nudge('temperature', 0.05)"),
         ("Temperature down", "Cooler sampling from the next token on", "nudge('temperature', -0.05)"),
+        ("Top-p up", "Sample from more of the distribution from the next token on", "nudge('top_p', 0.02)"),
+        ("Top-p down", "Sample from less of the distribution from the next token on", "nudge('top_p', -0.02)"),
     ]
 
     def __init__(self, args: dict | None = None, **kwargs) -> None:
@@ -236,13 +238,9 @@ class GeneratePane(PaneBase):
         api = str(self.query_one("#gen-api", Select).value)
         ckpt = self.query_one("#gen-ckpt", Input).value.strip()
         prompt = self.query_one("#gen-prompt", Input).value.strip()
-        if midi_file is None:
-            if not ckpt:
-                raise ValueError("No checkpoint: type the path of a model .pth (train one in the Train pane)")
-            if not Path(ckpt).exists():
-                raise ValueError(f"Checkpoint {ckpt} does not exist; type the path of a model .pth")
-            if prompt and not Path(prompt).is_file():
-                raise ValueError(f"Prompt {prompt} does not exist; type a .mid file or clear the field")
+        if midi_file is None and not ckpt:
+            raise ValueError("No checkpoint: type the path of a model .pth (train one in the Train pane)")
+        # whether the files are there is the performance worker's first question (it touches the disk)
         return PerformanceSettings(
             checkpoint=Path(ckpt) if ckpt else None,
             prompt=Path(prompt) if prompt else None,
@@ -296,6 +294,10 @@ class GeneratePane(PaneBase):
     @work(thread=True, exclusive=True, group="perform", exit_on_error=False, name="performance")
     def _perform(self, performance: Performance) -> None:
         worker = get_current_worker()
+        problem = performance.settings.problem()
+        if problem is not None:  # before any port is opened
+            self.post_message(PerformanceEnded("error", error=problem))
+            return
         try:
             performance.prepare()
             self.post_message(PerformanceStarted(performance.output_name))

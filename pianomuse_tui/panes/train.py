@@ -21,12 +21,12 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from ..messages import MetricsArrived, ResourceSample, RunEnded, RunStarted
-from ..runwatch import MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files
-from ..training_process import TrainingProcess, TrainSpec
+from ..messages import MetricsArrived, ResourceSample, RunEnded, RunLaunched, RunLocated, RunStarted
+from ..runwatch import MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
+from ..training_process import TrainingProcess, TrainSpec, launch_problem
 from ..widgets.loss_plot import LossPlot
 from ..widgets.meters import MemoryMeter
-from .common import PaneBase, field, fmt_count, fmt_duration
+from .common import PaneBase, field, fill_table, fmt_count, fmt_duration, one_sentence
 
 PRESETS = ("tiny", "small", "base")
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
@@ -41,6 +41,9 @@ def _parse_overrides(text: str) -> list[str]:
             raise ValueError(f"override {item!r} is not section.key=value (e.g. optim.lr=3e-4); fix it and retry")
         out.append(item.lstrip("-"))
     return out
+
+
+ARTIFACT_COLUMNS = (("item", "item"), ("step", "step"), ("val", "val"), ("file", "file"))
 
 
 @dataclass
@@ -81,6 +84,7 @@ class TrainPane(PaneBase):
         args = args or {}
         self.args = args
         self.proc: TrainingProcess | None = None
+        self._launcher = None  # the worker checking paths and spawning a run, until it answers
         self.run_dir: Path | None = None
         self.attached = False
         self.tail: MetricsTail | None = None
@@ -133,10 +137,7 @@ class TrainPane(PaneBase):
         self.query_one("#tr-mem").border_title = "Memory"
         table = self.query_one("#tr-ckpts", DataTable)
         table.border_title = "Checkpoints / auditions (enter plays)"
-        table.add_column("item", key="item")
-        table.add_column("step", key="step")
-        table.add_column("val", key="val")
-        table.add_column("file", key="file")
+        fill_table(table, ARTIFACT_COLUMNS, [])
         self._render_now()
         if self.args.get("attach"):
             self.call_after_refresh(self.attach, Path(self.args["attach"]))
@@ -152,7 +153,8 @@ class TrainPane(PaneBase):
 
     @property
     def owns_active_run(self) -> bool:
-        return self.proc is not None and self.proc.alive
+        """Our own run is going, or being launched (quitting must wait for it and stop it)."""
+        return self._launcher is not None or (self.proc is not None and self.proc.alive)
 
     def watched_pids(self) -> list[int]:
         import os
@@ -198,61 +200,94 @@ class TrainPane(PaneBase):
         except ValueError as exc:
             self.notify(str(exc), severity="error")
             return
-        if spec.config and not Path(spec.config).is_file():
-            self.notify(f"Config file {spec.config} does not exist; type the path of a TOML file or clear it.",
-                        severity="error")
-            return
-        if spec.data and not Path(spec.data).exists():
-            self.notify(f"Data {spec.data} does not exist; type a MIDI folder or token store, or clear it.",
-                        severity="error")
-            return
-        if resume == "auto" and newest_run(Path(spec.runs_root)) is None:
-            self.notify(f"No run to resume in {spec.runs_root}; start a new one with n.", severity="error")
+        self._launcher = self._launch(spec)
+        self._set_status(f"starting ({'resume ' + resume if resume else spec.preset or spec.config})…")
+        self._set_buttons()
+
+    @work(thread=True, group="train-launch", exit_on_error=False, name="run launcher")
+    def _launch(self, spec: TrainSpec) -> TrainingProcess | None:
+        """Check the paths and spawn the run here, off the UI thread (all of it touches the disk)."""
+        problem = launch_problem(spec)
+        if problem is not None:
+            self.post_message(RunLaunched(spec, None, problem))
+            return None
+        try:
+            proc = TrainingProcess(spec)
+            proc.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. the runs folder cannot be created
+            self.post_message(RunLaunched(spec, None, f"The run could not start: {one_sentence(exc)}"))
+            return None
+        self.post_message(RunLaunched(spec, proc))
+        return proc
+
+    def on_run_launched(self, message: RunLaunched) -> None:
+        self._launcher = None
+        if message.error is not None:
+            self.notify(message.error, severity="error")
+            self._set_status(f"not started: {message.error}")
+            self._set_buttons()
             return
         self._detach()
-        self.proc = TrainingProcess(spec)
-        self.proc.start()
+        self.proc = message.process
         self.attached = False
         self._reset_view()
-        self._set_status(f"starting ({'resume ' + resume if resume else spec.preset or spec.config})…")
         self._set_buttons()
         self._watch(self.proc, None)
 
     @on(Button.Pressed, "#tr-attach")
     def action_attach(self) -> None:
-        target = Path(self.query_one("#tr-runs", Input).value.strip() or "runs")
-        run = target if is_run_dir(target) else newest_run(target)
-        if run is None:
-            self.notify(f"No run directory at {target}; type a run folder (with metrics.jsonl) in Runs.",
-                        severity="error")
-            return
-        self.attach(run)
+        self.attach(Path(self.query_one("#tr-runs", Input).value.strip() or "runs"), newest=True)
 
-    def attach(self, run_dir: Path) -> None:
+    def attach(self, target: Path, newest: bool = False) -> None:
+        """Watch the run directory ``target`` (``newest``: or the newest run in that folder)."""
         if self.owns_active_run:
             self.notify("This app's own run is going; stop it before attaching to another.", severity="warning")
             return
-        if not is_run_dir(run_dir):
-            self.notify(f"{run_dir} is not a run directory (no metrics.jsonl or config.toml).", severity="error")
+        self._locate(Path(target), newest)
+
+    @work(thread=True, exclusive=True, group="train-locate", exit_on_error=False, name="run finder")
+    def _locate(self, target: Path, newest: bool) -> None:
+        if is_run_dir(target):
+            self.post_message(RunLocated(target))
+        elif newest and (run := newest_run(target)) is not None:
+            self.post_message(RunLocated(run))
+        elif newest:
+            self.post_message(RunLocated(None, f"No run directory at {target}; type a run folder "
+                                               "(with metrics.jsonl) in Runs."))
+        else:
+            self.post_message(RunLocated(None, f"{target} is not a run directory (no metrics.jsonl or config.toml)."))
+
+    def on_run_located(self, message: RunLocated) -> None:
+        if message.run_dir is None:
+            self.notify(message.error or "No run directory found.", severity="error")
+            return
+        if self.owns_active_run:  # a run was started while the folder was being looked at
             return
         self._detach()
         self.attached = True
         self._reset_view()
-        self._watch(None, Path(run_dir))
+        self._set_buttons()
+        self._watch(None, message.run_dir)
 
     @on(Button.Pressed, "#tr-stop")
     def action_stop(self) -> None:
         if self.proc is not None and self.proc.alive:
-            self.proc.request_stop()
+            self._ask_to_stop(self.proc, None)
             self._set_status("stopping: the run saves a checkpoint at the next step…")
         elif self.attached and self.run_dir is not None:
             # attached runs are someone else's: stopping one is explicit, and goes through its control file
-            from ..runwatch import request_stop
-
-            request_stop(self.run_dir)
+            self._ask_to_stop(None, self.run_dir)
             self._set_status(f"asked {self.run_dir.name} to save and stop (control/stop)")
         else:
             self.notify("No run to stop.")
+
+    @work(thread=True, group="train-stop", exit_on_error=False, name="stop request")
+    def _ask_to_stop(self, proc: TrainingProcess | None, run_dir: Path | None) -> None:
+        # creating control/stop (and finding the run folder first) touches the disk: not on the UI thread
+        if proc is not None:
+            proc.request_stop()
+        elif run_dir is not None:
+            request_stop(run_dir)
 
     def action_log_scale(self) -> None:
         plot = self.query_one(LossPlot)
@@ -469,15 +504,16 @@ class TrainPane(PaneBase):
             return
         table = self.query_one("#tr-ckpts", DataTable)
         selected = table.cursor_row
-        table.clear()
+        rows = []
         for ckpt in files.checkpoints:
             val = self.val_by_step.get(ckpt.step)
-            table.add_row("checkpoint", ckpt.step if ckpt.step is not None else "-",
-                          f"{val:.3f}" if val is not None else "", ckpt.name, key=str(ckpt.path))
+            rows.append((str(ckpt.path), ("checkpoint", ckpt.step if ckpt.step is not None else "-",
+                                          f"{val:.3f}" if val is not None else "", ckpt.name)))
         for audition in files.auditions:
             step = "".join(ch for ch in audition.stem if ch.isdigit())
             score = self.audition_scores.get(int(step), "") if step else ""
-            table.add_row("audition ▶", int(step) if step else "-", score, audition.name, key=str(audition))
+            rows.append((str(audition), ("audition ▶", int(step) if step else "-", score, audition.name)))
+        fill_table(table, ARTIFACT_COLUMNS, rows)
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))
 
@@ -485,18 +521,25 @@ class TrainPane(PaneBase):
 
     async def shutdown(self, timeout: float = 60.0) -> None:
         """Stop our own run cleanly (it saves), wait for it, then make sure nothing is left."""
+        import asyncio
+
         self.workers_cancel()
         proc = self.proc
+        launcher = self._launcher
+        if launcher is not None:  # a run being spawned right now is ours too
+            try:
+                await launcher.wait()
+            except Exception:  # noqa: BLE001 - a failed launch left no process
+                pass
+            proc = proc or launcher.result
         if proc is None:
             return
         if proc.alive:
-            proc.request_stop()
-            import asyncio
-
+            await asyncio.to_thread(proc.request_stop)
             deadline = time.monotonic() + timeout
             while proc.alive and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-        proc.kill()
+        await asyncio.to_thread(proc.kill)
 
 
 def _num(v: Any) -> str:

@@ -37,18 +37,25 @@ async def test_scan_of_bundled_corpus_fills_table_summary_and_detail():
         assert table.row_count == n_files
         summary = str(app.query_one("#ds-summary", Static).render())
         assert f"{n_files} files" in summary and " h " in summary and "ok " in summary
+        assert " notes" in summary and " tokens" in summary and "warning " in summary and "error " in summary
 
         # the first row's detail shows its stats and its velocity and pitch histograms, drawn in block
         # characters, straight from the engine's record (no file is read again for the detail)
         detail = str(app.query_one("#ds-detail", Static).render())
         assert "velocity" in detail and "pitch\n" in detail and any(ch in detail for ch in "▁▂▃▄▅▆▇█")
 
-        # sorting by a column header puts the longest piece first on the second click
-        await pilot.click("#ds-files", offset=(20, 0))
-        table.sort("minutes", key=lambda c: c.sort_value or 0, reverse=True)
-        first = table.get_row_at(0)
-        durations = [table.get_row_at(i)[2].sort_value for i in range(table.row_count)]
-        assert first[2].sort_value == max(d for d in durations if d is not None)
+        # clicking a numeric column's header sorts longest first; clicking it again reverses
+        def durations() -> list:
+            return [table.get_row_at(i)[2].sort_value for i in range(table.row_count)]
+
+        header_x = sum(c.get_render_width(table) for c in list(table.columns.values())[:2]) + 2
+        await pilot.click("#ds-files", offset=(header_x, 0))
+        await pilot.pause(0.1)
+        known = [d for d in durations() if d is not None]
+        assert known == sorted(known, reverse=True) and len(set(known)) > 1
+        await pilot.click("#ds-files", offset=(header_x, 0))
+        await pilot.pause(0.1)
+        assert [d for d in durations() if d is not None] == sorted(known)
 
         # the filter narrows the table to matching paths
         await pilot.press("slash")
@@ -62,9 +69,7 @@ async def test_missing_folder_gives_one_sentence_and_keeps_running(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.3)
         await pilot.press("s")
-        await pilot.pause(0.2)
-        notes = [n.message for n in app._notifications]
-        assert any("is not a folder" in n for n in notes)
+        assert await _wait_for(pilot, lambda: any("is not a folder" in n.message for n in app._notifications), 10)
         assert app.is_running
 
 
@@ -86,3 +91,48 @@ async def test_scan_can_be_cancelled(tmp_path):
         assert finished.cancelled and finished.report is None
         assert not app.dataset.busy and app.query_one("#ds-files").row_count == 0
         assert app.query_one("#ds-folder").value == str(tmp_path)
+
+
+async def test_check_arguments_then_prepare_builds_the_store_with_progress_and_offers_it_to_training(tmp_path):
+    """What `pianomuse-tui check DIR --policy all --workers 1 --json R` opens: the scan uses them and
+    writes the report; then p prepares the token store."""
+    import json
+    import shutil
+
+    from engine.data.store import TokenStore
+    from pianomuse_tui.messages import PrepareFinished, PrepareProgress
+
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for f in sorted((CORPUS_DIR / "chorales").glob("*.mid"))[:4]:
+        shutil.copy(f, midi / f.name)
+    (midi / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")  # a header cut short
+    seen: list = []
+    args = {"folder": str(midi), "out": str(tmp_path / "store"), "json": str(tmp_path / "report.json"),
+            "workers": 1, "policy": "all", "scan": True}
+    app = PianoMuseApp(pane="dataset", args=args)
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 60)
+        written = json.loads((tmp_path / "report.json").read_text())
+        assert len(written["files"]) == 5 and written["summary"]["piano_policy"] == "all"
+        assert written["summary"]["workers"] == 1 and written["summary"]["status"]["error"] == 1
+        # the broken file: an error row, counted in the summary with its reason among the top ones
+        await pilot.pause(0.2)
+        summary = str(app.query_one("#ds-summary", Static).render())
+        reason = written["summary"]["reasons"][0]["reason"]
+        assert "error 1" in summary and "top reasons:" in summary and f"{reason} (1)" in summary
+        table = app.query_one("#ds-files", DataTable)
+        assert str(table.get_row_at(0)[0]) == "error"  # errors sort first
+        assert str(table.get_row_at(0)[1]) == "broken.mid"
+        app.dataset.focus_main()
+        await pilot.press("p")
+        assert await _wait_for(pilot, lambda: any(isinstance(m, PrepareFinished) for m in seen), 90)
+        finished = next(m for m in seen if isinstance(m, PrepareFinished))
+        assert finished.error is None and finished.store == tmp_path / "store", finished.error
+        progress = [m for m in seen if isinstance(m, PrepareProgress)]
+        assert progress and progress[-1].done == progress[-1].total == 5
+        assert app.query_one("#ds-progress", ProgressBar).percentage == 1.0
+        assert "store ready" in str(app.query_one("#ds-progress-label").render())
+        # the Train pane's data field now points at the new store
+        assert app.train.query_one("#tr-data").value == str(tmp_path / "store")
+    assert len(TokenStore.open(tmp_path / "store").pieces()) == 4

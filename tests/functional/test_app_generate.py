@@ -17,22 +17,75 @@ from pianomuse_tui.widgets.piano_roll import PianoRoll  # noqa: E402
 pytestmark = [pytest.mark.asyncio, pytest.mark.jack]
 
 
+def _all_notes_off(messages) -> int:
+    return sum(1 for m in messages if m[0] & 0xF0 == 0xB0 and m[1] == 123)
+
+
+def _recorded_run_with_an_audition(folder: Path) -> Path:
+    """A run folder as the trainer leaves it after an audition (a real corpus piece stands in)."""
+    import json
+    import shutil
+
+    from engine.paths import CORPUS_DIR
+
+    run = folder / "runs" / "20261130-1200-tiny"
+    (run / "auditions").mkdir(parents=True)
+    audition = run / "auditions" / "step-00000010.mid"
+    shutil.copy(sorted(CORPUS_DIR.rglob("*.mid"))[0], audition)
+    records = [{"kind": "train", "step": 10, "tokens": 640, "time": 0.0, "loss": 3.0},
+               {"kind": "audition", "step": 10, "tokens": 640, "time": 0.0, "path": str(audition)}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
 async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_saves(tiny_checkpoint, tmp_path,
                                                                                    monkeypatch):
+    """A corrupt checkpoint is one sentence; then the real one plays: notes, roll, telemetry, a knob
+    change read by the generation thread, panic, stop, save; FluidSynth started with f plays and
+    stops with the performance; an audition plays from the Train pane
+    with enter; Ctrl+Q during it asks, and the app ends with no note sounding."""
+    import threading
+
+    from pianomuse_tui.app import ConfirmScreen
+
     monkeypatch.chdir(tmp_path)
+    run = _recorded_run_with_an_audition(tmp_path)
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint at all")
     with JackServer():
         receiver = MidiReceiver()
         try:
             seen: list = []
-            args = {"checkpoint": str(tiny_checkpoint), "midi_api": "jack", "port": "pm-test-recv",
+            args = {"checkpoint": str(broken), "midi_api": "jack", "port": "pm-test-recv",
                     "bars": 64, "seed": 3, "temperature": 1.0}
             app = PianoMuseApp(pane="generate", args=args)
             async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
                 pane = app.generate
+                # the hook sees a message once per widget it bubbles through: count each one once
+                ended = lambda: list({id(m): m for m in seen if isinstance(m, PerformanceEnded)}.values())  # noqa: E731
                 assert await wait_for(pilot, lambda: any(isinstance(m, PortsListed) for m in seen), 30)
                 await pilot.pause(0.2)
                 assert "pm-test-recv" in str(pane.query_one("#gen-port").value)
+
+                # a corrupt checkpoint: the engine's one sentence, the app and the pane keep going
                 pane.focus_main()
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: len(ended()) == 1, 60)
+                assert ended()[0].error and "broken.pth" in ended()[0].error
+                assert any(ended()[0].error in n.message for n in app._notifications)
+                assert not pane.performing and app.is_running
+
+                # the generation thread reads the knobs before each step: spy on what it reads
+                reads: list[tuple[dict, threading.Thread]] = []
+                real_snapshot = pane.knobs.snapshot
+
+                def snapshot() -> dict:
+                    values = real_snapshot()
+                    reads.append((values, threading.current_thread()))
+                    return values
+
+                pane.knobs.snapshot = snapshot
+                pane.use_checkpoint(tiny_checkpoint)
                 await pilot.press("space")
                 assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceStarted) for m in seen), 60)
                 assert await wait_for(pilot, lambda: len([m for _, m in receiver.received()
@@ -41,17 +94,28 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
                 roll = pane.query_one(PianoRoll)
                 assert roll.note_count >= 5
                 telemetry = str(pane.query_one("#gen-telemetry").render())
-                assert "lateness p50" in telemetry and "tok/s" in telemetry
+                for word in ("lateness p50", "p99", "underruns", "buffer", "tok/s"):
+                    assert word in telemetry, telemetry
 
-                # a knob change reaches the running performance (read before each step)
+                # a knob change reaches the running performance: the next steps read it
                 version = pane.knobs.version
                 await pilot.press("plus")
                 assert pane.knobs.version == version + 1 and pane.knobs.temperature == pytest.approx(1.05)
+                assert await wait_for(pilot, lambda: any(
+                    values["version"] == version + 1 and values["temperature"] == pytest.approx(1.05)
+                    and thread is not threading.main_thread() for values, thread in reads), 30)
+
+                # panic: All Notes Off goes out on every channel at once, the performance goes on
+                before = _all_notes_off(m for _, m in receiver.received())
+                await pilot.press("exclamation_mark")
+                assert await wait_for(pilot, lambda: _all_notes_off(m for _, m in receiver.received())
+                                      >= before + 16, 10)
+                assert pane.performing
 
                 await pilot.press("space")  # stop
-                assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceEnded) for m in seen), 30)
+                assert await wait_for(pilot, lambda: len(ended()) == 2, 30)
                 await pilot.pause(0.3)
-                assert not pane.performing
+                assert not pane.performing and ended()[1].error is None
                 assert sounding_after([m for _, m in receiver.received()]) == {}
 
                 await pilot.press("w")
@@ -63,17 +127,47 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
                 notes = [m for m in mido.MidiFile(saved) if m.type == "note_on" and m.velocity]
                 assert len(notes) >= 5
 
-                # an audition (any MIDI file) plays through the same output and scheduler
-                from engine.paths import CORPUS_DIR
+                # f starts FluidSynth (General MIDI soundfont, on the JACK server) and plays through
+                # it; stopping the performance stops FluidSynth too
+                import psutil
 
-                before = len(receiver.received())
-                pane.play_file(sorted(CORPUS_DIR.rglob("*.mid"))[0])
-                assert await wait_for(pilot, lambda: len(receiver.received()) > before + 5, 30)
-                pane.focus_main()
+                def synths() -> list:
+                    return [p for p in psutil.Process().children(recursive=True)
+                            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "fluidsynth" in p.name()]
+
+                receiver_port = pane.query_one("#gen-port").value
+                started = len([m for m in seen if isinstance(m, PerformanceStarted)])
+                await pilot.press("f")
+                assert await wait_for(pilot, lambda: len([m for m in seen if isinstance(m, PerformanceStarted)])
+                                      > started, 60), [n.message for n in app._notifications]
+                assert "FluidSynth" in [m for m in seen if isinstance(m, PerformanceStarted)][-1].output
+                assert len(synths()) == 1 and pane.performing
                 await pilot.press("space")
-                assert await wait_for(pilot, lambda: not pane.performing, 30)
-                await pilot.pause(0.3)
-                assert sounding_after([m for _, m in receiver.received()]) == {}
+                assert await wait_for(pilot, lambda: len(ended()) == 3, 30)
+                assert ended()[2].error is None
+                assert await wait_for(pilot, lambda: not synths(), 10), "stopping leaves no FluidSynth behind"
+                pane.query_one("#gen-port").value = receiver_port
+
+                # an audition plays from the Train pane with one key, through the same output
+                await pilot.press("f2")
+                app.train.query_one("#tr-runs").value = str(run)
+                app.train.focus_main()
+                await pilot.press("a")
+                table = app.train.query_one("#tr-ckpts")
+                assert await wait_for(pilot, lambda: table.row_count == 1, 30)
+                before = len(receiver.received())
+                app.train.focus_main()
+                await pilot.press("enter")
+                assert await wait_for(pilot, lambda: len(receiver.received()) > before + 5, 30)
+                assert pane.performing and pane.performance.settings.midi_file == run / "auditions" / "step-00000010.mid"
+
+                # Ctrl+Q while it plays asks first; yes stops it cleanly and the app ends
+                await pilot.press("ctrl+q")
+                await pilot.pause(0.2)
+                assert isinstance(app.screen, ConfirmScreen) and "performance" in app.screen.question
+                await pilot.press("y")
+                assert await wait_for(pilot, lambda: not app.is_running, 30)
+            assert sounding_after([m for _, m in receiver.received()]) == {}
         finally:
             receiver.close()
 
@@ -84,6 +178,7 @@ async def test_missing_checkpoint_is_one_sentence(tmp_path):
         await pilot.pause(0.2)
         app.generate.focus_main()
         await pilot.press("space")
-        await pilot.pause(0.2)
-        assert any("does not exist" in n.message for n in app._notifications)
+        assert await wait_for(pilot, lambda: any("nope.pth does not exist" in n.message
+                                                 for n in app._notifications), 10)
         assert not app.generate.performing and app.is_running
+        assert str(app.generate.query_one("#gen-play").label) == "Play"

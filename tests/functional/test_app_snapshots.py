@@ -67,7 +67,11 @@ def test_dataset_pane_after_a_real_scan(snap_compare, fixed_machine, tmp_path, m
             record["stats"]["cpu_s"] = 0.0125
         # and the detail is drawn again now that the layout (with its scrollbar) has settled
         await pilot.press("down", "up")
-        await _settle(pilot, lambda: not app.dataset.busy)
+        # the table measures new rows for its column widths when it next idles (a busy machine
+        # can delay that past the first settle): wait until the names fit their column
+        table = app.query_one("#ds-files")
+        widest = max(len(name) for name in app.dataset.names.values())
+        await _settle(pilot, lambda: not app.dataset.busy and table.columns["file"].content_width >= widest)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=scanned)
 

@@ -87,3 +87,23 @@ def _processes_holding(folder: Path) -> list[int]:
         except psutil.Error:
             continue
     return holders
+
+
+def test_bare_command_opens_the_app_and_quits_at_once_when_nothing_runs(tmp_path):
+    """`pianomuse-tui` with no arguments: the three panes, the device, the Dataset pane's keys;
+    Ctrl+Q with nothing running quits without a question."""
+    session = f"pm-{uuid.uuid4().hex[:8]}"
+    binary = Path(sys.executable).parent / "pianomuse-tui"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", str(binary)],
+                   check=True, cwd=tmp_path)
+    try:
+        screen = _wait_screen(session, lambda s: re.search(r"(CPU|GPU): ", s) is not None, 60)
+        for word in ("Dataset", "Train", "Generate", "no scan yet", "Scan", "Quit"):
+            assert word in screen, screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+        deadline = time.monotonic() + 20
+        while subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "the app did not quit:\n" + _capture(session)
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

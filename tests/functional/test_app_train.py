@@ -29,7 +29,10 @@ async def test_tiny_run_from_the_pane_streams_metrics_stops_saving_resumes_and_q
         assert run_dir.parent == tmp_path and not started.attached
         assert any(isinstance(m, MetricsArrived) for m in seen)
         now = str(pane.query_one("#tr-now").render())
-        assert "loss " in now and "tok/s" in now and "/ 400" in now
+        assert "loss " in now and "tok/s" in now and "/ 400" in now and "lr " in now and "grad " in now
+        import re
+
+        assert re.search(r"ETA \d+:\d\d", now), now  # from the trainer's elapsed time and max_steps
         assert plot.val_points or await wait_for(pilot, lambda: bool(plot.val_points), 60, 0.2)
 
         # Ctrl+Q while our run trains asks first; "no" keeps everything going
@@ -194,3 +197,106 @@ async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_
     assert sum(isinstance(m, RunFilesRead) for m in seen) >= 2
     assert {name for name, _ in reads} >= {"read_text", "iterdir"}
     assert not [name for name, thread in reads if thread is threading.main_thread()], reads
+
+
+async def test_start_attach_and_stop_keys_leave_the_disk_to_workers(tmp_path, monkeypatch):
+    """n (with a config file that is not there), a (on a runs folder) and x (on the attached run)
+    answer on screen, while every look at the disk (path checks, listing the runs folder, creating
+    control/stop) happens in worker threads."""
+    import json
+    import threading
+    from pathlib import Path
+
+    from pianomuse_tui.messages import RunLaunched
+
+    runs = tmp_path / "runs"
+    older, newer = runs / "20261130-0900-tiny", runs / "20261130-1000-tiny"
+    for run, loss in ((older, 5.0), (newer, 4.0)):
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "tokens": 64, "time": 0.0,
+                                                       "loss": loss}) + "\n")
+    import os
+
+    os.utime(older, (1_000_000, 1_000_000))  # the newer run is the newest by modification time
+
+    touched: list[tuple[str, str, threading.Thread]] = []
+    for name in ("stat", "iterdir", "mkdir", "touch", "glob", "read_text"):
+        real = getattr(Path, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            if str(self).startswith(str(tmp_path)):
+                touched.append((_name, str(self), threading.current_thread()))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, name, spy)
+
+    seen: list = []
+    app = PianoMuseApp(pane="train", args={})
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        await pilot.pause(0.2)
+        pane = app.train
+        pane.query_one("#tr-config").value = str(tmp_path / "missing.toml")
+        pane.query_one("#tr-runs").value = str(runs)
+        pane.focus_main()
+        await pilot.press("n")
+        assert await wait_for(pilot, lambda: any(isinstance(m, RunLaunched) for m in seen), 30, 0.05)
+        refused = next(m for m in seen if isinstance(m, RunLaunched))
+        assert refused.process is None and "missing.toml does not exist" in refused.error
+        assert any("missing.toml does not exist" in n.message for n in app._notifications)
+        assert pane.proc is None and not pane.owns_active_run
+
+        pane.query_one("#tr-config").value = ""
+        await pilot.press("a")
+        assert await wait_for(pilot, lambda: any(isinstance(m, RunStarted) for m in seen)
+                              and pane.records_seen == 1, 30, 0.05)
+        assert next(m for m in seen if isinstance(m, RunStarted)).run_dir == newer
+
+        await pilot.press("x")
+        assert await wait_for(pilot, lambda: os.path.exists(newer / "control" / "stop"), 30, 0.05)
+        assert "asked 20261130-1000-tiny to save and stop" in str(pane.query_one("#tr-status").render())
+        pane.workers_cancel()
+    assert {name for name, _, _ in touched} >= {"stat", "iterdir", "mkdir", "touch"}
+    on_ui = [(name, path) for name, path, thread in touched if thread is threading.main_thread()]
+    assert not on_ui, on_ui
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda_visible(), reason="asking for CUDA only fails where no CUDA GPU is visible")
+async def test_no_gpu_and_a_crashed_training_process_are_one_sentence_and_the_app_goes_on(tmp_path):
+    import os
+    import signal
+
+    seen: list = []
+    overrides = " ".join(FAST_TINY)
+    app = PianoMuseApp(pane="train", args={})
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        pane = app.train
+        ended = lambda: list({id(m): m for m in seen if isinstance(m, RunEnded)}.values())  # noqa: E731
+        pane.query_one("#tr-preset").value = "tiny"
+        pane.query_one("#tr-runs").value = str(tmp_path)
+        pane.query_one("#tr-overrides").value = overrides + " train.device=cuda"
+        pane.focus_main()
+        await pilot.press("n")
+        # the trainer's own sentence comes back from the spawned process
+        assert await wait_for(pilot, lambda: len(ended()) == 1, 90, 0.1)
+        error = ended()[0].error
+        assert error and "CUDA" in error and "--device cpu" in error and "\n" not in error
+        assert any(n.message == error for n in app._notifications)
+        assert str(pane.query_one("#tr-status").render()) == f"run failed: {error}"
+        assert app.is_running and not pane.owns_active_run
+
+        # a training process that dies without a word (killed) is reported with its log's path
+        pane.query_one("#tr-overrides").value = overrides
+        await pilot.press("n")
+        assert await wait_for(pilot, lambda: pane.proc is not None and pane.proc.alive, 30, 0.05)
+        os.kill(pane.proc.pid, signal.SIGKILL)
+        assert await wait_for(pilot, lambda: len(ended()) == 2, 30, 0.1)
+        error = ended()[1].error
+        assert "exited with code -9" in error and str(pane.proc.log_path) in error
+        assert any(n.message == error for n in app._notifications)
+        assert app.is_running and not pane.owns_active_run

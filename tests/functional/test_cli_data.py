@@ -55,3 +55,37 @@ def test_prepare_then_prepare_again_skips_unchanged_files(tmp_path):
     assert index["totals"]["pieces"] == 3 and (store / "tokens.npy").exists() and (store / "tokenizer.json").exists()
     bad = _cli("--headless", "prepare", str(folder), "--out", str(store), "--config", str(tmp_path / "missing.toml"))
     assert bad.returncode == 2 and "does not exist" in " ".join(bad.stderr.split())
+
+
+def test_check_on_a_terminal_draws_a_rich_progress_bar(tmp_path):
+    """On a terminal (a pseudo-terminal here) `--headless check` draws rich's live bar and colours."""
+    import os
+    import pty
+
+    for name in ("empty.mid", "format2.mid", "drums_only.mid"):
+        shutil.copy(BROKEN / name, tmp_path / name)
+    shutil.copy(PIANO / "schoenberg_op19_no2.mid", tmp_path / "piece.mid")
+    config = tmp_path / "data.toml"
+    config.write_text("[check]\ntokenize = false\n")  # no token counts: the bar is what is tested
+    leader, follower = pty.openpty()
+    env = dict(os.environ, COLUMNS="100", LINES="30", TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pianomuse_tui.cli", "--headless", "check", str(tmp_path), "--workers", "1",
+                             "--config", str(config)], cwd=REPO, stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "\x1b[" in screen and "\x1b[?25l" in screen  # colours, and the cursor hidden while the bar is live
+    assert "━" in screen and "files/s" in screen  # the bar and its rate column
+    assert "error" in screen and "empty.mid" in screen  # error files are printed above the bar
+    assert "4 MIDI files" in screen

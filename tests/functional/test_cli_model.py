@@ -59,3 +59,16 @@ def test_bad_paths_print_one_clear_sentence(tmp_path):
     result = CliRunner().invoke(app, ["--headless", "model", "info", str(tmp_path / "notes.pth")])
     assert result.exit_code == 2
     assert "truncated, corrupt or not a checkpoint" in " ".join(result.output.split())
+
+
+def test_version_and_headless_without_a_command():
+    from importlib.metadata import version
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"pianomuse-tui {version('pianomuse')}"
+    # --headless alone lists the commands instead of opening the UI
+    listing = runner.invoke(app, ["--headless"])
+    assert listing.exit_code == 0
+    for command in ("model", "check", "prepare", "train", "generate"):
+        assert command in listing.stdout

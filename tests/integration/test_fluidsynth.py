@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 import wave
 
@@ -75,6 +76,9 @@ def test_generate_with_synth_fluidsynth_starts_it_plays_and_shuts_it_down(jack_s
     cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint), "--bars", "64",
            "--max-tokens", "3000", "--seed", "1", "--midi-api", "jack", "--synth", "fluidsynth", "--out", str(tmp_path / "take.mid")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in proc.stdout), daemon=True)
+    reader.start()
 
     def synth_ports():
         listing = subprocess.run(["jack_lsp", "-s", jack_server.name], capture_output=True, text=True).stdout
@@ -83,7 +87,7 @@ def test_generate_with_synth_fluidsynth_starts_it_plays_and_shuts_it_down(jack_s
     try:
         deadline = time.monotonic() + 60
         while not synth_ports() and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode()
+            assert proc.poll() is None, "".join(lines)
             time.sleep(0.1)
         assert synth_ports(), "FluidSynth never showed up on the JACK server"
         # its audio is connected to the (dummy) sound card, so a user would hear it
@@ -95,9 +99,15 @@ def test_generate_with_synth_fluidsynth_starts_it_plays_and_shuts_it_down(jack_s
             else:
                 port = line.strip()
         assert "system:playback_1" in links.get("PianoMuse-FluidSynth:left", [])
+        # the synth starts before the model loads; interrupt once the music is playing
+        while not any("playing alternative 1" in line for line in lines) and time.monotonic() < deadline:
+            assert proc.poll() is None, "".join(lines)
+            time.sleep(0.1)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=30)[0].decode()
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        output = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -24,6 +24,10 @@ FP32_TOL = 1e-3
 @pytest.fixture(scope="module")
 def cuda_mod():
     from engine.kernels.wkv7 import cuda as mod  # noqa: PLC0415
+    from engine.kernels.wkv7 import cuda_disabled  # noqa: PLC0415
+
+    if cuda_disabled():  # it would send backend="cuda" to the chunked path and test nothing here
+        pytest.fail("RWKV_CUDA_ON=0 is set: unset it to test the CUDA kernels")
 
     if not mod.is_available():
         pytest.fail("CUDA WKV7 kernels did not build on a GPU machine (see the warning above)")

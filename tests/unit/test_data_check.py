@@ -131,27 +131,16 @@ def test_multi_instrument_policy_all_keeps_the_violin():
     everything = scan(folder, workers=1, policy=CheckPolicy(piano_policy="all")).files[0]
     assert keyboard["stats"]["notes"] == 3 and everything["stats"]["notes"] == 5
     assert not any(r.startswith("non-piano") for r in everything["reasons"])
+    # a misspelt policy stops the scan before any work, with one sentence
+    with pytest.raises(ValueError, match="unknown piano policy 'pianos'; use one of: keyboard, all"):
+        scan(folder, workers=1, policy={"piano_policy": "pianos", "tokenize": False})
 
 
 def test_a_hanging_parse_times_out_and_the_scan_goes_on():
     """A real file whose parse and tokenization take far longer than the configured timeout: the
     worker is killed and replaced, the other files are still checked."""
     folder = scratch("hang")
-    # ~600k notes: seconds of parsing and tokenizing, against a 1 s timeout
-    n = 600_000
-    pitches = 40 + (np.arange(n) % 40)
-    events = np.empty((n, 8), dtype=np.uint8)
-    events[:, 0] = 0x00
-    events[:, 1] = 0x90
-    events[:, 2] = pitches
-    events[:, 3] = 80
-    events[:, 4] = 0x01  # delta 1 tick
-    events[:, 5] = 0x80
-    events[:, 6] = pitches
-    events[:, 7] = 0
-    body = events.tobytes() + b"\x00\xff\x2f\x00"
-    data = b"MThd" + (6).to_bytes(4, "big") + b"\x00\x00\x00\x01\x01\xe0" + b"MTrk" + len(body).to_bytes(4, "big") + body
-    (folder / "a_huge.mid").write_bytes(data)
+    _huge_file(folder / "a_huge.mid")  # ~600k notes: seconds of parsing and tokenizing, against a 1 s timeout
     for name in ("mozart_k545_mvt1_exposition.mid", "schoenberg_op19_no6.mid"):
         shutil.copy(PIANO_DIR / name, folder / name)
     report = scan(folder, workers=1, policy={"timeout_s": 1.0})
@@ -180,3 +169,113 @@ def test_byte_walk_counts_what_the_parser_hides():
     assert info.note_ons == 2308 and info.unreleased_note_ons == 0
     with pytest.raises(MidiStructureError, match="no running status"):
         walk_midi_bytes(b"MThd" + bytes([0, 0, 0, 6, 0, 0, 0, 1, 1, 0xE0]) + b"MTrk" + bytes([0, 0, 0, 4]) + bytes([0, 0x3C, 0x40, 0]))
+
+
+def _symusic_file(path: Path, ticks_per_quarter: int, notes: list[tuple[int, int, int, int]], pedals=(), tempos=((0, 120.0),),
+                  time_signatures=((0, 4, 4),)) -> Path:
+    """A real MIDI file written by symusic: notes (tick, duration, pitch, velocity), sustain pedal
+    spans (down tick, up tick) as CC64 events, tempo and time-signature changes."""
+    import symusic
+
+    score = symusic.Score(ticks_per_quarter)
+    for tick, qpm in tempos:
+        score.tempos.append(symusic.Tempo(tick, qpm))
+    for tick, num, den in time_signatures:
+        score.time_signatures.append(symusic.TimeSignature(tick, num, den))
+    track = symusic.Track("piano", 0, False)
+    for tick, duration, pitch, velocity in notes:
+        track.notes.append(symusic.Note(tick, duration, pitch, velocity))
+    for down, up in pedals:
+        track.controls.append(symusic.ControlChange(down, 64, 127))
+        track.controls.append(symusic.ControlChange(up, 64, 0))
+    score.tracks.append(track)
+    score.dump_midi(str(path))
+    return path
+
+
+def test_absurd_time_division_and_extreme_density_are_warnings(tmp_path):
+    from engine.data.check import inspect_file
+
+    coarse = _symusic_file(tmp_path / "coarse.mid", 12, [(i * 12, 12, 60 + i, 80) for i in range(8)])
+    # 100 onsets 4 ticks apart at 480 ticks per quarter and 120 bpm: all within 0.42 s
+    dense = _symusic_file(tmp_path / "dense.mid", 480, [(i * 4, 4, 40 + i % 40, 80) for i in range(100)])
+    policy = CheckPolicy(tokenize=False)
+    record, _, _ = inspect_file(coarse, policy)
+    assert record["status"] == "warning" and record["reasons"] == ["absurd time division: 12 ticks per quarter"]
+    record, _, _ = inspect_file(dense, policy)
+    assert record["status"] == "warning" and record["reasons"] == ["extreme note density: 100 onsets within one second"]
+    assert record["stats"]["max_onsets_per_s"] == 100
+    # the limits are settings: looser ones accept both files
+    loose = CheckPolicy(tokenize=False, min_ticks_per_quarter=8, max_onsets_per_s=120)
+    assert inspect_file(coarse, loose)[0]["status"] == inspect_file(dense, loose)[0]["status"] == "ok"
+
+
+def test_stats_of_a_hand_made_piece_are_exact(tmp_path):
+    """3 s of music: a three-note chord, two later notes, two pedal presses, a tempo change
+    (120 -> 60 bpm) and a time-signature change at bar 2."""
+    from engine.data.check import inspect_file
+    from engine.data.tokenizer import PianoTokenizer
+
+    path = _symusic_file(
+        tmp_path / "exact.mid", 480,
+        [(0, 960, 60, 10), (0, 960, 64, 40), (0, 960, 67, 80), (960, 480, 72, 100), (1920, 480, 48, 127)],
+        pedals=[(0, 480), (1920, 2400)], tempos=[(0, 120.0), (1920, 60.0)], time_signatures=[(0, 4, 4), (1920, 3, 4)],
+    )
+    tokenizer = PianoTokenizer()
+    record, ids, bars = inspect_file(path, CheckPolicy(), tokenizer)
+    stats = record["stats"]
+    assert record["status"] == "ok" and record["reasons"] == []
+    assert stats["duration_s"] == 3.0 and stats["notes"] == 5 and stats["notes_per_s"] == pytest.approx(5 / 3, abs=1e-3)
+    assert stats["pitch_range"] == [48, 72] and stats["max_polyphony"] == 3
+    assert stats["velocity_histogram"] == [1, 0, 1, 0, 0, 1, 1, 1]  # bins of 16: 10, 40, 80, 100, 127
+    # pedal down one beat at 120 bpm (0.5 s) and one beat at 60 bpm (1 s), of 3 s
+    assert stats["sustain_pedal"] == {"presses": 2, "down_fraction": 0.5}
+    assert stats["longest_silence_s"] == 0.5  # between the note ending at 1.5 s and the one at 2 s
+    assert (stats["tempo_changes"], stats["tempo_bpm"], stats["time_signature_changes"]) == (1, [60.0, 120.0], 1)
+    assert stats["tokens"] == len(ids) == len(tokenizer.encode_file(path)) and stats["bars"] == len(bars) >= 2
+
+
+def _huge_file(path: Path, n: int = 600_000) -> Path:
+    """A valid MIDI file of n notes one tick apart: seconds of parsing and tokenizing."""
+    pitches = 40 + (np.arange(n) % 40)
+    events = np.empty((n, 8), dtype=np.uint8)
+    events[:, 0], events[:, 1], events[:, 2], events[:, 3] = 0x00, 0x90, pitches, 80
+    events[:, 4], events[:, 5], events[:, 6], events[:, 7] = 0x01, 0x80, pitches, 0
+    body = events.tobytes() + b"\x00\xff\x2f\x00"
+    header = b"MThd" + (6).to_bytes(4, "big") + b"\x00\x00\x00\x01\x01\xe0"
+    path.write_bytes(header + b"MTrk" + len(body).to_bytes(4, "big") + body)
+    return path
+
+
+def test_a_worker_that_dies_mid_file_is_reported_and_the_scan_goes_on(tmp_path):
+    """A parser crash kills the worker process (here: SIGKILL while it reads a huge file); that
+    file gets an error record, a fresh worker takes over, the other files are still checked."""
+    import threading
+
+    import psutil
+
+    folder = tmp_path / "crash"
+    folder.mkdir()
+    shutil.copy(PIANO_DIR / "schoenberg_op19_no2.mid", folder / "a_piece.mid")
+    _huge_file(folder / "b_huge.mid")
+    shutil.copy(PIANO_DIR / "schoenberg_op19_no6.mid", folder / "c_piece.mid")
+    killed: list[int] = []
+
+    def kill_the_worker():
+        # the one worker was forked by the forkserver, a child of this process
+        for server in psutil.Process().children():
+            if "forkserver" in " ".join(server.cmdline()):
+                for worker in server.children():
+                    worker.kill()
+                    killed.append(worker.pid)
+
+    def on_progress(done, total, record):
+        if done == 1:  # the worker has just been handed the huge file: it takes seconds
+            threading.Timer(0.3, kill_the_worker).start()
+
+    report = scan(folder, workers=1, policy={"timeout_s": 60.0}, on_progress=on_progress)
+    by_name = {Path(r["path"]).name: r for r in report.files}
+    assert len(killed) == 1
+    assert by_name["b_huge.mid"]["status"] == "error" and by_name["b_huge.mid"]["reasons"][0].startswith("parser crashed")
+    for name in ("a_piece.mid", "c_piece.mid"):
+        assert by_name[name]["status"] == "ok" and by_name[name]["stats"]["tokens"] > 0

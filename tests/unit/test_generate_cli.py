@@ -107,3 +107,45 @@ def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_pat
     write_midi_file(played, tmp_path / "played.mid")
     stop.set()
     assert list(live.stream(checkpoint=checkpoint, knobs=lambda: dict(knobs), stop=stop))[-1][2] == 0  # stop ends at once
+
+
+def test_a_model_slower_than_the_music_is_reported_while_it_plays(checkpoint, capsys):
+    """A clock 500 times faster than real time plays music faster than any model: the command says so, once."""
+    from midi_helpers import FakeOutput, FastClock
+
+    from engine.generate import SamplingConfig
+    from engine.generate.live import build_session, load_generator
+    from engine.midi import LookaheadScheduler, NoteTracker
+    from pianomuse_tui.headless.generate_cmd import _perform
+
+    model, tok, _ = load_generator(checkpoint)
+    session = build_session(model, tok, prompt=PROMPT, prompt_bars="1", sampling=SamplingConfig(seed=5), bars=2, max_tokens=120)
+    out = FakeOutput()
+    scheduler = LookaheadScheduler(out, lookahead=0.2, clock=FastClock(500.0), port_check_interval=0, realtime=False)
+    assert _perform(session, scheduler, []) == 0
+    telemetry = scheduler.telemetry()
+    scheduler.stop()
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("the model is falling behind the music") == 1, err
+    assert telemetry.underruns > 0 and telemetry.events_sent == len(session.events(0))
+    tracker = NoteTracker()
+    for data in out.sent:
+        tracker.observe(data, 0.0)
+    assert tracker.count == 0
+
+
+def test_without_a_checkpoint_the_bundled_model_plays_and_without_one_you_are_told(tmp_path, monkeypatch):
+    import engine.paths
+
+    bundled = engine.paths.bundled_checkpoint()
+    assert bundled is not None and bundled.parent == engine.paths.MODELS_DIR
+    result = run("generate", "--bars", "1", "--max-tokens", "64", "--seed", "3", "--threads", "1", "--out", tmp_path / "first.mid")
+    assert result.exit_code == 0, result.output
+    assert f"model {bundled}" in " ".join(result.output.split())
+    assert note_ons(tmp_path / "first.mid")  # real notes from the bundled model
+
+    monkeypatch.setattr(engine.paths, "MODELS_DIR", tmp_path / "no-models")
+    result = run("generate", "--bars", "1", "--out", tmp_path / "none.mid")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no bundled model" in " ".join(result.output.split()) and "--checkpoint" in result.output
+    assert not (tmp_path / "none.mid").exists()

@@ -185,3 +185,46 @@ def test_old_bar_snapshots_are_dropped_but_the_start_is_kept(tsd):
     dropped = next(b for b in range(1, kept[-1]) if b not in kept)
     with pytest.raises(GenerationError, match="no snapshot for bar"):
         session.rewind(dropped)
+
+
+def test_prefill_is_one_parallel_pass_and_each_step_is_one_batched_rnn_call(remi):
+    model = random_model(remi, 6)
+    prompt = prompt_from_file(PROMPT, remi, "2")
+    forward_lengths, step_batches = [], []
+    forward, step = model.forward, model.step
+
+    def counting_forward(idx, *args, **kwargs):
+        forward_lengths.append(tuple(idx.shape))
+        return forward(idx, *args, **kwargs)
+
+    def counting_step(tokens, state):
+        step_batches.append(tuple(tokens.shape))
+        return step(tokens, state)
+
+    model.forward, model.step = counting_forward, counting_step
+    session = GenerationSession(model, remi, SamplingConfig(seed=3), alternatives=4, max_tokens=12)
+    session.prefill(prompt)
+    assert forward_lengths == [(1, len(prompt) + 1)] and step_batches == []  # BOS + prompt in one pass
+    assert session.state.batch_size == 4  # the prompt's state carried into K recurrent rows
+    session.run()
+    assert len(forward_lengths) == 1  # generation never re-reads the prompt
+    assert step_batches and set(step_batches) == {(4,)}  # all K alternatives advance in one call
+    assert len(step_batches) == max(len(session.tokens(r)) for r in range(4))
+
+
+def test_a_model_that_ends_the_piece_stops_at_its_end_token(remi):
+    model = random_model(remi, 8)
+    with torch.no_grad():  # every hidden state leans one way and EOS points along it
+        axis = torch.zeros(model.config.n_embd)
+        axis[0] = 1.0
+        model.ln_out.bias.copy_(4 * axis)
+        model.head.weight[remi.eos_id] = 8 * axis
+    session = GenerationSession(model, remi, SamplingConfig(seed=1), alternatives=3, bars=16, max_tokens=500)
+    session.prefill(prompt_from_file(PROMPT, remi, "1"))  # after a prompt's note, EOS is grammatical at once
+    session.run()
+    for r, row in enumerate(session.rows):
+        assert row.stop_reason == "eos"
+        assert session.tokens(r)[-1] == remi.eos_id and session.tokens(r).count(remi.eos_id) == 1
+    before = [session.tokens(r) for r in range(3)]
+    session.step()  # a finished session draws nothing more
+    assert [session.tokens(r) for r in range(3)] == before

@@ -69,3 +69,48 @@ def test_restruck_pitch_is_released_before_it_sounds_again():
     events = [e for name in seq for e in decoder.feed(tok.token_id(name))] + decoder.finish()
     kinds = [("on" if e.is_note_on else "off", round(e.time, 6)) for e in events]
     assert kinds == [("on", 0.0), ("off", 0.5), ("on", 0.5), ("off", 1.0)]  # 120 qpm: a quarter is 0.5 s
+
+
+def pedalled_score_with_a_tempo_change():
+    """Four bars at 120 then 80 qpm: a held bass note under a melody, the sustain pedal pressed four times."""
+    import symusic
+
+    score = symusic.Score(480)
+    score.tempos.append(symusic.Tempo(0, 120.0))
+    score.tempos.append(symusic.Tempo(2 * 1920, 80.0))
+    score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    track = symusic.Track("piano", 0, False)
+    track.notes.append(symusic.Note(0, 1900, 48, 70))
+    for i in range(16):
+        track.notes.append(symusic.Note(i * 480, 400, 60 + (i * 5) % 12, 80))
+    for start, duration in ((0, 900), (960, 800), (3840, 1200), (5760, 960)):
+        track.pedals.append(symusic.Pedal(start, duration))
+    score.tracks.append(track)
+    return score
+
+
+def test_streamed_notes_and_pedal_land_at_the_seconds_the_tokenizer_decodes_to(tokenizer):
+    from engine.midi.events import CC_SUSTAIN
+
+    ids = tokenizer.encode_score(pedalled_score_with_a_tempo_change())
+    decoder = StreamDecoder(TokenTables(tokenizer))
+    streamed = []
+    for token in ids:
+        streamed += decoder.feed(token)
+    streamed += decoder.finish()
+    in_seconds = tokenizer.decode(ids).to("second")
+    notes = [n for track in in_seconds.tracks for n in track.notes]
+    pedals = [p for track in in_seconds.tracks for p in track.pedals]
+    assert len(pedals) == 4 and len({round(t.qpm) for t in in_seconds.tempos}) == 2
+    expected_pedal = sorted([(p.time, 127) for p in pedals] + [(p.time + p.duration, 0) for p in pedals])
+    got_pedal = [(e.time, e.data[2]) for e in streamed if e.status == 0xB0 and e.data[1] == CC_SUSTAIN]
+    assert [v for _, v in got_pedal] == [v for _, v in expected_pedal]  # down, up, down, up, ...
+    # symusic keeps tempo as whole microseconds per quarter: well under a millisecond over the piece
+    assert max(abs(a - b) for (a, _), (b, _) in zip(got_pedal, expected_pedal)) < 1e-3
+    expected_notes = sorted((n.time, n.pitch, n.time + n.duration) for n in notes)
+    ons = sorted((e.time, e.data[1]) for e in streamed if e.is_note_on)
+    offs = sorted((e.time, e.data[1]) for e in streamed if e.is_note_off)
+    assert [p for _, p in ons] == [p for _, p, _ in expected_notes]
+    assert max(abs(t - s) for (t, _), (s, _, _) in zip(ons, expected_notes)) < 1e-3
+    assert max(abs(t - e) for (t, _), (e, _) in zip(offs, sorted((end, p) for _, p, end in expected_notes))) < 1e-3
+    assert ons[-1][0] > 8.5  # the last bars run at 80 qpm (all at 120 qpm the last note would start at 7.5 s)

@@ -94,3 +94,27 @@ def test_wrapper_step_save_and_reload(muse, tmp_path):
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(back(ids), muse(ids))
     assert back.train() is back and back.training and not back.eval().training
+
+
+def test_head_sees_only_completion_rows_and_padding_id_is_honoured(muse):
+    """Physical slicing: the head computes M rows, never the context logits; a padding id other
+    than 0 ends a row where that id starts."""
+    rows_into_head = []
+    hook = muse.model.head.register_forward_hook(lambda mod, args, out: rows_into_head.append(args[0].shape[:-1]))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 39, 39], [11, 12, 13, 14, 15, 16, 17]])  # 39 pads row 0
+    ctx = torch.tensor([2, 4])
+    try:
+        muse.train()
+        sliced = muse(ids, ctx_lengths=ctx, padding_token_id=39)
+    finally:
+        hook.remove()
+    mask = completion_mask(ids, ctx, padding_token_id=39)
+    assert mask.sum() == 6 and rows_into_head == [torch.Size([6])] and sliced.shape == (6, 40)
+    # with the default padding id 0, the 39s are real tokens: row 0 predicts 2 more of them
+    assert muse(ids, ctx_lengths=ctx).shape == (8, 40)
+    loss = completion_loss(sliced, ids, mask, padding_token_id=39)
+    muse.eval()
+    with torch.no_grad():
+        full = muse(ids)
+    targets = torch.tensor([7, 8, 9, 15, 16, 17])
+    assert abs(loss.item() - F.cross_entropy(full[mask], targets).item()) < 1e-5

@@ -1,58 +1,13 @@
 """LookaheadScheduler with an injected clock: exact absolute targets, no drift, panic, watchdog, lost ports."""
 from __future__ import annotations
 
-import random
-import threading
 import time
 
 import mido
 import pytest
 
 from engine.midi import LookaheadScheduler, MidiEvent, NoteTracker, control_change, note_off, note_on, write_midi_file
-
-
-class FakeClock:
-    """Jumps straight to each target plus a random wake-up error; blocks (until interrupted) past ``limit``."""
-
-    def __init__(self, jitter: float = 0.0003, limit: float = float("inf"), seed: int = 0) -> None:
-        self.t = 1000.0
-        self.jitter = jitter
-        self.limit = limit
-        self.rng = random.Random(seed)
-        self.lock = threading.Lock()
-
-    def now(self) -> float:
-        with self.lock:
-            return self.t
-
-    def sleep_until(self, target: float, interrupt: threading.Event) -> bool:
-        if target > self.limit:
-            interrupt.wait(0.01)
-            return False
-        with self.lock:
-            self.t = max(self.t, target) + self.rng.uniform(0, self.jitter)
-        return True
-
-
-class FakeOutput:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, ...]] = []
-        self.alive = True
-        self.reopened = 0
-
-    def send(self, data) -> None:
-        if not self.alive:
-            raise OSError("port gone")
-        self.sent.append(tuple(data))
-
-    def is_alive(self) -> bool:
-        return self.alive
-
-    def reopen(self) -> None:
-        self.alive = True
-        self.reopened += 1
+from midi_helpers import FakeClock, FakeOutput
 
 
 def phrase(n_notes: int, step: float = 0.01, length: float = 0.015) -> list[MidiEvent]:
@@ -187,3 +142,56 @@ def test_written_file_holds_exactly_the_events(tmp_path):
         if not msg.is_meta:
             got.append((round(t, 4), tuple(msg.bytes())))
     assert got == [(round(e.time, 4), e.data) for e in sorted(events)]
+
+
+def panic_tail_ok(sent: list[tuple[int, ...]]) -> bool:
+    """The last 32 messages are sustain off and All Notes Off on all 16 channels."""
+    tail = sent[-32:]
+    return {(d[0] & 0x0F, d[1], d[2]) for d in tail if d[0] & 0xF0 == 0xB0} == {(ch, cc, 0) for ch in range(16) for cc in (64, 123)}
+
+
+def held_chord() -> list[MidiEvent]:
+    events = [control_change(0.0, 64, 127)]
+    for i in range(6):
+        events += [note_on(i * 0.05, 60 + i, 90), note_off(i * 0.05 + 1.0, 60 + i)]
+    return events
+
+
+def wait_for_sounding(sched: LookaheadScheduler, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while sched.telemetry().notes_sounding < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sched.telemetry().notes_sounding == n
+
+
+def test_pause_releases_every_note_keeps_the_queue_and_resume_plays_the_rest():
+    clock = FakeClock(jitter=0.0, limit=1000.0 + 0.05 + 0.3)  # time stops 0.3 s into the music
+    out = FakeOutput()
+    sched = LookaheadScheduler(out, clock=clock, port_check_interval=0)
+    sched.submit(held_chord())
+    sched.start()
+    wait_for_sounding(sched, 6)
+    sched.pause()
+    assert sched.telemetry().port_state == "paused"
+    assert unreleased(out.sent) == 0 and panic_tail_ok(out.sent)
+    assert sched.telemetry().events_queued == 6  # the note-offs still to come are kept
+    sent_while_paused = len(out.sent)
+    with clock.lock:
+        clock.limit = float("inf")
+    sched.resume()
+    sched.finish()
+    assert sched.wait_done(5)
+    sched.stop(panic=False)
+    assert len(out.sent) == sent_while_paused + 6 and all(d[0] & 0xF0 == 0x80 for d in out.sent[-6:])
+
+
+def test_an_error_while_playing_still_releases_every_note():
+    clock = FakeClock(jitter=0.0, limit=1000.0 + 0.05 + 0.3)
+    out = FakeOutput()
+    with pytest.raises(RuntimeError, match="the model broke"):
+        with LookaheadScheduler(out, clock=clock, port_check_interval=0) as sched:
+            sched.submit(held_chord())
+            wait_for_sounding(sched, 6)
+            raise RuntimeError("the model broke")
+    assert unreleased(out.sent) == 0 and panic_tail_ok(out.sent)
+    assert sched.telemetry().port_state == "stopped"

@@ -228,3 +228,41 @@ def test_recompute_gives_the_same_values_and_gradients_and_saves_less(packed):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     inputs_bytes = 6 * B * T * H * N * 4 + n * H * N * N * 4
     assert bytes1 <= inputs_bytes * 1.05 < bytes0
+
+
+def test_rwkv_cuda_on_0_forces_the_pytorch_path(monkeypatch, caplog):
+    """RWKV_CUDA_ON=0 sends "auto" and "cuda" to the chunked backend, and the choice is logged.
+
+    This machine has no GPU, so one is faked (torch.cuda.is_available and a built kernel) to show
+    that "auto" would pick the CUDA kernel without the switch.
+    """
+    import logging
+
+    import engine.kernels.wkv7 as dispatch
+    from engine.kernels.wkv7 import cuda as cuda_backend
+
+    monkeypatch.setattr(dispatch, "_announced", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda_backend, "is_available", lambda: True)
+    monkeypatch.delenv("RWKV_CUDA_ON", raising=False)
+    assert resolve_backend("auto", "cuda") == "cuda"
+    assert resolve_backend("auto", "cpu") == "chunked"
+    # "auto" takes the CUDA kernel only for a head size it is compiled for
+    assert resolve_backend("auto", "cuda", head_size=64) == "cuda"
+    assert dispatch.explain_backend("auto", "cuda", head_size=32) == (
+        "chunked", "the CUDA kernels are compiled for head size 64, not 32")
+    monkeypatch.setenv("RWKV_CUDA_ON", "0")
+    with caplog.at_level(logging.INFO, logger="engine.kernels.wkv7"):
+        assert resolve_backend("auto", "cuda") == "chunked"
+        assert resolve_backend("cuda", "cuda") == "chunked"
+        resolve_backend("auto", "cuda")  # logged once per request and device type, not per layer
+    lines = [r.getMessage() for r in caplog.records if "RWKV_CUDA_ON=0" in r.getMessage()]
+    assert lines == ["WKV7 backend 'auto' on cuda runs chunked (RWKV_CUDA_ON=0 forces the PyTorch path)",
+                     "WKV7 backend 'cuda' on cuda runs chunked (RWKV_CUDA_ON=0 forces the PyTorch path)"]
+    # a real call asking for the CUDA kernel runs the PyTorch operator instead
+    inputs = realistic_inputs(1, 20, 2, 16, seed=95)
+    y, s = wkv7(**inputs, output_final_state=True, backend="cuda")
+    y_ref, s_ref = wkv7_chunked(**inputs, output_final_state=True)
+    assert torch.equal(y, y_ref) and torch.equal(s, s_ref)
+    with pytest.raises(ValueError, match="unknown WKV7 backend 'triton'"):
+        resolve_backend("triton", "cpu")

@@ -10,7 +10,8 @@ and the state resets at each boundary.
 
 Backends: "reference" (plain loop, the spec), "chunked" (PyTorch chunk-wise, CPU default),
 "cuda" (csrc kernels). "auto" picks cuda for CUDA tensors when it is built, else chunked.
-RWKV_CUDA_ON=0 forces the PyTorch paths.
+RWKV_CUDA_ON=0 forces the PyTorch paths: "auto" and "cuda" both run chunked then.
+``explain_backend`` says which backend runs and why; the first choice per device is logged.
 
 ``recompute=True`` (training) keeps only the operator's inputs for backward and runs the forward
 again there, whatever the backend: the CUDA kernel's saved activations (S_{t-1} a_t and the state
@@ -37,9 +38,14 @@ def _chunked():
     return wkv7_chunked
 
 
+def cuda_disabled() -> bool:
+    """RWKV_CUDA_ON=0 (the RWKV tooling's switch) forces the PyTorch paths, even where CUDA works."""
+    return os.environ.get("RWKV_CUDA_ON", "1").strip() == "0"
+
+
 def cuda_available() -> bool:
     """True when the CUDA backend can run here (GPU present, not disabled, kernels load)."""
-    if os.environ.get("RWKV_CUDA_ON", "1") == "0" or not torch.cuda.is_available():
+    if cuda_disabled() or not torch.cuda.is_available():
         return False
     try:
         from . import cuda as _cuda  # noqa: PLC0415
@@ -48,15 +54,45 @@ def cuda_available() -> bool:
     return _cuda.is_available()
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """Which backend ``auto`` means for tensors on ``device``."""
+def explain_backend(backend: str, device: torch.device | str, head_size: int | None = None) -> tuple[str, str]:
+    """(backend that runs, why) for a requested ``backend`` on tensors on ``device``; with
+    ``head_size``, "auto" also checks that the CUDA kernels are compiled for it."""
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"unknown WKV7 backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
+    if backend in ("cuda", "auto") and cuda_disabled():
+        return "chunked", "RWKV_CUDA_ON=0 forces the PyTorch path"
     if backend != "auto":
-        return backend
-    if torch.device(device).type == "cuda" and cuda_available():
-        return "cuda"
-    return "chunked"
+        return backend, "asked for by name"
+    if torch.device(device).type != "cuda":
+        return "chunked", "CPU tensors" if torch.cuda.is_available() else "no CUDA GPU visible"
+    if not cuda_available():
+        return "chunked", "CUDA kernels not built here"
+    from .cuda import HEAD_SIZES  # noqa: PLC0415
+
+    if head_size is not None and head_size not in HEAD_SIZES:
+        sizes = ", ".join(map(str, HEAD_SIZES))
+        return "chunked", f"the CUDA kernels are compiled for head size {sizes}, not {head_size}"
+    return "cuda", "CUDA kernels available"
+
+
+# (requested, device type, chosen, why) already logged: resolve_backend runs in every layer's forward
+_announced: set[tuple[str, str, str, str]] = set()
+
+
+def resolve_backend(backend: str, device: torch.device | str, head_size: int | None = None) -> str:
+    """Which backend runs for ``backend`` ("auto" or a name) on tensors on ``device``.
+
+    Each distinct outcome per (request, device type) is logged once at INFO, so a run's log says
+    which operator it trains with.
+    """
+    if backend in BACKENDS and backend != "cuda":
+        return backend  # the PyTorch backends run as asked, anywhere
+    name, why = explain_backend(backend, device, head_size)
+    key = (backend, torch.device(device).type, name, why)
+    if key not in _announced:
+        _announced.add(key)
+        log.info("WKV7 backend %r on %s runs %s (%s)", backend, key[1], name, why)
+    return name
 
 
 def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_seqlens=None, backend="auto",
@@ -65,7 +101,7 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_s
         raise ValueError(f"wkv7 expects [B, T, H, N] inputs, got shape {tuple(r.shape)}")
     if cu_seqlens is not None and r.shape[0] != 1:
         raise ValueError("wkv7 with cu_seqlens needs batch size 1 (sequences packed along T)")
-    name = resolve_backend(backend, r.device)
+    name = resolve_backend(backend, r.device, r.shape[-1])
     if name == "reference":
         fn = wkv7_reference
     elif name == "chunked":
@@ -84,4 +120,4 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_s
     return fn(r, w, k, v, a, b, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 
-__all__ = ["wkv7", "wkv7_reference", "resolve_backend", "cuda_available", "BACKENDS"]
+__all__ = ["wkv7", "wkv7_reference", "resolve_backend", "explain_backend", "cuda_available", "cuda_disabled", "BACKENDS"]

@@ -86,6 +86,7 @@ class Performance:
         self.output = None
         self.synth = None
         self.played: list = []  # every MidiEvent submitted, for "save as MIDI"
+        self.session = None  # the engine's GenerationSession: it holds every alternative, played or not
         self.end_reason = "finished"
         self._stop = threading.Event()
         self._active = threading.Event()
@@ -100,6 +101,12 @@ class Performance:
     @property
     def has_events(self) -> bool:
         return bool(self.played)
+
+    @property
+    def alternatives(self) -> int:
+        """How many alternatives this performance generates (row 0 is the one heard)."""
+        session = self.session
+        return session.alternatives if session is not None else 1
 
     @property
     def output_name(self) -> str:
@@ -219,7 +226,11 @@ class Performance:
             prompt_bars=self.settings.prompt_bars,
             knobs=self.knobs.snapshot,
             stop=self._stop,
+            on_session=self._keep_session,
         )
+
+    def _keep_session(self, session) -> None:
+        self.session = session
 
     def stop(self) -> None:
         self._stop.set()
@@ -247,9 +258,21 @@ class Performance:
             self.synth = None
         self._active.clear()
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path) -> list[Path]:
+        """What was played as ``path``; with K alternatives, every one as PATH-1.mid .. PATH-K.mid
+        (the names `--headless generate --alternatives K --out PATH` writes), the first the one heard."""
         from engine.midi.events import write_midi_file
 
-        with self._lock:
-            events = list(self.played)
-        return write_midi_file(events, path)
+        from .headless.generate_cmd import output_paths
+
+        session = self.session
+        if session is None or session.alternatives == 1:
+            with self._lock:
+                events = list(self.played)
+            return [write_midi_file(events, path)]
+        if not self.active:
+            # a stopped stream never reached its tail: release what still sounds (idempotent)
+            session.finish()
+        paths = output_paths(Path(path), session.alternatives, session.seed)
+        # session.events copies each row, so generation may go on while the files are written
+        return [write_midi_file(session.events(row), out) for row, out in enumerate(paths)]

@@ -2,7 +2,8 @@
 
 ``stream`` is a generator the player pulls from at its own pace (when its lookahead has room):
 each item is ``(events, horizon_seconds, n_tokens)`` for the alternative being played. Knobs are
-read before every step, so a change in the UI applies to the next token.
+read before every step, so a change in the UI applies to the next token. ``on_session`` receives
+the session once it is built, so a player can save the alternatives it does not play.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def build_session(model, tokenizer, *, prompt: str | Path | None = None, prompt_
 
 def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], dict] | None = None,
            stop: threading.Event | None = None, model=None, tokenizer=None, row: int = 0,
-           max_tokens: int | None = None) -> Iterator[tuple[list, float, int]]:
+           max_tokens: int | None = None,
+           on_session: Callable[[GenerationSession], None] | None = None) -> Iterator[tuple[list, float, int]]:
     """Generate and yield ``(events, horizon, n_tokens)`` for alternative ``row`` until done or ``stop``."""
     if model is None or tokenizer is None:
         model, tokenizer, _ = load_generator(checkpoint)
@@ -58,6 +60,8 @@ def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], d
     session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
                             alternatives=int(current.get("alternatives", 1)), bars=current.get("bars"),
                             max_tokens=max_tokens or HARD_TOKEN_CAP)
+    if on_session is not None:
+        on_session(session)
     version = current.get("version")
     while not session.done and not (stop is not None and stop.is_set()):
         if knobs is not None:

@@ -61,7 +61,7 @@ class GeneratePane(PaneBase):
         ("Panic", "Release every sounding note now", "panic"),
         ("Start FluidSynth", "Launch FluidSynth with the GM soundfont and play through it", "fluidsynth"),
         ("Refresh MIDI ports", "List the output ports of the chosen MIDI API again", "refresh_ports"),
-        ("Save session as MIDI", "Write what was played to a .mid file", "save"),
+        ("Save session as MIDI", "Write what was played to a .mid file (every alternative, one file each)", "save"),
         ("Temperature up", "Hotter sampling from the next token on", "nudge('temperature', 0.05)"),
         ("Temperature down", "Cooler sampling from the next token on", "nudge('temperature', -0.05)"),
         ("Top-p up", "Sample from more of the distribution from the next token on", "nudge('top_p', 0.02)"),
@@ -74,6 +74,7 @@ class GeneratePane(PaneBase):
         self.knobs = Knobs()
         self.performance: Performance | None = None
         self.last_saved: Path | None = None
+        self.last_saved_all: list[Path] = []  # one file per alternative
         self.telemetry: dict[str, Any] = {}
         self._ports_listed = False
         self._pending_port: str | None = None
@@ -346,8 +347,12 @@ class GeneratePane(PaneBase):
         except Exception as exc:  # noqa: BLE001
             self.notify(f"Could not save {out}: {exc}", severity="error")
             return
-        self.last_saved = saved
-        self.notify(f"Saved {saved}.", timeout=5)
+        self.last_saved, self.last_saved_all = saved[0], saved
+        if len(saved) == 1:
+            self.notify(f"Saved {saved[0]}.", timeout=5)
+        else:
+            self.notify(f"Saved {len(saved)} alternatives: {saved[0]} .. {saved[-1].name} (the first is the one heard).",
+                        timeout=5)
 
     # ---- redraw ---------------------------------------------------------------------------------
 
@@ -372,6 +377,9 @@ class GeneratePane(PaneBase):
             text.append(f"buffer {ahead:.2f}/{look:.2f} s ")
             text.append_text(bar(ahead / look, 12))
             text.append(f"  {t.get('tokens_per_s', 0):.0f} tok/s  notes on {t.get('notes_sounding', 0)}")
+            k = self.performance.alternatives if self.performance is not None else 1
+            if k > 1:
+                text.append(f"\nhearing alternative 1 of {k}; w saves all {k}", style="cyan")
             if t.get("falling_behind"):
                 text.append("\nthe model is falling behind: fewer alternatives or a smaller model help",
                             style="bold yellow")

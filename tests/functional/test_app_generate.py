@@ -21,6 +21,31 @@ def _all_notes_off(messages) -> int:
     return sum(1 for m in messages if m[0] & 0xF0 == 0xB0 and m[1] == 123)
 
 
+def _ended(seen: list) -> list:
+    """PerformanceEnded messages, each once (the hook sees one per widget it bubbles through)."""
+    return list({id(m): m for m in seen if isinstance(m, PerformanceEnded)}.values())
+
+
+def _jack_args(checkpoint, **knobs) -> dict:
+    """Command-line arguments that open the Generate pane on the test receiver, 64 bars (never ends first)."""
+    return {"checkpoint": str(checkpoint), "midi_api": "jack", "port": "pm-test-recv", "bars": 64,
+            "temperature": 1.0, **knobs}
+
+
+def _note_ons(receiver) -> int:
+    return len([m for _, m in receiver.received() if m[0] & 0xF0 == 0x90 and m[2]])
+
+
+async def _pane_on_the_receiver(pilot, app, seen: list):
+    """The Generate pane, focused, once its port list (probed when it shows) has picked the test receiver."""
+    pane = app.generate
+    assert await wait_for(pilot, lambda: any(isinstance(m, PortsListed) for m in seen), 30)
+    await pilot.pause(0.2)
+    assert "pm-test-recv" in str(pane.query_one("#gen-port").value)
+    pane.focus_main()
+    return pane
+
+
 def _recorded_run_with_an_audition(folder: Path) -> Path:
     """A run folder as the trainer leaves it after an audition (a real corpus piece stands in)."""
     import json
@@ -56,19 +81,12 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
         receiver = MidiReceiver()
         try:
             seen: list = []
-            args = {"checkpoint": str(broken), "midi_api": "jack", "port": "pm-test-recv",
-                    "bars": 64, "seed": 3, "temperature": 1.0}
-            app = PianoMuseApp(pane="generate", args=args)
+            app = PianoMuseApp(pane="generate", args=_jack_args(broken, seed=3))
             async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
-                pane = app.generate
-                # the hook sees a message once per widget it bubbles through: count each one once
-                ended = lambda: list({id(m): m for m in seen if isinstance(m, PerformanceEnded)}.values())  # noqa: E731
-                assert await wait_for(pilot, lambda: any(isinstance(m, PortsListed) for m in seen), 30)
-                await pilot.pause(0.2)
-                assert "pm-test-recv" in str(pane.query_one("#gen-port").value)
+                pane = await _pane_on_the_receiver(pilot, app, seen)
+                ended = lambda: _ended(seen)  # noqa: E731
 
                 # a corrupt checkpoint: the engine's one sentence, the app and the pane keep going
-                pane.focus_main()
                 await pilot.press("space")
                 assert await wait_for(pilot, lambda: len(ended()) == 1, 60)
                 assert ended()[0].error and "broken.pth" in ended()[0].error
@@ -88,8 +106,7 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
                 pane.use_checkpoint(tiny_checkpoint)
                 await pilot.press("space")
                 assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceStarted) for m in seen), 60)
-                assert await wait_for(pilot, lambda: len([m for _, m in receiver.received()
-                                                          if m[0] & 0xF0 == 0x90 and m[2]]) >= 5, 60), \
+                assert await wait_for(pilot, lambda: _note_ons(receiver) >= 5, 60), \
                     [n.message for n in app._notifications]
                 roll = pane.query_one(PianoRoll)
                 assert roll.note_count >= 5
@@ -182,3 +199,52 @@ async def test_missing_checkpoint_is_one_sentence(tmp_path):
                                                  for n in app._notifications), 10)
         assert not app.generate.performing and app.is_running
         assert str(app.generate.query_one("#gen-play").label) == "Play"
+
+
+async def test_alternatives_play_and_save_and_a_vanished_port_is_one_sentence(tiny_checkpoint, tmp_path, monkeypatch):
+    """K=2 alternatives: the first is heard (the timing panel says so), the receiving JACK port then
+    vanishes mid-performance: the engine's sentence shows as a notification, the app keeps running,
+    stop still works, and w writes both alternatives as X-1.mid and X-2.mid."""
+    import mido
+
+    monkeypatch.chdir(tmp_path)
+    with JackServer():
+        receiver = MidiReceiver()
+        try:
+            seen: list = []
+            app = PianoMuseApp(pane="generate", args=_jack_args(tiny_checkpoint, seed=5, alternatives=2))
+            async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+                pane = await _pane_on_the_receiver(pilot, app, seen)
+                ended = lambda: _ended(seen)  # noqa: E731
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: _note_ons(receiver) >= 5, 60), \
+                    [n.message for n in app._notifications]
+                assert pane.performance.alternatives == 2
+                assert await wait_for(pilot, lambda: "hearing alternative 1 of 2"
+                                      in str(pane.query_one("#gen-telemetry").render()), 5)
+
+                # the receiving client goes away: the scheduler's port watch notices within its interval
+                receiver.close()
+                lost = lambda: [n.message for n in app._notifications  # noqa: E731
+                                if "pm-test-recv:recv" in n.message and "disappeared" in n.message]
+                assert await wait_for(pilot, lambda: bool(lost()), 10), [n.message for n in app._notifications]
+                assert lost()[0].endswith("reconnect when it is back.")
+                assert app.is_running and pane.performing  # paused, not crashed
+                assert await wait_for(pilot, lambda: "port lost" in str(pane.query_one("#gen-telemetry").render()), 5)
+
+                await pilot.press("space")  # stop still works on a dead port
+                assert await wait_for(pilot, lambda: len(ended()) == 1, 30)
+                assert ended()[0].error is None and not pane.performing
+                assert str(pane.query_one("#gen-play").label) == "Play"
+
+                await pilot.press("w")
+                await pilot.pause(0.2)
+                saved = pane.last_saved_all
+                assert [p.name[-6:] for p in saved] == ["-1.mid", "-2.mid"] and pane.last_saved == saved[0]
+                assert saved[0].name[:-6] == saved[1].name[:-6]
+                takes = [[(m.note, m.velocity) for m in mido.MidiFile(p) if m.type == "note_on" and m.velocity]
+                         for p in saved]
+                assert all(takes) and takes[0] != takes[1], "two different continuations, each with notes"
+                assert any("Saved 2 alternatives" in n.message for n in app._notifications)
+        finally:
+            receiver.close()

@@ -249,17 +249,12 @@ def _compiled_parts():
 
 
 def _cast_weights(W: BlockWeights, dtype: torch.dtype) -> BlockWeights:
-    def cast(obj):
-        for name in type(obj).__slots__:
-            t = getattr(obj, name)
+    """Every weight tensor of ``W`` in ``dtype``, except the decay's ``w0`` (kept fp32)."""
+    for part in (W, W.att, W.ffn):
+        for name in type(part).__slots__:
+            t = getattr(part, name)
             if isinstance(t, torch.Tensor) and name != "w0":
-                setattr(obj, name, _as_dtype(t, dtype))
-        return obj
-
-    for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b"):
-        setattr(W, name, _as_dtype(getattr(W, name), dtype))
-    cast(W.att)
-    cast(W.ffn)
+                setattr(part, name, _as_dtype(t, dtype))
     return W
 
 
@@ -542,13 +537,13 @@ class RWKV7(nn.Module):
         run = None
         if self.rnn_trace and not torch.is_grad_enabled():
             if emb.device.type == "cuda" and self.rnn_cuda_graph:
-                run = self._graphed_step(tokens, state)
+                run = self._graphed_step(pack, tokens, state)
             else:
                 # the "reference" backend pins a model to the plain PyTorch math (the tests' oracle)
                 fused = self.rnn_fused and self.wkv_backend != "reference"
                 run = self._fused_cpu_step(pack, B, state) if fused else None
             if run is None:
-                run = self._traced_step(tokens, state)
+                run = self._traced_step(pack, tokens, state)
         if run is None:
             logits, att, wkv, ffn = self._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift)
         else:
@@ -574,36 +569,45 @@ class RWKV7(nn.Module):
         logits = layer_norm(x, ln_out_w, ln_out_b) @ head
         return logits, torch.stack(att), wkv_all if wkv_all is not None else torch.stack(new_wkv), torch.stack(ffn)
 
-    def _traced_step(self, tokens, state: RWKVState):
+    def _cached_runner(self, key, build, failure: str, switch: str):
+        """The step runner for ``key`` from the per-cache store, built by ``build()`` on first
+        use. A runner that cannot be built warns once and turns its switch (``rnn_trace`` or
+        ``rnn_cuda_graph``) off for this model."""
+        runners = self._rnn_traces
+        if key not in runners:
+            if len(runners) >= 8:  # a handful of batch sizes in play at once; don't hoard graphs
+                runners.clear()
+            try:
+                runners[key] = build()
+            except (RuntimeError, TypeError) as err:  # pragma: no cover - torch builds without TorchScript/graphs
+                warnings.warn(f"{failure}: {err}", RuntimeWarning, stacklevel=4)
+                setattr(self, switch, False)
+                return None
+        return runners[key]
+
+    def _traced_step(self, pack, tokens, state: RWKVState):
         """A frozen trace of ``_step_layers`` for this batch size and state layout, or None.
 
-        Traced over the current weight cache (its tensors become graph constants), so it is
+        Traced over the weight cache ``pack`` (its tensors become graph constants), so it is
         dropped with that cache. A trace that cannot be built turns tracing off for this model.
         """
-        key = (tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
-        traces = self._rnn_traces
-        if key not in traces:
-            if len(traces) >= 8:  # a handful of batch sizes in play at once; don't hoard graphs
-                traces.clear()
-            pack = self._rnn_weights()
-            core = _RecurrentStep(self, pack)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # tracer notes on Python ints taken from shapes
-                    traced = torch.jit.trace(core, (tokens, state.att_shift, state.wkv, state.ffn_shift), check_trace=False)
-                    traced = torch.jit.freeze(traced.eval())
-                    # TorchScript's executor profiles and optimizes over the first calls (tens of
-                    # ms each): pay that here, not in the first live steps
-                    for _ in range(3):
-                        traced(tokens, state.att_shift, state.wkv, state.ffn_shift)
-                    traces[key] = traced
-            except (RuntimeError, TypeError) as err:  # pragma: no cover - torch builds without TorchScript
-                warnings.warn(f"RNN step tracing failed, using eager mode: {err}", RuntimeWarning, stacklevel=3)
-                self.rnn_trace = False
-                return None
-        return traces[key]
+        inputs = (tokens, state.att_shift, state.wkv, state.ffn_shift)
 
-    def _graphed_step(self, tokens, state: RWKVState):
+        def build():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer notes on Python ints taken from shapes
+                traced = torch.jit.trace(_RecurrentStep(self, pack), inputs, check_trace=False)
+                traced = torch.jit.freeze(traced.eval())
+                # TorchScript's executor profiles and optimizes over the first calls (tens of
+                # ms each): pay that here, not in the first live steps
+                for _ in range(3):
+                    traced(*inputs)
+            return traced
+
+        key = (tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
+        return self._cached_runner(key, build, "RNN step tracing failed, using eager mode", "rnn_trace")
+
+    def _graphed_step(self, pack, tokens, state: RWKVState):
         """On CUDA: the eager step over the weight cache captured once per batch size and state
         layout as a CUDA graph, then replayed: one launch per token instead of hundreds (at batch
         1 the step is bound by launch overhead, not by the GPU). Inputs are copied into the
@@ -611,18 +615,8 @@ class RWKV7(nn.Module):
         session's bar snapshots). Dropped with the weight cache; None where capture fails.
         """
         key = ("graph", tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
-        traces = self._rnn_traces
-        if key not in traces:
-            if len(traces) >= 8:
-                traces.clear()
-            try:
-                traces[key] = _GraphedStep(self, self._rnn_weights(), tokens, state)
-            except RuntimeError as err:
-                warnings.warn(f"CUDA graph capture of the RNN step failed, using the traced step: {err}",
-                              RuntimeWarning, stacklevel=3)
-                self.rnn_cuda_graph = False
-                return None
-        return traces[key]
+        return self._cached_runner(key, lambda: _GraphedStep(self, pack, tokens, state),
+                                   "CUDA graph capture of the RNN step failed, using the traced step", "rnn_cuda_graph")
 
     def _fused_cpu_step(self, pack, batch_size: int, state: RWKVState):
         """The C++ step over the weight cache ``pack`` where it applies (CPU, fp32, small batch), else None."""

@@ -91,10 +91,6 @@ def shard_fsdp(objective: nn.Module, blocks, device: torch.device, info: DistInf
     return objective
 
 
-def is_sharded(module: nn.Module) -> bool:
-    return any(_is_dtensor(p) for p in module.parameters())
-
-
 def _is_dtensor(t) -> bool:
     from torch.distributed.tensor import DTensor  # noqa: PLC0415
 

@@ -542,15 +542,14 @@ class Trainer:
         return result
 
     def _audition(self, step: int, tokens: int) -> None:
-        model = self.model
-        if self.fsdp:  # every rank helps gather the weights; rank 0 plays from an unsharded copy
-            state = full_model_state(model)
-            if not self.dist.is_main:
-                return
-            model = RWKV7(model.config, init=False, wkv_backend=model.wkv_backend).to(self.device)
-            model.load_state_dict(state)
+        # sharded: every rank helps gather the weights; rank 0 plays from an unsharded copy
+        state = full_model_state(self.model) if self.fsdp else None
         if not self.dist.is_main:
             return
+        model = self.model
+        if state is not None:
+            model = RWKV7(model.config, init=False, wkv_backend=model.wkv_backend).to(self.device)
+            model.load_state_dict(state)
         cfg = self.cfg.eval
         prompt = self.feed.audition_prompt(cfg.audition_prompt_tokens)
         if not prompt:

@@ -23,6 +23,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from engine.model import load_checkpoint, save_checkpoint  # noqa: E402
+from engine.paths import CONFIGS_DIR, MODELS_DIR  # noqa: E402
+from engine.train.checkpointing import list_checkpoints  # noqa: E402
 from engine.train.config import load_config  # noqa: E402
 from engine.train.metrics import read_metrics  # noqa: E402
 from engine.train.trainer import run_training  # noqa: E402
@@ -33,12 +35,12 @@ NAME = "pianomuse-v8-small"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=4.5, help="wall-clock budget for training")
-    ap.add_argument("--out", default=str(REPO / "assets" / "models"))
+    ap.add_argument("--out", default=str(MODELS_DIR))
     ap.add_argument("--run-root", default="runs")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=3000")
     args = ap.parse_args()
 
-    cfg = load_config(REPO / "assets" / "configs" / "bundled.toml", None, [f"run.root={args.run_root}", *args.overrides])
+    cfg = load_config(CONFIGS_DIR / "bundled.toml", None, [f"run.root={args.run_root}", *args.overrides])
     stop = threading.Event()
     timer = threading.Timer(args.minutes * 60.0, stop.set)
     timer.daemon = True
@@ -50,7 +52,7 @@ def main() -> int:
     run_dir = Path(result.run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     vals = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
-    ckpts = {int(p.name.split("-")[1]): p for p in (run_dir / "checkpoints").glob("step-*") if (p / "model.pth").exists()}
+    ckpts = {int(p.name.split("-")[1]): p for p in list_checkpoints(run_dir)}  # complete ones only
     scored = [(r["val_loss"], r["step"], r) for r in vals if r["step"] in ckpts]
     if not scored:
         print("no validated checkpoint to export", file=sys.stderr)

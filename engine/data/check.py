@@ -43,11 +43,10 @@ class CheckPolicy:
     tokenize: bool = True  # count tokens in the report (prepare always tokenizes)
 
     def __post_init__(self) -> None:
-        from .tokenizer import PIANO_POLICIES  # noqa: PLC0415
+        from .tokenizer import check_piano_policy  # noqa: PLC0415
 
         # a bad policy must stop the scan with one sentence, not fail every file in the workers
-        if self.piano_policy not in PIANO_POLICIES:
-            raise ValueError(f"unknown piano policy {self.piano_policy!r}; use one of: {', '.join(PIANO_POLICIES)}")
+        check_piano_policy(self.piano_policy)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "CheckPolicy":

@@ -168,12 +168,9 @@ def prepare(
     ``on_progress(done, total, record)`` runs after each file (reused files count as done at once).
     Raises ``ScanError`` when the folder is missing, ``StoreError`` when ``out`` cannot be a store.
     """
-    from .tokenizer import PianoTokenizer  # noqa: PLC0415
-
     began = time.perf_counter()
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
-    policy = _check_policy(config)
-    tokenizer = PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy.piano_policy})
+    policy, tokenizer = _policy_and_tokenizer(config)
     tokenizer_config = tokenizer.to_config()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -273,10 +270,14 @@ def prepare(
     )
 
 
-def _check_policy(config: PrepareConfig) -> CheckPolicy:
-    """The check policy; its piano policy is the tokenizer's unless [check] names one (a saved
-    tokenizer config, e.g. a checkpoint's, brings its own)."""
-    return CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", "keyboard"), **config.check})
+def _policy_and_tokenizer(config: PrepareConfig):
+    """(check policy, tokenizer) of a prepare config. The policy's piano policy is the tokenizer's
+    unless [check] names one (a saved tokenizer config, e.g. a checkpoint's, brings its own); the
+    tokenizer then extracts the piano the same way the checks do."""
+    from .tokenizer import PianoTokenizer  # noqa: PLC0415
+
+    policy = CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", "keyboard"), **config.check})
+    return policy, PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy.piano_policy})
 
 
 def _ensure_validation_piece(pieces: list[dict], config: PrepareConfig) -> None:
@@ -438,15 +439,12 @@ def _is_current(out: Path, config: PrepareConfig) -> bool:
     with the tokenizer ``config`` resolves to today (a MidiTok or default change means re-prepare)."""
     from engine.paths import CORPUS_DIR  # noqa: PLC0415
 
-    from .tokenizer import PianoTokenizer  # noqa: PLC0415
-
     try:
         store = TokenStore.open(out)
         report = store.report
     except (StoreError, OSError, ValueError, KeyError):
         return False
-    policy = _check_policy(config).piano_policy
-    if store.tokenizer_config != PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy}).to_config():
+    if store.tokenizer_config != _policy_and_tokenizer(config)[1].to_config():
         return False
     known = {r["path"]: r["stats"].get("file_hash") for r in report.files}
     try:

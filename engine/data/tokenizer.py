@@ -107,10 +107,15 @@ def merge_tracks(score: symusic.Score, tracks) -> symusic.Score:
     return out
 
 
-def piano_tracks(score: symusic.Score, policy: str = "keyboard"):
-    """(kept tracks, dropped tracks) under a piano-extraction policy."""
+def check_piano_policy(policy: str) -> None:
+    """Raise TokenizerConfigError (a ValueError) with one sentence unless ``policy`` is in PIANO_POLICIES."""
     if policy not in PIANO_POLICIES:
         raise TokenizerConfigError(f"unknown piano policy {policy!r}; use one of: {', '.join(PIANO_POLICIES)}")
+
+
+def piano_tracks(score: symusic.Score, policy: str = "keyboard"):
+    """(kept tracks, dropped tracks) under a piano-extraction policy."""
+    check_piano_policy(policy)
     kept, dropped = [], []
     for track in score.tracks:
         if track.is_drum or (policy == "keyboard" and not 0 <= track.program <= 7):
@@ -135,8 +140,7 @@ class PianoTokenizer:
 
         if tokenization not in TOKENIZATIONS:
             raise TokenizerConfigError(f"unknown tokenization {tokenization!r}; use one of: {', '.join(TOKENIZATIONS)}")
-        if piano_policy not in PIANO_POLICIES:
-            raise TokenizerConfigError(f"unknown piano policy {piano_policy!r}; use one of: {', '.join(PIANO_POLICIES)}")
+        check_piano_policy(piano_policy)
         params = copy.deepcopy(DEFAULT_MIDITOK_PARAMS)
         params.update(copy.deepcopy(miditok_params or {}))
         # PianoMuse's own invariants: one stream without program tokens, PAD/BOS/EOS first.

@@ -11,17 +11,11 @@ against real ones, validity and memorisation checks, and the same metrics for on
 """
 from __future__ import annotations
 
-from pathlib import Path
+# the bundled model, the default of ``eval``: one rule for the whole project, kept in engine.paths
+from engine.paths import bundled_checkpoint as default_checkpoint
 
 _FROM_REPORT = ("audition_metrics", "audition_summary", "CorpusProfile", "evaluate", "EvalOptions", "write_report")
 __all__ = ["default_checkpoint", *_FROM_REPORT]
-
-
-def default_checkpoint() -> Path | None:
-    """The bundled model, the default of ``eval`` (one rule for the whole project: engine.paths)."""
-    from engine.paths import bundled_checkpoint  # noqa: PLC0415
-
-    return bundled_checkpoint()
 
 
 def __getattr__(name: str):

@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .validity import count_notes
+
 LN2 = math.log(2.0)
 
 
@@ -59,12 +61,6 @@ class LikelihoodResult:
             bits_per_second=self.bits_per_second,
         )
         return out
-
-
-def count_notes(tokens: Sequence[int], tokenizer) -> int:
-    """Notes in a token sequence: each note has exactly one opening token (Pitch or NoteOn)."""
-    note_ids = set(tokenizer.note_start_ids())
-    return sum(1 for t in tokens if int(t) in note_ids)
 
 
 def music_seconds(tokens: Sequence[int], tokenizer) -> float:

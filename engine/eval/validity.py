@@ -29,6 +29,12 @@ class TokenValidity:
         return self.notes_unreleased + self.notes_too_long
 
 
+def count_notes(tokens: Sequence[int], tokenizer) -> int:
+    """Notes in a token sequence: each note has exactly one opening token (Pitch or NoteOn)."""
+    note_ids = set(tokenizer.note_start_ids())
+    return sum(1 for t in tokens if int(t) in note_ids)
+
+
 def grammar_violations(tokens: Sequence[int], tokenizer, previous: int | None = None) -> int:
     """Tokens whose kind may not follow the kind before them (``previous`` precedes the first)."""
     vocab = tokenizer.vocab_size
@@ -59,8 +65,6 @@ def check_continuation(
     limit_s: float = STUCK_NOTE_S,
 ) -> TokenValidity:
     """Validity of generated tokens; ``continuation`` is what they decoded to (None: decoding failed)."""
-    from .likelihood import count_notes  # noqa: PLC0415  (keeps this module free of torch at import)
-
     started = count_notes(generated, tokenizer)
     if continuation is None:
         return TokenValidity(len(generated), len(generated), started, started, 0, decoded=False)

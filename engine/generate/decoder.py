@@ -23,8 +23,7 @@ class StreamDecoder:
     """
 
     def __init__(self, tables, channel: int = 0, start_at_first_event: bool = True) -> None:
-        if not isinstance(tables, TokenTables):  # a PianoTokenizer will do
-            tables = TokenTables(tables)
+        tables = TokenTables.of(tables)  # a PianoTokenizer will do
         self.tables = tables
         self.timeline = TokenTimeline(tables)
         self.channel = channel

@@ -22,8 +22,7 @@ MAX_CHORD = 16  # ten fingers and the odd cluster; beyond this a model is stuck,
 class GrammarMask:
     def __init__(self, tables) -> None:
         """``tables``: a TokenTables, or a PianoTokenizer (its tables are built here)."""
-        if not isinstance(tables, TokenTables):
-            tables = TokenTables(tables)
+        tables = TokenTables.of(tables)
         self.tables = tables
         tok = tables.tokenizer
         kinds = tables.kinds

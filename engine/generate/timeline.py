@@ -64,6 +64,11 @@ class TokenTables:
     def time_signature(self, token_id: int) -> tuple[int, int]:
         return tuple(self._parse_ts(self.value[token_id]))
 
+    @classmethod
+    def of(cls, tables_or_tokenizer) -> "TokenTables":
+        """A TokenTables as it is, or the tables of a PianoTokenizer (built here)."""
+        return tables_or_tokenizer if isinstance(tables_or_tokenizer, cls) else cls(tables_or_tokenizer)
+
 
 @dataclass
 class Note:

@@ -372,12 +372,9 @@ def _as_dict(obj: Any) -> dict:
 def _describe_store(result: Any) -> str:
     if result is None:
         return ""
-    if not isinstance(result, dict):
-        result = _as_dict(result)
-    if isinstance(result, dict):
-        parts = [f"{k} {fmt_count(v)}" for k, v in result.items() if isinstance(v, (int, float))]
-        return ", ".join(parts[:4])
-    return ""
+    values = result if isinstance(result, dict) else _as_dict(result)
+    parts = [f"{k} {fmt_count(v)}" for k, v in values.items() if isinstance(v, (int, float))]
+    return ", ".join(parts[:4])
 
 
 def render_summary(summary: dict, files: list[dict]) -> Text:

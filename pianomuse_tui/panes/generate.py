@@ -219,7 +219,7 @@ class GeneratePane(PaneBase):
                 continue  # our own ports
             options.append((f"{name} ({which})", entry))
         select.set_options(options)
-        wanted = getattr(self, "_pending_port", None)
+        wanted = self._pending_port
         values = [v for _, v in options]
         if wanted:
             match = next((v for v in values if wanted.lower() in v.split("\t")[0].lower()), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from itertools import groupby
 
 from rich.text import Text
 from textual.reactive import reactive
@@ -11,6 +12,9 @@ from textual.widget import Widget
 
 _NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 _LABEL_W = 5
+# grid cell kinds: 0 empty, 1 played, 2 buffered
+_CELL_CHAR = (" ", "█", "▒")
+_CELL_STYLE = ("", "green", "cyan dim")
 
 
 def note_name(pitch: int) -> str:
@@ -51,28 +55,24 @@ def render_piano_roll(notes: list[RollNote], now: float, width: int, height: int
         for c in range(c0, c1):
             grid[row][c] = max(grid[row][c], 2 if c >= head else 1)
     text = Text()
-    cell_style = ("", "green", "cyan dim")
-    cell_char = (" ", "█", "▒")
     for row in range(height):
         pitch = lo + (height - 1 - row) * per_row
         label = note_name(pitch) if row % 2 == 0 or per_row > 1 else ""
         text.append(f"{label:>{_LABEL_W - 1}}│", style="dim")
         line = grid[row]
         # one append per run of equal cells keeps a redraw cheap (it happens many times a second)
-        for segment, start, end in ((line[:head], 0, head), (line[head + 1:], head + 1, cols)):
-            i = start
-            while i < end:
-                kind = segment[i - start]
-                j = i + 1
-                while j < end and segment[j - start] == kind:
-                    j += 1
-                text.append(cell_char[kind] * (j - i), style=cell_style[kind])
-                i = j
-            if start == 0 and head < cols:
-                text.append("┃", style="bold red")
+        _append_runs(text, line[:head])
+        if head < cols:
+            text.append("┃", style="bold red")
+        _append_runs(text, line[head + 1:])
         if row < height - 1:
             text.append("\n")
     return text
+
+
+def _append_runs(text: Text, cells: list[int]) -> None:
+    for kind, run in groupby(cells):
+        text.append(_CELL_CHAR[kind] * sum(1 for _ in run), style=_CELL_STYLE[kind])
 
 
 class PianoRoll(Widget):

@@ -9,9 +9,11 @@ A store is a folder:
     tokenizer.json  the tokenizer config (``PianoTokenizer.to_config()``)
     report.json     the check report of the last prepare (``ScanReport``)
     config.json     the prepare config used
+    pending/        per-file results of a prepare that has not finished (cancelled, killed)
 
-``prepare`` is incremental: a file whose bytes hash to a piece already in the store (tokenized
-with the same tokenizer config) is not read again. The train/validation split is per piece and
+``prepare`` is incremental and resumable: a file whose bytes hash to a piece already in the store,
+or to a file a cancelled prepare finished (tokenized with the same tokenizer config), is not read
+again. The train/validation split is per piece and
 depends only on the piece's note content and the split seed, so it is stable across re-prepares
 and no window of a validation piece can reach training.
 """
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -106,11 +110,12 @@ class PrepareSummary:
     store: Path
     pieces: int
     tokens: int
-    reused: int
-    tokenized: int
+    reused: int  # unchanged since the last finished prepare
+    tokenized: int  # read and tokenized by this prepare
     skipped: int
     split: dict[str, int]
     elapsed_s: float
+    resumed: int = 0  # finished by an earlier prepare that was cancelled
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -181,6 +186,7 @@ def prepare(
 
     with _locked(out, exclusive=True):
         old = _load_previous(out, tokenizer_config)
+        pending = _Pending(out, tokenizer_config)
         hashes = {}
         for path in files:
             try:
@@ -190,20 +196,28 @@ def prepare(
         records: dict[Path, dict] = {}
         fresh_tokens: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         todo = []
-        done = 0
+        done = resumed = 0
         for path in files:
             reused = old.get(hashes[path]) if hashes[path] else None
+            kept = pending.get(hashes[path]) if hashes[path] and reused is None else None
             if reused is not None:
                 record = dict(reused["record"], path=str(path))
                 record["reasons"] = [r for r in record["reasons"] if not r.startswith("duplicate")]
                 if record["status"] == "warning" and not record["reasons"]:
                     record["status"] = "ok"
-                records[path] = record
-                done += 1
-                if on_progress is not None:
-                    on_progress(done, len(files), record)
+            elif kept is not None:
+                record, ids, bars = kept
+                record["path"] = str(path)
+                if record["status"] != "error":
+                    fresh_tokens[path] = (ids, bars)
+                resumed += 1
             else:
                 todo.append(path)
+                continue
+            records[path] = record
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(files), record)
 
         def collect(index: int, record: dict, ids, bars) -> None:
             nonlocal done
@@ -211,6 +225,7 @@ def prepare(
             records[path] = record
             if ids is not None and record["status"] != "error":
                 fresh_tokens[path] = (ids, bars)
+            pending.add(hashes[path], record, ids, bars)  # before the callback: a cancel keeps this file
             done += 1
             if on_progress is not None:
                 on_progress(done, len(files), record)
@@ -263,10 +278,12 @@ def prepare(
         _write_atomic(out / "report.json", report.to_json())
         _write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1))
         _write_atomic(out / "index.json", json.dumps(index, indent=1))  # last: the commit point
+        pending.clear()
 
     return PrepareSummary(
-        store=out, pieces=len(pieces), tokens=int(len(tokens)), reused=len(files) - len(todo), tokenized=len(fresh_tokens),
-        skipped=len(files) - len(pieces), split=split_counts, elapsed_s=round(time.perf_counter() - began, 3),
+        store=out, pieces=len(pieces), tokens=int(len(tokens)), reused=len(files) - len(todo) - resumed,
+        tokenized=sum(p in fresh_tokens for p in todo), skipped=len(files) - len(pieces),
+        split=split_counts, elapsed_s=round(time.perf_counter() - began, 3), resumed=resumed,
     )
 
 
@@ -287,6 +304,43 @@ def _ensure_validation_piece(pieces: list[dict], config: PrepareConfig) -> None:
         return
     lowest = min(pieces, key=lambda p: _split_draw(p["note_hash"], config.split_seed))
     lowest["split"] = "val"
+
+
+class _Pending:
+    """Per-file results of a prepare that has not committed yet, one file each, written as each
+    file finishes: a cancelled or killed prepare resumes where it stopped. Kept per tokenizer
+    config (another config starts over) and removed once the store is committed."""
+
+    def __init__(self, out: Path, tokenizer_config: dict):
+        self.folder = out / "pending"
+        stamp = json.dumps(tokenizer_config, sort_keys=True)
+        try:
+            current = (self.folder / "tokenizer.json").read_text(encoding="utf-8")
+        except OSError:
+            current = None
+        if current != stamp:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir()
+            _write_atomic(self.folder / "tokenizer.json", stamp)
+
+    def add(self, file_hash: str | None, record: dict, ids, bars) -> None:
+        if not file_hash or not record.get("stats", {}).get("file_hash"):
+            return  # a timeout or a crash: worth another try next time
+        buffer = io.BytesIO()
+        empty = np.zeros(0, np.int64)
+        np.savez(buffer, record=np.array(json.dumps(record)),
+                 ids=empty if ids is None else np.asarray(ids), bars=empty if bars is None else np.asarray(bars, np.int64))
+        _write_atomic(self.folder / f"{file_hash}.npz", buffer.getvalue())
+
+    def get(self, file_hash: str) -> tuple[dict, np.ndarray, np.ndarray] | None:
+        try:
+            with np.load(self.folder / f"{file_hash}.npz", allow_pickle=False) as saved:
+                return json.loads(str(saved["record"])), saved["ids"], saved["bars"]
+        except (OSError, ValueError, KeyError):
+            return None  # not there, or cut short by a kill mid-write: inspect again
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class _Previous:
@@ -406,17 +460,24 @@ def cache_dir() -> Path:
     return Path(env) if env else REPO_ROOT / ".cache" / "pianomuse"
 
 
-def default_store_path(folder: str | Path, config: PrepareConfig | dict | None = None) -> Path:
-    """Where a store of ``folder`` prepared with ``config`` goes when no --out is given."""
+def store_for(folder: str | Path, config: PrepareConfig | dict | None = None) -> Path:
+    """Where the store of ``folder`` prepared with ``config`` lives when no --out is given.
+
+    The one rule for prepare, train and eval: the name hashes the folder and the settings that
+    change the store's content (the tokenizer as it resolves, the checks, the split), so
+    `prepare FOLDER` then `train --data FOLDER` or `eval --data FOLDER` open the same store, and
+    a config that spells the defaults out is the same store as one that leaves them out.
+    """
     from engine.paths import CORPUS_DIR  # noqa: PLC0415
 
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
-    settings = {k: v for k, v in config.to_dict().items() if k != "workers"}
-    folder = Path(folder).resolve()
-    settings["source"] = str(folder)
+    policy, tokenizer = _policy_and_tokenizer(config)
+    folder = Path(folder).expanduser().resolve()
+    settings = {"source": str(folder), "tokenizer": tokenizer.to_config(), "check": asdict(policy),
+                "split": {"val_fraction": config.val_fraction, "seed": config.split_seed}}
     tag = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4).hexdigest()
     stem = "demo" if folder == CORPUS_DIR.resolve() else (folder.name or "corpus")
-    return cache_dir() / "stores" / f"{stem}-{config.tokenizer.get('tokenization', 'REMI')}-{tag}"
+    return cache_dir() / "stores" / f"{stem}-{tokenizer.tokenization}-{tag}"
 
 
 def default_store(config: PrepareConfig | dict | None = None, on_progress: Callable[[int, int, dict], None] | None = None) -> Path:
@@ -428,7 +489,7 @@ def default_store(config: PrepareConfig | dict | None = None, on_progress: Calla
     from engine.paths import CORPUS_DIR  # noqa: PLC0415
 
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
-    out = default_store_path(CORPUS_DIR, config)
+    out = store_for(CORPUS_DIR, config)
     if not _is_current(out, config):
         prepare(CORPUS_DIR, out, config, on_progress=on_progress)
     return out

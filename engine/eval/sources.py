@@ -2,12 +2,11 @@
 
 The checkpoint defaults to the bundled model; the data to the bundled corpus. Data is always
 read with the checkpoint's own tokenizer: a token store must have been prepared with it, and a
-MIDI folder is prepared with it (into the cache, incrementally).
+MIDI folder is prepared with it (incrementally, into ``store_for``: the store `prepare FOLDER` made,
+when the tokenizers agree).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -30,15 +29,13 @@ def open_store(data: str | Path | None, tokenizer_config: dict | None,
                on_progress: Callable[[int, int, dict], None] | None = None):
     """The token store to evaluate on, tokenized like the checkpoint (prepared if need be)."""
     from engine.data.check import ScanError  # noqa: PLC0415
-    from engine.data.store import StoreError, TokenStore, cache_dir, default_store, prepare  # noqa: PLC0415
+    from engine.data.store import StoreError, TokenStore, default_store, prepare, store_for  # noqa: PLC0415
     from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
 
     wanted = PianoTokenizer.from_config(tokenizer_config) if tokenizer_config else None
     try:
         if data is None:
-            # the default settings share the store the trainer prepares; others get their own
-            if wanted is None or wanted == PianoTokenizer():
-                return TokenStore.open(default_store(on_progress=on_progress))
+            # store_for names stores by the resolved tokenizer: the default one shares the trainer's
             return TokenStore.open(default_store(_prepare_config(tokenizer_config), on_progress=on_progress))
         data = Path(data)
         if not data.exists():
@@ -51,8 +48,7 @@ def open_store(data: str | Path | None, tokenizer_config: dict | None,
             return store
         if not data.is_dir():
             raise EvalError(f"--data {data} is neither a token store nor a folder of MIDI files; pass one of those.")
-        key = json.dumps({"folder": str(data.resolve()), "tokenizer": tokenizer_config}, sort_keys=True)
-        out = cache_dir() / "stores" / f"eval-{data.name}-{hashlib.blake2b(key.encode(), digest_size=4).hexdigest()}"
+        out = store_for(data, _prepare_config(tokenizer_config))
         prepare(data, out, _prepare_config(tokenizer_config), on_progress=on_progress)
         return TokenStore.open(out)
     except (StoreError, ScanError) as exc:

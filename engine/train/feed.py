@@ -11,7 +11,6 @@ whole global batch (cheap, from lengths), which is the divisor of the loss.
 """
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,9 +198,10 @@ class TrainingFeed:
 
 def resolve_store(cfg: TrainConfig, on_progress=None) -> Path:
     """The token store for ``data.path``: "" = the bundled corpus (prepared once, cached); a store
-    folder as it is; a MIDI folder prepared (incrementally) into the cache."""
+    folder as it is; a MIDI folder prepared (incrementally) into ``store_for(folder)``, the store
+    `prepare FOLDER` made with the same data config."""
     from engine.data.check import ScanError  # noqa: PLC0415
-    from engine.data.store import PrepareConfig, StoreError, cache_dir, default_store, prepare  # noqa: PLC0415
+    from engine.data.store import PrepareConfig, StoreError, default_store, prepare, store_for  # noqa: PLC0415
 
     try:
         prep = PrepareConfig.load(cfg.data.prepare_config) if cfg.data.prepare_config else PrepareConfig()
@@ -217,11 +217,10 @@ def resolve_store(cfg: TrainConfig, on_progress=None) -> Path:
             raise DataError(f"data folder {path} does not exist; pass --data with a folder of MIDI files or a prepared token store")
         if not path.is_dir():
             raise DataError(f"--data {path} is a file; pass a folder of MIDI files or a prepared token store")
-        tag = hashlib.blake2b(str(path.resolve()).encode(), digest_size=4).hexdigest()
-        out = cache_dir() / "stores" / f"{path.resolve().name}-{tag}"
+        out = store_for(path, prep)
         prepare(path, out, prep, on_progress=on_progress)
         return out
-    except (ScanError, StoreError) as exc:
+    except (ScanError, StoreError, ValueError) as exc:
         raise DataError(str(exc)) from None
 
 

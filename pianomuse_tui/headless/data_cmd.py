@@ -118,14 +118,14 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
 
 def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], workers: Optional[int]) -> None:
     from engine.data.check import ScanError  # noqa: PLC0415
-    from engine.data.store import StoreError, default_store_path, prepare  # noqa: PLC0415
+    from engine.data.store import StoreError, prepare, store_for  # noqa: PLC0415
     from engine.data.tokenizer import TokenizerConfigError  # noqa: PLC0415
 
     prep = _load_prepare_config(config)
     if workers:
         prep.workers = workers
-    out = out or default_store_path(folder, prep)
     try:
+        out = out or store_for(folder, prep)
         with _Progress("prepare") as progress:
             result = prepare(folder, out, prep, on_progress=progress)
     except (ScanError, StoreError, TokenizerConfigError, ValueError) as exc:
@@ -133,7 +133,9 @@ def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], worke
     console.print(
         f"store {result.store}: {result.pieces} pieces, {result.tokens:,} tokens "
         f"(train {result.split['train']} / val {result.split['val']} pieces); "
-        f"{result.tokenized} tokenized, {result.reused} unchanged, {result.skipped} skipped; {result.elapsed_s:.1f} s",
+        f"{result.tokenized} tokenized, {result.reused} unchanged, "
+        + (f"{result.resumed} kept from a cancelled prepare, " if result.resumed else "")
+        + f"{result.skipped} skipped; {result.elapsed_s:.1f} s",
         soft_wrap=True,
     )
 

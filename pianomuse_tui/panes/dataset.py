@@ -224,9 +224,9 @@ class DatasetPane(PaneBase):
         if not folder.is_dir():
             self.post_message(PrepareFinished(None, error=_not_a_folder(folder)))
             return
-        out = out or store.default_store_path(folder)
         callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, str(c)))
         try:
+            out = out or store.store_for(folder)
             result = store.prepare(folder, out, None, on_progress=callback)
         except Cancelled:
             self.post_message(PrepareFinished(None, cancelled=True))
@@ -271,7 +271,7 @@ class DatasetPane(PaneBase):
 
     def on_prepare_finished(self, message: PrepareFinished) -> None:
         if message.cancelled:
-            self._set_running(False, "prepare cancelled; files done so far are kept in the store")
+            self._set_running(False, "prepare cancelled; the files done so far are kept and the next prepare resumes from them")
             return
         if message.error:
             self._set_running(False, "prepare failed")

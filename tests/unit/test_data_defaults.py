@@ -53,3 +53,34 @@ def test_a_checkpoint_carries_the_vocabulary_it_was_trained_with(tmp_path):
     assert again == tokenizer and again.vocab_size == model.config.vocab_size
     assert len(again.kind_ids("Velocity")) == 16 and again.piano_policy == "all"
     assert PianoTokenizer.from_config(PianoMuseRWKV(path).tokenizer_config) == tokenizer
+
+
+def test_prepare_folder_then_train_and_eval_on_the_folder_tokenize_once(monkeypatch, tmp_path):
+    """`prepare FOLDER` then `train --data FOLDER` (and `eval --data FOLDER`) share one store:
+    the second and third read no MIDI file and make no second store."""
+    import shutil
+
+    from engine.data import store as store_module
+    from engine.data.tokenizer import PianoTokenizer
+    from engine.eval.sources import open_store
+    from engine.train.config import TrainConfig
+    from engine.train.feed import resolve_store
+
+    folder = tmp_path / "my piano"
+    folder.mkdir()
+    for f in sorted((CORPUS_DIR / "piano").glob("*.mid"))[:3]:
+        shutil.copy(f, folder / f.name)
+    monkeypatch.setenv("PIANOMUSE_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["--headless", "prepare", str(folder), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "3 tokenized, 0 unchanged" in result.output
+    (store,) = (tmp_path / "cache" / "stores").iterdir()
+
+    inspected = []
+    real = store_module.run_inspections
+    monkeypatch.setattr(store_module, "run_inspections", lambda paths, *a, **k: (inspected.extend(paths), real(paths, *a, **k)))
+    cfg = TrainConfig()
+    cfg.data.path = str(folder)
+    assert resolve_store(cfg) == store
+    assert open_store(folder, PianoTokenizer().to_config()).path == store
+    assert inspected == [] and list((tmp_path / "cache" / "stores").iterdir()) == [store]

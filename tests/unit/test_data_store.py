@@ -9,7 +9,7 @@ import symusic
 
 from data_helpers import BROKEN_DIR, CHORALE_DIR, PIANO_DIR, demo_store, demo_store_path, scratch
 from engine.data.check import ScanError
-from engine.data.store import PrepareConfig, StoreError, TokenStore, default_store_path, prepare, split_of
+from engine.data.store import PrepareConfig, StoreError, TokenStore, prepare, split_of, store_for
 from engine.data.tokenizer import PianoTokenizer
 from engine.paths import CORPUS_DIR
 
@@ -84,7 +84,7 @@ def test_split_is_by_piece_content_and_stable():
 
 def test_default_store_holds_the_bundled_corpus():
     store = demo_store()
-    assert demo_store_path().name == default_store_path(CORPUS_DIR, PrepareConfig()).name
+    assert demo_store_path().name == store_for(CORPUS_DIR, PrepareConfig()).name
     assert len(store) == len(list(CORPUS_DIR.rglob("*.mid")))
     train, val = store.pieces("train"), store.pieces("val")
     assert train and val and not {p.note_hash for p in train} & {p.note_hash for p in val}
@@ -108,3 +108,46 @@ def test_bad_inputs_are_one_sentence(tmp_path):
     config.write_text('[tokenizer]\ntokenization = "TSD"\n[split]\nval_fraction = 0.2\nseed = 3\n[check]\ntimeout_s = 5\n')
     loaded = PrepareConfig.load(config)
     assert (loaded.tokenizer, loaded.val_fraction, loaded.split_seed, loaded.check) == ({"tokenization": "TSD"}, 0.2, 3, {"timeout_s": 5})
+
+
+def test_a_cancelled_prepare_keeps_the_files_done_and_the_next_one_resumes():
+    folder = _small_corpus("resume")
+    out = scratch("resume-store") / "store"
+
+    class Stop(Exception):
+        pass
+
+    def cancel_after_three(done, total, record):
+        if done == 3:
+            raise Stop  # what the Dataset pane's cancel does: its progress callback raises
+
+    with pytest.raises(Stop):
+        prepare(folder, out, {"workers": 1}, on_progress=cancel_after_three)
+    assert not (out / "index.json").exists() and len(list((out / "pending").glob("*.npz"))) == 3
+
+    resumed = prepare(folder, out, {"workers": 1})
+    assert (resumed.resumed, resumed.tokenized, resumed.reused, resumed.pieces) == (3, 5, 0, 8)  # the broken file is read again, not counted
+    assert not (out / "pending").exists()  # committed: the store itself is the record now
+    store = TokenStore.open(out)
+    for piece in store.pieces():
+        assert store.tokens(piece).tolist() == store.tokenizer.encode_file(piece.path)
+    assert store.report.summary["status"]["error"] == 1
+
+    # results kept for another tokenizer are not used
+    with pytest.raises(Stop):
+        prepare(folder, out, {"workers": 1, "tokenizer": {"tokenization": "TSD"}}, on_progress=cancel_after_three)
+    tsd = prepare(folder, out, {"workers": 1, "tokenizer": {"tokenization": "TSD"}})
+    assert tsd.resumed == 3 and TokenStore.open(out).tokenizer.tokenization == "TSD"
+    remi = prepare(folder, out, {"workers": 1})
+    assert (remi.resumed, remi.tokenized) == (0, 8)
+
+
+def test_store_for_is_one_rule_for_equal_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIANOMUSE_CACHE", str(tmp_path))
+    default = store_for(PIANO_DIR)
+    full = PianoTokenizer().to_config()  # what a checkpoint's sidecar carries
+    assert store_for(PIANO_DIR, {"tokenizer": full}) == default == store_for(PIANO_DIR / ".." / "piano", {"check": {"piano_policy": "keyboard"}})
+    assert default.parent == tmp_path / "stores" and default.name.startswith("piano-REMI-")
+    assert store_for(PIANO_DIR, {"tokenizer": {"tokenization": "TSD"}}) != default
+    assert store_for(PIANO_DIR, {"split": {"seed": 1}}) != default
+    assert store_for(CHORALE_DIR) != default

@@ -260,19 +260,21 @@ class Performance:
 
     def save(self, path: Path) -> list[Path]:
         """What was played as ``path``; with K alternatives, every one as PATH-1.mid .. PATH-K.mid
-        (the names `--headless generate --alternatives K --out PATH` writes), the first the one heard."""
-        from engine.midi.events import write_midi_file
+        (the names `--headless generate --alternatives K --out PATH` writes), the first the one heard.
+        Saved while playing, a take ends at the playhead with every sounding note released there."""
+        from engine.midi.events import take_until, write_midi_file
 
         from .headless.generate_cmd import output_paths
 
         session = self.session
-        if session is None or session.alternatives == 1:
+        until = self.music_time() if self.active and self.scheduler is not None else None
+        if session is None:  # a MIDI file played back
             with self._lock:
                 events = list(self.played)
-            return [write_midi_file(events, path)]
+            return [write_midi_file(events if until is None else take_until(events, until), path)]
         if not self.active:
             # a stopped stream never reached its tail: release what still sounds (idempotent)
             session.finish()
-        paths = output_paths(Path(path), session.alternatives, session.seed)
-        # session.events copies each row, so generation may go on while the files are written
-        return [write_midi_file(session.events(row), out) for row, out in enumerate(paths)]
+        paths = [Path(path)] if session.alternatives == 1 else output_paths(Path(path), session.alternatives, session.seed)
+        # the session copies each row's events, so generation may go on while the files are written
+        return [session.write_midi(row, out, until=until) for row, out in enumerate(paths)]

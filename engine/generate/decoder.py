@@ -2,17 +2,19 @@
 
 A note-on goes out when its note is complete (Pitch, Velocity, Duration). Its note-off goes out
 once generation has moved past the note's end, so its time uses every tempo change up to there
-(future tempo tokens can only come later in time). A pitch struck again while it still sounds is
-released first, so the synth sees one note-off per note-on. Sustain pedal becomes CC64.
+(future tempo tokens can only come later in time). Overlapping notes of one pitch follow
+``same_pitch_rule`` (a unison doubling is one note, a re-strike releases the sounding note first),
+so the synth and the file see one note-off per note-on. Sustain pedal becomes CC64. ``meter``
+gives the tempo map and time signatures the tokens set, on the events' time axis, for the file.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 
-from engine.midi.events import CC_SUSTAIN, MidiEvent, control_change, note_off, note_on
+from engine.midi.events import CC_SUSTAIN, MeterMap, MidiEvent, control_change, note_off, note_on
 
-from .timeline import Note, TokenTables, TokenTimeline
+from .timeline import MERGE, RESTRIKE, Note, TokenTables, TokenTimeline, same_pitch_rule
 
 
 class StreamDecoder:
@@ -29,11 +31,13 @@ class StreamDecoder:
         self.channel = channel
         self.start_at_first_event = start_at_first_event
         self.origin: float | None = None if start_at_first_event else 0.0
+        self.bar_origin: float | None = None if start_at_first_event else 0.0  # seconds of the first event's bar line
         self.notes: list[Note] = []  # every completed note (ticks), as the tokens say
         self.events: list[MidiEvent] = []  # everything emitted, in seconds
         self._pending_offs: list[tuple[int, int, int]] = []  # (end tick, seq, pitch)
         self._seq = itertools.count()
-        self._sounding: dict[int, int] = {}  # pitch -> end tick of its sounding note
+        self.end_tick: int | None = None  # where the piece ends when that is a bar line, not its last note
+        self._sounding: dict[int, tuple[int, int]] = {}  # pitch -> (onset, end) ticks of its sounding note
 
     def copy(self) -> "StreamDecoder":
         twin = StreamDecoder.__new__(StreamDecoder)
@@ -54,6 +58,7 @@ class StreamDecoder:
         seconds = self.timeline.seconds(tick)
         if self.origin is None:
             self.origin = seconds
+            self.bar_origin = self.timeline.seconds(self.timeline.bar_start_tick)
         return max(0.0, seconds - self.origin)
 
     def _emit(self, events: list[MidiEvent], event: MidiEvent) -> None:
@@ -63,7 +68,7 @@ class StreamDecoder:
     def _flush_offs(self, up_to_tick: int, events: list[MidiEvent]) -> None:
         while self._pending_offs and self._pending_offs[0][0] <= up_to_tick:
             end, _, pitch = heapq.heappop(self._pending_offs)
-            if self._sounding.get(pitch) == end:
+            if pitch in self._sounding and self._sounding[pitch][1] == end:
                 del self._sounding[pitch]
                 self._emit(events, note_off(self._time(end), pitch, self.channel))
 
@@ -74,12 +79,15 @@ class StreamDecoder:
                 note: Note = item[1]
                 self.notes.append(note)
                 self._flush_offs(note.onset, events)
-                if note.pitch in self._sounding:  # re-struck while sounding: release it first
-                    del self._sounding[note.pitch]
+                sounding = self._sounding.get(note.pitch)
+                action, end = same_pitch_rule(sounding, note)
+                if action == RESTRIKE:
                     self._emit(events, note_off(self._time(note.onset), note.pitch, self.channel))
-                self._emit(events, note_on(self._time(note.onset), note.pitch, note.velocity, self.channel))
-                end = note.onset + max(1, note.duration)
-                self._sounding[note.pitch] = end
+                if action == MERGE:
+                    self._sounding[note.pitch] = (sounding[0], end)
+                else:
+                    self._emit(events, note_on(self._time(note.onset), note.pitch, note.velocity, self.channel))
+                    self._sounding[note.pitch] = (note.onset, end)
                 heapq.heappush(self._pending_offs, (end, next(self._seq), note.pitch))
             elif item[0] == "pedal":
                 self._flush_offs(item[1], events)
@@ -93,6 +101,19 @@ class StreamDecoder:
         if self.origin is None:
             return 0.0
         return max(0.0, self.timeline.seconds(self.timeline.tick) - self.origin)
+
+    def meter(self) -> MeterMap:
+        """The tempo changes and time signatures so far on the events' time axis, starting the file
+        at the bar line of the first event (so a bar-based reading of the file lines up)."""
+        timeline = self.timeline
+        origin = self.origin if self.origin is not None else 0.0
+        bar_origin = self.bar_origin if self.bar_origin is not None else origin
+        return MeterMap(
+            start=min(0.0, bar_origin - origin),
+            tempos=[(seconds - origin, qpm) for _, qpm, seconds in timeline.tempos],
+            time_signatures=[(timeline.seconds(tick) - origin, num, den) for tick, num, den in timeline.time_signatures],
+            end=None if self.end_tick is None else timeline.seconds(self.end_tick) - origin,
+        )
 
     def finish(self) -> list[MidiEvent]:
         """Release every note at its end and lift the pedal: the stream ends with nothing sounding."""

@@ -38,9 +38,10 @@ def load_generator(path: str | Path | None, device: str = "cpu"):
 
 def build_session(model, tokenizer, *, prompt: str | Path | None = None, prompt_bars: str | None = None,
                   sampling: SamplingConfig | None = None, alternatives: int = 1, bars: int | None = None,
-                  max_tokens: int | None = None) -> GenerationSession:
+                  max_tokens: int | None = None, allow_early_end: bool = False) -> GenerationSession:
     """A prefilled session (prompt tokenized with the checkpoint's own tokenizer)."""
-    session = GenerationSession(model, tokenizer, sampling, alternatives=alternatives, bars=bars, max_tokens=max_tokens)
+    session = GenerationSession(model, tokenizer, sampling, alternatives=alternatives, bars=bars, max_tokens=max_tokens,
+                                allow_early_end=allow_early_end)
     ids = prompt_from_file(prompt, tokenizer, prompt_bars) if prompt else None
     if prompt_bars and not prompt:
         raise GenerationError("--prompt-bars needs --prompt FILE.mid")

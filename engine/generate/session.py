@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engine.midi.events import MidiEvent, write_midi_file
+from engine.midi.events import MidiEvent, take_until, write_midi_file
 
 from .decoder import StreamDecoder
 from .grammar import GrammarMask
@@ -46,8 +46,9 @@ class Row:
     generator: torch.Generator
     decoder: StreamDecoder
     tokens: list[int] = field(default_factory=list)
-    stop_reason: str | None = None  # "bars" | "eos" | "max_tokens" | "dead_end"
+    stop_reason: str | None = None  # "bars" | "eos" | "max_tokens"
     start_bar: int = 0
+    bars_requested: int | None = None  # set when the row stopped at its bar limit
     snapshots: "OrderedDict[int, Snapshot]" = field(default_factory=OrderedDict)
 
     @property
@@ -56,6 +57,9 @@ class Row:
 
     @property
     def bars(self) -> int:
+        """Bars generated; a row stopped at its bar limit has all of them (the last may be silent)."""
+        if self.stop_reason == "bars" and self.bars_requested is not None:
+            return self.bars_requested
         return self.decoder.timeline.bar_index - self.start_bar
 
 
@@ -70,7 +74,10 @@ class GenerationSession:
         max_tokens: int | None = None,
         prepend_bos: bool = True,
         max_snapshots: int = 32,
+        allow_early_end: bool = False,
     ) -> None:
+        """``bars``: generate exactly that many bars; the model's end token is masked until then
+        unless ``allow_early_end`` (then ``ended_early`` says which rows stopped short)."""
         if alternatives < 1:
             raise GenerationError("--alternatives must be at least 1")
         if bars is not None and bars < 1:
@@ -91,6 +98,7 @@ class GenerationSession:
         self.max_tokens = max_tokens
         self.prepend_bos = prepend_bos
         self.max_snapshots = max_snapshots
+        self.allow_early_end = allow_early_end
         self.seed = self.sampling.seed if self.sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.prompt: list[int] = []
         self.rows: list[Row] = []
@@ -181,7 +189,8 @@ class GenerationSession:
             raise GenerationError(f"no snapshot for bar {bar} of alternative {row}; available bars: {sorted(self.rows[row].snapshots)}")
         k = alternatives or self.alternatives
         sampling = SamplingConfig(**{**self.sampling.to_dict(), "seed": self.seed + 1 if seed is None else seed})
-        twin = GenerationSession(self.model, self.tokenizer, sampling, k, self.bars, self.max_tokens, self.prepend_bos, self.max_snapshots)
+        twin = GenerationSession(self.model, self.tokenizer, sampling, k, self.bars, self.max_tokens, self.prepend_bos,
+                                 self.max_snapshots, self.allow_early_end)
         twin.prompt = self.prompt + self.rows[row].tokens[: snap.tokens]
         twin.state = type(self.state)(*(t.unsqueeze(1).repeat_interleave(k, dim=1) for t in snap.state))
         twin.logits = snap.logits.unsqueeze(0).repeat(k, 1)
@@ -211,11 +220,13 @@ class GenerationSession:
             raise GenerationError("call prefill() (with or without a prompt) before step()")
         k = self.alternatives
         allowed = torch.zeros(k, self.tables.vocab_size, dtype=torch.bool)
+        # with --bars the piece ends at its last bar line, not where the model would like to stop
+        may_end = self.bars is None or self.allow_early_end
         for r, row in enumerate(self.rows):
             if row.done:
                 allowed[r, self.tables.eos_id] = True
             else:
-                allowed[r] = self.grammar.allowed(row.decoder.timeline, self._remaining(row))
+                allowed[r] = self.grammar.allowed(row.decoder.timeline, self._remaining(row), allow_eos=may_end)
         window = self.sampling.penalty_window
         recent = [row.tokens[-window:] if window else [] for row in self.rows]
         drawn = sample_rows(self.logits, allowed.to(self.logits.device), self.sampling, [row.generator for row in self.rows], recent)
@@ -230,7 +241,11 @@ class GenerationSession:
                 continue
             timeline = row.decoder.timeline
             if self.bars is not None and timeline.bar_after(token) - row.start_bar > self.bars:
-                row.stop_reason = "bars"  # this token would open one bar too many: stop before it
+                # this token would open one bar too many: stop before it, the piece ending on the
+                # bar line after the last bar (a rest may have left the last bars silent)
+                owed = self.bars - (timeline.bar_index - row.start_bar)
+                row.decoder.end_tick = timeline.bar_start_tick + (owed + 1) * timeline.ticks_per_bar
+                row.stop_reason, row.bars_requested = "bars", self.bars
                 feed.append(self.tables.eos_id)
                 continue
             tokens[r] = token
@@ -268,6 +283,11 @@ class GenerationSession:
                 on_step(result)
 
     # ----- results -----
+    def ended_early(self, row: int = 0) -> bool:
+        """True when a ``bars`` request stopped short of its bars (the model's end token or the token budget)."""
+        r = self.rows[row]
+        return self.bars is not None and r.stop_reason in ("eos", "max_tokens") and r.bars < self.bars
+
     def tokens(self, row: int = 0) -> list[int]:
         return list(self.rows[row].tokens)
 
@@ -279,9 +299,13 @@ class GenerationSession:
         ids = (self.prompt if with_prompt else []) + self.rows[row].tokens
         return self.tokenizer.decode(ids)
 
-    def write_midi(self, row: int, path: str | Path) -> Path:
-        """Exactly the events streamed for this row (after ``finish``), as a .mid file."""
-        return write_midi_file(self.rows[row].decoder.events, path)
+    def write_midi(self, row: int, path: str | Path, until: float | None = None) -> Path:
+        """Exactly the events streamed for this row (after ``finish``), as a .mid file with the
+        tempo map and time signatures of its tokens. ``until``: a take saved mid-performance, cut
+        at that music time with every sounding note released there."""
+        decoder = self.rows[row].decoder
+        events = list(decoder.events) if until is None else take_until(decoder.events, until)
+        return write_midi_file(events, path, meter=decoder.meter())
 
 
 def parse_bar_range(spec: str | None) -> tuple[int | None, int | None] | None:

@@ -78,6 +78,50 @@ class Note:
     velocity: int
 
 
+# What a note does to a note of the same pitch that still sounds at its onset (see ``same_pitch_rule``).
+STRIKE, MERGE, RESTRIKE = "strike", "merge", "restrike"
+
+
+def same_pitch_rule(sounding: tuple[int, int] | None, note: Note) -> tuple[str, int]:
+    """The one rule for overlapping same-pitch notes, in files and live: a key sounds once at a time.
+
+    ``sounding`` is the (onset, end) in ticks of the note of ``note.pitch`` sounding now, or None.
+    Returns (action, end tick of the pitch's sounding note afterwards):
+    - STRIKE: nothing of that pitch sounds at the onset: a new note to its own end;
+    - MERGE: a unison doubling (the sounding note began on the same tick): one note, which lasts
+      to the later of the two ends and keeps the first note's velocity;
+    - RESTRIKE: the sounding note began earlier: it is released at this onset and the key struck
+      again, to the new note's end.
+    """
+    end = note.onset + max(1, note.duration)
+    if sounding is None or sounding[1] <= note.onset:
+        return STRIKE, end
+    if sounding[0] == note.onset:
+        return MERGE, max(sounding[1], end)
+    return RESTRIKE, end
+
+
+def sounding_notes(notes) -> list[Note]:
+    """The notes as a piano (and every file PianoMuse writes) sounds them under ``same_pitch_rule``.
+
+    ``notes`` in the order they were generated (onsets never go back).
+    """
+    out: list[Note] = []
+    playing: dict[int, int] = {}  # pitch -> index in out of its last note
+    for note in notes:
+        i = playing.get(note.pitch)
+        sounding = (out[i].onset, out[i].onset + out[i].duration) if i is not None else None
+        action, end = same_pitch_rule(sounding, note)
+        if action == MERGE:
+            out[i] = Note(out[i].onset, end - out[i].onset, note.pitch, out[i].velocity)
+            continue
+        if action == RESTRIKE:
+            out[i] = Note(out[i].onset, note.onset - out[i].onset, note.pitch, out[i].velocity)
+        playing[note.pitch] = len(out)
+        out.append(Note(note.onset, end - note.onset, note.pitch, note.velocity))
+    return out
+
+
 class TokenTimeline:
     """Time state after each token of one sequence; ``feed`` returns what the token completed.
 
@@ -101,6 +145,7 @@ class TokenTimeline:
         self._pitch = self._velocity = 0
         self.ended = False
         self.tempos: list[tuple[int, float, float]] = [(0, DEFAULT_QPM, 0.0)]  # (tick, qpm, seconds at tick)
+        self.time_signatures: list[tuple[int, int, int]] = [(0, 4, 4)]  # (tick, numerator, denominator)
         self.position_tick: int | None = None  # the tick the last Position token set (REMI)
         self.notes_at_tick = 0  # notes struck at the current tick (the size of the chord so far)
         self.tokens_seen = 0
@@ -108,6 +153,7 @@ class TokenTimeline:
     def copy(self) -> "TokenTimeline":
         twin = copy.copy(self)
         twin.tempos = list(self.tempos)
+        twin.time_signatures = list(self.time_signatures)
         return twin
 
     # ----- time -----
@@ -122,6 +168,13 @@ class TokenTimeline:
         if self.t.tokenization == "REMI":
             return self.bar
         return self.ts_bar + (self.tick - self.ts_tick) // self.ticks_per_bar
+
+    @property
+    def bar_start_tick(self) -> int:
+        """The tick where the current bar began (0 before the first bar)."""
+        if self.t.tokenization == "REMI":
+            return max(self.bar_tick, 0)
+        return self.ts_tick + (self.tick - self.ts_tick) // self.ticks_per_bar * self.ticks_per_bar
 
     def bar_after(self, token_id: int) -> int:
         """The bar index this token would lead to (without consuming it)."""
@@ -201,6 +254,9 @@ class TokenTimeline:
                 else:
                     self.ts_bar, self.ts_tick = self.bar_index, self.tick
                 self._set_time_signature(num, den)
+                if self.time_signatures[-1][0] >= self.ts_tick:  # a second change at one bar line replaces the first
+                    self.time_signatures.pop()
+                self.time_signatures.append((self.ts_tick, num, den))
         elif kind == "Pedal":
             if self.pedal_down_at is None:
                 self.pedal_down_at = self.tick

@@ -1,5 +1,5 @@
 """Real-time MIDI: ports (python-rtmidi), the lookahead scheduler, FluidSynth, and event/file helpers."""
-from .events import MidiEvent, NoteTracker, control_change, note_off, note_on, panic_messages, write_midi_file
+from .events import MeterMap, MidiEvent, NoteTracker, control_change, note_off, note_on, panic_messages, take_until, write_midi_file
 from .ports import API_CHOICES, MidiOutput, PortError, list_ports, open_output, resolve_api
 from .scheduler import LookaheadScheduler, MonotonicClock, SchedulerTelemetry
 from .synth import DEFAULT_SOUNDFONT, FluidSynth, start_fluidsynth
@@ -9,6 +9,7 @@ __all__ = [
     "DEFAULT_SOUNDFONT",
     "FluidSynth",
     "LookaheadScheduler",
+    "MeterMap",
     "MidiEvent",
     "MidiOutput",
     "MonotonicClock",
@@ -23,5 +24,6 @@ __all__ = [
     "panic_messages",
     "resolve_api",
     "start_fluidsynth",
+    "take_until",
     "write_midi_file",
 ]

@@ -5,7 +5,8 @@ turns it into a wall-clock target by adding one fixed origin, never by accumulat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -115,21 +116,95 @@ def panic_messages(tracker: NoteTracker, channels: Iterable[int] = range(16)) ->
     return messages
 
 
-def write_midi_file(events: Iterable[MidiEvent], path: str | Path, ticks_per_beat: int = 480, bpm: float = 120.0) -> Path:
-    """Write events (absolute seconds) to a type-0 .mid at a fixed tempo, so seconds map exactly to ticks."""
+def take_until(events: Iterable[MidiEvent], time: float) -> list[MidiEvent]:
+    """A take saved at ``time`` mid-performance: the events before it, then every note still
+    sounding released and every held sustain pedal lifted at ``time``, so the file ends in silence."""
+    kept = sorted((e for e in events if e.time < time), key=lambda e: (e.time, e.order))
+    tracker = NoteTracker()
+    for event in kept:
+        tracker.observe(event.data, event.time)
+    closing = [note_off(time, pitch, channel) for channel, pitch in tracker.sounding()]
+    closing += [control_change(time, CC_SUSTAIN, 0, channel) for channel in sorted(tracker.sustain_down)]
+    return kept + closing
+
+
+@dataclass
+class MeterMap:
+    """Tempo changes and time signatures on the events' time axis (seconds), for a file.
+
+    ``start`` (<= 0) is where the file begins on that axis: the bar line before the first event, so
+    that bars in the file fall where the music's bars do. Before the first entry of each list the
+    MIDI defaults hold (120 qpm, 4/4).
+    """
+
+    start: float = 0.0
+    tempos: list[tuple[float, float]] = field(default_factory=lambda: [(0.0, 120.0)])  # (time, qpm)
+    time_signatures: list[tuple[float, int, int]] = field(default_factory=list)  # (time, numerator, denominator)
+    end: float | None = None  # where the piece ends if later than its last event (a bar line after silent bars)
+
+    @staticmethod
+    def _from_start(entries: list, start: float) -> list:
+        """Entries in force from ``start`` on: the last one at or before it (moved to ``start``), then the later ones."""
+        before = [e for e in entries if e[0] <= start + 1e-9]
+        later = [e for e in entries if e[0] > start + 1e-9]
+        return ([(start, *before[-1][1:])] if before else []) + later
+
+
+def _tempo_us(qpm: float) -> int:
+    return max(1, min(0xFFFFFF, round(60_000_000 / qpm)))
+
+
+def write_midi_file(events: Iterable[MidiEvent], path: str | Path, ticks_per_beat: int = 480,
+                    meter: MeterMap | None = None) -> Path:
+    """Write events (absolute seconds) to a type-0 .mid with the tempo map and time signatures of
+    ``meter`` (default: 120 qpm throughout), so that every event lands at its second and every bar
+    line where the music puts it."""
     import mido  # noqa: PLC0415  (kept local: only file writers need it)
 
     path = Path(path)
+    meter = meter or MeterMap()
+    start = meter.start
+    tempos = MeterMap._from_start(sorted(meter.tempos), start) or [(start, 120.0)]
+    if tempos[0][0] > start:
+        tempos.insert(0, (start, 120.0))
+    # (seconds, tick, microseconds per quarter) at each tempo change; the file's own rounding of the
+    # tempo to whole microseconds is used for the conversion, so reading the file back gives our seconds
+    anchors: list[tuple[float, int, int]] = []
+    for seconds, qpm in tempos:
+        us = _tempo_us(qpm)
+        if anchors:
+            s0, k0, us0 = anchors[-1]
+            tick = k0 + round((seconds - s0) * 1_000_000 / us0 * ticks_per_beat)
+            if tick == k0:
+                anchors.pop()  # two changes on one tick: the later one holds
+                anchors.append((s0, k0, us))
+                continue
+            anchors.append((seconds, tick, us))
+        else:
+            anchors.append((seconds, 0, us))
+    anchor_times = [a[0] for a in anchors]
+
+    def to_tick(seconds: float) -> int:
+        i = max(0, bisect.bisect_right(anchor_times, seconds + 1e-9) - 1)
+        s0, k0, us = anchors[i]
+        return max(0, k0 + round((seconds - s0) * 1_000_000 / us * ticks_per_beat))
+
+    timed: list[tuple[int, int, int, object]] = []  # (tick, 0 meta / 1 event, order, message)
+    for n, (_, tick, us) in enumerate(anchors):
+        timed.append((tick, 0, n, mido.MetaMessage("set_tempo", tempo=us, time=0)))
+    for n, (seconds, num, den) in enumerate(MeterMap._from_start(sorted(meter.time_signatures), start)):
+        if den > 0 and den & (den - 1) == 0:  # MIDI writes denominators as powers of two
+            timed.append((to_tick(seconds), 0, len(anchors) + n, mido.MetaMessage("time_signature", numerator=num, denominator=den, time=0)))
+    for n, event in enumerate(sorted(events, key=lambda e: (e.time, e.order))):  # stable: chords keep their played order
+        timed.append((to_tick(event.time), 1, n, mido.Message.from_bytes(list(event.data))))
+    timed.sort(key=lambda item: item[:3])
     track = mido.MidiTrack()
-    tempo = mido.bpm2tempo(bpm)
-    track.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
-    ticks_per_second = ticks_per_beat * 1_000_000 / tempo
     last_tick = 0
-    for event in sorted(events, key=lambda e: (e.time, e.order)):  # stable: chords keep their played order
-        tick = max(0, round(event.time * ticks_per_second))
-        track.append(mido.Message.from_bytes(list(event.data), time=tick - last_tick))
+    for tick, _, _, message in timed:
+        track.append(message.copy(time=tick - last_tick))
         last_tick = tick
-    track.append(mido.MetaMessage("end_of_track", time=0))
+    end_tick = max(last_tick, to_tick(meter.end) if meter.end is not None else 0)
+    track.append(mido.MetaMessage("end_of_track", time=end_tick - last_tick))
     midi = mido.MidiFile(type=0, ticks_per_beat=ticks_per_beat)
     midi.tracks.append(track)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,8 +62,16 @@ def _write_all(session, paths: list[Path]) -> list[Path]:
 def _generation_summary(session, seconds: float) -> str:
     rows = session.rows
     rate = session.tokens_generated / seconds if seconds > 0 else 0.0
-    per_row = ", ".join(f"#{r + 1}: {len(row.tokens)} tokens, {max(row.bars, 0)} bars, {len(row.decoder.notes)} notes ({row.stop_reason or 'stopped'})" for r, row in enumerate(rows))
+    per_row = ", ".join(f"#{r + 1}: {len(row.tokens)} tokens, {max(row.bars, 0)} bars, {len(row.decoder.notes)} notes ({_stop_words(session, r)})" for r, row in enumerate(rows))
     return f"generated {session.tokens_generated} tokens in {seconds:.2f} s ({rate:.0f} tokens/s), seed {session.seed}; {per_row}"
+
+
+def _stop_words(session, r: int) -> str:
+    row = session.rows[r]
+    if session.ended_early(r):
+        why = "the model ended the piece" if row.stop_reason == "eos" else "--max-tokens ran out"
+        return f"ended early: {why} after {max(row.bars, 0)} of {session.bars} bars"
+    return row.stop_reason or "stopped"
 
 
 @contextlib.contextmanager
@@ -107,6 +115,7 @@ def _run_generate(
     soundfont: Path | None,
     lookahead: float,
     threads: int,
+    allow_early_end: bool = False,
 ) -> int:
     import torch  # noqa: PLC0415
 
@@ -145,7 +154,8 @@ def _run_generate(
     try:
         model, tokenizer, pth = load_generator(checkpoint)
         session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
-                                alternatives=alternatives, bars=bars, max_tokens=max_tokens or HARD_TOKEN_CAP)
+                                alternatives=alternatives, bars=bars, max_tokens=max_tokens or HARD_TOKEN_CAP,
+                                allow_early_end=allow_early_end)
         paths = output_paths(out, alternatives, session.seed)
         problem = _unwritable(paths[0])
         if problem:
@@ -288,7 +298,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A .pth file or a training run folder (default: the bundled model)."),
         prompt: Optional[Path] = typer.Option(None, "--prompt", help="A MIDI file to continue."),
         prompt_bars: Optional[str] = typer.Option(None, "--prompt-bars", "--bars-range", help="Which bars of the prompt: N (the last N), A-B or A- (from 1)."),
-        bars: Optional[int] = typer.Option(None, "--bars", help="Stop after M bars (default 8 when --max-tokens is not given)."),
+        bars: Optional[int] = typer.Option(None, "--bars", help="Generate M bars (default 8 when --max-tokens is not given)."),
+        allow_early_end: bool = typer.Option(False, "--allow-early-end", help="Let the model end the piece before --bars (the summary says when it did)."),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after N tokens (a note is never cut)."),
         alternatives: int = typer.Option(1, "--alternatives", "-k", help="K alternative continuations, generated together and saved separately."),
         temperature: float = typer.Option(1.0, "--temperature", help="Randomness (0 = always the likeliest token)."),
@@ -326,7 +337,7 @@ def register(app: typer.Typer) -> None:
                     "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
                     "penalty_window": penalty_window, "seed": seed}
         code = run_generate(checkpoint, prompt, prompt_bars, bars, max_tokens, alternatives, sampling, out, play,
-                            midi_api, port, virtual, synth, soundfont, lookahead, threads)
+                            midi_api, port, virtual, synth, soundfont, lookahead, threads, allow_early_end)
         if code:
             raise typer.Exit(code)
 

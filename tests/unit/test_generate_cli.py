@@ -149,3 +149,26 @@ def test_without_a_checkpoint_the_bundled_model_plays_and_without_one_you_are_to
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "no bundled model" in " ".join(result.output.split()) and "--checkpoint" in result.output
     assert not (tmp_path / "none.mid").exists()
+
+
+def bars_in_file(path) -> float:
+    """How many bars a file spans, read with its own time signatures (end of track included)."""
+    midi = mido.MidiFile(path)
+    tick, bars, bar_ticks, last_change = 0, 0.0, 4 * midi.ticks_per_beat, 0
+    for message in midi.tracks[0]:
+        tick += message.time
+        if message.type == "time_signature":
+            bars += (tick - last_change) / bar_ticks
+            bar_ticks, last_change = midi.ticks_per_beat * 4 * message.numerator // message.denominator, tick
+    return bars + (tick - last_change) / bar_ticks
+
+
+def test_bars_are_honoured_and_an_early_end_is_said(tmp_path):
+    result = run("generate", "--bars", "8", "--seed", "1", "--threads", "1", "--out", tmp_path / "eight.mid")
+    assert result.exit_code == 0, result.output
+    assert "8 bars" in result.output and "ended early" not in result.output
+    assert 7.99 < bars_in_file(tmp_path / "eight.mid") <= 8.01 + 1  # the last chord may ring over the bar line
+    assert any(m.type == "time_signature" for m in mido.MidiFile(tmp_path / "eight.mid"))
+    result = run("generate", "--bars", "8", "--max-tokens", "30", "--seed", "1", "--threads", "1", "--out", tmp_path / "short.mid")
+    assert result.exit_code == 0, result.output
+    assert "ended early: --max-tokens ran out after" in " ".join(result.output.split())

@@ -212,19 +212,43 @@ def test_prefill_is_one_parallel_pass_and_each_step_is_one_batched_rnn_call(remi
     assert len(step_batches) == max(len(session.tokens(r)) for r in range(4))
 
 
-def test_a_model_that_ends_the_piece_stops_at_its_end_token(remi):
+def eager_to_end(remi) -> RWKV7:
+    """A model that wants its end token after every token."""
     model = random_model(remi, 8)
     with torch.no_grad():  # every hidden state leans one way and EOS points along it
         axis = torch.zeros(model.config.n_embd)
         axis[0] = 1.0
         model.ln_out.bias.copy_(4 * axis)
         model.head.weight[remi.eos_id] = 8 * axis
-    session = GenerationSession(model, remi, SamplingConfig(seed=1), alternatives=3, bars=16, max_tokens=500)
+    return model
+
+
+def test_a_model_that_ends_the_piece_stops_at_its_end_token_when_an_early_end_is_allowed(remi):
+    session = GenerationSession(eager_to_end(remi), remi, SamplingConfig(seed=1), alternatives=3, bars=16, max_tokens=500,
+                                allow_early_end=True)
     session.prefill(prompt_from_file(PROMPT, remi, "1"))  # after a prompt's note, EOS is grammatical at once
     session.run()
     for r, row in enumerate(session.rows):
-        assert row.stop_reason == "eos"
+        assert row.stop_reason == "eos" and session.ended_early(r)
         assert session.tokens(r)[-1] == remi.eos_id and session.tokens(r).count(remi.eos_id) == 1
     before = [session.tokens(r) for r in range(3)]
     session.step()  # a finished session draws nothing more
     assert [session.tokens(r) for r in range(3)] == before
+
+
+@pytest.mark.parametrize("tokenization", ["REMI", "TSD"])
+def test_bars_are_honoured_even_by_a_model_that_wants_to_end(tokenization, remi, tsd):
+    tok = remi if tokenization == "REMI" else tsd
+    model = eager_to_end(remi) if tok is remi else random_model(tsd, 8)
+    if tok is tsd:
+        with torch.no_grad():
+            axis = torch.zeros(model.config.n_embd)
+            axis[0] = 1.0
+            model.ln_out.bias.copy_(4 * axis)
+            model.head.weight[tsd.eos_id] = 8 * axis
+    session = GenerationSession(model, tok, SamplingConfig(seed=2), alternatives=2, bars=3, max_tokens=4000)
+    session.prefill(prompt_from_file(PROMPT, tok, "1"))
+    session.run()
+    for r, row in enumerate(session.rows):
+        assert tok.eos_id not in session.tokens(r)
+        assert row.stop_reason == "bars" and row.bars == 3 and not session.ended_early(r)

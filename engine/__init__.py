@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -23,17 +24,24 @@ _EXPORTS = {
     "wkv7": "engine.kernels.wkv7",
 }
 
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """``(__getattr__, __dir__)`` for a package whose public names load their modules on first use."""
+    namespace = sys.modules[package].__dict__
+
+    def getattr_(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def dir_():
+        return sorted(set(namespace) | set(exports))
+
+    return getattr_, dir_
+
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

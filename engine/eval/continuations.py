@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from engine.generate.defaults import SamplingConfig
+
 from .metrics import Performance
 
 # Without Bar tokens (time-shift tokenizations whose store keeps no bar starts) a "bar" is this
@@ -119,16 +121,14 @@ def decode_continuation(tokenizer, prompt: Sequence[int], continuation: Sequence
 
 @dataclass
 class SamplingOptions:
-    temperature: float = 1.0
-    top_p: float = 0.95
+    temperature: float = SamplingConfig.temperature
+    top_p: float = SamplingConfig.top_p
     # True: engine.generate's grammar-safe sessions (what the app plays); False: free sampling
     # from the raw distribution, to measure how often the model itself breaks the grammar
     grammar: bool = True
     seed: int = 0
 
     def config(self, seed: int):
-        from engine.generate import SamplingConfig  # noqa: PLC0415
-
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=seed)
 
 
@@ -176,7 +176,7 @@ def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_
     Bars are counted by Bar tokens, so without them in the vocabulary only EOS and the cap stop
     a row. The Bar token that would open bar ``bars + 1`` is not kept.
     """
-    from engine.generate import filter_logits  # noqa: PLC0415
+    from engine.generate.sampling import sample_rows  # noqa: PLC0415
     from engine.model import RWKVState  # noqa: PLC0415
 
     device = next(model.parameters()).device
@@ -202,11 +202,8 @@ def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_
     bars_opened = [0] * n
     active = list(range(n))
     while active:
-        scores = filter_logits(logits[torch.tensor(active)], allowed.expand(len(active), -1), config)
-        if config.temperature == 0:
-            picked = scores.argmax(dim=-1).tolist()
-        else:
-            picked = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1).tolist()
+        picked = sample_rows(logits[torch.tensor(active)], allowed.expand(len(active), -1), config,
+                             [generator] * len(active), [[] for _ in active])
         still = []
         for row, token in zip(active, picked):
             if token in bar_ids:

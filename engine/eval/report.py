@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from engine.generate.defaults import SamplingConfig
+
 from . import metrics as m
 from .continuations import (
     SamplingOptions,
@@ -44,8 +46,8 @@ class EvalOptions:
     prompt_bars: int = 4
     bars: int = 8
     seed: int = 0
-    temperature: float = 1.0
-    top_p: float = 0.95
+    temperature: float = SamplingConfig.temperature
+    top_p: float = SamplingConfig.top_p
     grammar: bool = True
     # likelihood reads whole validation pieces until this many target tokens (None: all)
     max_likelihood_tokens: int | None = 200_000

@@ -1,7 +1,8 @@
-"""Loading a checkpoint for generation, and the live loop the app and the headless command share.
+"""Loading a checkpoint for generation, and the stream of timed events the live player plays.
 
-``stream`` is a generator the player pulls from at its own pace (when its lookahead has room):
-each item is ``(events, horizon_seconds, n_tokens)`` for the alternative being played. Knobs are
+``chunks`` (of a built session) and ``stream`` (builds one from the knobs) are generators that
+``engine.midi.player.LivePlayer`` pulls from at its own pace (when its lookahead has room): each
+item is ``(events, horizon_seconds, n_tokens)`` for the alternative being played. Knobs are
 read before every step, so a change in the UI applies to the next token. ``on_session`` receives
 the session once it is built, so a player can save the alternatives it does not play.
 """
@@ -13,7 +14,7 @@ from typing import Callable, Iterator
 
 from engine.paths import resolve_checkpoint
 
-from .sampling import SamplingConfig
+from .sampling import DEFAULT_BARS, SamplingConfig
 from .session import GenerationSession, prompt_from_file
 from .timeline import GenerationError
 
@@ -53,17 +54,26 @@ def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], d
            stop: threading.Event | None = None, model=None, tokenizer=None, row: int = 0,
            max_tokens: int | None = None,
            on_session: Callable[[GenerationSession], None] | None = None) -> Iterator[tuple[list, float, int]]:
-    """Generate and yield ``(events, horizon, n_tokens)`` for alternative ``row`` until done or ``stop``."""
+    """Build a session from the knobs, then yield its ``chunks`` for alternative ``row``."""
     if model is None or tokenizer is None:
         model, tokenizer, _ = load_generator(checkpoint)
     current = dict(knobs() if knobs else {})
-    sampling = SamplingConfig(temperature=current.get("temperature", 1.0), top_p=current.get("top_p", 0.95), seed=current.get("seed"))
+    defaults = SamplingConfig()
+    sampling = SamplingConfig(temperature=current.get("temperature", defaults.temperature),
+                              top_p=current.get("top_p", defaults.top_p), seed=current.get("seed"))
     session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
-                            alternatives=int(current.get("alternatives", 1)), bars=current.get("bars"),
+                            alternatives=int(current.get("alternatives", 1)), bars=current.get("bars", DEFAULT_BARS),
                             max_tokens=max_tokens or HARD_TOKEN_CAP)
     if on_session is not None:
         on_session(session)
-    version = current.get("version")
+    yield from chunks(session, row=row, knobs=knobs, stop=stop)
+
+
+def chunks(session: GenerationSession, row: int = 0, knobs: Callable[[], dict] | None = None,
+           stop: threading.Event | None = None) -> Iterator[tuple[list, float, int]]:
+    """Step ``session`` and yield ``(events, horizon, n_tokens)`` of row ``row`` until done or ``stop``;
+    the last item releases what still sounds. Knobs are read before every step."""
+    version = knobs().get("version") if knobs is not None else None
     while not session.done and not (stop is not None and stop.is_set()):
         if knobs is not None:
             latest = knobs()

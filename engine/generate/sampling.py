@@ -6,37 +6,10 @@ and history: rewinding one alternative replays it exactly while the others keep 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 
-
-@dataclass
-class SamplingConfig:
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 0.95  # 1.0: off
-    min_p: float = 0.0  # 0.0: off; keeps tokens with p >= min_p * p_max
-    repetition_penalty: float = 1.0  # 1.0: off; >1 divides positive logits of recent tokens
-    presence_penalty: float = 0.0  # subtracted once from the logit of every token in the window
-    penalty_window: int = 64  # how many recent tokens the penalties look at
-    seed: int | None = None  # None: a fresh random seed (reported, so a run can be repeated)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0 (0 picks the most likely token)"),
-            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be a whole number >= 0 (0 turns it off)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1] (1 turns it off)"),
-            (0 <= self.min_p < 1, "min_p must be in [0, 1) (0 turns it off)"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 turns it off)"),
-            (isinstance(self.penalty_window, int) and self.penalty_window >= 0, "penalty_window must be a whole number >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .defaults import DEFAULT_BARS, SamplingConfig  # noqa: F401  (re-exported: the sampler's config)
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -88,3 +61,13 @@ def sample_rows(logits: torch.Tensor, allowed: torch.Tensor, config: SamplingCon
         return logits.argmax(dim=-1).tolist()
     probs = torch.softmax(logits, dim=-1).cpu()  # the row generators live on the CPU, whatever the model's device
     return [int(torch.multinomial(probs[b], 1, generator=generators[b])) for b in range(probs.shape[0])]
+
+
+def sample_token(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None,
+                 banned: tuple[int, ...] = ()) -> int:
+    """One token from one row of logits [V] (no grammar): ``sample_rows`` for a single row, ``banned`` never drawn."""
+    allowed = torch.ones(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
+    if banned:
+        allowed[0, list(banned)] = False
+    generator = generator if generator is not None else torch.Generator().manual_seed(int(torch.seed() % 2**63))
+    return sample_rows(logits.reshape(1, -1), allowed, config, [generator], [[]])[0]

@@ -1,5 +1,6 @@
-"""Real-time MIDI: ports (python-rtmidi), the lookahead scheduler, FluidSynth, and event/file helpers."""
+"""Real-time MIDI: ports (python-rtmidi), the lookahead scheduler, the live player, synths, and event/file helpers."""
 from .events import MeterMap, MidiEvent, NoteTracker, control_change, note_off, note_on, panic_messages, take_until, write_midi_file
+from .player import LivePlayer, OutputChoice, PlayerNotice, midi_file_chunks, take_paths
 from .ports import API_CHOICES, MidiOutput, PortError, list_ports, open_output, resolve_api
 from .scheduler import LookaheadScheduler, MonotonicClock, SchedulerTelemetry
 from .synth import DEFAULT_SOUNDFONT, FluidSynth, start_fluidsynth
@@ -8,22 +9,26 @@ __all__ = [
     "API_CHOICES",
     "DEFAULT_SOUNDFONT",
     "FluidSynth",
+    "LivePlayer",
     "LookaheadScheduler",
     "MeterMap",
     "MidiEvent",
     "MidiOutput",
     "MonotonicClock",
     "NoteTracker",
+    "OutputChoice",
+    "PlayerNotice",
     "PortError",
     "SchedulerTelemetry",
     "control_change",
     "list_ports",
+    "midi_file_chunks",
     "note_off",
     "note_on",
     "open_output",
     "panic_messages",
     "resolve_api",
     "start_fluidsynth",
-    "take_until",
+    "take_paths",
     "write_midi_file",
 ]

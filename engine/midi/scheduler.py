@@ -415,7 +415,7 @@ class LookaheadScheduler:
             return
         self.pause("port lost")
         if self.on_port_lost is not None:
-            self.on_port_lost(f"The MIDI port {self.output.name} disappeared; playback is paused, reconnect when it is back.")
+            self.on_port_lost(f"The MIDI port {self.output.name} disappeared; playback is paused until it is back.")
 
     def _run_monitor(self) -> None:
         while not self._stopping:

@@ -41,23 +41,12 @@ def parse_strategy(strategy: str) -> tuple[torch.device, torch.dtype]:
     return device, DTYPES[parts[1]]
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 0.85, top_p: float = 0.9, top_k: int = 0, generator: torch.Generator | None = None) -> int:
-    """One token from logits [V]: temperature, then top-k, then nucleus (top-p). temperature <= 0 is greedy."""
-    logits = logits.float()
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    logits = logits / temperature
-    if top_k and 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if 0 < top_p < 1:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        drop = (torch.cumsum(sorted_probs, 0) - sorted_probs) >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 0.95, top_k: int = 0, generator: torch.Generator | None = None) -> int:
+    """One token from logits [V] with the generation sampler (``engine.generate.sampling``); temperature 0 is greedy."""
+    from engine.generate.sampling import SamplingConfig, sample_token  # noqa: PLC0415  (the one sampler)
+
+    return sample_token(logits.float(), SamplingConfig(temperature=max(0.0, temperature), top_p=top_p if 0 < top_p <= 1 else 1.0,
+                                                       top_k=top_k), generator)
 
 
 class PianoMuseRWKV(nn.Module):
@@ -128,7 +117,7 @@ class PianoMuseRWKV(nn.Module):
         return logits[0, -1], state
 
     @torch.inference_mode()
-    def generate(self, context_tokens, max_new_tokens: int = 256, temperature: float = 0.85, top_p: float = 0.9, top_k: int = 0, seed: int | None = None, state: RWKVState | None = None):
+    def generate(self, context_tokens, max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 0.95, top_k: int = 0, seed: int | None = None, state: RWKVState | None = None):
         """Prefill ``context_tokens`` in parallel mode, then sample ``max_new_tokens`` in RNN mode.
 
         Returns (new_tokens as a list of ints, state after the last new token has been fed).

@@ -2,9 +2,8 @@
 user (and the TUI) can hear what the run has learnt so far.
 
 The prompt is prefilled in parallel mode, then tokens are drawn one at a time in RNN mode with the
-model's plain temperature + nucleus (top-p) sampler (engine.model.pianomuse.sample_logits); the
-grammar-constrained sampler lives in engine.generate. PAD and BOS are never drawn; EOS ends the
-continuation early.
+generation sampler (``engine.generate.sampling``) without the grammar mask, so an audition shows
+what the model has learnt. PAD and BOS are never drawn; EOS ends the continuation early.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.model.pianomuse import sample_logits
+from engine.generate.sampling import SamplingConfig, sample_token
 
 
 @torch.no_grad()
@@ -23,14 +22,12 @@ def continue_prompt(model, prompt: list[int], n_tokens: int, *, temperature: flo
     """Prefill ``prompt`` and sample up to ``n_tokens`` new tokens in RNN mode."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    config = SamplingConfig(temperature=temperature, top_p=top_p)
     logits, state = model(torch.tensor([prompt], device=device), return_state=True)
     last = logits[0, -1]
     new_tokens: list[int] = []
     for _ in range(n_tokens):
-        scores = last.float().cpu()
-        if banned:
-            scores[list(banned)] = float("-inf")
-        token = sample_logits(scores, temperature, top_p, generator=generator)
+        token = sample_token(last.float().cpu(), config, generator, banned)
         new_tokens.append(token)
         if eos_id is not None and token == eos_id:
             break

@@ -21,24 +21,6 @@ import typer
 
 from .console import console, err_console, fail
 
-RECONNECT_WAIT_S = 60.0
-
-
-def output_paths(out: Path | None, alternatives: int, seed: int) -> list[Path]:
-    """One file per alternative: OUT.mid for one, OUT-1.mid .. OUT-K.mid for several."""
-    if out is None:
-        out = Path(f"pianomuse-{seed}.mid")
-        n = 1
-        while out.exists():  # never overwrite an earlier default-named take
-            out = Path(f"pianomuse-{seed}-{n}.mid")
-            n += 1
-    if out.suffix.lower() not in (".mid", ".midi"):
-        out = out.with_suffix(".mid")
-    if alternatives == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{k + 1}{out.suffix}") for k in range(alternatives)]
-
-
 def _unwritable(path: Path) -> str | None:
     """Why ``path`` cannot be written, checked before generating so that no take is lost; else None."""
     folder = path.parent
@@ -108,60 +90,49 @@ def _run_generate(
     sampling_kwargs: dict,
     out: Path | None,
     play: bool,
-    midi_api: str,
-    port: str | None,
-    virtual: bool,
-    synth: str | None,
-    soundfont: Path | None,
-    lookahead: float,
+    choice,
     threads: int,
     allow_early_end: bool = False,
 ) -> int:
     import torch  # noqa: PLC0415
 
-    from engine.generate import GenerationError, SamplingConfig  # noqa: PLC0415
+    from engine.generate import DEFAULT_BARS, GenerationError, SamplingConfig  # noqa: PLC0415
     from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator  # noqa: PLC0415
-    from engine.midi import LookaheadScheduler, PortError, open_output, start_fluidsynth  # noqa: PLC0415
+    from engine.midi import LivePlayer, PortError, take_paths  # noqa: PLC0415
 
     if threads > 0:
         torch.set_num_threads(threads)
-    if synth is not None and synth != "fluidsynth":
-        fail(f"unknown synth {synth!r}; the one PianoMuse can start is --synth fluidsynth")
-    if port and virtual:
-        fail("give either --port NAME or --virtual, not both")
-    if lookahead <= 0:
-        fail("--lookahead must be a positive number of seconds, e.g. 0.5")
+    problem = choice.problem()
+    if problem:
+        fail(problem)
     if bars is None and max_tokens is None:
-        bars = 8
+        bars = DEFAULT_BARS
     try:
         sampling = SamplingConfig(**sampling_kwargs)
     except ValueError as err:
         fail(str(err))
 
-    live = play or bool(port) or virtual or synth is not None
-    fluid = output = scheduler = None
+    live = play or bool(choice.port) or choice.virtual or choice.synth is not None
+    player = None
     if live:
-        # The port (or synth) first: a wrong name or a missing MIDI system is told before the model loads.
+        # The output first: a wrong name or a missing MIDI system is told before the model loads.
+        player = LivePlayer(choice, on_notice=_print_notice)
         try:
-            if synth == "fluidsynth":
-                fluid = start_fluidsynth(midi_api, soundfont=soundfont)
-                output = open_output(fluid.api, fluid.port_name)
-            else:
-                output = open_output(midi_api, port, virtual=virtual or not port)
+            player.open()
         except PortError as err:
-            _release(output, fluid)
             fail(str(err))
     try:
         model, tokenizer, pth = load_generator(checkpoint)
         session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
                                 alternatives=alternatives, bars=bars, max_tokens=max_tokens or HARD_TOKEN_CAP,
                                 allow_early_end=allow_early_end)
-        paths = output_paths(out, alternatives, session.seed)
+        paths = take_paths(out, alternatives, session.seed)
         problem = _unwritable(paths[0])
         if problem:
             raise GenerationError(problem)
     except (GenerationError, KeyboardInterrupt) as err:
-        _release(output, fluid)
+        if player is not None:
+            player.close()
         if isinstance(err, KeyboardInterrupt):
             fail("interrupted while loading the model; nothing was generated.", code=130)
         fail(str(err))
@@ -184,91 +155,38 @@ def _run_generate(
 
     code = 0
     try:
-        console.print(f"playing alternative 1 on {output.name}, lookahead {lookahead:.2f} s (Ctrl-C stops)")
-        lost_notice: list[str] = []
-        scheduler = LookaheadScheduler(output, lookahead=lookahead, on_port_lost=lost_notice.append)
-        code = _perform(session, scheduler, lost_notice)
+        console.print(f"playing alternative 1 on {player.output_name}, lookahead {choice.lookahead:.2f} s (Ctrl-C stops)")
+        code = _perform(session, player)
     except KeyboardInterrupt:
         code = 130
     finally:
-        if scheduler is not None:
-            scheduler.stop(panic=True)
-        _release(output, fluid)
+        player.close()
         session.finish()
         elapsed = time.perf_counter() - started
         written = _write_all(session, paths)
     console.print(_generation_summary(session, elapsed))
-    if scheduler is not None:
-        console.print("timing: " + scheduler.telemetry().summary())
+    console.print("timing: " + player.telemetry().summary())
     console.print("wrote " + ", ".join(str(p) for p in written))
     if code == 130:
         console.print("stopped: every note was released")
     return code
 
 
-def _release(output, fluid) -> None:
-    """Close our port and stop the FluidSynth we started (either may be None)."""
-    if output is not None:
-        output.close()
-    if fluid is not None:
-        fluid.stop()
+def _print_notice(notice) -> None:
+    """The player's news, on stderr: yellow while it goes on, green when it is back, red when it gives up."""
+    if notice.kind == "port gone":
+        err_console.print(f"[bold red]error:[/] {notice.text}; it is written to the files.")
+    else:
+        colour = "green" if notice.kind == "reconnected" else "yellow"
+        err_console.print(f"[{colour}]{notice.text}[/]")
 
 
-def _perform(session, scheduler, lost_notice: list[str]) -> int:
-    """Generate into the lookahead while the sender plays; returns the exit status."""
-    played = session.rows[0]
-    started = False
-    behind_told = False
+def _perform(session, player) -> int:
+    """Play alternative 1 of ``session`` through ``player`` (the engine's live player); the exit status."""
+    from engine.generate.live import chunks  # noqa: PLC0415
 
-    def feed_one() -> None:
-        result = session.step()
-        scheduler.note_tokens(sum(t is not None for t in result.tokens))
-        if result.events[0] or not played.done:
-            scheduler.submit(result.events[0], horizon=played.decoder.horizon)
-
-    while not session.done:
-        if lost_notice:
-            if not _wait_for_port(scheduler, lost_notice):
-                return 3
-        if not started and (played.decoder.horizon >= scheduler.lookahead or played.done):
-            scheduler.start()  # pre-roll: the first lookahead is generated before the clock starts
-            started = True
-        if started and not played.done and not behind_told and scheduler.falling_behind():
-            behind_told = True  # once: the end summary counts every underrun
-            err_console.print(f"[yellow]the model is falling behind the music[/] (under {scheduler.lookahead / 4:.2f} s "
-                              "buffered; late notes count as underruns): fewer --alternatives, a longer --lookahead "
-                              "or a smaller model help")
-        if started and not played.done and not scheduler.needs_more():
-            scheduler.wait_for_room(0.02)
-            continue
-        feed_one()
-    scheduler.submit(session.finish()[0])
-    scheduler.start()
-    scheduler.finish()
-    while not scheduler.wait_done(0.1):
-        if lost_notice and not _wait_for_port(scheduler, lost_notice):
-            return 3
-    time.sleep(0.05)  # let the last note-offs leave the port before it closes
-    return 0
-
-
-def _wait_for_port(scheduler, lost_notice: list[str]) -> bool:
-    """The port vanished: say so once, keep the session, reconnect when it is back."""
-    from engine.midi import PortError  # noqa: PLC0415
-
-    err_console.print(f"[yellow]{lost_notice[0]}[/] (waiting up to {RECONNECT_WAIT_S:.0f} s for it)")
-    deadline = time.monotonic() + RECONNECT_WAIT_S
-    while time.monotonic() < deadline:
-        try:
-            scheduler.reconnect()
-        except PortError:
-            time.sleep(0.5)
-            continue
-        lost_notice.clear()
-        err_console.print("[green]reconnected[/]: playback continues")
-        return True
-    err_console.print(f"[bold red]error:[/] the MIDI port did not come back within {RECONNECT_WAIT_S:.0f} s; what was generated is written to the files.")
-    return False
+    ended = player.play(chunks(session))
+    return {"finished": 0, "stopped": 130, "port lost": 3}[ended]
 
 
 def run_ports(midi_api: str) -> int:
@@ -291,6 +209,11 @@ def run_ports(midi_api: str) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    # the defaults shown in --help are the engine's, the ones the Generate pane starts from
+    from engine.generate.sampling import DEFAULT_BARS, SamplingConfig  # noqa: PLC0415  (torch only)
+    from engine.midi.player import OutputChoice  # noqa: PLC0415
+
+    SAMPLING = SamplingConfig()  # noqa: N806
 
     @app.command("generate")
     def generate(
@@ -298,17 +221,17 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A .pth file or a training run folder (default: the bundled model)."),
         prompt: Optional[Path] = typer.Option(None, "--prompt", help="A MIDI file to continue."),
         prompt_bars: Optional[str] = typer.Option(None, "--prompt-bars", "--bars-range", help="Which bars of the prompt: N (the last N), A-B or A- (from 1)."),
-        bars: Optional[int] = typer.Option(None, "--bars", help="Generate M bars (default 8 when --max-tokens is not given)."),
+        bars: Optional[int] = typer.Option(None, "--bars", help=f"Generate M bars (default {DEFAULT_BARS} when --max-tokens is not given)."),
         allow_early_end: bool = typer.Option(False, "--allow-early-end", help="Let the model end the piece before --bars (the summary says when it did)."),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop after N tokens (a note is never cut)."),
         alternatives: int = typer.Option(1, "--alternatives", "-k", help="K alternative continuations, generated together and saved separately."),
-        temperature: float = typer.Option(1.0, "--temperature", help="Randomness (0 = always the likeliest token)."),
-        top_k: int = typer.Option(0, "--top-k", help="Keep the K likeliest tokens (0 = off)."),
-        top_p: float = typer.Option(0.95, "--top-p", help="Keep the likeliest tokens up to this probability mass (1 = off)."),
-        min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below this fraction of the likeliest one (0 = off)."),
-        repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Discourage tokens of the recent window (1 = off)."),
-        presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract from tokens of the recent window (0 = off)."),
-        penalty_window: int = typer.Option(64, "--penalty-window", help="How many recent tokens the penalties look at."),
+        temperature: float = typer.Option(SAMPLING.temperature, "--temperature", help="Randomness (0 = always the likeliest token)."),
+        top_k: int = typer.Option(SAMPLING.top_k, "--top-k", help="Keep the K likeliest tokens (0 = off)."),
+        top_p: float = typer.Option(SAMPLING.top_p, "--top-p", help="Keep the likeliest tokens up to this probability mass (1 = off)."),
+        min_p: float = typer.Option(SAMPLING.min_p, "--min-p", help="Drop tokens below this fraction of the likeliest one (0 = off)."),
+        repetition_penalty: float = typer.Option(SAMPLING.repetition_penalty, "--repetition-penalty", help="Discourage tokens of the recent window (1 = off)."),
+        presence_penalty: float = typer.Option(SAMPLING.presence_penalty, "--presence-penalty", help="Subtract from tokens of the recent window (0 = off)."),
+        penalty_window: int = typer.Option(SAMPLING.penalty_window, "--penalty-window", help="How many recent tokens the penalties look at."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Reproducible sampling (default: random, printed at the end)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output .mid (OUT-1.mid .. OUT-K.mid with alternatives)."),
         play: bool = typer.Option(False, "--play", help="Play live (on the virtual port unless --port/--synth says where)."),
@@ -329,15 +252,16 @@ def register(app: typer.Typer) -> None:
         if wants_app(ctx):
             open_app("generate", {
                 "checkpoint": str(checkpoint) if checkpoint else None, "prompt": str(prompt) if prompt else None,
-                "prompt_bars": prompt_bars, "bars": bars or 16, "alternatives": alternatives, "temperature": temperature,
+                "prompt_bars": prompt_bars, "bars": bars or DEFAULT_BARS, "alternatives": alternatives, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "midi_api": midi_api, "port": port, "synth": synth,
             })
             return
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                     "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
                     "penalty_window": penalty_window, "seed": seed}
+        choice = OutputChoice(api=midi_api, port=port, virtual=virtual, synth=synth, soundfont=soundfont, lookahead=lookahead)
         code = run_generate(checkpoint, prompt, prompt_bars, bars, max_tokens, alternatives, sampling, out, play,
-                            midi_api, port, virtual, synth, soundfont, lookahead, threads, allow_early_end)
+                            choice, threads, allow_early_end)
         if code:
             raise typer.Exit(code)
 

@@ -228,7 +228,7 @@ async def test_alternatives_play_and_save_and_a_vanished_port_is_one_sentence(ti
                 lost = lambda: [n.message for n in app._notifications  # noqa: E731
                                 if "pm-test-recv:recv" in n.message and "disappeared" in n.message]
                 assert await wait_for(pilot, lambda: bool(lost()), 10), [n.message for n in app._notifications]
-                assert lost()[0].endswith("reconnect when it is back.")
+                assert lost()[0].endswith("(PianoMuse reconnects by itself within 60 s).")
                 assert app.is_running and pane.performing  # paused, not crashed
                 assert await wait_for(pilot, lambda: "port lost" in str(pane.query_one("#gen-telemetry").render()), 5)
 

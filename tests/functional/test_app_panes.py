@@ -6,6 +6,7 @@ from textual.command import CommandPalette
 from textual.widgets import TabbedContent
 
 from app_helpers import screen_text, wait_for
+from engine.generate import SamplingConfig
 from pianomuse_tui.app import HelpScreen, PianoMuseApp
 from pianomuse_tui.messages import DeviceDetected
 
@@ -74,7 +75,7 @@ async def test_bad_knob_and_override_input_get_one_sentence(tmp_path):
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert any("temperature must be a number" in n.message for n in app._notifications)
-        assert app.generate.knobs.temperature == pytest.approx(0.9)  # the previous value stays
+        assert app.generate.knobs.temperature == pytest.approx(SamplingConfig().temperature)  # the previous value stays
         await pilot.press("f2")
         await pilot.pause(0.1)
         app.train.query_one("#tr-overrides").value = "lr=3"

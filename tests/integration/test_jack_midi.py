@@ -276,6 +276,7 @@ def _generate_live_take(receiver, model, tok, path):
     from engine.generate import SamplingConfig
     from engine.generate.live import build_session
     from engine.paths import CORPUS_DIR
+    from engine.midi import LivePlayer
     from pianomuse_tui.headless.generate_cmd import _perform
 
     session = build_session(model, tok, prompt=CORPUS_DIR / "piano" / "joplin_maple_leaf_rag.mid", prompt_bars="1",
@@ -284,7 +285,7 @@ def _generate_live_take(receiver, model, tok, path):
     out = open_output("jack", receiver.port_name)
     sched = LookaheadScheduler(out, lookahead=0.5)
     try:
-        assert _perform(session, sched, []) == 0
+        assert _perform(session, LivePlayer(scheduler=sched)) == 0
     finally:
         sched.stop()
         out.close()

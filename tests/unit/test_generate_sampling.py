@@ -59,3 +59,32 @@ def test_penalties_lower_recent_tokens_only():
 def test_bad_settings_raise_one_clear_sentence(bad):
     with pytest.raises(ValueError, match="must be"):
         SamplingConfig(**bad)
+
+
+def test_generation_auditions_and_eval_draw_with_the_one_sampler(monkeypatch):
+    """The model wrapper's generate, training auditions and free eval sampling all go through sample_rows."""
+    import engine.generate.sampling as sampling
+    from engine.eval.continuations import SamplingOptions, _generate_free
+    from engine.model import RWKV7, ModelConfig
+    from engine.model.pianomuse import sample_logits
+    from engine.train.audition import continue_prompt
+
+    calls = []
+    real = sampling.sample_rows
+    monkeypatch.setattr(sampling, "sample_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = RWKV7(ModelConfig(n_layer=1, n_embd=64, head_size=32, vocab_size=40)).eval()
+    sample_logits(torch.randn(40), generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 1
+    new = continue_prompt(model, [1, 5, 6], 4, temperature=1.0, top_p=0.95, seed=3, banned=(0, 1))
+    assert len(calls) == 1 + len(new) and not {0, 1} & set(new)
+
+    class Tok:
+        vocab_size, pad_id, bos_id, eos_id = 40, 0, 1, 2
+
+        def kind_ids(self, kind):
+            return []
+
+    before = len(calls)
+    _generate_free(model, Tok(), [[1, 5, 6]], 2, [3], SamplingOptions(seed=0), None)
+    assert len(calls) > before

@@ -1,0 +1,156 @@
+"""engine.midi.player.LivePlayer: the one live player both faces call (pre-roll, back-pressure, drain,
+port loss and reconnect, stop, take names); one set of generation defaults for both faces."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from midi_helpers import FakeOutput, FastClock
+
+from engine.midi import LivePlayer, LookaheadScheduler, NoteTracker, OutputChoice, PortError, note_off, note_on, take_paths
+
+
+def _chunks(n: int, step: float = 0.1, pulled: list | None = None):
+    """n chunks, one note each; ``pulled`` records the music time at which each chunk was asked for."""
+    for i in range(n):
+        if pulled is not None:
+            pulled.append(i)
+        t = i * step
+        yield [note_on(t, 60 + i % 12, 80), note_off(t + step * 0.9, 60 + i % 12)], t + step, 1
+
+
+def _player(out, speed=50.0, lookahead=0.3, **kwargs):
+    sched = LookaheadScheduler(out, lookahead=lookahead, clock=FastClock(speed), port_check_interval=0.01, realtime=False,
+                               on_port_lost=None)
+    player = LivePlayer(scheduler=sched, **kwargs)
+    sched.on_port_lost = player._port_lost
+    return player, sched
+
+
+def test_plays_every_chunk_in_order_drains_and_leaves_nothing_sounding():
+    out = FakeOutput()
+    player, sched = _player(out)
+    assert player.play(_chunks(40)) == "finished"
+    notes = [d for d in out.sent if d[0] & 0xF0 == 0x90]
+    assert [d[1] for d in notes] == [60 + i % 12 for i in range(40)]
+    tracker = NoteTracker()
+    for d in out.sent:
+        tracker.observe(d, 0.0)
+    assert tracker.count == 0 and len(player.take()) == 80
+    player.close()
+    player.close()  # idempotent
+
+
+def test_back_pressure_keeps_the_source_no_further_ahead_than_the_lookahead():
+    out = FakeOutput()
+    pulled: list[int] = []
+    player, sched = _player(out, speed=5.0, lookahead=0.3)
+    ahead = []
+
+    def watched():
+        for item in _chunks(30, pulled=pulled):
+            ahead.append(item[1] - sched.music_time())
+            yield item
+
+    assert player.play(watched()) == "finished"
+    # pre-roll fills one lookahead before the clock starts; after that the source waits for room
+    assert max(ahead[5:]) <= 0.3 + 0.1 + 0.05, max(ahead)
+    player.close()
+
+
+def test_stop_from_another_thread_ends_the_take_at_once_and_releases_notes():
+    out = FakeOutput()
+    player, sched = _player(out, speed=1.0, lookahead=0.2)
+    threading.Timer(0.3, player.stop).start()
+    started = time.monotonic()
+    assert player.play(_chunks(10_000, step=0.05)) == "stopped"
+    assert time.monotonic() - started < 3
+    player.close()
+    tracker = NoteTracker()
+    for d in out.sent:
+        tracker.observe(d, 0.0)
+    assert tracker.count == 0
+
+
+def test_a_lost_port_is_told_and_reconnected_and_the_take_goes_on():
+    out = FakeOutput()
+    notices = []
+    player, sched = _player(out, speed=2.0, lookahead=0.2, on_notice=notices.append)
+
+    def source():
+        for i, item in enumerate(_chunks(30, step=0.05)):
+            if i == 10:
+                out.alive = False  # the synth quits; reopen() brings it back
+            yield item
+
+    assert player.play(source()) == "finished"
+    kinds = [n.kind for n in notices]
+    assert "port lost" in kinds and "reconnected" in kinds, notices
+    assert "reconnects by itself" in notices[kinds.index("port lost")].text
+    assert out.reopened >= 1 and sum(d[0] & 0xF0 == 0x90 for d in out.sent) >= 20
+    player.close()
+
+
+def test_a_port_that_never_comes_back_ends_the_take_with_port_lost():
+    class Gone(FakeOutput):
+        def reopen(self) -> None:
+            raise PortError("still gone")
+
+    out = Gone()
+    notices = []
+    player, sched = _player(out, speed=2.0, lookahead=0.2, on_notice=notices.append, reconnect_wait=0.3)
+
+    def source():
+        for i, item in enumerate(_chunks(200, step=0.05)):
+            if i == 5:
+                out.alive = False
+            yield item
+
+    assert player.play(source()) == "port lost"
+    assert [n.kind for n in notices][-1] == "port gone"
+    player.close()
+
+
+def test_take_paths_name_one_file_or_one_per_alternative(tmp_path, monkeypatch):
+    assert take_paths(tmp_path / "x.mid", 1, 3) == [tmp_path / "x.mid"]
+    assert [p.name for p in take_paths(tmp_path / "x", 2, 3)] == ["x-1.mid", "x-2.mid"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pianomuse-3.mid").write_bytes(b"")
+    assert take_paths(None, 1, 3)[0].name == "pianomuse-3-1.mid"  # never overwrites an earlier take
+
+
+@pytest.mark.parametrize("choice, words", [
+    (OutputChoice(synth="organ"), "unknown synth"),
+    (OutputChoice(port="x", virtual=True), "not both"),
+    (OutputChoice(lookahead=0), "positive"),
+])
+def test_a_bad_output_choice_is_one_sentence_before_anything_opens(choice, words):
+    assert words in choice.problem()
+    with pytest.raises(PortError, match="(?i)" + words):
+        LivePlayer(choice).open()
+
+
+def test_both_faces_start_from_the_engine_generation_defaults():
+    """The app's knobs and the command's options were 0.9/0.92/16 and 1.0/0.95/8 bars; now one set."""
+    from typer.testing import CliRunner
+
+    from engine.generate import DEFAULT_BARS, SamplingConfig
+    from pianomuse_tui.cli import app
+    from pianomuse_tui.performance import Knobs
+
+    defaults = SamplingConfig()
+    knobs = Knobs()
+    assert (knobs.temperature, knobs.top_p, knobs.bars) == (defaults.temperature, defaults.top_p, DEFAULT_BARS)
+    text = " ".join(CliRunner().invoke(app, ["--headless", "generate", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert f"default {DEFAULT_BARS} when" in text
+
+
+def test_the_app_does_not_import_the_headless_command_modules():
+    """The app used to import the CLI's generate module (for file names), closing an import cycle."""
+    import subprocess
+    import sys
+
+    code = "import sys, pianomuse_tui.performance, pianomuse_tui.panes.generate; print('generate_cmd' in ' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-500:]

@@ -120,17 +120,17 @@ def test_the_generate_pane_saves_a_running_take_up_to_the_playhead(tmp_path):
     performance = Performance(PerformanceSettings(checkpoint=None), Knobs())
     performance.session = session
     clock = FakeClock(jitter=0.0, limit=0.0)  # the sender never moves the clock: the test sets the playhead
-    performance.scheduler = LookaheadScheduler(FakeOutput(), clock=clock)
+    scheduler = performance.player.scheduler = LookaheadScheduler(FakeOutput(), clock=clock)
     performance._active.set()
     events = session.events(0)
     cut = events[len(events) // 2].time + 1e-3
     try:
-        performance.scheduler.start()
+        scheduler.start()
         with clock.lock:
-            clock.t = performance.scheduler._origin + cut
+            clock.t = scheduler._origin + cut
         (path,) = performance.save(tmp_path / "take.mid")
     finally:
-        performance.scheduler.stop(panic=False)
+        scheduler.stop(panic=False)
     notes = symusic.Score(str(path)).to("second").tracks[0].notes
     tracker = NoteTracker()
     for event in events:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine.generate.defaults import SamplingConfig
 from engine.paths import CONFIGS_DIR
 
 PRESETS = ("tiny", "small", "base")
@@ -95,8 +94,8 @@ class EvalSection:
     audition_every: int = 500  # steps; 0 disables auditions
     audition_prompt_tokens: int = 128
     audition_tokens: int = 256
-    audition_temperature: float = SamplingConfig.temperature
-    audition_top_p: float = SamplingConfig.top_p
+    audition_temperature: float = 1.0
+    audition_top_p: float = 0.95
 
 
 @dataclass

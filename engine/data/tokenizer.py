@@ -47,6 +47,27 @@ DEFAULT_MIDITOK_PARAMS: dict[str, Any] = {
     "tempo_range": [40, 250],
 }
 
+# Named settings for kinds of data (``preset`` in a tokenizer config; its other keys override the
+# preset's). Measured on the performance-like test set: bench/performance_roundtrip.py, bench/RESULTS.md.
+TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
+    # quantised score MIDI (notation exports, the demo corpus): bars, positions, tempo and metre tokens
+    "score": {"tokenization": "REMI"},
+    "score-tsd": {"tokenization": "TSD"},
+    "midilike": {"tokenization": "MIDILike"},
+    # performances (MAESTRO, GiantMIDI-Piano, your own playing): every piece re-timed to one 120 qpm
+    # tempo with its seconds kept, so the beat grid is a clock (1/32 beat = 15.6 ms); time shifts and
+    # durations on that grid, no tempo or metre tokens, the full velocity range and the pedal
+    "performance": {
+        "tokenization": "TSD",
+        "fixed_tempo": 120.0,
+        "beat_res": {"0_4": 32, "4_12": 4},
+        "use_tempos": False,
+        "use_time_signatures": False,
+        "use_sustain_pedals": True,
+        "num_velocities": 32,
+    },
+}
+
 # Parameters MidiTok's tokenizations read from ``additional_params`` (MidiTok 3.1)
 MIDITOK_EXTRA_PARAMS = {"add_trailing_bars", "max_bar_embedding", "use_bar_end_tokens", "max_duration",
                         "use_microtiming", "num_microtiming_bins", "max_microtiming_shift", "ticks_per_quarter"}
@@ -107,6 +128,14 @@ def merge_tracks(score: symusic.Score, tracks) -> symusic.Score:
     return out
 
 
+def retime(score: symusic.Score, qpm: float) -> symusic.Score:
+    """The score with one tempo, ``qpm``, and every event at the second it had (same ticks per quarter)."""
+    seconds = score.to("second")
+    seconds.tempos.clear()
+    seconds.tempos.append(symusic.Tempo(0.0, float(qpm), ttype="second"))
+    return seconds.to("tick")
+
+
 def check_piano_policy(policy: str) -> None:
     """Raise TokenizerConfigError (a ValueError) with one sentence unless ``policy`` is in PIANO_POLICIES."""
     if policy not in PIANO_POLICIES:
@@ -135,12 +164,17 @@ class PianoTokenizer:
     """One token sequence per piece; ids 0, 1, 2 are PAD, BOS, EOS."""
 
     def __init__(self, tokenization: str = "REMI", miditok_params: dict[str, Any] | None = None,
-                 piano_policy: str = "keyboard") -> None:
+                 piano_policy: str = "keyboard", fixed_tempo: float | None = None) -> None:
+        """``fixed_tempo``: re-time every piece to this one tempo (qpm) before tokenizing, keeping its
+        seconds, so ticks are a clock; decoded pieces carry that tempo (performance data)."""
         import miditok  # noqa: PLC0415  (engine.model must import without miditok; keep it local here too)
 
         if tokenization not in TOKENIZATIONS:
             raise TokenizerConfigError(f"unknown tokenization {tokenization!r}; use one of: {', '.join(TOKENIZATIONS)}")
         check_piano_policy(piano_policy)
+        if fixed_tempo is not None and not (isinstance(fixed_tempo, (int, float)) and 10 <= fixed_tempo <= 400):
+            raise TokenizerConfigError(f"fixed_tempo must be a tempo in quarter notes per minute (10-400), not {fixed_tempo!r}")
+        self.fixed_tempo = float(fixed_tempo) if fixed_tempo is not None else None
         params = copy.deepcopy(DEFAULT_MIDITOK_PARAMS)
         params.update(copy.deepcopy(miditok_params or {}))
         # PianoMuse's own invariants: one stream without program tokens, PAD/BOS/EOS first.
@@ -167,13 +201,19 @@ class PianoTokenizer:
         full MidiTok parameters under ``"miditok"``.
         """
         config = dict(config or {})
+        preset = config.pop("preset", None)
+        if preset is not None:
+            if preset not in TOKENIZER_PRESETS:
+                raise TokenizerConfigError(f"unknown tokenizer preset {preset!r}; use one of: {', '.join(TOKENIZER_PRESETS)}")
+            config = {**copy.deepcopy(TOKENIZER_PRESETS[preset]), **config}
+        fixed_tempo = config.pop("fixed_tempo", None)
         tokenization = config.pop("tokenization", "REMI")
         policy = config.pop("piano_policy", "keyboard")
         params = dict(config.pop("miditok", {}) or {})
         for key in ("format", "vocab_size", "miditok_version", "symusic_version"):
             config.pop(key, None)
         params.update(config)
-        return cls(tokenization, params, policy)
+        return cls(tokenization, params, policy, fixed_tempo)
 
     def to_config(self) -> dict[str, Any]:
         """JSON-serialisable; ``from_config(to_config())`` gives the same vocabulary."""
@@ -183,7 +223,7 @@ class PianoTokenizer:
         params["chord_maps"] = {q: list(v) for q, v in params.get("chord_maps", {}).items()}
         # MidiTok puts unknown kwargs here; keep them flat so from_config reads them back
         params.update(params.pop("additional_params", {}) or {})
-        return {
+        config = {
             "format": CONFIG_FORMAT,
             "tokenization": self.tokenization,
             "piano_policy": self.piano_policy,
@@ -191,10 +231,14 @@ class PianoTokenizer:
             "miditok_version": importlib.metadata.version("miditok"),
             "miditok": params,
         }
+        if self.fixed_tempo is not None:
+            config["fixed_tempo"] = self.fixed_tempo
+        return config
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PianoTokenizer) and self._id_to_token == other._id_to_token \
-            and self.tokenization == other.tokenization and self.piano_policy == other.piano_policy
+            and self.tokenization == other.tokenization and self.piano_policy == other.piano_policy \
+            and self.fixed_tempo == other.fixed_tempo
 
     def __repr__(self) -> str:
         return f"PianoTokenizer({self.tokenization}, vocab_size={self.vocab_size}, piano_policy={self.piano_policy!r})"
@@ -328,8 +372,10 @@ class PianoTokenizer:
 
     # ---- encode / decode -----------------------------------------------------------------------
     def prepare_score(self, score: symusic.Score) -> symusic.Score:
-        """Apply the piano policy and merge to one track (what ``encode_score`` tokenizes)."""
-        return extract_piano(score, self.piano_policy)
+        """Apply the piano policy and merge to one track (what ``encode_score`` tokenizes); with a
+        ``fixed_tempo``, re-time it to that one tempo, every note and pedal at its own second."""
+        piano = extract_piano(score, self.piano_policy)
+        return piano if self.fixed_tempo is None else retime(piano, self.fixed_tempo)
 
     def _encode(self, score: symusic.Score):
         piano = self.prepare_score(score)
@@ -380,6 +426,9 @@ class PianoTokenizer:
             ids = ids[: ids.index(self.eos_id)]
         ids = [i for i in ids if i > self.eos_id]
         score = self._miditok.decode([ids])
+        if self.fixed_tempo is not None:
+            score.tempos.clear()
+            score.tempos.append(symusic.Tempo(0, self.fixed_tempo))
         for track in score.tracks:
             track.program = 0
             track.is_drum = False

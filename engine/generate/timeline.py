@@ -49,6 +49,7 @@ class TokenTables:
         self._ticks_per_pos = getattr(m, "_compute_ticks_per_pos", None)
         self.pitch_range = tuple(m.config.pitch_range)
         self.bos_id, self.eos_id, self.pad_id = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+        self.start_qpm = getattr(tokenizer, "fixed_tempo", None) or DEFAULT_QPM  # the tempo before any Tempo token
         self.position_value = np.full(self.vocab_size, -1, dtype=np.int64)
         for i in tokenizer.kind_ids("Position"):
             self.position_value[i] = int(self.value[i])
@@ -144,7 +145,7 @@ class TokenTimeline:
         self.note_stage = 0  # 0: no note open, 1: after Pitch, 2: after Velocity
         self._pitch = self._velocity = 0
         self.ended = False
-        self.tempos: list[tuple[int, float, float]] = [(0, DEFAULT_QPM, 0.0)]  # (tick, qpm, seconds at tick)
+        self.tempos: list[tuple[int, float, float]] = [(0, tables.start_qpm, 0.0)]  # (tick, qpm, seconds at tick)
         self.time_signatures: list[tuple[int, int, int]] = [(0, 4, 4)]  # (tick, numerator, denominator)
         self.position_tick: int | None = None  # the tick the last Position token set (REMI)
         self.notes_at_tick = 0  # notes struck at the current tick (the size of the chord so far)

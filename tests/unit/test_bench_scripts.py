@@ -84,3 +84,12 @@ def test_ddp_speedup_tiny_gloo_two_processes(tmp_path):
     for a, b in zip(one["losses"], two["losses"]):
         assert math.isfinite(a) and a == pytest.approx(b, rel=1e-4)
     assert report["speedup"] == pytest.approx(two["tokens_per_s"] / one["tokens_per_s"])
+
+
+def test_performance_round_trip_bench_prints_the_table_and_writes_the_set(tmp_path, capsys):
+    bench = bench_module("performance_roundtrip")
+    assert bench.main(["--limit", "2", "--presets", "score", "performance", "--write", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| score | REMI | 339 |" in out and "| performance | TSD |" in out
+    assert "goal: performance preset onset p95 <= 10 ms: met" in out
+    assert len(list(tmp_path.glob("*.mid"))) == 2

@@ -50,6 +50,7 @@ class PerformanceSettings:
     port: str | None = None
     virtual: bool = True
     fluidsynth: bool = False
+    builtin: bool = False  # the built-in piano (no MIDI system needed)
     midi_file: Path | None = None  # play this file instead of generating
     lookahead: float = 0.5
 
@@ -89,7 +90,8 @@ class Performance:
         self.on_problem = on_problem
         s = settings
         choice = OutputChoice(api=s.api, port=s.port, virtual=s.virtual and not s.port,
-                              synth="fluidsynth" if s.fluidsynth else None, lookahead=s.lookahead)
+                              synth="builtin" if s.builtin else "fluidsynth" if s.fluidsynth else None,
+                              lookahead=s.lookahead)
         self.player = LivePlayer(choice, on_event=self._roll_event, on_notice=self._notice)
         self.session = None  # the engine's GenerationSession: it holds every alternative, played or not
         self.end_reason = "finished"

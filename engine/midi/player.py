@@ -26,12 +26,14 @@ from .ports import PortError, open_output
 from .scheduler import LookaheadScheduler
 
 RECONNECT_WAIT_S = 60.0
+SYNTHS = (None, "builtin", "fluidsynth")
 Chunk = tuple[list, float, int]  # (events, horizon in music seconds, tokens generated for them)
 
 
 @dataclass
 class OutputChoice:
-    """Where a live take sounds. ``synth``: None (a port), "fluidsynth" (an external process) or "builtin"."""
+    """Where a live take sounds. ``synth``: None (a port), "builtin" (the built-in piano, in this
+    process) or "fluidsynth" (an external FluidSynth started on the MIDI system)."""
 
     api: str = "auto"
     port: str | None = None
@@ -39,11 +41,12 @@ class OutputChoice:
     synth: str | None = None
     soundfont: Path | None = None
     lookahead: float = 0.5
+    audio_driver: str = "auto"  # the built-in piano's sound output ("capture": into memory, for tests)
 
     def problem(self) -> str | None:
         """The sentence saying why this choice cannot work, before anything is opened; else None."""
-        if self.synth not in (None, "fluidsynth"):
-            return f"unknown synth {self.synth!r}; the one PianoMuse can start is --synth fluidsynth"
+        if self.synth not in SYNTHS:
+            return f"unknown synth {self.synth!r}; use --synth builtin (the built-in piano) or --synth fluidsynth"
         if self.port and self.virtual:
             return "give either --port NAME or --virtual, not both"
         if self.lookahead <= 0:
@@ -132,7 +135,11 @@ class LivePlayer:
         if problem is not None:
             raise PortError(problem[0].upper() + problem[1:] + ".")
         try:
-            if c.synth == "fluidsynth":
+            if c.synth == "builtin":
+                from .builtin_synth import BuiltinSynth  # noqa: PLC0415
+
+                self.synth = self.output = BuiltinSynth(soundfont=c.soundfont, driver=c.audio_driver)
+            elif c.synth == "fluidsynth":
                 from .synth import start_fluidsynth  # noqa: PLC0415
 
                 self.synth = start_fluidsynth(c.api, soundfont=c.soundfont)

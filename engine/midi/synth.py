@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .builtin_synth import find_soundfont
 from .ports import PortError, list_ports, resolve_api
 
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -72,7 +73,7 @@ def start_fluidsynth(
     exe = shutil.which("fluidsynth")
     if exe is None:
         raise PortError("FluidSynth is not installed: install it with `sudo apt install fluidsynth fluid-soundfont-gm`, or play to your own synth with --port.")
-    soundfont = Path(soundfont) if soundfont else DEFAULT_SOUNDFONT
+    soundfont = find_soundfont(soundfont) or Path(soundfont or DEFAULT_SOUNDFONT)
     if not soundfont.is_file():
         raise PortError(f"The soundfont {soundfont} is missing: install it with `sudo apt install fluid-soundfont-gm` or pass another .sf2 file.")
     api = resolve_api(api)

@@ -31,11 +31,16 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
-def _write_all(session, paths: list[Path]) -> list[Path]:
+def _write_all(session, paths: list[Path], wav: bool = False, soundfont: Path | None = None) -> list[Path]:
+    """Each alternative as .mid; with ``wav`` also rendered by the built-in piano as .wav beside it."""
     written = []
     for row, path in enumerate(paths):
         try:
             written.append(session.write_midi(row, path))
+            if wav:
+                from engine.midi.builtin_synth import render_wav  # noqa: PLC0415
+
+                written.append(render_wav(session.events(row), path.with_suffix(".wav"), soundfont))
         except OSError as exc:
             fail(f"could not write {path} ({exc.strerror or exc}); give another --out")
     return written
@@ -103,6 +108,11 @@ def _run_generate(
     if threads > 0:
         torch.set_num_threads(threads)
     problem = choice.problem()
+    wav = out is not None and out.suffix.lower() == ".wav"
+    if problem is None and wav:
+        from engine.midi.builtin_synth import builtin_problem  # noqa: PLC0415
+
+        problem = builtin_problem(choice.soundfont)  # before the model loads: rendering needs the synth
     if problem:
         fail(problem)
     if bars is None and max_tokens is None:
@@ -148,7 +158,7 @@ def _run_generate(
             interrupted = True
         session.finish()
         elapsed = time.perf_counter() - started
-        written = _write_all(session, paths)
+        written = _write_all(session, paths, wav, choice.soundfont)
         console.print(_generation_summary(session, elapsed))
         console.print("wrote " + ", ".join(str(p) for p in written))
         return 130 if interrupted else 0
@@ -163,7 +173,7 @@ def _run_generate(
         player.close()
         session.finish()
         elapsed = time.perf_counter() - started
-        written = _write_all(session, paths)
+        written = _write_all(session, paths, wav, choice.soundfont)
     console.print(_generation_summary(session, elapsed))
     console.print("timing: " + player.telemetry().summary())
     console.print("wrote " + ", ".join(str(p) for p in written))
@@ -233,14 +243,14 @@ def register(app: typer.Typer) -> None:
         presence_penalty: float = typer.Option(SAMPLING.presence_penalty, "--presence-penalty", help="Subtract from tokens of the recent window (0 = off)."),
         penalty_window: int = typer.Option(SAMPLING.penalty_window, "--penalty-window", help="How many recent tokens the penalties look at."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Reproducible sampling (default: random, printed at the end)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output .mid (OUT-1.mid .. OUT-K.mid with alternatives)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output .mid (OUT-1.mid .. OUT-K.mid with alternatives); OUT.wav also renders each take with the built-in piano."),
         play: bool = typer.Option(False, "--play", help="Play live (on the virtual port unless --port/--synth says where)."),
         midi_api: str = typer.Option("auto", "--midi-api", help="alsa, jack or auto (ALSA, then JACK)."),
         port: Optional[str] = typer.Option(None, "--port", help="Play to this existing MIDI port (name or part of it)."),
         virtual: bool = typer.Option(False, "--virtual", help="Play to a new virtual port named 'PianoMuse'."),
-        synth: Optional[str] = typer.Option(None, "--synth", help="fluidsynth: start FluidSynth with the GM soundfont and play to it."),
+        synth: Optional[str] = typer.Option(None, "--synth", help="builtin: play through the built-in piano (sound with no MIDI system); fluidsynth: start FluidSynth on the MIDI system and play to it."),
         fluidsynth: bool = typer.Option(False, "--fluidsynth", help="Same as --synth fluidsynth."),
-        soundfont: Optional[Path] = typer.Option(None, "--soundfont", help="The .sf2 for --synth fluidsynth (default FluidR3_GM)."),
+        soundfont: Optional[Path] = typer.Option(None, "--soundfont", help="The .sf2 for the built-in piano, --synth fluidsynth and .wav output (default: a GM font found on the system)."),
         lookahead: float = typer.Option(0.5, "--lookahead", help="Seconds of music generated ahead of the playhead."),
         threads: int = typer.Option(1, "--threads", help="CPU threads for the model (1 keeps per-token latency steady)."),
     ) -> None:

@@ -28,6 +28,8 @@ from .common import PaneBase, one_sentence
 APIS = ("auto", "alsa", "jack")
 VIRTUAL = "__virtual__"
 FLUIDSYNTH = "__fluidsynth__"
+BUILTIN = "__builtin__"
+OWN_OUTPUTS = [("virtual port 'PianoMuse'", VIRTUAL), ("built-in piano", BUILTIN), ("start FluidSynth", FLUIDSYNTH)]
 # what the knob fields accept; the +/- and [/] nudges stay inside the same bounds
 KNOB_RANGES = {"temperature": (0.05, 3.0), "top_p": (0.05, 1.0)}
 
@@ -108,8 +110,8 @@ class GeneratePane(PaneBase):
             yield Label("Out", classes="field-label")
             yield Select([(x, x) for x in APIS], value=str(arg("midi_api", "auto")), allow_blank=False,
                          id="gen-api")
-            yield Select([("virtual port 'PianoMuse'", VIRTUAL), ("start FluidSynth", FLUIDSYNTH)],
-                         value=FLUIDSYNTH if given.get("synth") else VIRTUAL, allow_blank=False, id="gen-port")
+            yield Select(OWN_OUTPUTS, value={"fluidsynth": FLUIDSYNTH, "builtin": BUILTIN}.get(given.get("synth"), VIRTUAL),
+                         allow_blank=False, id="gen-port")
             yield Button("Ports", id="gen-refresh")
             yield Button("Play", id="gen-play", variant="success")
             yield Button("Panic", id="gen-panic", variant="error")
@@ -212,7 +214,7 @@ class GeneratePane(PaneBase):
     def on_ports_listed(self, message: PortsListed) -> None:
         select = self.query_one("#gen-port", Select)
         current = select.value
-        options = [("virtual port 'PianoMuse'", VIRTUAL), ("start FluidSynth", FLUIDSYNTH)]
+        options = list(OWN_OUTPUTS)
         for entry in message.ports:
             name, which = entry.split("\t")
             if "PianoMuse" in name and "FluidSynth" not in name:
@@ -247,9 +249,10 @@ class GeneratePane(PaneBase):
             prompt=Path(prompt) if prompt else None,
             prompt_bars=self.query_one("#gen-bars-range", Input).value.strip() or None,
             api=api,
-            port=None if port in (VIRTUAL, FLUIDSYNTH) else str(port).split("\t")[0],
+            port=None if port in (VIRTUAL, FLUIDSYNTH, BUILTIN) else str(port).split("\t")[0],
             virtual=port == VIRTUAL,
             fluidsynth=port == FLUIDSYNTH,
+            builtin=port == BUILTIN,
             midi_file=midi_file,
         )
 

@@ -38,11 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+import numpy as np
+import torch
+import torch.multiprocessing as mp
 
-from bench._train_bench import (  # noqa: E402
+from bench._train_bench import (
     BenchError, fmt_rate, markdown_table, parse_shape, pick_device, run_header, write_outputs,
 )
 
@@ -70,8 +70,8 @@ class RandomTokenVocabulary:
 
 def random_token_feed(cfg, dist, vocab_size: int, n_samples: int):
     """A TrainingFeed over ``n_samples`` random sequences of ``data.ctx_len`` tokens (the stream cycles)."""
-    from engine.data.windows import CompletionWindow, PackedChunk  # noqa: PLC0415
-    from engine.train.feed import TrainingFeed  # noqa: PLC0415
+    from engine.data.windows import CompletionWindow, PackedChunk
+    from engine.train.feed import TrainingFeed
 
     rng = np.random.default_rng(cfg.train.seed)
     T = cfg.data.ctx_len
@@ -91,8 +91,8 @@ def _train_process(rank: int, world: int, port: int, cfg_dict: dict, vocab_size:
     if world > 1:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    import engine.train.trainer as trainer_module  # noqa: PLC0415
-    from engine.train.config import TrainConfig  # noqa: PLC0415
+    import engine.train.trainer as trainer_module
+    from engine.train.config import TrainConfig
 
     cfg = TrainConfig.from_dict(cfg_dict).validate()
     marks: list[dict] = []

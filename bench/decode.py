@@ -33,15 +33,15 @@ os.environ.setdefault("RWKV_V7_ON", "1")  # the rwkv package reads these at impo
 os.environ.setdefault("RWKV_CUDA_ON", "0")
 os.environ.setdefault("RWKV_JIT_ON", "1")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from forward_cpu import cpu_name  # noqa: E402
+from forward_cpu import cpu_name
 
-from engine.data.tokenizer import PianoTokenizer  # noqa: E402
-from engine.generate import GenerationSession, SamplingConfig  # noqa: E402
-from engine.model import RWKV7, ModelConfig, save_checkpoint  # noqa: E402
+from engine.data.tokenizer import PianoTokenizer
+from engine.generate import GenerationSession, SamplingConfig
+from engine.model import RWKV7, ModelConfig, save_checkpoint
 
 
 def make_model(layers: int, width: int, vocab: int) -> RWKV7:
@@ -84,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok = PianoTokenizer("REMI")
-    from rwkv.model import RWKV  # noqa: PLC0415
+    from rwkv.model import RWKV
 
     rows_out = []
     for size in args.sizes.split(","):

@@ -32,11 +32,11 @@ os.environ.setdefault("RWKV_V7_ON", "1")  # the rwkv package reads these at impo
 os.environ.setdefault("RWKV_CUDA_ON", "0")
 os.environ.setdefault("RWKV_JIT_ON", "1")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.kernels.wkv7 import resolve_backend  # noqa: E402
-from engine.model import RWKV7, ModelConfig, save_checkpoint  # noqa: E402
+from engine.kernels.wkv7 import resolve_backend
+from engine.model import RWKV7, ModelConfig, save_checkpoint
 
 
 def cpu_name() -> str:
@@ -101,7 +101,7 @@ def main() -> None:
     if not args.no_peer:
         tmp = tempfile.TemporaryDirectory()
         path = save_checkpoint(model, Path(tmp.name) / "bench")
-        from rwkv.model import RWKV  # noqa: PLC0415
+        from rwkv.model import RWKV
 
         peer = RWKV(str(path.with_suffix("")), "cpu fp32")  # it appends .pth
 

@@ -105,7 +105,7 @@ def play_ours(path: Path, events: list, receiver: MidiReceiver) -> None:
 
 
 def play_mido(path: Path, events: list, receiver: MidiReceiver) -> None:
-    import rtmidi  # noqa: PLC0415
+    import rtmidi
 
     rt = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "mido-play")
     rt.open_port(rt.get_ports().index(receiver.port_name))

@@ -20,11 +20,11 @@ import symusic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.check import find_midi_files  # noqa: E402
-from engine.data.humanize import humanize, piece_seed  # noqa: E402
-from engine.data.tokenizer import TOKENIZER_PRESETS, PianoTokenizer  # noqa: E402
-from engine.eval.roundtrip import RoundTrip, roundtrip  # noqa: E402
-from engine.paths import CORPUS_DIR  # noqa: E402
+from engine.data.check import find_midi_files
+from engine.data.humanize import humanize, piece_seed
+from engine.data.tokenizer import TOKENIZER_PRESETS, PianoTokenizer
+from engine.eval.roundtrip import RoundTrip, roundtrip
+from engine.paths import CORPUS_DIR
 
 GOAL_ONSET_P95_MS = 10.0
 # the alternatives the performance preset was chosen from (each re-timed to 120 qpm like it)

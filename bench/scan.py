@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.check import find_midi_files, scan  # noqa: E402
-from engine.data.store import TokenStore, prepare  # noqa: E402
-from engine.data.tokenizer import PianoTokenizer  # noqa: E402
-from engine.paths import CORPUS_DIR  # noqa: E402
+from engine.data.check import find_midi_files, scan
+from engine.data.store import TokenStore, prepare
+from engine.data.tokenizer import PianoTokenizer
+from engine.paths import CORPUS_DIR
 
 
 def miditok_alone(tok: PianoTokenizer, files: list[Path]) -> tuple[float, float, int]:
@@ -41,7 +41,7 @@ def miditok_alone(tok: PianoTokenizer, files: list[Path]) -> tuple[float, float,
 
 def _cpu(records) -> float:
     """CPU seconds the workers spent on the files (each worker times its own files)."""
-    return sum(r["stats"].get("cpu_s", 0.0) for r in records)
+    return sum(r.stats.cpu_s or 0.0 for r in records)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,17 +78,17 @@ def _run(args) -> int:
     for w in args.workers:
         began = time.perf_counter()
         report = scan(args.folder, workers=w, paths=files)
-        rows.append((f"check, {w} worker(s)", time.perf_counter() - began, _cpu(report.files), report.summary["tokens"]))
+        rows.append((f"check, {w} worker(s)", time.perf_counter() - began, _cpu(report.files), report.summary.tokens))
     tmp = Path(tempfile.mkdtemp(prefix="pianomuse-bench-"))
     try:
         for w in args.workers:
             out = tmp / f"store-{w}"
             result = prepare(args.folder, out, {"workers": w})
             fresh = TokenStore.open(out).report  # tokens of every tokenized file, duplicates too
-            rows.append((f"prepare, {w} worker(s)", result.elapsed_s, _cpu(fresh.files), fresh.summary["tokens"]))
+            rows.append((f"prepare, {w} worker(s)", result.elapsed_s, _cpu(fresh.files), fresh.summary.tokens))
         began_cpu = time.process_time()
         again = prepare(args.folder, tmp / f"store-{args.workers[-1]}", {"workers": args.workers[-1]})
-        rows.append(("re-prepare, unchanged files", again.elapsed_s, time.process_time() - began_cpu, fresh.summary["tokens"]))
+        rows.append(("re-prepare, unchanged files", again.elapsed_s, time.process_time() - began_cpu, fresh.summary.tokens))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -17,14 +17,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import symusic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.check import find_midi_files  # noqa: E402
-from engine.data.tokenizer import PianoTokenizer, extract_piano  # noqa: E402
-from engine.paths import CORPUS_DIR  # noqa: E402
+from engine.data.check import find_midi_files
+from engine.data.tokenizer import PianoTokenizer, extract_piano
+from engine.paths import CORPUS_DIR
 
 
 def _grid(tok: PianoTokenizer) -> list[tuple[float, float, float]]:

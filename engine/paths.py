@@ -44,8 +44,8 @@ def resolve_checkpoint(path: str | Path | None, error: type[Exception] = FileNot
         if (path / "model.pth").is_file():
             return path / "model.pth"
         # torch-heavy helpers, imported only when a folder has to be searched
-        from engine.model.checkpoint import checkpoint_paths  # noqa: PLC0415
-        from engine.train.checkpointing import latest_checkpoint  # noqa: PLC0415
+        from engine.model.checkpoint import checkpoint_paths
+        from engine.train.checkpointing import latest_checkpoint
 
         latest = latest_checkpoint(path)  # the trainer's rule: `latest` if complete, else the newest complete one
         if latest is not None and (latest / "model.pth").is_file():

@@ -24,6 +24,7 @@ from .panes.common import one_sentence
 from .panes.dataset import DatasetPane
 from .panes.generate import GeneratePane
 from .panes.train import TrainPane
+from .requests import DatasetArgs
 from .training_process import kill_all_training
 
 PANES = {"dataset": "Dataset", "train": "Train", "generate": "Generate"}
@@ -132,7 +133,7 @@ class PianoMuseApp(App):
         Binding("f3", "show_pane('generate')", "Generate", show=False),
     ]
 
-    def __init__(self, pane: str | None = None, args: dict | None = None, **kwargs) -> None:
+    def __init__(self, pane: str | None = None, args: DatasetArgs | dict | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         # Textual swaps sys.stderr for a capture whose fileno() is -1 while the app runs, and
         # multiprocessing hands sys.stderr's fd to the resource tracker the first time anything is
@@ -142,7 +143,7 @@ class PianoMuseApp(App):
         resource_tracker.ensure_running()
         pane = PANE_ALIASES.get(pane or "", pane)
         self.initial_pane = pane if pane in PANES else "dataset"
-        self.pane_args = dict(args or {})
+        self.pane_args = args  # the record of the pane it opens on (the Dataset pane's DatasetArgs)
         self.device = "detecting device…"
         self._quitting = False
 
@@ -152,9 +153,9 @@ class PianoMuseApp(App):
         yield Header(show_clock=False, icon="♪")
         args = self.pane_args
         # kept by reference: App.query_one searches the current screen, which is a dialog at times
-        self._dataset = DatasetPane(args if self.initial_pane == "dataset" else {}, id="dataset-pane")
-        self._train = TrainPane(args if self.initial_pane == "train" else {}, id="train-pane")
-        self._generate = GeneratePane(args if self.initial_pane == "generate" else {}, id="generate-pane")
+        self._dataset = DatasetPane(args if self.initial_pane == "dataset" else None, id="dataset-pane")
+        self._train = TrainPane(args or {} if self.initial_pane == "train" else {}, id="train-pane")
+        self._generate = GeneratePane(args or {} if self.initial_pane == "generate" else {}, id="generate-pane")
         with TabbedContent(initial=self.initial_pane, id="panes"):
             with TabPane("Dataset", id="dataset"):
                 yield self._dataset
@@ -290,7 +291,7 @@ class PianoMuseApp(App):
         await self.train.shutdown()
 
 
-def run_app(pane: str | None, args: dict) -> None:
+def run_app(pane: str | None, args: DatasetArgs | dict | None) -> None:
     """Entry point used by ``pianomuse_tui.cli``: open the app, optionally on a pane with its args."""
     app = PianoMuseApp(pane=pane, args=args)
     try:

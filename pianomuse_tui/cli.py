@@ -12,6 +12,7 @@ import typer
 
 from . import __version__
 from .headless import data_cmd, eval_cmd, generate_cmd, kernels_cmd, model_cmd, train_cmd
+from .requests import DatasetArgs
 
 app = typer.Typer(
     name="pianomuse-tui",
@@ -42,9 +43,9 @@ def root(
         open_app(pane=None, args={})
 
 
-def open_app(pane: str | None, args: dict) -> None:
+def open_app(pane: str | None, args: DatasetArgs | dict | None) -> None:
     """Open the Textual app (optionally on a pane, with that command's arguments)."""
-    from .app import run_app  # noqa: PLC0415  (textual loads only when the UI is wanted)
+    from .app import run_app  # textual loads only when the UI is wanted
 
     run_app(pane=pane, args=args)
 

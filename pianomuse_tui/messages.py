@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from engine.data.check import ScanReport
 
 
 class Coalescing(Message):
@@ -38,7 +41,7 @@ class ScanFinished(Message):
     """The scan ended: ``report`` is the engine's ScanReport (None when cancelled or failed)."""
 
     folder: Path
-    report: Any = None
+    report: ScanReport | None = None
     cancelled: bool = False
     error: str | None = None
     names: dict[str, str] = field(default_factory=dict)  # path -> name relative to the folder

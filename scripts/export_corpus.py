@@ -35,7 +35,7 @@ PIANO_PIECES = [
 
 def _as_piano(score):
     """Give every part an acoustic grand piano so the MIDI carries program 0 on every track."""
-    from music21 import instrument  # noqa: PLC0415
+    from music21 import instrument
 
     for part in score.parts:
         for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
@@ -46,7 +46,7 @@ def _as_piano(score):
 
 def _write_midi(score, target: Path) -> None:
     """Write MIDI, playing repeats; a score whose repeat marks music21 cannot expand is written once through."""
-    from music21 import repeat  # noqa: PLC0415
+    from music21 import repeat
 
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -60,13 +60,13 @@ def _write_midi(score, target: Path) -> None:
 def _clean(target: Path) -> None:
     """Re-write through symusic: music21 writes grace notes as a note-off before its note-on at
     the same tick, which leaves note-ons never released; symusic keeps only the paired notes."""
-    import symusic  # noqa: PLC0415
+    import symusic
 
     symusic.Score(str(target)).dump_midi(str(target))
 
 
 def _drop_repeats(score) -> None:
-    from music21 import bar, repeat  # noqa: PLC0415
+    from music21 import bar, repeat
 
     for mark in list(score.recurse().getElementsByClass((repeat.RepeatMark, repeat.RepeatExpression))):
         mark.activeSite.remove(mark)
@@ -77,7 +77,7 @@ def _drop_repeats(score) -> None:
 
 
 def _chorale_paths(count: int) -> list[Path]:
-    from music21 import corpus  # noqa: PLC0415
+    from music21 import corpus
 
     paths = sorted(p for p in corpus.getComposer("bach") if p.name.startswith("bwv") and p.suffix == ".mxl"
                    and not p.name.startswith("bwv846"))
@@ -89,7 +89,7 @@ def _chorale_paths(count: int) -> list[Path]:
 
 
 def export(out: Path, chorales: int) -> list[tuple[str, str, str, str]]:
-    from music21 import corpus  # noqa: PLC0415
+    from music21 import corpus
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[tuple[str, str, str, str]] = []
@@ -103,7 +103,7 @@ def export(out: Path, chorales: int) -> list[tuple[str, str, str, str]]:
         source = f"bach/{path.name}"
         try:
             score = _as_piano(corpus.parse(path))
-        except Exception as exc:  # a chorale music21 cannot parse is skipped, not fatal
+        except Exception as exc:  # noqa: BLE001 - a chorale music21 cannot parse is skipped, not fatal
             print(f"skipped {source}: {exc}", file=sys.stderr)
             continue
         target = out / "chorales" / f"{path.stem.replace('.', '_')}.mid"
@@ -114,7 +114,7 @@ def export(out: Path, chorales: int) -> list[tuple[str, str, str, str]]:
 
 
 def write_attribution(out: Path, written: list[tuple[str, str, str, str]]) -> None:
-    import music21  # noqa: PLC0415
+    import music21
 
     lines = [
         "# Demo corpus attribution",
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chorales", type=int, default=160, help="how many Bach chorales to export")
     args = parser.parse_args(argv)
     try:
-        import music21  # noqa: F401, PLC0415
+        import music21  # noqa: F401
     except ImportError:
         print("music21 is not installed; install the dev extras: pip install -e '.[dev]'", file=sys.stderr)
         return 2

@@ -1,5 +1,3 @@
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_gpu = torch.cuda.is_available()
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001  # pragma: no cover - no torch, no GPU
         has_gpu = False
     if has_gpu:
         return

@@ -1,8 +1,9 @@
 """Dataset checks: scan a folder of MIDI files in worker processes and report on every file.
 
-``scan(folder)`` returns a ``ScanReport``: one record per file, ``{"path", "status", "reasons",
-"stats"}`` with status ``ok`` | ``warning`` | ``error``, and a ``summary``. A reason reads
-``"<category>: <details>"``; the summary ranks the categories by how many files they hit.
+``scan(folder)`` returns a ``ScanReport``: one ``FileRecord`` per file (path, status ``ok`` |
+``warning`` | ``error``, reasons, ``FileStats``) and a ``ScanSummary``. These dataclasses are the
+records the CLI, the Dataset pane and the store read; the JSON report is their ``to_dict``. A
+reason reads ``"<category>: <details>"``; the summary ranks the categories by how many files they hit.
 
 Files are inspected in worker processes, one file at a time per worker, each under a per-file
 timeout: a file that makes the parser hang (or crash) is reported as an error and its worker is
@@ -43,7 +44,7 @@ class CheckPolicy:
     tokenize: bool = True  # count tokens in the report (prepare always tokenizes)
 
     def __post_init__(self) -> None:
-        from .tokenizer import check_piano_policy  # noqa: PLC0415
+        from .tokenizer import check_piano_policy
 
         # a bad policy must stop the scan with one sentence, not fail every file in the workers
         check_piano_policy(self.piano_policy)
@@ -62,19 +63,121 @@ class ScanError(RuntimeError):
 
 
 @dataclass
-class ScanReport:
-    files: list[dict[str, Any]]
-    summary: dict[str, Any] = field(default_factory=dict)
+class FileStats:
+    """What the check measured of one file. A field stays None when the check stopped before it
+    (an unreadable file has no duration); ``to_dict`` leaves those out of the JSON report."""
+
+    bytes: int | None = None
+    file_hash: str | None = None  # sha256 of the bytes: what an incremental prepare keys on
+    format: int | None = None  # MIDI file format 0, 1 or 2
+    tracks: int | None = None  # track chunks in the file
+    ticks_per_quarter: int | None = None
+    duration_s: float | None = None
+    notes: int | None = None  # notes the piano extraction keeps
+    notes_per_s: float | None = None
+    pitch_range: list[int] | None = None  # [lowest, highest] MIDI pitch
+    pitch_histogram: list[int] | None = None  # notes per MIDI pitch 0..127
+    velocity_histogram: list[int] | None = None  # notes per velocity bin of 16
+    sustain_pedal: dict[str, float] | None = None  # {"presses", "down_fraction"}
+    max_polyphony: int | None = None
+    max_onsets_per_s: int | None = None  # onsets inside any one-second window
+    longest_silence_s: float | None = None
+    tempo_changes: int | None = None
+    tempo_bpm: list[float] | None = None  # [slowest, fastest]
+    time_signature_changes: int | None = None
+    kept_tracks: int | None = None
+    note_hash: str | None = None  # content hash of the notes: duplicates and the train/val split key on it
+    dropped_notes: int | None = None  # notes left out when none was usable
+    tokens: int | None = None
+    bars: int | None = None
+    cpu_s: float | None = None  # this file's check cost, whatever the machine's load
+    traceback: str | None = None  # when a check itself failed (a bug, reported on the file)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "summary": self.summary}
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FileStats":
+        return cls(**data)
+
+
+@dataclass
+class FileRecord:
+    """The check's verdict on one file: ``status`` ok | warning | error, and why.
+
+    A reason reads ``"<category>: <details>"``; errors leave the file out of a store, warnings
+    keep it."""
+
+    path: str
+    status: str = "ok"
+    reasons: list[str] = field(default_factory=list)
+    stats: FileStats = field(default_factory=FileStats)
+
+    @property
+    def usable(self) -> bool:
+        return self.status != "error"
+
+    @property
+    def is_duplicate(self) -> bool:
+        return any(r.startswith("duplicate") for r in self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status, "reasons": list(self.reasons), "stats": self.stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FileRecord":
+        return cls(data["path"], data["status"], list(data["reasons"]), FileStats.from_dict(data.get("stats") or {}))
+
+
+# ``on_progress(done, total, record)``: called after each file of a scan or prepare
+FileProgress = Callable[[int, int, FileRecord], None]
+
+
+@dataclass
+class ReasonCount:
+    reason: str  # a reason's category (the part before the colon)
+    files: int
+
+
+@dataclass
+class ScanSummary:
+    """Totals of a scan; hours, notes and tokens count the usable (non-error) files."""
+
+    files: int
+    status: dict[str, int]  # files per status, every status present
+    hours: float
+    notes: int
+    tokens: int
+    reasons: list[ReasonCount]  # most frequent first
+    root: str = ""
+    piano_policy: str = "keyboard"
+    workers: int | None = None  # a scan's; prepare leaves it out
+    elapsed_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScanSummary":
+        data = dict(data)
+        data["reasons"] = [ReasonCount(**r) for r in data.get("reasons", [])]
+        return cls(**data)
+
+
+@dataclass
+class ScanReport:
+    files: list[FileRecord]
+    summary: ScanSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": [r.to_dict() for r in self.files], "summary": self.summary.to_dict()}
 
     def to_json(self) -> str:
         """The report as JSON text with one line per file: indenting every list item would put each
         of a file's 128 pitch-histogram counts on a line of its own and double the report's size."""
-        files = ",\n".join(" " + json.dumps(record) for record in self.files)
+        files = ",\n".join(" " + json.dumps(record.to_dict()) for record in self.files)
         files = f"[\n{files}\n]" if files else "[]"
-        return f'{{"files": {files},\n"summary": {json.dumps(self.summary, indent=1)}}}\n'
+        return f'{{"files": {files},\n"summary": {json.dumps(self.summary.to_dict(), indent=1)}}}\n'
 
     def write(self, path: str | Path) -> None:
         path = Path(path)
@@ -86,7 +189,7 @@ class ScanReport:
     @classmethod
     def read(cls, path: str | Path) -> "ScanReport":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(data["files"], data["summary"])
+        return cls([FileRecord.from_dict(r) for r in data["files"]], ScanSummary.from_dict(data["summary"]))
 
 
 def find_midi_files(folder: str | Path) -> list[Path]:
@@ -121,24 +224,22 @@ def _max_polyphony(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(np.cumsum(steps[order]).max())
 
 
-def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple[dict[str, Any], Any, Any]:
+def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple[FileRecord, Any, Any]:
     """(record, ids or None, bar_starts or None) for one file. Never raises for a bad file."""
-    import symusic  # noqa: PLC0415
+    import symusic
 
-    from .midi_bytes import MidiStructureError, walk_midi_bytes  # noqa: PLC0415
-    from .tokenizer import PIANO_HIGH, PIANO_LOW, merge_tracks, piano_tracks  # noqa: PLC0415
+    from .midi_bytes import MidiStructureError, walk_midi_bytes
+    from .tokenizer import PIANO_HIGH, PIANO_LOW, merge_tracks, piano_tracks
 
     path = Path(path)
-    record: dict[str, Any] = {"path": str(path), "status": "ok", "reasons": [], "stats": {}}
     errors, warnings = [], []
-    stats = record["stats"]
+    stats: dict[str, Any] = {}  # FileStats' fields, filled as the checks get that far
     cpu_began = time.process_time()
 
     def finish(ids=None, bars=None):
-        stats["cpu_s"] = round(time.process_time() - cpu_began, 5)  # this file's cost, whatever the machine's load
-        record["reasons"] = errors + warnings
-        record["status"] = "error" if errors else ("warning" if warnings else "ok")
-        return record, ids, bars
+        stats["cpu_s"] = round(time.process_time() - cpu_began, 5)
+        status = "error" if errors else ("warning" if warnings else "ok")
+        return FileRecord(str(path), status, errors + warnings, FileStats(**stats)), ids, bars
 
     try:
         data = path.read_bytes()
@@ -169,7 +270,7 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         warnings.append(_reason("note-ons never released", f"{raw.unreleased_note_ons} dropped"))
     try:
         score = symusic.Score.from_midi(data)
-    except Exception as exc:  # symusic raises RuntimeError with its parser's message
+    except Exception as exc:  # noqa: BLE001 - symusic raises RuntimeError with its parser's message
         errors.append(_reason("unreadable", str(exc).split(": iostream error")[0]))
         return finish()
 
@@ -244,7 +345,7 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
     if tokenizer is not None:
         try:
             ids, bars = tokenizer.encode_with_bars(score)
-        except Exception as exc:  # MidiTok failing on a file is that file's error, not the scan's
+        except Exception as exc:  # noqa: BLE001 - MidiTok failing on a file is that file's error, not the scan's
             errors.append(_reason("tokenizer failed", f"{type(exc).__name__}: {exc}"))
             return finish()
         pitch_kinds = {"Pitch", "NoteOn"}
@@ -273,8 +374,8 @@ def _exit_with(owner_pid: int) -> None:
 
 def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None, owner_pid: int) -> None:
     """Worker loop: build the tokenizer once, then inspect one file per request."""
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
+    import signal
+    import threading
 
     # Ctrl-C reaches the whole process group; the parent decides, and stops the workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -282,7 +383,7 @@ def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None, owner_p
     policy = CheckPolicy(**policy_dict)
     tokenizer = None
     if tokenizer_config is not None:
-        from .tokenizer import PianoTokenizer  # noqa: PLC0415
+        from .tokenizer import PianoTokenizer
 
         tokenizer = PianoTokenizer.from_config(tokenizer_config)
     conn.send(("ready",))
@@ -296,9 +397,9 @@ def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None, owner_p
         index, path, want_ids = task
         try:
             record, ids, bars = inspect_file(path, policy, tokenizer)
-        except Exception as exc:  # a bug in a check must not kill the scan: report it on the file
-            record = {"path": str(path), "status": "error", "reasons": [_reason("check failed", f"{type(exc).__name__}: {exc}")],
-                      "stats": {"traceback": traceback.format_exc(limit=3)}}
+        except Exception as exc:  # noqa: BLE001 - a bug in a check must not kill the scan: report it on the file
+            record = FileRecord(str(path), "error", [_reason("check failed", f"{type(exc).__name__}: {exc}")],
+                                FileStats(traceback=traceback.format_exc(limit=3)))
             ids = bars = None
         conn.send((index, record, ids if want_ids else None, bars if want_ids else None))
 
@@ -350,7 +451,7 @@ def run_inspections(
     workers: int | None = None,
     tokenizer_config: dict | None = None,
     want_ids: bool = False,
-    on_result: Callable[[int, dict, Any, Any], None],
+    on_result: Callable[[int, FileRecord, Any, Any], None],
 ) -> None:
     """Inspect ``paths`` in ``workers`` processes, calling ``on_result(index, record, ids, bars)``
     in this process as each file finishes (in completion order). A file over ``policy.timeout_s``
@@ -415,8 +516,8 @@ def run_inspections(
             w.stop()
 
 
-def _failure(path: Path, category: str, details: str) -> dict[str, Any]:
-    return {"path": str(path), "status": "error", "reasons": [_reason(category, details)], "stats": {}}
+def _failure(path: Path, category: str, details: str) -> FileRecord:
+    return FileRecord(str(path), "error", [_reason(category, details)])
 
 
 def default_workers() -> int:
@@ -424,43 +525,44 @@ def default_workers() -> int:
 
 
 # ---- the scan ------------------------------------------------------------------------------------
-def mark_duplicates(records: list[dict[str, Any]]) -> None:
+def mark_duplicates(records: list[FileRecord]) -> None:
     """Files with the same note data as an earlier file (by path order) get a duplicate warning."""
     first: dict[str, str] = {}
-    for record in sorted(records, key=lambda r: r["path"]):
-        digest = record["stats"].get("note_hash")
-        if record["status"] == "error" or digest is None:
+    for record in sorted(records, key=lambda r: r.path):
+        digest = record.stats.note_hash
+        if not record.usable or digest is None:
             continue
         if digest in first:
-            record["reasons"].append(_reason("duplicate", f"same notes as {first[digest]}"))
-            if record["status"] == "ok":
-                record["status"] = "warning"
+            record.reasons.append(_reason("duplicate", f"same notes as {first[digest]}"))
+            if record.status == "ok":
+                record.status = "warning"
         else:
-            first[digest] = record["path"]
+            first[digest] = record.path
 
 
-def summarize(records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    counts = Counter(r["status"] for r in records)
+def summarize(records: list[FileRecord], root: str = "", piano_policy: str = "keyboard", workers: int | None = None,
+              elapsed_s: float | None = None) -> ScanSummary:
+    counts = Counter(r.status for r in records)
     categories = Counter()
     for r in records:
-        categories.update({reason.split(":", 1)[0] for reason in r["reasons"]})
-    usable = [r for r in records if r["status"] != "error"]
-    return {
-        "files": len(records),
-        "status": {s: counts.get(s, 0) for s in STATUSES},
-        "hours": round(sum(r["stats"].get("duration_s", 0.0) for r in usable) / 3600.0, 4),
-        "notes": int(sum(r["stats"].get("notes", 0) for r in usable)),
-        "tokens": int(sum(r["stats"].get("tokens", 0) for r in usable)),
-        "reasons": [{"reason": reason, "files": n} for reason, n in sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))],
-        **extra,
-    }
+        categories.update({reason.split(":", 1)[0] for reason in r.reasons})
+    usable = [r.stats for r in records if r.usable]
+    return ScanSummary(
+        files=len(records),
+        status={s: counts.get(s, 0) for s in STATUSES},
+        hours=round(sum(s.duration_s or 0.0 for s in usable) / 3600.0, 4),
+        notes=int(sum(s.notes or 0 for s in usable)),
+        tokens=int(sum(s.tokens or 0 for s in usable)),
+        reasons=[ReasonCount(reason, n) for reason, n in sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))],
+        root=root, piano_policy=piano_policy, workers=workers, elapsed_s=elapsed_s,
+    )
 
 
 def scan(
     folder: str | Path,
     workers: int | None = None,
     policy: CheckPolicy | dict | None = None,
-    on_progress: Callable[[int, int, dict], None] | None = None,
+    on_progress: FileProgress | None = None,
     tokenizer_config: dict | None = None,
     paths: Iterable[Path] | None = None,
 ) -> ScanReport:
@@ -473,14 +575,14 @@ def scan(
     policy = policy if isinstance(policy, CheckPolicy) else CheckPolicy.from_dict(policy)
     files = sorted(paths) if paths is not None else find_midi_files(folder)
     if policy.tokenize and tokenizer_config is None:
-        from .tokenizer import PianoTokenizer  # noqa: PLC0415
+        from .tokenizer import PianoTokenizer
 
         tokenizer_config = PianoTokenizer.from_config({"piano_policy": policy.piano_policy}).to_config()
-    records: list[dict[str, Any] | None] = [None] * len(files)
+    records: list[FileRecord | None] = [None] * len(files)
     done = 0
     began = time.perf_counter()
 
-    def collect(index: int, record: dict, _ids, _bars) -> None:
+    def collect(index: int, record: FileRecord, _ids, _bars) -> None:
         nonlocal done
         records[index] = record
         done += 1

@@ -27,14 +27,14 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from .check import CheckPolicy, ScanError, ScanReport, find_midi_files, mark_duplicates, run_inspections, summarize
+from .check import CheckPolicy, FileProgress, FileRecord, ScanError, ScanReport, find_midi_files, mark_duplicates, run_inspections, summarize
 
 STORE_FORMAT = "pianomuse-store/1"
 SPLITS = ("train", "val")
@@ -75,7 +75,7 @@ class PrepareConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "PrepareConfig":
-        import tomllib  # noqa: PLC0415
+        import tomllib
 
         path = Path(path)
         try:
@@ -166,7 +166,7 @@ def prepare(
     folder: str | Path,
     out: str | Path,
     config: PrepareConfig | dict | None = None,
-    on_progress: Callable[[int, int, dict], None] | None = None,
+    on_progress: FileProgress | None = None,
 ) -> PrepareSummary:
     """Check and tokenize the MIDI files under ``folder`` into the store ``out`` (incremental).
 
@@ -193,7 +193,7 @@ def prepare(
                 hashes[path] = _file_hash(path)
             except OSError:
                 hashes[path] = None  # the worker reports it as unreadable
-        records: dict[Path, dict] = {}
+        records: dict[Path, FileRecord] = {}
         fresh_tokens: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         todo = []
         done = resumed = 0
@@ -201,14 +201,13 @@ def prepare(
             reused = old.get(hashes[path]) if hashes[path] else None
             kept = pending.get(hashes[path]) if hashes[path] and reused is None else None
             if reused is not None:
-                record = dict(reused["record"], path=str(path))
-                record["reasons"] = [r for r in record["reasons"] if not r.startswith("duplicate")]
-                if record["status"] == "warning" and not record["reasons"]:
-                    record["status"] = "ok"
+                reasons = [r for r in reused.reasons if not r.startswith("duplicate")]
+                status = "ok" if reused.status == "warning" and not reasons else reused.status
+                record = replace(reused, path=str(path), reasons=reasons, status=status)
             elif kept is not None:
                 record, ids, bars = kept
-                record["path"] = str(path)
-                if record["status"] != "error":
+                record.path = str(path)
+                if record.usable:
                     fresh_tokens[path] = (ids, bars)
                 resumed += 1
             else:
@@ -219,11 +218,11 @@ def prepare(
             if on_progress is not None:
                 on_progress(done, len(files), record)
 
-        def collect(index: int, record: dict, ids, bars) -> None:
+        def collect(index: int, record: FileRecord, ids, bars) -> None:
             nonlocal done
             path = todo[index]
             records[path] = record
-            if ids is not None and record["status"] != "error":
+            if ids is not None and record.usable:
                 fresh_tokens[path] = (ids, bars)
             pending.add(hashes[path], record, ids, bars)  # before the callback: a cancel keeps this file
             done += 1
@@ -237,18 +236,18 @@ def prepare(
         chunks, bar_chunks, pieces = [], [], []
         offset = bar_offset = 0
         for path, record in zip(files, ordered):
-            if record["status"] == "error" or any(r.startswith("duplicate") for r in record["reasons"]):
+            if not record.usable or record.is_duplicate:
                 continue
             if path in fresh_tokens:
                 ids, bars = fresh_tokens[path]
             else:
                 ids, bars = old.tokens(hashes[path])
-            stats = record["stats"]
+            stats = record.stats
             pieces.append({
-                "path": str(path), "file_hash": stats["file_hash"], "note_hash": stats["note_hash"],
-                "split": split_of(stats["note_hash"], config.val_fraction, config.split_seed),
+                "path": str(path), "file_hash": stats.file_hash, "note_hash": stats.note_hash,
+                "split": split_of(stats.note_hash, config.val_fraction, config.split_seed),
                 "offset": offset, "length": int(len(ids)), "bar_offset": bar_offset, "bar_count": int(len(bars)),
-                "duration_s": stats.get("duration_s", 0.0), "notes": stats.get("notes", 0),
+                "duration_s": stats.duration_s or 0.0, "notes": stats.notes or 0,
             })
             chunks.append(np.asarray(ids))
             bar_chunks.append(np.asarray(bars, dtype=np.int64))
@@ -291,7 +290,7 @@ def _policy_and_tokenizer(config: PrepareConfig):
     """(check policy, tokenizer) of a prepare config. The policy's piano policy is the tokenizer's
     unless [check] names one (a saved tokenizer config, e.g. a checkpoint's, brings its own); the
     tokenizer then extracts the piano the same way the checks do."""
-    from .tokenizer import PianoTokenizer  # noqa: PLC0415
+    from .tokenizer import PianoTokenizer
 
     policy = CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", "keyboard"), **config.check})
     return policy, PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy.piano_policy})
@@ -323,20 +322,20 @@ class _Pending:
             self.folder.mkdir()
             _write_atomic(self.folder / "tokenizer.json", stamp)
 
-    def add(self, file_hash: str | None, record: dict, ids, bars) -> None:
-        if not file_hash or not record.get("stats", {}).get("file_hash"):
+    def add(self, file_hash: str | None, record: FileRecord, ids, bars) -> None:
+        if not file_hash or not record.stats.file_hash:
             return  # a timeout or a crash: worth another try next time
         buffer = io.BytesIO()
         empty = np.zeros(0, np.int64)
-        np.savez(buffer, record=np.array(json.dumps(record)),
+        np.savez(buffer, record=np.array(json.dumps(record.to_dict())),
                  ids=empty if ids is None else np.asarray(ids), bars=empty if bars is None else np.asarray(bars, np.int64))
         _write_atomic(self.folder / f"{file_hash}.npz", buffer.getvalue())
 
-    def get(self, file_hash: str) -> tuple[dict, np.ndarray, np.ndarray] | None:
+    def get(self, file_hash: str) -> tuple[FileRecord, np.ndarray, np.ndarray] | None:
         try:
             with np.load(self.folder / f"{file_hash}.npz", allow_pickle=False) as saved:
-                return json.loads(str(saved["record"])), saved["ids"], saved["bars"]
-        except (OSError, ValueError, KeyError):
+                return FileRecord.from_dict(json.loads(str(saved["record"]))), saved["ids"], saved["bars"]
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # not there, or cut short by a kill mid-write: inspect again
 
     def clear(self) -> None:
@@ -346,18 +345,18 @@ class _Pending:
 class _Previous:
     """What an existing store can give back to an incremental prepare, keyed by file hash."""
 
-    def __init__(self, store: "TokenStore | None", records: dict[str, dict]):
+    def __init__(self, store: "TokenStore | None", records: dict[str, FileRecord]):
         self._store = store
         self._records = records
         self._by_hash = {p.file_hash: p for p in (store.pieces() if store else [])}
 
-    def get(self, file_hash: str) -> dict | None:
+    def get(self, file_hash: str) -> FileRecord | None:
         record = self._records.get(file_hash)
         if record is None:
             return None
-        if record["status"] != "error" and file_hash not in self._by_hash:
+        if record.usable and file_hash not in self._by_hash:
             return None  # was a duplicate last time; inspect again (its twin may be gone)
-        return {"record": record}
+        return record
 
     def tokens(self, file_hash: str) -> tuple[np.ndarray, np.ndarray]:
         piece = self._by_hash[file_hash]
@@ -374,10 +373,10 @@ def _load_previous(out: Path, tokenizer_config: dict) -> _Previous:
         store = TokenStore(out)
         if store.tokenizer_config != tokenizer_config:
             return _Previous(None, {})  # another vocabulary: every file is tokenized again
-        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    except (StoreError, OSError, ValueError, KeyError):
+        report = store.report
+    except (StoreError, OSError, ValueError, KeyError, TypeError):
         return _Previous(None, {})
-    records = {r["stats"]["file_hash"]: r for r in report["files"] if r.get("stats", {}).get("file_hash")}
+    records = {r.stats.file_hash: r for r in report.files if r.stats.file_hash}
     return _Previous(store, records)
 
 
@@ -414,7 +413,7 @@ class TokenStore:
 
     @cached_property
     def tokenizer(self):
-        from .tokenizer import PianoTokenizer  # noqa: PLC0415
+        from .tokenizer import PianoTokenizer
 
         return PianoTokenizer.from_config(self.tokenizer_config)
 
@@ -454,7 +453,7 @@ class TokenStore:
 # ---- the bundled corpus, prepared once ------------------------------------------------------------
 def cache_dir() -> Path:
     """Where PianoMuse keeps prepared data: $PIANOMUSE_CACHE, else .cache/pianomuse in the checkout."""
-    from engine.paths import REPO_ROOT  # noqa: PLC0415
+    from engine.paths import REPO_ROOT
 
     env = os.environ.get("PIANOMUSE_CACHE")
     return Path(env) if env else REPO_ROOT / ".cache" / "pianomuse"
@@ -468,7 +467,7 @@ def store_for(folder: str | Path, config: PrepareConfig | dict | None = None) ->
     `prepare FOLDER` then `train --data FOLDER` or `eval --data FOLDER` open the same store, and
     a config that spells the defaults out is the same store as one that leaves them out.
     """
-    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+    from engine.paths import CORPUS_DIR
 
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
     policy, tokenizer = _policy_and_tokenizer(config)
@@ -480,13 +479,13 @@ def store_for(folder: str | Path, config: PrepareConfig | dict | None = None) ->
     return cache_dir() / "stores" / f"{stem}-{tokenizer.tokenization}-{tag}"
 
 
-def default_store(config: PrepareConfig | dict | None = None, on_progress: Callable[[int, int, dict], None] | None = None) -> Path:
+def default_store(config: PrepareConfig | dict | None = None, on_progress: FileProgress | None = None) -> Path:
     """Path of the bundled demo corpus prepared with ``config``; prepares (incrementally) if needed.
 
     Stores for different tokenizer/check/split settings live side by side, named by a hash of
     the settings, so switching settings never re-tokenizes a store another run uses.
     """
-    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+    from engine.paths import CORPUS_DIR
 
     config = config if isinstance(config, PrepareConfig) else PrepareConfig.from_dict(config)
     out = store_for(CORPUS_DIR, config)
@@ -498,16 +497,16 @@ def default_store(config: PrepareConfig | dict | None = None, on_progress: Calla
 def _is_current(out: Path, config: PrepareConfig) -> bool:
     """True when ``out`` was prepared from the bundled corpus as it is now (same files, same bytes)
     with the tokenizer ``config`` resolves to today (a MidiTok or default change means re-prepare)."""
-    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+    from engine.paths import CORPUS_DIR
 
     try:
         store = TokenStore.open(out)
         report = store.report
-    except (StoreError, OSError, ValueError, KeyError):
+    except (StoreError, OSError, ValueError, KeyError, TypeError):
         return False
     if store.tokenizer_config != _policy_and_tokenizer(config)[1].to_config():
         return False
-    known = {r["path"]: r["stats"].get("file_hash") for r in report.files}
+    known = {r.path: r.stats.file_hash for r in report.files}
     try:
         files = find_midi_files(CORPUS_DIR)
     except ScanError:

@@ -85,7 +85,7 @@ class TokenizerConfigError(ValueError):
 
 def _miditok_config(params: dict[str, Any]):
     """MidiTok ``TokenizerConfig`` from its JSON form (undoing MidiTok's own serialisation)."""
-    from miditok import TokenizerConfig  # noqa: PLC0415
+    from miditok import TokenizerConfig
 
     params = copy.deepcopy(params)
     for key in ("beat_res", "beat_res_rest"):
@@ -167,7 +167,7 @@ class PianoTokenizer:
                  piano_policy: str = "keyboard", fixed_tempo: float | None = None) -> None:
         """``fixed_tempo``: re-time every piece to this one tempo (qpm) before tokenizing, keeping its
         seconds, so ticks are a clock; decoded pieces carry that tempo (performance data)."""
-        import miditok  # noqa: PLC0415  (engine.model must import without miditok; keep it local here too)
+        import miditok  # engine.model must import without miditok; keep it local here too
 
         if tokenization not in TOKENIZATIONS:
             raise TokenizerConfigError(f"unknown tokenization {tokenization!r}; use one of: {', '.join(TOKENIZATIONS)}")

@@ -206,7 +206,7 @@ def collate(samples: Sequence, pad_id: int = 0) -> dict:
     "ctx_lengths" [B]}``. Packed chunks -> ``{"input_ids" [1, B*T], "cu_seqlens" [n+1]}`` (the
     model's varlen form: rows laid end to end, every row start is also a sequence start).
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     if not samples:
         raise ValueError("collate needs at least one sample")

@@ -21,7 +21,7 @@ __all__ = ["default_checkpoint", *_FROM_REPORT]
 def __getattr__(name: str):
     # the heavy parts (torch, symusic) load only when asked for
     if name in _FROM_REPORT:
-        from . import report  # noqa: PLC0415
+        from . import report
 
         return getattr(report, name)
     raise AttributeError(f"module 'engine.eval' has no attribute {name!r}")

@@ -151,7 +151,7 @@ def generate_continuations(
 
 
 def _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token):
-    from engine.generate import GenerationSession  # noqa: PLC0415
+    from engine.generate import GenerationSession
 
     out: list[list[int]] = []
     done = 0
@@ -176,8 +176,8 @@ def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_
     Bars are counted by Bar tokens, so without them in the vocabulary only EOS and the cap stop
     a row. The Bar token that would open bar ``bars + 1`` is not kept.
     """
-    from engine.generate.sampling import sample_rows  # noqa: PLC0415
-    from engine.model import RWKVState  # noqa: PLC0415
+    from engine.generate.sampling import sample_rows
+    from engine.model import RWKVState
 
     device = next(model.parameters()).device
     n = len(prompts)

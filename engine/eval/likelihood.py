@@ -65,7 +65,7 @@ class LikelihoodResult:
 
 def music_seconds(tokens: Sequence[int], tokenizer) -> float:
     """Seconds from the first onset to the last release of the decoded tokens (0 if none decode)."""
-    from .metrics import Performance  # noqa: PLC0415
+    from .metrics import Performance
 
     try:
         perf = Performance.from_score(tokenizer.decode(list(tokens)))

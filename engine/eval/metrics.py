@@ -112,7 +112,7 @@ class Performance:
 
     @classmethod
     def from_midi(cls, path: str | Path) -> "Performance":
-        import symusic  # noqa: PLC0415  (only MIDI files need it)
+        import symusic  # only MIDI files need it
 
         return cls.from_score(symusic.Score(str(path)))
 

@@ -69,7 +69,7 @@ def _curves(ax, name: str, entry: dict) -> None:
 
 def plot_report(report: dict, png_path: str | Path) -> Path:
     """Draw every distribution of ``report["continuations"]`` into ``png_path`` (written atomically)."""
-    from matplotlib.figure import Figure  # noqa: PLC0415  (Agg is Figure's default canvas)
+    from matplotlib.figure import Figure  # Agg is Figure's default canvas
 
     cont = report["continuations"]
     panels = [("hist", k, v) for k, v in cont["histograms"].items()] + [("kde", k, v) for k, v in cont["features"].items()]

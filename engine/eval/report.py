@@ -232,7 +232,7 @@ def write_report(report: dict, json_path: str | Path, plot: bool = True) -> tupl
     json_path.parent.mkdir(parents=True, exist_ok=True)
     png = None
     if plot:
-        from .plot import plot_report  # noqa: PLC0415  (matplotlib loads only when a plot is wanted)
+        from .plot import plot_report  # matplotlib loads only when a plot is wanted
 
         png = plot_report(report, plot_path_for(json_path))
         report = {**report, "plot": str(png)}
@@ -308,7 +308,7 @@ def _cached_profile(folder: str, fingerprint: tuple) -> CorpusProfile:
 
 def corpus_profile(folder: str | Path | None = None) -> CorpusProfile:
     """The profile of a MIDI folder (default: the bundled corpus), cached while the folder is unchanged."""
-    from engine.paths import CORPUS_DIR  # noqa: PLC0415
+    from engine.paths import CORPUS_DIR
 
     folder = Path(folder) if folder is not None else CORPUS_DIR
     return _cached_profile(str(folder.resolve()), _folder_fingerprint(folder))

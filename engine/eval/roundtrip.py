@@ -109,7 +109,7 @@ def compare(original_score, decoded_score, tokens: int = 0) -> RoundTrip:
 def roundtrip(tokenizer, score) -> RoundTrip:
     """Encode ``score`` with ``tokenizer``, decode it, and compare with the piano part of the piece
     as given (before any re-timing the tokenizer does)."""
-    from engine.data.tokenizer import extract_piano  # noqa: PLC0415
+    from engine.data.tokenizer import extract_piano
 
     ids = tokenizer.encode_score(score)
     return compare(extract_piano(score, tokenizer.piano_policy), tokenizer.decode(ids), tokens=len(ids))

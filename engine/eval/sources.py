@@ -8,8 +8,8 @@ when the tokenizers agree).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
+from engine.data.check import FileProgress
 from engine.paths import resolve_checkpoint
 
 from .report import EvalData
@@ -20,17 +20,17 @@ class EvalError(RuntimeError):
 
 
 def _prepare_config(tokenizer_config: dict | None):
-    from engine.data.store import PrepareConfig  # noqa: PLC0415
+    from engine.data.store import PrepareConfig
 
     return PrepareConfig(tokenizer=dict(tokenizer_config or {}))
 
 
 def open_store(data: str | Path | None, tokenizer_config: dict | None,
-               on_progress: Callable[[int, int, dict], None] | None = None):
+               on_progress: FileProgress | None = None):
     """The token store to evaluate on, tokenized like the checkpoint (prepared if need be)."""
-    from engine.data.check import ScanError  # noqa: PLC0415
-    from engine.data.store import StoreError, TokenStore, default_store, prepare, store_for  # noqa: PLC0415
-    from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
+    from engine.data.check import ScanError
+    from engine.data.store import StoreError, TokenStore, default_store, prepare, store_for
+    from engine.data.tokenizer import PianoTokenizer
 
     wanted = PianoTokenizer.from_config(tokenizer_config) if tokenizer_config else None
     try:
@@ -75,11 +75,11 @@ def store_eval_data(store) -> EvalData:
 
 
 def load_eval_inputs(checkpoint: str | Path | None, data: str | Path | None, device: str = "cpu",
-                     on_progress: Callable[[int, int, dict], None] | None = None):
+                     on_progress: FileProgress | None = None):
     """(model, EvalData, checkpoint path) for the ``eval`` command; every user error is an ``EvalError``."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from engine.model import CheckpointError, load_checkpoint  # noqa: PLC0415
+    from engine.model import CheckpointError, load_checkpoint
 
     path = resolve_checkpoint(checkpoint, EvalError)
     try:

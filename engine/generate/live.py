@@ -23,8 +23,8 @@ HARD_TOKEN_CAP = 16384  # a live session always ends, even with a model that nev
 
 def load_generator(path: str | Path | None, device: str = "cpu"):
     """(model in eval mode, PianoTokenizer saved with it, resolved path)."""
-    from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
-    from engine.model import CheckpointError, load_checkpoint  # noqa: PLC0415
+    from engine.data.tokenizer import PianoTokenizer
+    from engine.model import CheckpointError, load_checkpoint
 
     pth = resolve_checkpoint(path, GenerationError)
     try:

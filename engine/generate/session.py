@@ -19,7 +19,7 @@ from engine.midi.events import MidiEvent, take_until, write_midi_file
 from .decoder import StreamDecoder
 from .grammar import GrammarMask
 from .sampling import SamplingConfig, row_seed, sample_rows
-from .timeline import GenerationError, TokenTables, TokenTimeline
+from .timeline import GenerationError, TokenTables
 
 
 @dataclass
@@ -335,7 +335,7 @@ def prompt_from_file(path: str | Path, tokenizer, bars: str | None = None) -> li
     A slice that starts mid-piece gets the tempo (and, for TSD, the time signature) in force there,
     so the model hears the right speed and metre.
     """
-    import symusic  # noqa: PLC0415
+    import symusic
 
     path = Path(path)
     if not path.is_file():

@@ -29,7 +29,7 @@ class TokenTables:
             raise GenerationError(
                 f"live generation supports REMI and TSD tokenizers, but this checkpoint uses {tokenizer.tokenization}; retrain with tokenization REMI or TSD"
             )
-        from miditok.utils import compute_ticks_per_bar  # noqa: PLC0415
+        from miditok.utils import compute_ticks_per_bar
 
         m = tokenizer.miditok
         self.tokenizer = tokenizer
@@ -55,7 +55,7 @@ class TokenTables:
             self.position_value[i] = int(self.value[i])
 
     def ticks_per_bar(self, num: int, den: int) -> int:
-        from symusic import TimeSignature  # noqa: PLC0415
+        from symusic import TimeSignature
 
         return int(self._compute_ticks_per_bar(TimeSignature(0, num, den), self.tpq))
 

@@ -30,5 +30,6 @@ __all__ = [
     "resolve_api",
     "start_fluidsynth",
     "take_paths",
+    "take_until",
     "write_midi_file",
 ]

@@ -68,7 +68,7 @@ def find_soundfont(given: str | Path | None = None) -> Path | None:
 def _fluidsynth():
     """The pyfluidsynth module; PortError with the install sentence when it or its library is missing."""
     try:
-        import fluidsynth  # noqa: PLC0415
+        import fluidsynth
     except (ImportError, OSError):
         raise PortError(LIBRARY_HINT) from None
     return fluidsynth
@@ -102,7 +102,7 @@ class OutputOption:
 def available_outputs(api: str = "auto") -> list[OutputOption]:
     """Every output a take can go to here: the built-in piano first (with a hint when it cannot play),
     our virtual port and FluidSynth when a MIDI system runs, then the existing MIDI ports."""
-    from .ports import list_ports, resolve_api  # noqa: PLC0415
+    from .ports import list_ports, resolve_api
 
     problem = builtin_problem()
     options = [OutputOption("builtin", BUILTIN_NAME, available=problem is None, hint=problem)]
@@ -167,7 +167,7 @@ class BuiltinSynth:
             self._synth.setting("audio.driver", name)
             self._synth.setting("audio.period-size", self.block)
             self._synth.setting("audio.jack.autoconnect", 1)
-            from .ports import _quiet_native_stderr  # noqa: PLC0415  (drivers print their own probing errors)
+            from .ports import _quiet_native_stderr  # drivers print their own probing errors
 
             with _quiet_native_stderr():
                 handle = fs.new_fluid_audio_driver(self._synth.settings, self._synth.synth)
@@ -233,7 +233,7 @@ class BuiltinSynth:
 
     def captured(self):
         """(wall time of the first sample, mono float32 audio) of everything rendered so far (capture mode)."""
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         blocks = list(self.blocks)
         if not blocks:
@@ -258,7 +258,7 @@ def _apply(synth, data: tuple[int, ...]) -> None:
 def render(events: Iterable[MidiEvent], soundfont: str | Path | None = None, sample_rate: int = SAMPLE_RATE,
            tail: float = 1.5, gain: float = 0.5):
     """Timed events rendered offline, each at its exact sample: int16 stereo interleaved (numpy)."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     fs = _fluidsynth()
     path = find_soundfont(soundfont)
@@ -305,7 +305,7 @@ def onsets(audio, sample_rate: int = SAMPLE_RATE, window: float = 0.002, rise: f
            gap: float = 0.03) -> list[float]:
     """Seconds where the sound starts (energy in a 2 ms window jumps ``rise`` times above the window
     before it); used to check rendered timing against the scheduled onsets."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     n = max(1, int(window * sample_rate))
     frames = len(audio) // n

@@ -159,7 +159,7 @@ def write_midi_file(events: Iterable[MidiEvent], path: str | Path, ticks_per_bea
     """Write events (absolute seconds) to a type-0 .mid with the tempo map and time signatures of
     ``meter`` (default: 120 qpm throughout), so that every event lands at its second and every bar
     line where the music puts it."""
-    import mido  # noqa: PLC0415  (kept local: only file writers need it)
+    import mido  # kept local: only file writers need it
 
     path = Path(path)
     meter = meter or MeterMap()

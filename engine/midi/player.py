@@ -84,7 +84,7 @@ def take_paths(out: Path | None, alternatives: int, seed: int, suffix: str = ".m
 
 def midi_file_chunks(path: str | Path, step: float = 0.5) -> Iterator[Chunk]:
     """A MIDI file as timed events in slices of ``step`` seconds of music (an audition played live)."""
-    import symusic  # noqa: PLC0415
+    import symusic
 
     score = symusic.Score(str(path), ttype="second")
     events = []
@@ -136,11 +136,11 @@ class LivePlayer:
             raise PortError(problem[0].upper() + problem[1:] + ".")
         try:
             if c.synth == "builtin":
-                from .builtin_synth import BuiltinSynth  # noqa: PLC0415
+                from .builtin_synth import BuiltinSynth
 
                 self.synth = self.output = BuiltinSynth(soundfont=c.soundfont, driver=c.audio_driver)
             elif c.synth == "fluidsynth":
-                from .synth import start_fluidsynth  # noqa: PLC0415
+                from .synth import start_fluidsynth
 
                 self.synth = start_fluidsynth(c.api, soundfont=c.soundfont)
                 self.output = open_output(self.synth.api, self.synth.port_name)

@@ -21,7 +21,7 @@ class PortError(RuntimeError):
 
 
 def _rtmidi():
-    import rtmidi  # noqa: PLC0415  (imported on use: engine imports stay light)
+    import rtmidi  # imported on use: engine imports stay light
 
     return rtmidi
 

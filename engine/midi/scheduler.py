@@ -404,7 +404,7 @@ class LookaheadScheduler:
                         self.sent_log.append((target, sent, head.data))
                     if self._finished and not self._heap:
                         self._done.set()
-        except BaseException as err:  # pragma: no cover - reported, and the notes still get released
+        except BaseException as err:  # noqa: BLE001  # pragma: no cover - reported, and the notes still get released
             self.error = err
             self.panic()
 

@@ -197,7 +197,7 @@ def check_state_dict(sd: dict[str, torch.Tensor], config: ModelConfig, where: st
                 raise CheckpointError(f"{where} has head size {got[-1]} ({k} is {got}) but the model expects head size {config.head_size} ({list(shape)}); use head_size={got[-1]}")
             raise CheckpointError(f"{where}: {k} has shape {got} but a {config.describe()} needs {list(shape)}; the file belongs to a different model size")
     if any(k not in sd for k in OPTIONAL_KEYS):
-        from .init import init_block_tensor  # noqa: PLC0415
+        from .init import init_block_tensor
 
         for k in OPTIONAL_KEYS:
             if k not in sd:

@@ -84,13 +84,13 @@ def extension_name() -> str:
 
 def _build() -> ctypes.CDLL:
     """Compile (or reuse this exact build) and load the library; raises RuntimeError with one sentence."""
-    from engine.kernels.build import BuildError, clear_stale_lock, find_cxx  # noqa: PLC0415
+    from engine.kernels.build import BuildError, clear_stale_lock, find_cxx
 
     if not SOURCE.exists():
         raise RuntimeError(f"the C++ source {SOURCE} is missing; reinstall from the repository.")
     if find_cxx() is None:
         raise RuntimeError("no C++ compiler (c++, g++ or clang++) is on PATH; install one (e.g. build-essential).")
-    from torch.utils import cpp_extension  # noqa: PLC0415 (pulls in setuptools; only when building)
+    from torch.utils import cpp_extension  # pulls in setuptools; only when building
 
     name = extension_name()
     directory = cache_dir() / name
@@ -106,7 +106,7 @@ def _build() -> ctypes.CDLL:
             name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
             build_directory=str(directory), is_python_module=False, verbose=False,
         )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 (compiler failures arrive as several exception types)
+    except Exception as exc:  # compiler failures arrive as several exception types
         text = str(exc)
         (directory / "build.log").write_text(text)
         first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.strip()[:200])

@@ -43,7 +43,7 @@ def parse_strategy(strategy: str) -> tuple[torch.device, torch.dtype]:
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 0.95, top_k: int = 0, generator: torch.Generator | None = None) -> int:
     """One token from logits [V] with the generation sampler (``engine.generate.sampling``); temperature 0 is greedy."""
-    from engine.generate.sampling import SamplingConfig, sample_token  # noqa: PLC0415  (the one sampler)
+    from engine.generate.sampling import SamplingConfig, sample_token  # the one sampler
 
     return sample_token(logits.float(), SamplingConfig(temperature=max(0.0, temperature), top_p=top_p if 0 < top_p <= 1 else 1.0,
                                                        top_k=top_k), generator)

@@ -78,8 +78,8 @@ def shard_fsdp(objective: nn.Module, blocks, device: torch.device, info: DistInf
     """Shard every block on its own (its parameters are gathered just before its forward and
     freed after) and the rest (embedding, head, final LayerNorm) with the objective at the root,
     whose forward is the training step's entry point."""
-    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
-    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
 
     # a block returns layer 0's value (v_first) as a view of its projections; FSDP warns that an
     # in-place op on a view would skip its backward hook, and the model never does one
@@ -92,7 +92,7 @@ def shard_fsdp(objective: nn.Module, blocks, device: torch.device, info: DistInf
 
 
 def _is_dtensor(t) -> bool:
-    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+    from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
 
@@ -120,7 +120,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     process) into an optimizer whose parameters may be sharded: each per-parameter tensor the
     shape of its parameter is cut to this rank's shard, locally (every rank read the file)."""
     optimizer.load_state_dict(state)
-    from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415
+    from torch.distributed.tensor import distribute_tensor
 
     for group in optimizer.param_groups:
         for p in group["params"]:

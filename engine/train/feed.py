@@ -200,8 +200,8 @@ def resolve_store(cfg: TrainConfig, on_progress=None) -> Path:
     """The token store for ``data.path``: "" = the bundled corpus (prepared once, cached); a store
     folder as it is; a MIDI folder prepared (incrementally) into ``store_for(folder)``, the store
     `prepare FOLDER` made with the same data config."""
-    from engine.data.check import ScanError  # noqa: PLC0415
-    from engine.data.store import PrepareConfig, StoreError, default_store, prepare, store_for  # noqa: PLC0415
+    from engine.data.check import ScanError
+    from engine.data.store import PrepareConfig, StoreError, default_store, prepare, store_for
 
     try:
         prep = PrepareConfig.load(cfg.data.prepare_config) if cfg.data.prepare_config else PrepareConfig()
@@ -226,9 +226,9 @@ def resolve_store(cfg: TrainConfig, on_progress=None) -> Path:
 
 def open_feed(cfg: TrainConfig, dist: DistInfo, on_progress=None) -> TrainingFeed:
     """Open (preparing if needed) the token store named by ``data.path`` and cut its samples."""
-    from engine.data.augment import AugmentConfig, Augmenter  # noqa: PLC0415
-    from engine.data.store import StoreError, TokenStore  # noqa: PLC0415
-    from engine.data.windows import store_completion_windows, store_packed_chunks  # noqa: PLC0415
+    from engine.data.augment import AugmentConfig, Augmenter
+    from engine.data.store import StoreError, TokenStore
+    from engine.data.windows import store_completion_windows, store_packed_chunks
 
     store_path = resolve_store(cfg, on_progress)
     try:

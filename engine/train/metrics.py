@@ -32,7 +32,7 @@ class MetricsLog:
         self._tb = None
 
     def enable_tensorboard(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (optional extra)
+        from torch.utils.tensorboard import SummaryWriter  # optional extra
 
         self._tb = SummaryWriter(log_dir=str(log_dir))
 

@@ -6,11 +6,14 @@ not run (missing folder, bad config), with one sentence on stderr.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from .console import console, fail, is_tty
+
+if TYPE_CHECKING:
+    from engine.data.check import FileRecord, ScanSummary
 
 
 class _Progress:
@@ -25,13 +28,13 @@ class _Progress:
 
     def __enter__(self):
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(TextColumn(f"[bold]{self.label}[/]"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
             self._bar.__enter__()
             self._task = self._bar.add_task(self.label, total=None, rate="")
-        import time  # noqa: PLC0415
+        import time
 
         self._t0 = time.monotonic()
         return self
@@ -41,41 +44,41 @@ class _Progress:
             self._bar.__exit__(*exc)
         return False
 
-    def __call__(self, done: int, total: int, record: dict) -> None:
-        import time  # noqa: PLC0415
+    def __call__(self, done: int, total: int, record: "FileRecord") -> None:
+        import time
 
         rate = done / max(1e-6, time.monotonic() - self._t0)
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=total, rate=f"{rate:.1f} files/s")
-            if record["status"] == "error":
-                self._bar.console.print(f"[red]error[/] {record['path']}: {'; '.join(record['reasons'])}")
+            if record.status == "error":
+                self._bar.console.print(f"[red]error[/] {record.path}: {'; '.join(record.reasons)}")
             return
-        if record["status"] != "ok":
-            console.print(f"{record['status']} {record['path']}: {'; '.join(record['reasons'])}", soft_wrap=True)
+        if record.status != "ok":
+            console.print(f"{record.status} {record.path}: {'; '.join(record.reasons)}", soft_wrap=True)
         if done >= self._next_line or done == total:
             console.print(f"{self.label} {done}/{total} files ({rate:.1f} files/s)")
             self._next_line = done + max(1, total // 10)
 
 
-def _summary_table(summary: dict) -> None:
-    from rich.table import Table  # noqa: PLC0415
+def _summary_table(summary: "ScanSummary") -> None:
+    from rich.table import Table
 
-    status = summary["status"]
-    table = Table(title=f"{summary['files']} MIDI files in {summary.get('root', '')}", show_header=False, box=None)
+    status = summary.status
+    table = Table(title=f"{summary.files} MIDI files in {summary.root}", show_header=False, box=None)
     table.add_row("ok / warning / error", f"[green]{status['ok']}[/] / [yellow]{status['warning']}[/] / [red]{status['error']}[/]")
-    table.add_row("music", f"{summary['hours']:.2f} h, {summary['notes']:,} notes, {summary['tokens']:,} tokens")
-    if summary.get("elapsed_s") is not None:
-        table.add_row("scan", f"{summary['elapsed_s']:.1f} s with {summary.get('workers')} worker(s)")
+    table.add_row("music", f"{summary.hours:.2f} h, {summary.notes:,} notes, {summary.tokens:,} tokens")
+    if summary.elapsed_s is not None:
+        table.add_row("scan", f"{summary.elapsed_s:.1f} s with {summary.workers} worker(s)")
     console.print(table)
-    if summary["reasons"]:
+    if summary.reasons:
         reasons = Table("reason", "files", title="reasons, most frequent first", box=None)
-        for item in summary["reasons"][:12]:
-            reasons.add_row(item["reason"], str(item["files"]))
+        for item in summary.reasons[:12]:
+            reasons.add_row(item.reason, str(item.files))
         console.print(reasons)
 
 
 def _load_prepare_config(config: Optional[Path]):
-    from engine.data.store import PrepareConfig  # noqa: PLC0415
+    from engine.data.store import PrepareConfig
 
     try:
         return PrepareConfig.load(config) if config else PrepareConfig()
@@ -85,8 +88,8 @@ def _load_prepare_config(config: Optional[Path]):
 
 def run_check(folder: Path, report: Optional[Path], workers: Optional[int], policy: str, timeout: float,
               config: Optional[Path]) -> None:
-    from engine.data.check import ScanError, find_midi_files, scan  # noqa: PLC0415
-    from engine.data.tokenizer import TokenizerConfigError  # noqa: PLC0415
+    from engine.data.check import ScanError, find_midi_files, scan
+    from engine.data.tokenizer import TokenizerConfigError
 
     try:
         files = find_midi_files(folder)  # a bad folder fails here, before the workers start
@@ -96,7 +99,7 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
     check_settings = {**prep.check, **({"piano_policy": policy} if policy else {}), **({"timeout_s": timeout} if timeout else {})}
     tokenizer_config = None
     try:
-        from engine.data.tokenizer import PianoTokenizer  # noqa: PLC0415
+        from engine.data.tokenizer import PianoTokenizer
 
         piano_policy = check_settings.get("piano_policy") or prep.tokenizer.get("piano_policy", "keyboard")
         check_settings["piano_policy"] = piano_policy
@@ -117,9 +120,9 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
 
 
 def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], workers: Optional[int]) -> None:
-    from engine.data.check import ScanError  # noqa: PLC0415
-    from engine.data.store import StoreError, prepare, store_for  # noqa: PLC0415
-    from engine.data.tokenizer import TokenizerConfigError  # noqa: PLC0415
+    from engine.data.check import ScanError
+    from engine.data.store import StoreError, prepare, store_for
+    from engine.data.tokenizer import TokenizerConfigError
 
     prep = _load_prepare_config(config)
     if workers:
@@ -154,14 +157,15 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="data.toml with [tokenizer] and [check] settings."),
     ) -> None:
         """Check a folder of MIDI files: status, reasons and statistics per file, and a summary."""
-        from engine.paths import CORPUS_DIR  # noqa: PLC0415
+        from engine.paths import CORPUS_DIR
 
-        from ..cli import open_app, wants_app  # noqa: PLC0415
+        from ..cli import open_app, wants_app
+        from ..requests import DatasetArgs
 
         folder = folder or CORPUS_DIR
         if wants_app(ctx):
-            open_app(pane="dataset", args={"folder": str(folder), "json": str(report) if report else None,
-                                           "workers": workers, "policy": policy or None, "scan": True})
+            open_app(pane="dataset", args=DatasetArgs(folder=str(folder), report_json=str(report) if report else None,
+                                                      workers=workers, policy=policy or None))
             return
         run_check(folder, report, workers, policy, timeout, config)
 
@@ -173,6 +177,6 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: CPU cores, at most 8)."),
     ) -> None:
         """Tokenize the good files of a folder into a token store (incremental: unchanged files are skipped)."""
-        from engine.paths import CORPUS_DIR  # noqa: PLC0415
+        from engine.paths import CORPUS_DIR
 
         run_prepare(folder or CORPUS_DIR, out, config, workers)

@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = torch's default; 1 is often fastest for small models on a busy machine)."),
     ) -> None:
         """Score a checkpoint: likelihood (bits/note), continuations vs real music, validity, memorisation."""
-        from engine.eval.report import EvalOptions  # noqa: PLC0415
+        from engine.eval.report import EvalOptions
 
         for name, value, low in (("--samples", samples, 1), ("--prompt-bars", prompt_bars, 1), ("--bars", bars, 1),
                                  ("--max-tokens", max_tokens, 0), ("--threads", threads, 0)):
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         options = EvalOptions(samples=samples, prompt_bars=prompt_bars, bars=bars, seed=seed, temperature=temperature,
                               top_p=top_p, grammar=grammar, max_likelihood_tokens=max_tokens or None)
 
-        import torch  # noqa: PLC0415
+        import torch
 
         threads_before = torch.get_num_threads()
         if threads:
@@ -123,8 +123,8 @@ def register(app: typer.Typer) -> None:
 
 def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, json_out: Path | None) -> None:
     """Load, evaluate, write the files, print the tables; user errors end in one sentence."""
-    from engine.eval.report import evaluate, write_report  # noqa: PLC0415
-    from engine.eval.sources import EvalError, load_eval_inputs  # noqa: PLC0415
+    from engine.eval.report import evaluate, write_report
+    from engine.eval.sources import EvalError, load_eval_inputs
 
     try:
         with err_console.status("loading the checkpoint and the data") as status:

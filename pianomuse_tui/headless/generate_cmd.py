@@ -38,7 +38,7 @@ def _write_all(session, paths: list[Path], wav: bool = False, soundfont: Path | 
         try:
             written.append(session.write_midi(row, path))
             if wav:
-                from engine.midi.builtin_synth import render_wav  # noqa: PLC0415
+                from engine.midi.builtin_synth import render_wav
 
                 written.append(render_wav(session.events(row), path.with_suffix(".wav"), soundfont))
         except OSError as exc:
@@ -99,18 +99,18 @@ def _run_generate(
     threads: int,
     allow_early_end: bool = False,
 ) -> int:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from engine.generate import DEFAULT_BARS, GenerationError, SamplingConfig  # noqa: PLC0415
-    from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator  # noqa: PLC0415
-    from engine.midi import LivePlayer, PortError, take_paths  # noqa: PLC0415
+    from engine.generate import DEFAULT_BARS, GenerationError, SamplingConfig
+    from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
+    from engine.midi import LivePlayer, PortError, take_paths
 
     if threads > 0:
         torch.set_num_threads(threads)
     problem = choice.problem()
     wav = out is not None and out.suffix.lower() == ".wav"
     if problem is None and wav:
-        from engine.midi.builtin_synth import builtin_problem  # noqa: PLC0415
+        from engine.midi.builtin_synth import builtin_problem
 
         problem = builtin_problem(choice.soundfont)  # before the model loads: rendering needs the synth
     if problem:
@@ -193,14 +193,14 @@ def _print_notice(notice) -> None:
 
 def _perform(session, player) -> int:
     """Play alternative 1 of ``session`` through ``player`` (the engine's live player); the exit status."""
-    from engine.generate.live import chunks  # noqa: PLC0415
+    from engine.generate.live import chunks
 
     ended = player.play(chunks(session))
     return {"finished": 0, "stopped": 130, "port lost": 3}[ended]
 
 
 def run_ports(midi_api: str) -> int:
-    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api  # noqa: PLC0415
+    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api
 
     if midi_api not in API_CHOICES:
         fail(f"unknown MIDI API {midi_api!r}; use one of: {', '.join(API_CHOICES)}")
@@ -220,10 +220,10 @@ def run_ports(midi_api: str) -> int:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     # the defaults shown in --help are the engine's, the ones the Generate pane starts from
-    from engine.generate.sampling import DEFAULT_BARS, SamplingConfig  # noqa: PLC0415  (torch only)
-    from engine.midi.player import OutputChoice  # noqa: PLC0415
+    from engine.generate.sampling import DEFAULT_BARS, SamplingConfig  # torch only
+    from engine.midi.player import OutputChoice
 
-    SAMPLING = SamplingConfig()  # noqa: N806
+    SAMPLING = SamplingConfig()
 
     @app.command("generate")
     def generate(
@@ -255,7 +255,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", help="CPU threads for the model (1 keeps per-token latency steady)."),
     ) -> None:
         """Continue a MIDI prompt with a model: write files, or play live to a MIDI port or FluidSynth."""
-        from ..cli import open_app, wants_app  # noqa: PLC0415  (cli imports this module)
+        from ..cli import open_app, wants_app  # cli imports this module
 
         if fluidsynth:
             synth = "fluidsynth"

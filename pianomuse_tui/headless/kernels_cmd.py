@@ -16,9 +16,9 @@ def build_kernels(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the compiler's commands and output."),
 ) -> None:
     """Compile the WKV7 CUDA kernels ahead of time (cached), then check them against the reference."""
-    import torch  # noqa: PLC0415 (torch loads only for this command)
+    import torch  # torch loads only for this command
 
-    from engine.kernels import build  # noqa: PLC0415
+    from engine.kernels import build
 
     archs = [a.strip() for a in arch.replace(",", ";").split(";") if a.strip()] if arch else None
     if archs and any(not a.replace(".", "").isdigit() or "." not in a for a in archs):
@@ -34,8 +34,8 @@ def build_kernels(
     if not torch.cuda.is_available():
         console.print("no GPU here: the kernels were not run (they run on the GPU they were built for).")
         return
-    from engine.kernels.wkv7 import cuda as wkv7_cuda  # noqa: PLC0415
-    from engine.kernels.wkv7.reference import wkv7_reference  # noqa: PLC0415
+    from engine.kernels.wkv7 import cuda as wkv7_cuda
+    from engine.kernels.wkv7.reference import wkv7_reference
 
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = (1, 50, 2, 64)

@@ -22,9 +22,9 @@ def _human_bytes(n: int) -> str:
 
 def wkv_backend_here(head_size: int | None = None) -> tuple[str, str]:
     """(backend, why): what WKV7 backend="auto" runs on this machine (for this head size)."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from engine.kernels.wkv7 import explain_backend  # noqa: PLC0415
+    from engine.kernels.wkv7 import explain_backend
 
     return explain_backend("auto", "cuda" if torch.cuda.is_available() else "cpu", head_size)
 
@@ -35,7 +35,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Show a checkpoint's architecture, sizes, parameter count, dtype and the WKV backend used here."""
-    from engine.model.checkpoint import CheckpointError, inspect_checkpoint  # noqa: PLC0415 (torch loads only here)
+    from engine.model.checkpoint import CheckpointError, inspect_checkpoint  # torch loads only here
 
     try:
         found = inspect_checkpoint(path)
@@ -65,7 +65,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(report))
         return
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title=f"{Path(found['path']).name}", show_header=False, title_justify="left")
     table.add_column("field", style="bold")

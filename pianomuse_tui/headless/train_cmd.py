@@ -51,7 +51,7 @@ class TrainDisplay:
 
     def __enter__(self):
         if self.live_mode:
-            from rich.live import Live  # noqa: PLC0415
+            from rich.live import Live
 
             self._live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
             self._live.__enter__()
@@ -71,9 +71,9 @@ class TrainDisplay:
         return (time.time() - self.start_time) / done * (self.max_steps - step)
 
     def _render(self):
-        from rich.panel import Panel  # noqa: PLC0415
-        from rich.progress_bar import ProgressBar  # noqa: PLC0415
-        from rich.table import Table  # noqa: PLC0415
+        from rich.panel import Panel
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
 
         r = self.last
         table = Table.grid(padding=(0, 2))
@@ -156,10 +156,10 @@ def register(app: typer.Typer) -> None:
         resume: Optional[str] = typer.Option(None, "--resume", help="auto (newest run in --run-dir) or a run/checkpoint path."),
         init_from: Optional[Path] = typer.Option(None, "--init-from", help="Checkpoint to fine-tune from (e.g. an official RWKV-7)."),
     ) -> None:
-        from engine.train.config import ConfigError  # noqa: PLC0415
-        from engine.train.launch import parse_override_args, resolve_config  # noqa: PLC0415
+        from engine.train.config import ConfigError
+        from engine.train.launch import parse_override_args
 
-        from ..cli import open_app, wants_app  # noqa: PLC0415
+        from ..cli import open_app, wants_app
 
         try:
             overrides = parse_override_args(list(ctx.args))
@@ -176,12 +176,12 @@ def register(app: typer.Typer) -> None:
 
 
 def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_from, overrides) -> None:
-    from engine.model.checkpoint import CheckpointError  # noqa: PLC0415
-    from engine.train.checkpointing import ResumeError  # noqa: PLC0415
-    from engine.train.config import ConfigError  # noqa: PLC0415
-    from engine.train.feed import DataError  # noqa: PLC0415
-    from engine.train.launch import resolve_config  # noqa: PLC0415
-    from engine.train.trainer import run_training  # noqa: PLC0415
+    from engine.model.checkpoint import CheckpointError
+    from engine.train.checkpointing import ResumeError
+    from engine.train.config import ConfigError
+    from engine.train.feed import DataError
+    from engine.train.launch import resolve_config
+    from engine.train.trainer import run_training
 
     try:
         cfg = resolve_config(config, preset, overrides, data=data, run_root=run_dir, max_steps=max_steps,

@@ -81,8 +81,8 @@ def fill_table(table, columns, rows) -> None:
     auto-width columns only when it next idles and keeps lines drawn before that, so on a busy
     machine a table could stay drawn at its header widths; this draws the same table every time.
     """
-    from rich.cells import cell_len  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
+    from rich.cells import cell_len
+    from rich.text import Text
 
     def shown(cell) -> str:
         return cell.plain if isinstance(cell, Text) else str(cell)

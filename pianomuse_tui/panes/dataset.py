@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
+from engine.data.check import FileRecord, ScanReport, ScanSummary
+from engine.data.store import PrepareSummary
+
 from ..messages import PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
+from ..requests import DatasetArgs
 from ..widgets.histogram import labelled_histogram
-from .common import PaneBase, Cancelled, field, fill_table, fmt_count, fmt_duration, one_sentence, progress_args
+from .common import PaneBase, Cancelled, fill_table, fmt_count, fmt_duration, one_sentence
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 
@@ -57,25 +60,20 @@ class DatasetPane(PaneBase):
         ("Change folder", "Type another MIDI folder to scan", "folder"),
     ]
 
-    def __init__(self, args: dict | None = None, **kwargs) -> None:
+    def __init__(self, args: DatasetArgs | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        args = args or {}
         from engine.paths import CORPUS_DIR
 
-        folder = Path(args.get("folder") or args.get("data") or args.get("dir") or CORPUS_DIR)
+        # `pianomuse-tui check DIR --workers N --policy all --json report.json` opens the pane with these
+        self.args = args or DatasetArgs(scan=False)
+        folder = Path(self.args.folder or CORPUS_DIR)
         try:
             folder = folder.resolve().relative_to(Path.cwd())
         except ValueError:
             pass
         self.start_folder = folder
-        self.start_store = args.get("out") or args.get("store")
-        # `pianomuse-tui check --workers N --policy all --json report.json` opens the pane with these
-        self.scan_workers = args.get("workers")
-        self.policy = args.get("policy")
-        self.report_json = args.get("json")
-        self.autoscan = bool(args.get("scan", bool(args)))
-        self.report: Any = None
-        self.records: dict[str, dict] = {}
+        self.report: ScanReport | None = None
+        self.records: dict[str, FileRecord] = {}
         self.names: dict[str, str] = {}  # path -> the name shown (relative to the scanned folder)
         self._cancel = threading.Event()
         self._sort: tuple[str, bool] = ("status", False)
@@ -105,7 +103,7 @@ class DatasetPane(PaneBase):
         self.query_one("#ds-summary").border_title = "Summary"
         self.query_one("#ds-detail-box").border_title = "Selected file"
         fill_table(self.query_one("#ds-files", DataTable), COLUMNS, [])
-        if self.autoscan:
+        if self.args.scan:
             self.call_after_refresh(self.action_scan)
 
     def focus_main(self) -> None:
@@ -164,7 +162,7 @@ class DatasetPane(PaneBase):
             return
         self._cancel.clear()
         self._set_running(True, "preparing…")
-        self._prepare(self.folder, Path(self.start_store) if self.start_store else None)
+        self._prepare(self.folder, Path(self.args.store) if self.args.store else None)
 
     def shutdown(self) -> None:
         self._cancel.set()
@@ -180,16 +178,15 @@ class DatasetPane(PaneBase):
     # ---- workers --------------------------------------------------------------------------------
 
     def _progress_callback(self, make_message):
-        """An engine progress callback that posts coalescing messages and honours cancel."""
+        """The engine's ``on_progress(done, total, record)``: posts coalescing messages, honours cancel."""
         worker = get_current_worker()
         started = time.monotonic()
 
-        def on_progress(*args: Any, **kwargs: Any) -> None:
+        def on_progress(done: int, total: int, record: FileRecord) -> None:
             if self._cancel.is_set() or worker.is_cancelled:
                 raise Cancelled("cancelled by the user")
-            done, total, current = progress_args(args, kwargs)
             rate = done / max(1e-6, time.monotonic() - started)
-            self.post_message(make_message(done, total, current, rate))
+            self.post_message(make_message(done, total, record.path, rate))
 
         return on_progress
 
@@ -202,11 +199,11 @@ class DatasetPane(PaneBase):
             self.post_message(ScanFinished(folder, None, error=_not_a_folder(folder)))
             return
         callback = self._progress_callback(lambda d, t, c, r: ScanProgress(d, t, c, r))
-        policy = {"piano_policy": self.policy} if self.policy else None
+        policy = {"piano_policy": self.args.policy} if self.args.policy else None
         try:
-            report = check.scan(folder, workers=self.scan_workers, policy=policy, on_progress=callback)
-            if self.report_json:
-                report.write(self.report_json)
+            report = check.scan(folder, workers=self.args.workers, policy=policy, on_progress=callback)
+            if self.args.report_json:
+                report.write(self.args.report_json)
         except Cancelled:
             self.post_message(ScanFinished(folder, None, cancelled=True))
             return
@@ -214,7 +211,7 @@ class DatasetPane(PaneBase):
             self.post_message(ScanFinished(folder, None, error=one_sentence(exc)))
             return
         root = folder.resolve()
-        names = {str(f.get("path")): _relative(str(f.get("path")), root) for f in _report_files(report)}
+        names = {f.path: _relative(f.path, root) for f in report.files}
         self.post_message(ScanFinished(folder, report, names=names))
 
     @work(thread=True, exclusive=True, group="dataset", exit_on_error=False, name="prepare")
@@ -224,7 +221,7 @@ class DatasetPane(PaneBase):
         if not folder.is_dir():
             self.post_message(PrepareFinished(None, error=_not_a_folder(folder)))
             return
-        callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, str(c)))
+        callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, c))
         try:
             out = out or store.store_for(folder)
             result = store.prepare(folder, out, None, on_progress=callback)
@@ -258,13 +255,13 @@ class DatasetPane(PaneBase):
             self.notify(message.error, severity="error", timeout=8)
             return
         self.report = message.report
-        files = _report_files(message.report)
-        self.records = {str(f.get("path")): f for f in files}
+        files = message.report.files
+        self.records = {f.path: f for f in files}
         self.names = message.names
         _show_done(self.query_one("#ds-progress", ProgressBar), len(files))
         self._set_running(False, f"{len(files)} files scanned in {message.folder}")
         self._fill_table()
-        self.query_one("#ds-summary", Static).update(render_summary(_report_summary(message.report), files))
+        self.query_one("#ds-summary", Static).update(render_summary(message.report.summary))
         table = self.query_one("#ds-files", DataTable)
         if table.row_count:
             self._show_detail(table.coordinate_to_cell_key((0, 0)).row_key.value)
@@ -289,18 +286,13 @@ class DatasetPane(PaneBase):
         needle = self.query_one("#ds-filter", Input).value.strip().lower()
         rows = []
         for path, f in self.records.items():
-            status = str(f.get("status", "?"))
+            status = f.status
             rel = self.names.get(path, path)
             if needle and needle not in rel.lower() and needle not in status:
                 continue
-            stats = f.get("stats") or {}
-            seconds = field(stats, "duration_s", "duration", "seconds")
-            notes = field(stats, "notes", "n_notes", "note_count")
-            tokens = field(stats, "tokens", "n_tokens", "token_count")
-            reasons = f.get("reasons") or []
+            seconds, notes, tokens, reasons = f.stats.duration_s, f.stats.notes, f.stats.tokens, f.reasons
             rows.append((path, (
-                SortCell(status, ("error", "warning", "ok").index(status) if status in STATUS_STYLE else 3,
-                         STATUS_STYLE.get(status, "")),
+                SortCell(status, ("error", "warning", "ok").index(status), STATUS_STYLE[status]),
                 SortCell(rel, rel),
                 SortCell(fmt_duration(seconds), seconds, justify="right"),
                 SortCell(fmt_count(notes), notes, justify="right"),
@@ -349,84 +341,36 @@ def _relative(path: str, root: Path) -> str:
         return str(path)
 
 
-def _report_files(report: Any) -> list[dict]:
-    files = report.get("files") if isinstance(report, dict) else getattr(report, "files", None)
-    return [f if isinstance(f, dict) else _as_dict(f) for f in (files or [])]
+def _describe_store(result: PrepareSummary) -> str:
+    kept = f", {result.resumed} kept from a cancelled prepare" if result.resumed else ""
+    return (f"{result.pieces} pieces, {fmt_count(result.tokens)} tokens; "
+            f"{result.tokenized} tokenized, {result.reused} unchanged{kept}, {result.skipped} skipped")
 
 
-def _report_summary(report: Any) -> dict:
-    summary = report.get("summary") if isinstance(report, dict) else getattr(report, "summary", None)
-    return summary if isinstance(summary, dict) else _as_dict(summary) if summary is not None else {}
-
-
-def _as_dict(obj: Any) -> dict:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(obj)
-    return dict(getattr(obj, "__dict__", {}))
-
-
-def _describe_store(result: Any) -> str:
-    if result is None:
-        return ""
-    values = result if isinstance(result, dict) else _as_dict(result)
-    parts = [f"{k} {fmt_count(v)}" for k, v in values.items() if isinstance(v, (int, float))]
-    return ", ".join(parts[:4])
-
-
-def render_summary(summary: dict, files: list[dict]) -> Text:
-    """Totals, status counts and the most frequent reasons (from the engine's summary when given)."""
-    counts = field(summary, "status", "status_counts", "counts")
-    if not isinstance(counts, dict):
-        counts = Counter(str(f.get("status")) for f in files)
-    n_files = field(summary, "files", "n_files", "total_files")
-    if not isinstance(n_files, (int, float)):
-        n_files = len(files)
-    hours = field(summary, "hours", "total_hours")
-    if hours is None:
-        seconds = field(summary, "duration_s", "total_duration_s", "seconds")
-        hours = seconds / 3600 if isinstance(seconds, (int, float)) else None
-    notes = field(summary, "notes", "total_notes")
-    tokens = field(summary, "tokens", "total_tokens")
+def render_summary(summary: ScanSummary) -> Text:
+    """Totals, status counts and the most frequent reasons, from the engine's summary."""
     text = Text()
-    text.append(f"{fmt_count(n_files)} files", style="bold")
-    if hours is not None:
-        text.append(f"  {hours:.2f} h")
-    if notes is not None:
-        text.append(f"  {fmt_count(notes)} notes")
-    if tokens is not None:
-        text.append(f"  {fmt_count(tokens)} tokens")
-    text.append("\n")
+    text.append(f"{fmt_count(summary.files)} files", style="bold")
+    text.append(f"  {summary.hours:.2f} h  {fmt_count(summary.notes)} notes  {fmt_count(summary.tokens)} tokens\n")
     for status in ("ok", "warning", "error"):
-        text.append(f"{status} {counts.get(status, 0)}  ", style=STATUS_STYLE[status])
-    reasons = field(summary, "top_reasons", "reasons", "reason_counts")
-    if isinstance(reasons, dict):
-        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
-    elif isinstance(reasons, list):
-        ranked = [(r[0], r[1]) if isinstance(r, (list, tuple)) else
-                  (r.get("reason"), field(r, "files", "count")) for r in reasons]
-    else:
-        ranked = Counter(r for f in files for r in (f.get("reasons") or [])).most_common()
-    if ranked:
+        text.append(f"{status} {summary.status.get(status, 0)}  ", style=STATUS_STYLE[status])
+    if summary.reasons:
         text.append("\ntop reasons:", style="bold")
-        for reason, count in ranked[:5]:
-            text.append(f"\n  {reason} ({count})")
+        for item in summary.reasons[:5]:
+            text.append(f"\n  {item.reason} ({item.files})")
     return text
 
 
-def render_detail(record: dict, name: str, width: int) -> Text:
-    status = str(record.get("status", "?"))
-    stats = record.get("stats") or {}
+def render_detail(record: FileRecord, name: str, width: int) -> Text:
+    status = record.status
+    stats = record.stats
     text = Text()
     text.append(f"{name}\n", style="bold")
-    text.append(status, style=STATUS_STYLE.get(status, ""))
-    for reason in record.get("reasons") or []:
+    text.append(status, style=STATUS_STYLE[status])
+    for reason in record.reasons:
         text.append(f"\n  • {reason}", style="yellow" if status == "warning" else "red")
     shown = []
-    for key, value in stats.items():
+    for key, value in stats.to_dict().items():
         if key.endswith(("hash", "histogram")) or key == "bytes":
             continue
         if isinstance(value, dict):
@@ -446,15 +390,11 @@ def render_detail(record: dict, name: str, width: int) -> Text:
                 line = ""
             line += ("   " if line else "") + item
         text.append(line)
-    velocity = field(stats, "velocity_histogram", "velocity_hist", "velocities")
-    if isinstance(velocity, dict):
-        velocity = [velocity.get(str(i), velocity.get(i, 0)) for i in range(128)]
+    velocity = stats.velocity_histogram
     if velocity:
         text.append("\n\n")
         text.append_text(labelled_histogram("velocity", velocity, "0", "127", width))
-    pitch = field(stats, "pitch_histogram", "pitch_hist", "pitches")
-    if isinstance(pitch, dict):
-        pitch = [pitch.get(str(i), pitch.get(i, 0)) for i in range(128)]
+    pitch = stats.pitch_histogram
     if pitch:
         # show the piano's keys only: A0 (21) .. C8 (108)
         keys = list(pitch[21:109]) if len(pitch) >= 109 else list(pitch)

@@ -8,6 +8,7 @@ from app_helpers import wait_for as _wait_for
 from engine.paths import CORPUS_DIR
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.messages import ScanFinished, ScanProgress
+from pianomuse_tui.requests import DatasetArgs
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,7 +66,7 @@ async def test_scan_of_bundled_corpus_fills_table_summary_and_detail():
 
 
 async def test_missing_folder_gives_one_sentence_and_keeps_running(tmp_path):
-    app = PianoMuseApp(pane="dataset", args={"folder": str(tmp_path / "nope"), "scan": False})
+    app = PianoMuseApp(pane="dataset", args=DatasetArgs(folder=str(tmp_path / "nope"), scan=False))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.3)
         await pilot.press("s")
@@ -108,8 +109,8 @@ async def test_check_arguments_then_prepare_builds_the_store_with_progress_and_o
         shutil.copy(f, midi / f.name)
     (midi / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")  # a header cut short
     seen: list = []
-    args = {"folder": str(midi), "out": str(tmp_path / "store"), "json": str(tmp_path / "report.json"),
-            "workers": 1, "policy": "all", "scan": True}
+    args = DatasetArgs(folder=str(midi), store=str(tmp_path / "store"), report_json=str(tmp_path / "report.json"),
+                       workers=1, policy="all")
     app = PianoMuseApp(pane="dataset", args=args)
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 60)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from jack_server import JackServer, MidiReceiver, sounding_after, tiny_checkpoint  # noqa: E402,F401 (fixture)
+from jack_server import JackServer, MidiReceiver, sounding_after, tiny_checkpoint  # noqa: F401 (fixture)
 
-from app_helpers import wait_for  # noqa: E402
-from pianomuse_tui.app import PianoMuseApp  # noqa: E402
-from pianomuse_tui.messages import PerformanceEnded, PerformanceStarted, PortsListed  # noqa: E402
-from pianomuse_tui.widgets.piano_roll import PianoRoll  # noqa: E402
+from app_helpers import wait_for
+from pianomuse_tui.app import PianoMuseApp
+from pianomuse_tui.messages import PerformanceEnded, PerformanceStarted, PortsListed
+from pianomuse_tui.widgets.piano_roll import PianoRoll
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.jack]
 

@@ -22,6 +22,7 @@ from engine.paths import CORPUS_DIR, MODELS_DIR, REPO_ROOT
 from pianomuse_tui import resources
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.performance import default_checkpoint
+from pianomuse_tui.requests import DatasetArgs
 
 SIZE = (120, 36)
 # a mix of the corpus' two folders, picked once; fixed names keep the table order fixed
@@ -57,14 +58,14 @@ def test_dataset_pane_after_a_real_scan(snap_compare, fixed_machine, tmp_path, m
         (tmp_path / "corpus").mkdir(exist_ok=True)
         shutil.copy(CORPUS_DIR / name, tmp_path / "corpus" / Path(name).name)
     monkeypatch.chdir(tmp_path)
-    app = PianoMuseApp(pane="dataset", args={"folder": "corpus", "scan": True})
+    app = PianoMuseApp(pane="dataset", args=DatasetArgs(folder="corpus"))
 
     async def scanned(pilot):
         await _settle(pilot, lambda: app.dataset.report is not None and app.device.startswith("CPU"))
         assert app.dataset.rows_shown == len(SCAN_FILES)
         # each file's measured CPU time is the one timing in the detail panel: pinned
         for record in app.dataset.records.values():
-            record["stats"]["cpu_s"] = 0.0125
+            record.stats.cpu_s = 0.0125
         # and the detail is drawn again now that the layout (with its scrollbar) has settled
         await pilot.press("down", "up")
         # the table measures new rows for its column widths when it next idles (a busy machine

@@ -136,7 +136,7 @@ def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, 
     assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width > 800 and height > 400
-    import matplotlib.image  # noqa: PLC0415
+    import matplotlib.image
 
     assert matplotlib.image.imread(png).shape[:2] == (height, width)
 

@@ -13,14 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from train_helpers import micro_overrides, small_store  # noqa: E402
+from train_helpers import micro_overrides, small_store
 
-from engine.model import load_checkpoint  # noqa: E402
-from engine.train import checkpointing as ckpt  # noqa: E402
-from engine.train.metrics import read_metrics  # noqa: E402
-from engine.train.trainer import run_training  # noqa: E402
-from engine.train.config import load_config  # noqa: E402
-from pianomuse_tui.cli import app  # noqa: E402
+from engine.model import load_checkpoint
+from engine.train import checkpointing as ckpt
+from engine.train.metrics import read_metrics
+from engine.train.trainer import run_training
+from engine.train.config import load_config
+from pianomuse_tui.cli import app
 
 CLI = [str(Path(sys.executable).with_name("pianomuse-tui")), "--headless", "train"]
 

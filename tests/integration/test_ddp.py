@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from train_helpers import micro_overrides, small_store  # noqa: E402
+from train_helpers import micro_overrides, small_store
 
-from engine.train.config import load_config  # noqa: E402
-from engine.train.metrics import read_metrics  # noqa: E402
-from engine.train.trainer import run_training  # noqa: E402
+from engine.train.config import load_config
+from engine.train.metrics import read_metrics
+from engine.train.trainer import run_training
 
 
 def _free_port() -> int:
@@ -91,10 +91,10 @@ def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_pa
 
     # the checkpoint holds full tensors: the same shapes as the single-process one, and the
     # weights after 2 sharded steps match the single process's
-    import torch  # noqa: PLC0415
+    import torch
 
-    from engine.model import load_checkpoint  # noqa: PLC0415
-    from engine.train import checkpointing as ckpt  # noqa: PLC0415
+    from engine.model import load_checkpoint
+    from engine.train import checkpointing as ckpt
 
     m_two, _ = load_checkpoint(ckpt.latest_checkpoint(run))
     m_one, _ = load_checkpoint(ckpt.latest_checkpoint(single.run_dir))

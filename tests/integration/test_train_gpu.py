@@ -10,12 +10,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from train_helpers import micro_overrides, small_store  # noqa: E402
+from train_helpers import micro_overrides, small_store
 
-from engine.model import load_checkpoint  # noqa: E402
-from engine.train.config import load_config  # noqa: E402
-from engine.train.metrics import read_metrics  # noqa: E402
-from engine.train.trainer import run_training  # noqa: E402
+from engine.model import load_checkpoint
+from engine.train.config import load_config
+from engine.train.metrics import read_metrics
+from engine.train.trainer import run_training
 
 
 @pytest.mark.gpu

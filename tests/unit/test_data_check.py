@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_helpers import PIANO_DIR, mixed_folder, mixed_report, scratch
-from engine.data.check import CheckPolicy, ScanError, ScanReport, find_midi_files, scan
+from engine.data.check import CheckPolicy, FileRecord, ReasonCount, ScanError, ScanReport, find_midi_files, scan
 from engine.data.midi_bytes import MidiStructureError, walk_midi_bytes
 
 # file -> (status, reason categories that must be present)
@@ -37,9 +37,9 @@ EXPECTED = {
 }
 
 
-def _by_name(report: ScanReport) -> dict[str, dict]:
+def _by_name(report: ScanReport) -> dict[str, FileRecord]:
     root = mixed_folder()
-    return {str(Path(r["path"]).relative_to(root)): r for r in report.files}
+    return {str(Path(r.path).relative_to(root)): r for r in report.files}
 
 
 def test_every_file_once_with_its_status_and_reasons():
@@ -47,10 +47,10 @@ def test_every_file_once_with_its_status_and_reasons():
     assert sorted(records) == sorted(EXPECTED)  # notes.txt is not scanned; .MIDI and .kar are
     for name, (status, categories) in EXPECTED.items():
         record = records[name]
-        found = {reason.split(":", 1)[0] for reason in record["reasons"]}
-        assert record["status"] == status, (name, record["reasons"])
-        assert categories <= found, (name, record["reasons"])
-        assert (status == "ok") == (record["reasons"] == [])
+        found = {reason.split(":", 1)[0] for reason in record.reasons}
+        assert record.status == status, (name, record.reasons)
+        assert categories <= found, (name, record.reasons)
+        assert (status == "ok") == (record.reasons == [])
 
 
 def test_report_schema_and_summary(tmp_path):
@@ -77,16 +77,16 @@ def test_report_schema_and_summary(tmp_path):
 
 
 def test_stats_of_a_real_piece():
-    stats = _by_name(mixed_report())["good/joplin_maple_leaf_rag.mid"]["stats"]
-    assert stats["notes"] == 2308 and stats["kept_tracks"] == 2
-    low, high = stats["pitch_range"]
+    stats = _by_name(mixed_report())["good/joplin_maple_leaf_rag.mid"].stats
+    assert stats.notes == 2308 and stats.kept_tracks == 2
+    low, high = stats.pitch_range
     assert 21 <= low < high <= 108
-    assert sum(stats["velocity_histogram"]) == stats["notes"]
-    assert stats["notes_per_s"] == pytest.approx(stats["notes"] / stats["duration_s"], rel=1e-3)
-    assert 2 <= stats["max_polyphony"] <= 10
-    assert stats["tokens"] > stats["notes"] * 3  # Pitch, Velocity, Duration per note at least
-    assert stats["time_signature_changes"] >= 0 and stats["tempo_changes"] >= 0
-    assert set(stats["sustain_pedal"]) == {"presses", "down_fraction"}
+    assert sum(stats.velocity_histogram) == stats.notes
+    assert stats.notes_per_s == pytest.approx(stats.notes / stats.duration_s, rel=1e-3)
+    assert 2 <= stats.max_polyphony <= 10
+    assert stats.tokens > stats.notes * 3  # Pitch, Velocity, Duration per note at least
+    assert stats.time_signature_changes >= 0 and stats.tempo_changes >= 0
+    assert set(stats.sustain_pedal) == {"presses", "down_fraction"}
 
 
 def test_pitch_histogram_counts_the_notes_the_piano_extraction_keeps(tmp_path):
@@ -98,22 +98,22 @@ def test_pitch_histogram_counts_the_notes_the_piano_extraction_keeps(tmp_path):
     records = _by_name(report)
     # a corpus piece, and a file with notes outside the piano range (they count, as in "notes")
     for name in ("good/joplin_maple_leaf_rag.mid", "hanging_and_range.mid"):
-        stats = records[name]["stats"]
-        histogram = stats["pitch_histogram"]
+        stats = records[name].stats
+        histogram = stats.pitch_histogram
         assert len(histogram) == 128 and all(isinstance(n, int) and n >= 0 for n in histogram)
-        assert sum(histogram) == stats["notes"]
+        assert sum(histogram) == stats.notes
         played = [pitch for pitch, n in enumerate(histogram) if n]
-        assert [played[0], played[-1]] == stats["pitch_range"]
-    low, high = records["hanging_and_range.mid"]["stats"]["pitch_range"]
+        assert [played[0], played[-1]] == stats.pitch_range
+    low, high = records["hanging_and_range.mid"].stats.pitch_range
     assert low < 21 or high > 108
     # the same counts as reading the file again through the engine's piano extraction
     score = extract_piano(symusic.Score(str(PIANO_DIR / "joplin_maple_leaf_rag.mid")), "keyboard")
     counted = [0] * 128
     for note in score.tracks[0].notes:
         counted[note.pitch] += 1
-    assert records["good/joplin_maple_leaf_rag.mid"]["stats"]["pitch_histogram"] == counted
+    assert records["good/joplin_maple_leaf_rag.mid"].stats.pitch_histogram == counted
     # the violin and the drums of a multi-track file are left out
-    trio = records["multi_instrument.kar"]["stats"]["pitch_histogram"]
+    trio = records["multi_instrument.kar"].stats.pitch_histogram
     assert {pitch: n for pitch, n in enumerate(trio) if n} == {60: 1, 64: 1, 67: 1}
     # one line per file: the 128 counts do not take a line each in the written report
     path = tmp_path / "report.json"
@@ -129,8 +129,8 @@ def test_multi_instrument_policy_all_keeps_the_violin():
     multi_instrument_file(folder / "trio.mid")
     keyboard = scan(folder, workers=1, policy={"piano_policy": "keyboard"}).files[0]
     everything = scan(folder, workers=1, policy=CheckPolicy(piano_policy="all")).files[0]
-    assert keyboard["stats"]["notes"] == 3 and everything["stats"]["notes"] == 5
-    assert not any(r.startswith("non-piano") for r in everything["reasons"])
+    assert keyboard.stats.notes == 3 and everything.stats.notes == 5
+    assert not any(r.startswith("non-piano") for r in everything.reasons)
     # a misspelt policy stops the scan before any work, with one sentence
     with pytest.raises(ValueError, match="unknown piano policy 'pianos'; use one of: keyboard, all"):
         scan(folder, workers=1, policy={"piano_policy": "pianos", "tokenize": False})
@@ -144,12 +144,12 @@ def test_a_hanging_parse_times_out_and_the_scan_goes_on():
     for name in ("mozart_k545_mvt1_exposition.mid", "schoenberg_op19_no6.mid"):
         shutil.copy(PIANO_DIR / name, folder / name)
     report = scan(folder, workers=1, policy={"timeout_s": 1.0})
-    by_name = {r["path"].rsplit("/", 1)[1]: r for r in report.files}
-    assert by_name["a_huge.mid"]["status"] == "error"
-    assert by_name["a_huge.mid"]["reasons"][0].startswith("timed out")
-    assert by_name["mozart_k545_mvt1_exposition.mid"]["status"] == "ok"
-    assert by_name["schoenberg_op19_no6.mid"]["status"] == "ok"
-    assert report.summary["reasons"] == [{"reason": "timed out", "files": 1}]
+    by_name = {r.path.rsplit("/", 1)[1]: r for r in report.files}
+    assert by_name["a_huge.mid"].status == "error"
+    assert by_name["a_huge.mid"].reasons[0].startswith("timed out")
+    assert by_name["mozart_k545_mvt1_exposition.mid"].status == "ok"
+    assert by_name["schoenberg_op19_no6.mid"].status == "ok"
+    assert report.summary.reasons == [ReasonCount("timed out", 1)]
 
 
 def test_missing_folder_is_one_sentence(tmp_path):
@@ -160,7 +160,7 @@ def test_missing_folder_is_one_sentence(tmp_path):
         find_midi_files(tmp_path / "file.mid")
     (tmp_path / "empty_dir").mkdir()
     empty = scan(tmp_path / "empty_dir")
-    assert empty.files == [] and empty.summary["files"] == 0
+    assert empty.files == [] and empty.summary.files == 0
 
 
 def test_byte_walk_counts_what_the_parser_hides():
@@ -201,13 +201,13 @@ def test_absurd_time_division_and_extreme_density_are_warnings(tmp_path):
     dense = _symusic_file(tmp_path / "dense.mid", 480, [(i * 4, 4, 40 + i % 40, 80) for i in range(100)])
     policy = CheckPolicy(tokenize=False)
     record, _, _ = inspect_file(coarse, policy)
-    assert record["status"] == "warning" and record["reasons"] == ["absurd time division: 12 ticks per quarter"]
+    assert record.status == "warning" and record.reasons == ["absurd time division: 12 ticks per quarter"]
     record, _, _ = inspect_file(dense, policy)
-    assert record["status"] == "warning" and record["reasons"] == ["extreme note density: 100 onsets within one second"]
-    assert record["stats"]["max_onsets_per_s"] == 100
+    assert record.status == "warning" and record.reasons == ["extreme note density: 100 onsets within one second"]
+    assert record.stats.max_onsets_per_s == 100
     # the limits are settings: looser ones accept both files
     loose = CheckPolicy(tokenize=False, min_ticks_per_quarter=8, max_onsets_per_s=120)
-    assert inspect_file(coarse, loose)[0]["status"] == inspect_file(dense, loose)[0]["status"] == "ok"
+    assert inspect_file(coarse, loose)[0].status == inspect_file(dense, loose)[0].status == "ok"
 
 
 def test_stats_of_a_hand_made_piece_are_exact(tmp_path):
@@ -223,16 +223,16 @@ def test_stats_of_a_hand_made_piece_are_exact(tmp_path):
     )
     tokenizer = PianoTokenizer()
     record, ids, bars = inspect_file(path, CheckPolicy(), tokenizer)
-    stats = record["stats"]
-    assert record["status"] == "ok" and record["reasons"] == []
-    assert stats["duration_s"] == 3.0 and stats["notes"] == 5 and stats["notes_per_s"] == pytest.approx(5 / 3, abs=1e-3)
-    assert stats["pitch_range"] == [48, 72] and stats["max_polyphony"] == 3
-    assert stats["velocity_histogram"] == [1, 0, 1, 0, 0, 1, 1, 1]  # bins of 16: 10, 40, 80, 100, 127
+    stats = record.stats
+    assert record.status == "ok" and record.reasons == []
+    assert stats.duration_s == 3.0 and stats.notes == 5 and stats.notes_per_s == pytest.approx(5 / 3, abs=1e-3)
+    assert stats.pitch_range == [48, 72] and stats.max_polyphony == 3
+    assert stats.velocity_histogram == [1, 0, 1, 0, 0, 1, 1, 1]  # bins of 16: 10, 40, 80, 100, 127
     # pedal down one beat at 120 bpm (0.5 s) and one beat at 60 bpm (1 s), of 3 s
-    assert stats["sustain_pedal"] == {"presses": 2, "down_fraction": 0.5}
-    assert stats["longest_silence_s"] == 0.5  # between the note ending at 1.5 s and the one at 2 s
-    assert (stats["tempo_changes"], stats["tempo_bpm"], stats["time_signature_changes"]) == (1, [60.0, 120.0], 1)
-    assert stats["tokens"] == len(ids) == len(tokenizer.encode_file(path)) and stats["bars"] == len(bars) >= 2
+    assert stats.sustain_pedal == {"presses": 2, "down_fraction": 0.5}
+    assert stats.longest_silence_s == 0.5  # between the note ending at 1.5 s and the one at 2 s
+    assert (stats.tempo_changes, stats.tempo_bpm, stats.time_signature_changes) == (1, [60.0, 120.0], 1)
+    assert stats.tokens == len(ids) == len(tokenizer.encode_file(path)) and stats.bars == len(bars) >= 2
 
 
 def _huge_file(path: Path, n: int = 600_000) -> Path:
@@ -274,8 +274,8 @@ def test_a_worker_that_dies_mid_file_is_reported_and_the_scan_goes_on(tmp_path):
             threading.Timer(0.3, kill_the_worker).start()
 
     report = scan(folder, workers=1, policy={"timeout_s": 60.0}, on_progress=on_progress)
-    by_name = {Path(r["path"]).name: r for r in report.files}
+    by_name = {Path(r.path).name: r for r in report.files}
     assert len(killed) == 1
-    assert by_name["b_huge.mid"]["status"] == "error" and by_name["b_huge.mid"]["reasons"][0].startswith("parser crashed")
+    assert by_name["b_huge.mid"].status == "error" and by_name["b_huge.mid"].reasons[0].startswith("parser crashed")
     for name in ("a_piece.mid", "c_piece.mid"):
-        assert by_name[name]["status"] == "ok" and by_name[name]["stats"]["tokens"] > 0
+        assert by_name[name].status == "ok" and by_name[name].stats.tokens > 0

@@ -39,7 +39,7 @@ def test_prepare_then_reprepare_incrementally():
         # bars MidiTok enters through a Rest start at their Position token, right after the rest
         for i in set(bars) - set(bar_tokens):
             assert tok.token_kind(expected[i]) == "Position" and tok.token_kind(expected[i - 1]) == "Rest"
-    assert store.report.summary["status"]["error"] == 1
+    assert store.report.summary.status["error"] == 1
 
     again = prepare(folder, out, {"workers": 2})
     assert (again.pieces, again.tokenized, again.reused) == (8, 0, 9)  # the broken file is not re-read either
@@ -131,7 +131,7 @@ def test_a_cancelled_prepare_keeps_the_files_done_and_the_next_one_resumes():
     store = TokenStore.open(out)
     for piece in store.pieces():
         assert store.tokens(piece).tolist() == store.tokenizer.encode_file(piece.path)
-    assert store.report.summary["status"]["error"] == 1
+    assert store.report.summary.status["error"] == 1
 
     # results kept for another tokenizer are not used
     with pytest.raises(Stop):

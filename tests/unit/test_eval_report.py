@@ -91,7 +91,7 @@ def test_report_json_turns_nan_into_null(tmp_path):
 
 
 def test_a_store_profile_matches_the_folder_it_was_prepared_from(corpus, tmp_path):
-    from engine.data.store import PrepareConfig, TokenStore, prepare  # noqa: PLC0415
+    from engine.data.store import PrepareConfig, TokenStore, prepare
 
     prepare(corpus, tmp_path / "store", PrepareConfig(val_fraction=0.0, workers=1))
     store = TokenStore.open(tmp_path / "store")

@@ -133,7 +133,7 @@ def test_architecture_flags_from_the_environment(monkeypatch):
 
 def test_generation_step_refuses_to_train():
     """Training-mode validation: the forward-only step fails at once when gradients are wanted."""
-    from engine.kernels.wkv7.cuda import wkv7_cuda_step  # noqa: PLC0415
+    from engine.kernels.wkv7.cuda import wkv7_cuda_step
 
     xs = [torch.randn(1, 2, 64, requires_grad=True) for _ in range(6)]
     with pytest.raises(RuntimeError, match="no backward"):
@@ -141,7 +141,7 @@ def test_generation_step_refuses_to_train():
 
 
 def test_build_kernels_command_reports_the_reason(fresh_loader, monkeypatch):
-    from pianomuse_tui.headless import kernels_cmd  # noqa: PLC0415
+    from pianomuse_tui.headless import kernels_cmd
 
     app = typer.Typer()
     kernels_cmd.register(app)

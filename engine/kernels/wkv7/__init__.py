@@ -33,7 +33,7 @@ BACKENDS = ("reference", "chunked", "cuda")
 
 
 def _chunked():
-    from .chunked import wkv7_chunked  # noqa: PLC0415 (optional until built)
+    from .chunked import wkv7_chunked  # optional until built
 
     return wkv7_chunked
 
@@ -48,7 +48,7 @@ def cuda_available() -> bool:
     if cuda_disabled() or not torch.cuda.is_available():
         return False
     try:
-        from . import cuda as _cuda  # noqa: PLC0415
+        from . import cuda as _cuda
     except ImportError:
         return False
     return _cuda.is_available()
@@ -67,7 +67,7 @@ def explain_backend(backend: str, device: torch.device | str, head_size: int | N
         return "chunked", "CPU tensors" if torch.cuda.is_available() else "no CUDA GPU visible"
     if not cuda_available():
         return "chunked", "CUDA kernels not built here"
-    from .cuda import HEAD_SIZES  # noqa: PLC0415
+    from .cuda import HEAD_SIZES
 
     if head_size is not None and head_size not in HEAD_SIZES:
         sizes = ", ".join(map(str, HEAD_SIZES))
@@ -107,11 +107,11 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_s
     elif name == "chunked":
         fn = _chunked()
     else:
-        from . import cuda as _cuda  # noqa: PLC0415
+        from . import cuda as _cuda
 
         fn = _cuda.wkv7_cuda
     if recompute and torch.is_grad_enabled():
-        from torch.utils.checkpoint import checkpoint  # noqa: PLC0415
+        from torch.utils.checkpoint import checkpoint
 
         def run(r, w, k, v, a, b, s0):
             return fn(r, w, k, v, a, b, initial_state=s0, output_final_state=output_final_state, cu_seqlens=cu_seqlens)

@@ -4,7 +4,7 @@
 
 A random-weight model (V = 512, as in rwkv7-spec.md section 9's table) runs ``RWKV7.step`` under
 ``torch.inference_mode`` one token at a time, and every step ends with the logits on the host
-(``.cpu()``), as a live player needs them for sampling. Modes, same weights, same tokens:
+(``.cpu()``) and sampled there (temperature + top-p, the engine's sampler), as a live player does. Modes, same weights, same tokens:
 - graphed: the engine's default on CUDA, the step replayed from a captured CUDA graph;
 - traced: the frozen TorchScript trace (``model.rnn_cuda_graph = False``);
 - eager: plain PyTorch (``model.rnn_trace = False``);
@@ -31,13 +31,16 @@ import torch  # noqa: E402
 
 from bench._train_bench import BenchError, markdown_table, run_header, write_outputs  # noqa: E402
 from engine.model import RWKV7, ModelConfig, save_checkpoint  # noqa: E402
+from engine.model.pianomuse import sample_logits  # noqa: E402
 
 MODES = ("graphed", "traced", "eager")
+OPT_IN_MODES = ("compiled",)  # --compiled: the graphed step over a torch.compile'd step (model.rnn_compile)
 
 
 def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dict:
     model.rnn_trace = mode != "eager"
-    model.rnn_cuda_graph = mode == "graphed"
+    model.rnn_cuda_graph = mode in ("graphed", "compiled")
+    model.rnn_compile = mode == "compiled"
     device = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(batch)
     tokens = torch.randint(3, model.config.vocab_size, (warmup + steps, batch), generator=g).to(device)
@@ -47,7 +50,9 @@ def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dic
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             logits, state = model.step(tokens[i], state)
-            logits.cpu()
+            scores = logits.float().cpu()
+            for row in scores:  # what a live player does with each row: temperature + nucleus sampling
+                sample_logits(row, 1.0, 0.95, generator=g)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
@@ -85,7 +90,7 @@ def measure_peer(peer, vocab: int, batch: int, steps: int, warmup: int) -> dict:
             t0 = time.perf_counter()
             for b in range(batch):
                 out, states[b] = peer.forward([tokens[i][b]], states[b])
-                out.cpu()
+                sample_logits(out.float().cpu(), 1.0, 0.95, generator=g)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-strategy", default="cuda fp16", help="the rwkv package's strategy string")
     ap.add_argument("--peer-cuda", action="store_true", help="the rwkv package with its CUDA kernel (built at load)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--compiled", action="store_true", help="also the graphed step over a torch.compile'd step (model.rnn_compile)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     header = run_header(device, f"RWKV7.step, random weights, V=512, weights {args.dtype}, fp32 state; "
-                                f"median of {args.steps} steps after {args.warmup}, logits copied to the host each step")
+                                f"median of {args.steps} steps after {args.warmup}, logits copied to the host and sampled (temperature 1, top-p 0.95) each step")
     rows, results = [], []
     for size in args.sizes.split(","):
         L, D = (int(x) for x in size.lower().split("x"))
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             peer = load_peer(model, strategy, args.peer_cuda, tempfile.mkdtemp(prefix="pianomuse-peer-"))
             model = model.to(device=device, dtype=dtype)
         for batch in (int(b) for b in args.batches.split(",")):
-            modes = MODES if device.type == "cuda" else ("traced", "eager")
+            modes = (MODES + (OPT_IN_MODES if args.compiled else ())) if device.type == "cuda" else ("traced", "eager")
             for mode in modes + (("rwkv package",) if peer is not None else ()):
                 if mode == "rwkv package":
                     r = measure_peer(peer, 512, batch, args.steps, args.warmup)

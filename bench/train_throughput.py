@@ -23,6 +23,7 @@ is given both for our full step (conservative) and for our forward+backward part
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -78,7 +79,8 @@ class StepClock:
 
 
 def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, checkpointing: bool,
-            compile_model: bool, trainer_sync: bool, profile: str | None = None, wkv_recompute: bool = False) -> dict:
+            compile_model: bool, trainer_sync: bool, profile: str | None = None, wkv_recompute: bool = False,
+            fused_head: bool | None = None) -> dict:
     torch.manual_seed(0)
     model = RWKV7(ModelConfig(n_layer=shape.n_layer, n_embd=shape.n_embd, vocab_size=shape.vocab_size, head_size=64),
                   wkv_backend=backend).to(device)
@@ -90,7 +92,7 @@ def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, 
         model.compile_blocks()  # what the trainer does with train.compile on
     if wkv_recompute:
         model.set_wkv_recompute()  # train.wkv_recompute
-    objective = TrainingObjective(model)
+    objective = TrainingObjective(model, fused_head=fused_head)
     optimizer = build_optimizer(model, OptimSection(), 1e-3, device)
     params = [p for p in model.parameters() if p.requires_grad]
     autocast_dtype = resolve_precision("auto", device)
@@ -173,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--wkv-backend", default="auto", choices=("auto", "cuda", "chunked"))
     parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the block parts around the WKV kernel (the trainer's train.compile)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the block parts around the WKV kernel (the trainer's train.compile; default as the trainer: on CUDA)")
+    parser.add_argument("--fused-head", action=argparse.BooleanOptionalAction, default=None,
+                        help="the chunked head + cross-entropy (engine.model.loss.linear_cross_entropy; default as the trainer: on CUDA)")
     parser.add_argument("--wkv-recompute", action="store_true", help="the WKV operator saves only its inputs (train.wkv_recompute)")
     parser.add_argument("--profile", default=None, help="append a torch.profiler kernel table of one extra step per shape to this file")
     parser.add_argument("--trainer-sync", action="store_true", help="add the trainer's one host read of loss and grad norm per step")
@@ -192,9 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415 (may build the CUDA kernels)
 
     backend = resolve_backend(args.wkv_backend, device)
+    if args.compile is None:
+        args.compile = device.type == "cuda"
+    if args.fused_head is None:
+        args.fused_head = device.type == "cuda"
+    variant = os.environ.get("PIANOMUSE_WKV7_VARIANT", "default")
     options = (f"full training steps, median of {args.steps} after {args.warmup} warm-up; WKV {backend}; "
                f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}; "
-               f"compile {'on' if args.compile else 'off'}; WKV recompute {'on' if args.wkv_recompute else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
+               f"compile {'on' if args.compile else 'off'}; fused head {'on' if args.fused_head else 'off'}; "
+               f"WKV variant {variant}; WKV recompute {'on' if args.wkv_recompute else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
     header = run_header(device, options)
     print(f"# {header}\n")
     print(markdown_table(COLUMNS, []), flush=True)
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         try:
             r = measure(shape, device, backend, args.steps, args.warmup, args.activation_checkpointing, args.compile,
-                        args.trainer_sync, args.profile, args.wkv_recompute)
+                        args.trainer_sync, args.profile, args.wkv_recompute, args.fused_head)
         except torch.OutOfMemoryError:
             failed += 1
             torch.cuda.empty_cache()

@@ -145,7 +145,7 @@ def main():
         if args.variants:
             for vv in wk.VARIANTS:
                 many_blocks = B * H >= torch.cuda.get_device_properties(0).multi_processor_count
-                for vn in ([1] if many_blocks else args.nsegs):
+                for vn in ([1, 2] if many_blocks else args.nsegs):
                     if vn > 1 and T // vn < 64:
                         continue
                     os.environ["PIANOMUSE_WKV7_VARIANT"], os.environ["PIANOMUSE_WKV7_NSEG"] = str(vv), str(vn)

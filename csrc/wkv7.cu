@@ -352,8 +352,8 @@ __global__ void __launch_bounds__(N / R * SPLIT) fwd_kernel(int T, const int* __
 //   ST = S_t column p     (slice over rows),
 // so every sum over rows or columns is a lane-local dot plus shuffles. S_{t-1} comes from S_t by
 // undoing the update (exact up to rounding, d >= 0.545), restarting from a snapshot every L steps.
-template <int N, int SPLIT, int R>
-__global__ void __launch_bounds__(N / R * SPLIT) bwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
+template <int N, int SPLIT, int R, int MINB>
+__global__ void __launch_bounds__(N / R * SPLIT, MINB) bwd_kernel(int T, const int* __restrict__ cu, int H, int seg_len,
                                                             const bf16* r, const bf16* w, const bf16* k,
                                                             const bf16* v, const bf16* a, const bf16* b,
                                                             const bf16* dy, const float* __restrict__ sa_saved,
@@ -619,7 +619,7 @@ __global__ void __launch_bounds__(256) combine_kernel(int nseg, int H, int rever
 // ------------------------------------------------------------------------------------------------
 // Host launchers (plain pointers; the torch binding validates shapes and allocates).
 
-template <int N, int SPLIT, int R>
+template <int N, int SPLIT, int R, int MINB>
 static cudaError_t fwd_all(const FwdArgs& g, cudaStream_t st) {
   const dim3 blk(N / R * SPLIT);
   if (g.nseg <= 1) {
@@ -635,12 +635,12 @@ static cudaError_t fwd_all(const FwdArgs& g, cudaStream_t st) {
   return cudaGetLastError();
 }
 
-template <int N, int SPLIT, int R>
+template <int N, int SPLIT, int R, int MINB>
 static cudaError_t bwd_all(const BwdArgs& g, cudaStream_t st) {
   const dim3 blk(N / R * SPLIT);
   const size_t shm = (size_t)16 * L * N * sizeof(float);
   cudaError_t err =
-      cudaFuncSetAttribute(bwd_kernel<N, SPLIT, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm);
+      cudaFuncSetAttribute(bwd_kernel<N, SPLIT, R, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm);
   if (err != cudaSuccess) return err;
   const float* ds_in = g.ds_last;
   int seg_len = 0, nseg = 1;
@@ -652,19 +652,23 @@ static cudaError_t bwd_all(const BwdArgs& g, cudaStream_t st) {
     seg_len = g.seg_len;
     nseg = g.nseg;
   }
-  bwd_kernel<N, SPLIT, R><<<dim3(g.H, g.n_seqs, nseg), blk, shm, st>>>(
+  bwd_kernel<N, SPLIT, R, MINB><<<dim3(g.H, g.n_seqs, nseg), blk, shm, st>>>(
       g.T, g.cu, g.H, seg_len, g.r, g.w, g.k, g.v, g.a, g.b, g.dy, g.sa, g.snaps, g.s_last, ds_in, g.dr, g.dw,
       g.dk, g.dv, g.da, g.db, g.ds0);
   return cudaGetLastError();
 }
 
-// variant = 10 * (lanes per row group) + (rows per lane group); head size N = 64 only for now.
+// variant = 100 * (backward blocks per multiprocessor, when more than 1) + 10 * (lanes per row group)
+// + (rows per lane group); head size N = 64 only for now. Variant 182 caps the backward kernel's
+// registers at 128 (a few bytes spill) so two blocks share a multiprocessor: B*H between 1x and 2x
+// the multiprocessor count then runs in one wave instead of two.
 #define WKV7_DISPATCH(FN, ARGS, STREAM)                                                   \
   do {                                                                                    \
     if (ARGS.N != 64) return cudaErrorInvalidValue; /* other head sizes: add N here */    \
     switch (ARGS.variant) {                                                               \
-      case 41: return FN<64, 4, 1>(ARGS, STREAM);                                         \
-      case 82: return FN<64, 8, 2>(ARGS, STREAM);                                         \
+      case 41: return FN<64, 4, 1, 1>(ARGS, STREAM);                                      \
+      case 82: return FN<64, 8, 2, 1>(ARGS, STREAM);                                      \
+      case 182: return FN<64, 8, 2, 2>(ARGS, STREAM);                                     \
       default: return cudaErrorInvalidValue;                                              \
     }                                                                                     \
   } while (0)
@@ -672,6 +676,6 @@ static cudaError_t bwd_all(const BwdArgs& g, cudaStream_t st) {
 cudaError_t launch_forward(const FwdArgs& g, cudaStream_t stream) { WKV7_DISPATCH(fwd_all, g, stream); }
 cudaError_t launch_backward(const BwdArgs& g, cudaStream_t stream) { WKV7_DISPATCH(bwd_all, g, stream); }
 
-bool supported(int N, int variant) { return N == 64 && (variant == 41 || variant == 82); }
+bool supported(int N, int variant) { return N == 64 && (variant == 41 || variant == 82 || variant == 182); }
 
 }  // namespace wkv7

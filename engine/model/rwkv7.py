@@ -429,9 +429,12 @@ class RWKV7(nn.Module):
         self.rnn_trace = True
         self.rnn_fused = True  # the C++ CPU step (engine.model.cpu_ext) instead of the trace, where it applies
         self._rnn_fused = None  # that step bound to the current weight cache
-        # on CUDA: replay the step from a captured CUDA graph (_graphed_step). Opt-in until it has
-        # been measured on a GPU (tests/integration/test_model_gpu.py checks it there)
-        self.rnn_cuda_graph = False
+        # on CUDA: replay the step from a captured CUDA graph (_graphed_step); measured against the
+        # traced step in bench/decode_gpu.py and checked in tests/integration/test_model_gpu.py
+        self.rnn_cuda_graph = True
+        # the graphed step built from a torch.compile'd step (element-wise work fused: fewer,
+        # larger kernels per replay); opt-in: its first use compiles for tens of seconds
+        self.rnn_compile = False
         self._param_list = None
         if init:
             from .init import init_parameters  # noqa: PLC0415
@@ -528,6 +531,13 @@ class RWKV7(nn.Module):
         C++ step (``engine.model.cpu_ext``, built on first use) runs instead of the trace, unless
         ``model.rnn_fused = False``, ``PIANOMUSE_CPU_EXT=0`` or ``wkv_backend="reference"``.
         """
+        emb = self.emb.weight
+        if torch.is_autocast_enabled(emb.device.type):
+            # the step is defined over the weight cache in the weights' own dtype: autocast would
+            # mix dtypes inside it (a bf16 audition of fp32 master weights), so it runs without,
+            # and shift states carried over from an autocast prefill are brought to that dtype
+            with torch.autocast(emb.device.type, enabled=False):
+                return self.step(tokens, state.to(dtype=emb.dtype))
         pack = self._rnn_weights()
         emb = pack[0]
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=emb.device).view(-1)
@@ -614,7 +624,7 @@ class RWKV7(nn.Module):
         graph's static buffers and outputs copied out, so callers keep their own states (a
         session's bar snapshots). Dropped with the weight cache; None where capture fails.
         """
-        key = ("graph", tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
+        key = ("graph", tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device, self.rnn_compile)
         return self._cached_runner(key, lambda: _GraphedStep(self, pack, tokens, state),
                                    "CUDA graph capture of the RNN step failed, using the traced step", "rnn_cuda_graph")
 
@@ -695,7 +705,7 @@ class _GraphedStep:
 
     def __init__(self, model: RWKV7, pack, tokens, state: RWKVState):
         self.inputs = [tokens.clone(), state.att_shift.clone(), state.wkv.clone(), state.ffn_shift.clone()]
-        step = model._step_layers
+        step = torch.compile(model._step_layers, dynamic=False) if model.rnn_compile else model._step_layers
         side = torch.cuda.Stream(device=tokens.device)
         side.wait_stream(torch.cuda.current_stream(tokens.device))
         with torch.cuda.stream(side):  # warm-up outside the capture (workspace allocation, kernel loads)

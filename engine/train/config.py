@@ -79,7 +79,7 @@ class TrainSection:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     seed: int = 1234
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
-    compile: bool = False  # torch.compile the block parts around the WKV kernel (RWKV7.compile_blocks)
+    compile: str = "auto"  # torch.compile the block parts around the WKV kernel: auto (on CUDA) | true | false
     wkv_recompute: bool = False  # the WKV operator keeps only its inputs and reruns its forward in backward
     parallel: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (parameters, gradients and optimizer state sharded)
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
@@ -214,6 +214,7 @@ class TrainConfig:
             raise ConfigError("train.tbptt_len applies to completion windows; packed LM chunks are already bounded by data.ctx_len, so set train.tbptt_len=0 or data.objective=completion")
         _choice("train.precision", t.precision, ("auto", "bf16", "fp32"))
         _choice("train.parallel", t.parallel, ("ddp", "fsdp"))
+        t.compile = _auto_bool("train.compile", t.compile)
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
         _choice("train.wkv_backend", t.wkv_backend, ("auto", "reference", "chunked", "cuda"))
@@ -359,6 +360,22 @@ def _positive(key: str, value: float) -> None:
 def _non_negative(key: str, value: float) -> None:
     if value < 0:
         raise ConfigError(f"{key} must be 0 or more, got {value}")
+
+
+def _auto_bool(key: str, value: Any) -> str:
+    """"auto", "true" or "false" from a TOML bool or any spelling the bool options accept."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    if text in _TRUE | _FALSE:
+        return "true" if text in _TRUE else "false"
+    raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
+
+
+def compile_enabled(train: TrainSection, device_type: str) -> bool:
+    """train.compile resolved for a device: auto compiles on CUDA (measured 1.3-1.6x there,
+    bench/RESULTS.md) and not on the CPU (minutes of compile for a small gain)."""
+    return train.compile == "true" or (train.compile == "auto" and device_type == "cuda")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from engine.model.loss import completion_loss
+from engine.model.loss import completion_loss, linear_cross_entropy, shifted_targets
 
 
 class L2Wrap(torch.autograd.Function):
@@ -46,17 +46,27 @@ class L2Wrap(torch.autograd.Function):
 class TrainingObjective(nn.Module):
     """Wraps the model so DDP sees one forward per chunk: (loss sum, carried state)."""
 
-    def __init__(self, model: nn.Module, l2wrap: bool = False):
+    def __init__(self, model: nn.Module, l2wrap: bool = False, fused_head: bool | None = None):
         super().__init__()
         self.model = model
         self.l2wrap = l2wrap
+        # the head and the loss in one chunked pass (engine.model.loss.linear_cross_entropy):
+        # None = on CUDA, where the [rows, vocab] logits are the largest activation; the CPU keeps
+        # the plain path
+        self.fused_head = fused_head
 
     def forward(self, input_ids, loss_mask, target_ids, cu_seqlens=None, state=None, want_state=False):
         """``loss_mask`` [B, T] selects positions; ``target_ids`` [B, T+1] holds the inputs plus
         the token after the chunk (so position t's target is target_ids[:, t+1])."""
         h, new_state = self.model.hidden(input_ids, state=state, cu_seqlens=cu_seqlens, return_state=want_state)
-        logits = self.model.head(h[loss_mask])
         mask = F.pad(loss_mask, (0, 1), value=False)
+        fused = self.fused_head if self.fused_head is not None else h.device.type == "cuda"
+        if fused:
+            targets = shifted_targets(target_ids)[mask]
+            loss_sum = linear_cross_entropy(h[loss_mask], self.model.head.weight, targets,
+                                            l2wrap=self.l2wrap and self.training)
+            return loss_sum, new_state
+        logits = self.model.head(h[loss_mask])
         loss_sum = completion_loss(logits, target_ids, mask, reduction="sum")
         if self.l2wrap and self.training:
             loss_sum = L2Wrap.apply(loss_sum, logits)

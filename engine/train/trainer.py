@@ -35,7 +35,7 @@ from engine.paths import REPO_ROOT
 
 from . import checkpointing as ckpt
 from .audition import write_audition
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, compile_enabled
 from .distributed import (
     DistInfo, all_reduce_sum, barrier, broadcast_object, full_model_state, full_optimizer_state, full_tensor,
     init_distributed, load_optimizer_state, shard_fsdp, shutdown,
@@ -271,7 +271,7 @@ class Trainer:
         model.train()
         self.model = model
         frozen = freeze_unused_parameters(model, device)
-        if cfg.train.compile:
+        if compile_enabled(cfg.train, device.type):
             model.compile_blocks()
         if cfg.train.wkv_recompute:
             model.set_wkv_recompute()

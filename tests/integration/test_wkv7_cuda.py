@@ -96,7 +96,7 @@ def assert_close(ours, ref, label=""):
     return report
 
 
-@pytest.mark.parametrize("variant", [41, 82])
+@pytest.mark.parametrize("variant", [41, 82, 182])
 def test_matches_reference_odd_T_with_state(cuda_mod, monkeypatch, variant):
     monkeypatch.setenv("PIANOMUSE_WKV7_VARIANT", str(variant))
     monkeypatch.setenv("PIANOMUSE_WKV7_NSEG", "1")
@@ -114,7 +114,7 @@ def test_matches_reference_no_state_large_BH(cuda_mod, monkeypatch):
     assert_close(ours, ref, "B*H=192 ")
 
 
-@pytest.mark.parametrize("nseg,variant", [(2, 82), (5, 82), (5, 41)])
+@pytest.mark.parametrize("nseg,variant", [(2, 82), (5, 82), (5, 41), (3, 182)])
 def test_split_sequence_matches_reference(cuda_mod, monkeypatch, nseg, variant):
     """A sequence cut into segments run by separate blocks and stitched (S_in P + C), fwd and bwd."""
     monkeypatch.setenv("PIANOMUSE_WKV7_NSEG", str(nseg))

@@ -50,3 +50,24 @@ def test_step_with_autograd_matches_and_backpropagates_into_the_state():
     with torch.no_grad():
         traced, _ = model.step(tokens, model.init_state(2))
     assert rel_err(traced, logits) < 1e-5
+
+
+def test_step_under_autocast_is_traced_in_the_weights_dtype():
+    """A training audition calls the step under bf16 autocast with fp32 master weights and bf16
+    shift states from the autocast prefill: the trace must build (no dtype clash, no warning) and
+    compute the fp32 step."""
+    import warnings
+
+    model = perturbed_model(arch="x080", n_layer=2)
+    model.rnn_fused = False  # the PyTorch trace is what runs on CUDA
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, state = model(prompt, return_state=True)
+            assert state.att_shift.dtype == torch.bfloat16
+            logits, after = model.step(torch.tensor([9]), state)
+        plain, _ = model.step(torch.tensor([9]), state.to(dtype=torch.float32))
+    assert model.rnn_trace and model._rnn_traces, "the step should have run as a trace"
+    assert logits.dtype == torch.float32 and after.att_shift.dtype == torch.float32
+    torch.testing.assert_close(logits, plain, rtol=1e-6, atol=1e-6)

@@ -101,3 +101,19 @@ def test_named_flags_and_resume_conflicts(tmp_path):
         resolve_config(preset="tiny", resume="auto", init_from="x.pth")
     with pytest.raises(ConfigError, match="--max-steps must be greater than 0"):
         resolve_config(preset="tiny", max_steps=0)
+
+
+def test_compile_is_auto_on_cuda_and_accepts_bools(tmp_path):
+    from engine.train.config import compile_enabled
+
+    cfg = load_config(preset="tiny")
+    assert cfg.train.compile == "auto"
+    assert compile_enabled(cfg.train, "cuda") and not compile_enabled(cfg.train, "cpu")
+    on = load_config(preset="tiny", overrides=["train.compile=yes"])
+    assert on.train.compile == "true" and compile_enabled(on.train, "cpu")
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\ncompile = false\n")
+    off = load_config(config_path=path)
+    assert off.train.compile == "false" and not compile_enabled(off.train, "cuda")
+    with pytest.raises(ConfigError, match="train.compile must be auto, true or false"):
+        load_config(preset="tiny", overrides=["train.compile=sometimes"])

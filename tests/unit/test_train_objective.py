@@ -111,3 +111,67 @@ def test_tbptt_chunks_carry_state_and_sum_to_the_full_loss(model):
             part, state = objective(c.input_ids, c.loss_mask, c.target_ids, state=state, want_state=not c.last)
             total += part
     torch.testing.assert_close(total, whole.detach(), rtol=1e-5, atol=1e-5)
+
+
+def _plain_head_loss(h, weight, targets, l2wrap):
+    logits = h @ weight.t()
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return L2Wrap.apply(loss, logits) if l2wrap else loss
+
+
+@pytest.mark.parametrize("l2wrap", [False, True])
+@pytest.mark.parametrize("chunk_rows", [7, 64, None])
+def test_fused_head_loss_equals_the_plain_head_and_loss(l2wrap, chunk_rows):
+    """linear_cross_entropy against head + cross-entropy (+ L2Wrap): the loss and both gradients,
+    fresh random inputs, chunks that do and do not divide the rows, an incoming gradient != 1."""
+    from engine.model.loss import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    M, C, Vocab = 50, 24, 37
+    h = torch.randn(M, C, generator=g, requires_grad=True)
+    w = (torch.randn(Vocab, C, generator=g) * 0.7).requires_grad_(True)
+    t = torch.randint(0, Vocab, (M,), generator=g)
+    h2, w2 = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    fused = linear_cross_entropy(h, w, t, l2wrap=l2wrap, chunk_rows=chunk_rows)
+    plain = _plain_head_loss(h2, w2, t, l2wrap)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    (fused * 0.37).backward()
+    (plain * 0.37).backward()
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_head_loss_under_bf16_autocast_matches_autocast_linear():
+    from engine.model.loss import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(40, 32, generator=g, requires_grad=True)
+    w = (torch.randn(29, 32, generator=g) * 0.5).requires_grad_(True)
+    t = torch.randint(0, 29, (40,), generator=g)
+    h2, w2 = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(h, w, t, chunk_rows=16)
+        plain = F.cross_entropy(F.linear(h2, w2).float(), t, reduction="sum")
+    torch.testing.assert_close(fused, plain, rtol=2e-3, atol=2e-2)
+    fused.backward()
+    plain.backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    torch.testing.assert_close(h.grad, h2.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(w.grad, w2.grad, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("l2wrap", [False, True])
+def test_objective_with_the_fused_head_equals_the_plain_objective(model, l2wrap):
+    ids, ctx, attention = _batch()
+    mask = completion_mask(ids, ctx, attention)
+    grads = []
+    for fused in (False, True):
+        m = copy.deepcopy(model).train()
+        loss, _ = TrainingObjective(m, l2wrap=l2wrap, fused_head=fused)(ids, mask, F.pad(ids, (0, 1)))
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = grads
+    torch.testing.assert_close(l0, l1, rtol=1e-5, atol=1e-5)
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], rtol=1e-4, atol=1e-6, msg=n)

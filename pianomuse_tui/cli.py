@@ -9,13 +9,30 @@ import sys
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .headless import data_cmd, eval_cmd, generate_cmd, kernels_cmd, model_cmd, train_cmd
 from .requests import DatasetArgs
 
+class _RootContext(TyperGroup.context_class):  # typer's own click Context
+    """Usage lines name the one root option a user must know: ``pianomuse-tui [--headless] COMMAND``."""
+
+    @property
+    def command_path(self) -> str:
+        path = super().command_path
+        return path if self.parent is not None else f"{path} [--headless]"
+
+
+class _RootGroup(TyperGroup):
+    context_class = _RootContext
+
+
 app = typer.Typer(
     name="pianomuse-tui",
+    cls=_RootGroup,
+    # plain help: rich markup would eat "[tokenizer]" in help texts and print a <bool> type beside every flag
+    rich_markup_mode=None,
     help="Train RWKV-7 / v8 models on piano MIDI and play them live. Without --headless, opens the terminal UI.",
     no_args_is_help=False,
     add_completion=False,
@@ -61,7 +78,7 @@ for _module in (model_cmd, data_cmd, train_cmd, kernels_cmd, generate_cmd, eval_
 
 
 def main() -> None:
-    app()
+    app(prog_name="pianomuse-tui")
 
 
 if __name__ == "__main__":

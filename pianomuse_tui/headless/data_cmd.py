@@ -1,7 +1,10 @@
 """Headless commands for the data area: `check` (the Dataset pane unless --headless) and `prepare`.
 
-Exit status: 0 when the scan or preparation completed, whatever the files held; 2 when it could
-not run (missing folder, bad config), with one sentence on stderr.
+Exit status, for scripts:
+  0  done, and every file is usable (check: no file has an error; prepare: the store holds pieces)
+  1  check only: done, but some files have errors (they are listed; the rest are usable)
+  2  could not run (missing folder, bad config), with one sentence on stderr
+  3  done, but nothing is usable: no MIDI file, or every file is broken (prepare: the store is empty)
 """
 from __future__ import annotations
 
@@ -9,8 +12,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
+from rich.markup import escape
 
-from .console import console, fail, is_tty
+from .console import console, err_console, fail, is_tty
+
+EXIT_SOME_ERRORS = 1
+EXIT_NOTHING_USABLE = 3
+EXIT_CODES_HELP = ("Exit status: 0 every file usable, 1 some files have errors, 2 could not run, "
+                   "3 nothing usable (no MIDI file, or every file broken).")
+
+
+def scan_exit_code(summary: dict) -> int:
+    """The exit status of a finished check, from its summary (see the module docstring)."""
+    status = summary["status"]
+    if summary["files"] == 0 or status["error"] == summary["files"]:
+        return EXIT_NOTHING_USABLE
+    return EXIT_SOME_ERRORS if status["error"] else 0
+
+
+def _warn(text: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {escape(text)}", soft_wrap=True)
 
 if TYPE_CHECKING:
     from engine.data.check import FileRecord, ScanSummary
@@ -117,6 +138,15 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
         except OSError as exc:
             fail(f"cannot write the report to {report} ({exc.strerror or exc}); give a writable path")
         console.print(f"report written to {report}")
+    code = scan_exit_code(result.summary)
+    summary = result.summary
+    if code == EXIT_NOTHING_USABLE:
+        _warn(f"no usable MIDI file in {folder}: " + (
+            "it holds no .mid/.midi/.kar file" if summary["files"] == 0 else
+            f"all {summary['files']} files have errors (see the reasons above); training needs at least one good file"))
+    elif code == EXIT_SOME_ERRORS:
+        _warn(f"{summary['status']['error']} of {summary['files']} files have errors and will be skipped by prepare.")
+    raise typer.Exit(code)
 
 
 def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], workers: Optional[int]) -> None:
@@ -141,19 +171,23 @@ def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], worke
         + f"{result.skipped} skipped; {result.elapsed_s:.1f} s",
         soft_wrap=True,
     )
+    if result.pieces == 0:
+        _warn(f"the store is empty: no usable MIDI file in {folder} ({result.skipped} skipped); "
+              "run check on the folder to see why, and add good files.")
+        raise typer.Exit(EXIT_NOTHING_USABLE)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
 
-    @app.command("check")
+    @app.command("check", epilog=EXIT_CODES_HELP)
     def check(
         ctx: typer.Context,
         folder: Optional[Path] = typer.Argument(None, help="Folder of MIDI files (.mid/.midi/.kar, searched recursively); default: the bundled demo corpus."),
         report: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: CPU cores, at most 8)."),
         policy: str = typer.Option("", "--policy", help="Piano extraction: 'keyboard' (GM 0-7 tracks, default) or 'all' (every non-drum track)."),
-        timeout: float = typer.Option(0.0, "--timeout", min=0.0, help="Seconds one file may take before it is reported as hanging (default 30)."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, help="Seconds one file may take before it is reported as hanging (default 30)."),
         config: Optional[Path] = typer.Option(None, "--config", help="data.toml with [tokenizer] and [check] settings."),
     ) -> None:
         """Check a folder of MIDI files: status, reasons and statistics per file, and a summary."""
@@ -169,7 +203,8 @@ def register(app: typer.Typer) -> None:
             return
         run_check(folder, report, workers, policy, timeout, config)
 
-    @app.command("prepare")
+    @app.command("prepare", epilog="Exit status: 0 the store holds pieces, 2 could not run, 3 the store is empty "
+                                   "(no usable MIDI file).")
     def prepare_cmd(
         folder: Optional[Path] = typer.Argument(None, help="Folder of MIDI files; default: the bundled demo corpus."),
         out: Optional[Path] = typer.Option(None, "--out", help="Token store folder (default: under .cache/pianomuse/stores)."),

@@ -2,12 +2,17 @@
 
 On a terminal the run shows a live rich panel (step, loss, val loss, lr, tokens/s, grad norm,
 memory, ETA); otherwise one plain line per logged event, which is what CI and log files want.
+The first Ctrl-C (or SIGTERM) is answered at once: the run stops after the current step and saves;
+a second one aborts without saving.
 Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM/control file (after saving), 3 aborted
 (e.g. too many non-finite steps), 2 bad input.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,6 +39,52 @@ def _fmt_eta(seconds: float | None) -> str:
         return "-"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+FIRST_SIGNAL_NOTICE = "stopping after this step: the run saves a checkpoint, then exits (Ctrl-C again aborts without saving)"
+SECOND_SIGNAL_NOTICE = "aborting now without saving; the last checkpoint on disk is kept"
+
+
+@contextlib.contextmanager
+def immediate_stop_notice(say):
+    """Tell the user at once that Ctrl-C (or SIGTERM) was heard, even mid-step.
+
+    The trainer's own handler only sets a flag, and Python runs handlers between bytecodes, so a
+    long torch call kept the first Ctrl-C silent until the step ended. The interpreter's C-level
+    handler writes each signal number to the wakeup fd straight away; a thread reading it says
+    what will happen (the trainer does the stopping, with the same first/second meaning).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        heard = 0
+        while not done.is_set():
+            for signum in os.read(read_fd, 64):
+                if signum in (signal.SIGINT, signal.SIGTERM) and not done.is_set():
+                    heard += 1
+                    say(FIRST_SIGNAL_NOTICE if heard == 1 else SECOND_SIGNAL_NOTICE)
+
+    watcher = threading.Thread(target=watch, name="stop notice", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        done.set()
+        os.write(write_fd, b"\0")  # wake the watcher so it ends
+        watcher.join(timeout=1)
+        os.close(write_fd)
+        os.close(read_fd)
+
+
+def _say_on_stderr(text: str) -> None:
+    err_console.print(f"[bold yellow]{text}[/]", soft_wrap=True, highlight=False)
 
 
 class TrainDisplay:
@@ -143,13 +194,14 @@ def register(app: typer.Typer) -> None:
     @app.command(
         "train",
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        help="Train a model (defaults: the small preset on the bundled corpus). Extra --section.key VALUE options override the config.",
+        help="Train a model (defaults: the bundled corpus, the small preset on a GPU or the tiny one on a CPU). "
+             "Extra --section.key VALUE options override the config.",
     )
     def train(
         ctx: typer.Context,
         config: Optional[Path] = typer.Option(None, "--config", help="TOML config file (applied over the preset)."),
         data: Optional[str] = typer.Option(None, "--data", help="MIDI folder or prepared token store (default: bundled corpus)."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="tiny | small | base (default small when no --config)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="tiny | small | base (default when no --config: small on a GPU, tiny on a CPU)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder that holds run directories (default runs/)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train for."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
@@ -180,9 +232,14 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
     from engine.train.checkpointing import ResumeError
     from engine.train.config import ConfigError
     from engine.train.feed import DataError
-    from engine.train.launch import resolve_config
+    from engine.train.launch import default_preset, resolve_config
     from engine.train.trainer import run_training
 
+    if preset is None and config is None and not resume:
+        choice = default_preset(device)
+        preset = choice.name
+        if choice.note and int(os.environ.get("RANK", "0")) == 0:
+            console.print(choice.note, highlight=False, markup=False, soft_wrap=True)
     try:
         cfg = resolve_config(config, preset, overrides, data=data, run_root=run_dir, max_steps=max_steps,
                              device=device, resume=resume, init_from=init_from)
@@ -190,8 +247,9 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
         fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     display = TrainDisplay(live=is_tty(), rank0=rank0)
+    notice = immediate_stop_notice(_say_on_stderr) if rank0 else contextlib.nullcontext()
     try:
-        with display:
+        with display, notice:
             result = run_training(cfg, on_metrics=display)
     except (ConfigError, ResumeError, CheckpointError, DataError) as exc:
         fail(str(exc))

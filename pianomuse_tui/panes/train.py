@@ -106,13 +106,13 @@ class TrainPane(PaneBase):
         for flag, key in (("max_steps", "train.max_steps"), ("device", "train.device"), ("init_from", "init_from")):
             if args.get(flag):
                 overrides = f"{overrides} {key}={args[flag]}".strip()
-        # the headless default (small) unless a config file alone is given
-        preset = args.get("preset") or ("small" if not args.get("config") else Select.BLANK)
+        # blank = the headless default, chosen when the run starts: small on a GPU, tiny on a CPU
+        preset = args.get("preset") or Select.BLANK
         with Horizontal(classes="toolbar"):
             yield Label("Data", classes="field-label")
             yield Input(str(args.get("data") or ""), placeholder="bundled corpus", id="tr-data")
             yield Select([(p, p) for p in PRESETS], value=preset, id="tr-preset", allow_blank=True,
-                         prompt="preset")
+                         prompt="preset: auto")
             yield Input(str(args.get("config") or ""), placeholder="config.toml (optional)", id="tr-config")
         with Horizontal(classes="toolbar"):
             yield Label("Runs", classes="field-label")
@@ -201,7 +201,7 @@ class TrainPane(PaneBase):
             self.notify(str(exc), severity="error")
             return
         self._launcher = self._launch(spec)
-        self._set_status(f"starting ({'resume ' + resume if resume else spec.preset or spec.config})…")
+        self._set_status(f"starting ({'resume ' + resume if resume else spec.preset or spec.config or 'default preset'})…")
         self._set_buttons()
 
     @work(thread=True, group="train-launch", exit_on_error=False, name="run launcher")
@@ -211,6 +211,13 @@ class TrainPane(PaneBase):
         if problem is not None:
             self.post_message(RunLaunched(spec, None, problem))
             return None
+        if spec.preset is None and spec.config is None and not spec.resume:
+            from engine.train.launch import default_preset  # noqa: PLC0415  (imports torch: off the UI thread)
+
+            choice = default_preset(spec.device)
+            spec.preset = choice.name
+            if choice.note:
+                self.app.call_from_thread(self.notify, choice.note, title="preset", timeout=8)
         try:
             proc = TrainingProcess(spec)
             proc.start()

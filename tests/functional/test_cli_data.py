@@ -17,11 +17,12 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def test_check_reports_every_broken_file_and_exits_zero(tmp_path):
+def test_check_reports_every_broken_file_and_exits_one(tmp_path):
     report = tmp_path / "out" / "report.json"
     # stdout is a pipe, not a terminal: `check` runs headless even without --headless, in plain lines
     done = _cli("check", str(BROKEN), "--json", str(report), "--workers", "2")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # some files have errors: a script can tell
+    assert "10 of 15 files have errors" in " ".join(done.stderr.split())
     data = json.loads(report.read_text())
     names = sorted(Path(f["path"]).name for f in data["files"])
     assert names == sorted(p.name for p in BROKEN.glob("*.mid"))
@@ -83,9 +84,31 @@ def test_check_on_a_terminal_draws_a_rich_progress_bar(tmp_path):
             break
         chunks.append(data)
     os.close(leader)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=120) == 1  # empty.mid has an error
     screen = b"".join(chunks).decode("utf-8", "replace")
     assert "\x1b[" in screen and "\x1b[?25l" in screen  # colours, and the cursor hidden while the bar is live
     assert "━" in screen and "files/s" in screen  # the bar and its rate column
     assert "error" in screen and "empty.mid" in screen  # error files are printed above the bar
     assert "4 MIDI files" in screen
+
+
+ERROR_FILES = ("empty.mid", "not_midi.mid", "truncated.mid", "zero_tracks.mid")
+
+
+def test_a_folder_with_nothing_usable_exits_three_with_a_warning_and_prepare_says_the_store_is_empty(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ERROR_FILES:
+        shutil.copy(BROKEN / name, broken / name)
+    checked = _cli("--headless", "check", str(broken), "--workers", "1")
+    assert checked.returncode == 3, checked.stderr
+    assert "all 4 files have errors" in " ".join(checked.stderr.split())
+    prepared = _cli("--headless", "prepare", str(broken), "--out", str(tmp_path / "store"), "--workers", "1")
+    assert prepared.returncode == 3, prepared.stderr
+    assert "the store is empty" in " ".join(prepared.stderr.split())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = _cli("--headless", "check", str(empty))
+    assert nothing.returncode == 3 and "holds no .mid/.midi/.kar file" in " ".join(nothing.stderr.split())
+    good = _cli("--headless", "check", str(PIANO), "--workers", "1")
+    assert good.returncode == 0, good.stderr

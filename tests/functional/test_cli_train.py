@@ -54,6 +54,35 @@ def test_headless_train_end_to_end(tmp_path):
     assert model.config.n_embd == 128
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="what a machine without a GPU does")
+def test_without_a_gpu_the_default_is_the_tiny_preset_and_it_says_so(tmp_path):
+    root = tmp_path / "runs"
+    out = subprocess.run(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "1",
+                                "--eval.val_every", "0", "--eval.audition_every", "0", "--run.checkpoint_every", "0",
+                                "--train.batch_size", "2", "--train.micro_batch_size", "2", "--data.ctx_len", "64"],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("no GPU found: using the tiny preset"), out.stdout
+    (run,) = root.iterdir()
+    assert load_config(run / "config.toml").preset == "tiny"
+
+
+def test_the_default_preset_follows_the_device(monkeypatch):
+    import torch
+
+    from engine.train.launch import default_preset, resolve_config
+
+    assert default_preset("cuda").name == "small" and default_preset("cuda").note == ""
+    assert default_preset("cpu").name == "tiny" and "training on the CPU" in default_preset("cpu").note
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU cannot exist here: only its answer
+    assert default_preset().name == "small"
+    assert resolve_config(None, None, [], device="auto").preset == "small"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_preset().name == "tiny" and default_preset().note.startswith("no GPU found")
+    assert resolve_config(None, None, [], device="auto").preset == "tiny"
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -110,21 +139,32 @@ def test_sigint_saves_and_exits_130(tmp_path):
 
 
 def test_second_sigint_stops_at_once_without_saving(tmp_path):
+    """The first Ctrl-C is answered at once, while the step (here: its save) is still running."""
+    import threading
+
     root = tmp_path / "runs"
     proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
                                    "--device", "cpu", *_micro_args(root), "--debug.save_pause_s", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
     _wait_for(lambda: len(_train_records(root)) >= 1, proc)
     proc.send_signal(signal.SIGINT)  # first: finish the step, then save (which the pause holds open)
+    _wait_for(lambda: any("stopping after this step" in line for line in stderr_lines), proc)
+    notice = " ".join(" ".join(stderr_lines).split())
+    assert "Ctrl-C again aborts without saving" in notice
     _wait_for(lambda: any(root.glob("*/checkpoints/.tmp-step-*")), proc)
     proc.send_signal(signal.SIGINT)  # second: stop now
-    _, stderr = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    stderr = "".join(stderr_lines)
     assert proc.returncode == 130
     (run,) = root.iterdir()
     assert ckpt.latest_checkpoint(run) is None and not list((run / "checkpoints").glob(".tmp-*"))
     last = read_metrics(run / "metrics.jsonl")[-1]
     assert last["state"] == "interrupted" and "without saving" in last["message"]
-    assert "interrupted:" in stderr
+    assert "aborting now without saving" in stderr and "interrupted:" in stderr
 
 
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):

@@ -51,7 +51,7 @@ def default_preset(device: str | None = None) -> PresetChoice:
     if wanted.startswith("cuda"):
         return PresetChoice("small")
     if wanted == "auto":
-        import torch  # noqa: PLC0415  (the config helpers stay light until a default is needed)
+        import torch  # the config helpers stay light until a default is needed
 
         if torch.cuda.is_available():
             return PresetChoice("small")

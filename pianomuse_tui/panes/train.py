@@ -212,7 +212,7 @@ class TrainPane(PaneBase):
             self.post_message(RunLaunched(spec, None, problem))
             return None
         if spec.preset is None and spec.config is None and not spec.resume:
-            from engine.train.launch import default_preset  # noqa: PLC0415  (imports torch: off the UI thread)
+            from engine.train.launch import default_preset  # imports torch: off the UI thread
 
             choice = default_preset(spec.device)
             spec.preset = choice.name

@@ -22,12 +22,12 @@ EXIT_CODES_HELP = ("Exit status: 0 every file usable, 1 some files have errors, 
                    "3 nothing usable (no MIDI file, or every file broken).")
 
 
-def scan_exit_code(summary: dict) -> int:
+def scan_exit_code(summary: "ScanSummary") -> int:
     """The exit status of a finished check, from its summary (see the module docstring)."""
-    status = summary["status"]
-    if summary["files"] == 0 or status["error"] == summary["files"]:
+    errors = summary.status["error"]
+    if summary.files == 0 or errors == summary.files:
         return EXIT_NOTHING_USABLE
-    return EXIT_SOME_ERRORS if status["error"] else 0
+    return EXIT_SOME_ERRORS if errors else 0
 
 
 def _warn(text: str) -> None:
@@ -142,10 +142,10 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
     summary = result.summary
     if code == EXIT_NOTHING_USABLE:
         _warn(f"no usable MIDI file in {folder}: " + (
-            "it holds no .mid/.midi/.kar file" if summary["files"] == 0 else
-            f"all {summary['files']} files have errors (see the reasons above); training needs at least one good file"))
+            "it holds no .mid/.midi/.kar file" if summary.files == 0 else
+            f"all {summary.files} files have errors (see the reasons above); training needs at least one good file"))
     elif code == EXIT_SOME_ERRORS:
-        _warn(f"{summary['status']['error']} of {summary['files']} files have errors and will be skipped by prepare.")
+        _warn(f"{summary.status['error']} of {summary.files} files have errors and will be skipped by prepare.")
     raise typer.Exit(code)
 
 

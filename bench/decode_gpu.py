@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from bench._train_bench import BenchError, markdown_table, run_header, write_outputs  # noqa: E402
-from engine.model import RWKV7, ModelConfig, save_checkpoint  # noqa: E402
-from engine.model.pianomuse import sample_logits  # noqa: E402
+from bench._train_bench import BenchError, markdown_table, run_header, write_outputs
+from engine.model import RWKV7, ModelConfig, save_checkpoint
+from engine.model.pianomuse import sample_logits
 
 MODES = ("graphed", "traced", "eager")
 OPT_IN_MODES = ("compiled",)  # --compiled: the graphed step over a torch.compile'd step (model.rnn_compile)
@@ -67,7 +67,7 @@ def load_peer(model: RWKV7, strategy: str, cuda_kernel: bool, folder: str):
     saved = {k: os.environ.get(k) for k in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
     os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="1" if cuda_kernel else "0")
     try:
-        from rwkv.model import RWKV  # noqa: PLC0415
+        from rwkv.model import RWKV
     except ImportError:
         return None
     finally:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(device=device, dtype=dtype).eval()
         peer = None
         if not args.no_peer:
-            import tempfile  # noqa: PLC0415
+            import tempfile
 
             strategy = args.peer_strategy if device.type == "cuda" else "cpu fp32"
             peer = load_peer(model, strategy, args.peer_cuda, tempfile.mkdtemp(prefix="pianomuse-peer-"))

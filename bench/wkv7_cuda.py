@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.kernels.wkv7 import cuda as wk  # noqa: E402
-from engine.kernels.wkv7.reference import DECAY_SCALE  # noqa: E402
+from engine.kernels.wkv7 import cuda as wk
+from engine.kernels.wkv7.reference import DECAY_SCALE
 
 SPEC_SHAPES = [(16, 2048, 12), (8, 4096, 32), (64, 512, 12), (1, 16384, 12)]
 # rwkv7-spec.md section 9 (H200): best public fwd+bwd ms and fwd ms per shape
@@ -52,7 +52,7 @@ def floors(B, T, H, N=64):
 
 
 def time_ms(fn, reps_ms):
-    from triton.testing import do_bench  # noqa: PLC0415
+    from triton.testing import do_bench
 
     return do_bench(fn, warmup=100, rep=reps_ms, return_mode="median")
 
@@ -73,7 +73,7 @@ def bench_ours(inputs, reps_ms):
 
 
 def bench_fla(inputs, reps_ms):
-    from fla.ops.rwkv7 import chunk_rwkv7  # noqa: PLC0415
+    from fla.ops.rwkv7 import chunk_rwkv7
 
     r, w, k, v, a, b = inputs
     logd = (-DECAY_SCALE * torch.sigmoid(w.float())).to(torch.bfloat16)  # fla's w is log decay
@@ -105,7 +105,7 @@ def bench_step(reps_ms):
 
 def agreement(inputs):
     """Relative difference of y between ours and fla on the same inputs (same function check)."""
-    from fla.ops.rwkv7 import chunk_rwkv7  # noqa: PLC0415
+    from fla.ops.rwkv7 import chunk_rwkv7
 
     r, w, k, v, a, b = inputs
     logd = -DECAY_SCALE * torch.sigmoid(w.float())
@@ -130,7 +130,7 @@ def main():
     args.nsegs = [int(x) for x in args.nsegs.split(",")]
     assert wk.is_available(), "CUDA kernels did not build"
     try:
-        import fla  # noqa: F401, PLC0415
+        import fla  # noqa: F401
 
         have_fla = not args.no_fla
     except ImportError:

@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.wkv7_cuda import make_inputs  # noqa: E402
-from engine.kernels.wkv7 import cuda as wk  # noqa: E402
-from engine.kernels.wkv7.reference import DECAY_SCALE  # noqa: E402
+from bench.wkv7_cuda import make_inputs
+from engine.kernels.wkv7 import cuda as wk
+from engine.kernels.wkv7.reference import DECAY_SCALE
 
-import fla  # noqa: E402
-from fla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
+import fla
+from fla.ops.rwkv7 import chunk_rwkv7
 
 print("fla", getattr(fla, "__version__", "?"))
 for B, T, H in [(16, 2048, 12), (1, 16384, 12)]:

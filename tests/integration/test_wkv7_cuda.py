@@ -23,8 +23,8 @@ FP32_TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def cuda_mod():
-    from engine.kernels.wkv7 import cuda as mod  # noqa: PLC0415
-    from engine.kernels.wkv7 import cuda_disabled  # noqa: PLC0415
+    from engine.kernels.wkv7 import cuda as mod
+    from engine.kernels.wkv7 import cuda_disabled
 
     if cuda_disabled():  # it would send backend="cuda" to the chunked path and test nothing here
         pytest.fail("RWKV_CUDA_ON=0 is set: unset it to test the CUDA kernels")
@@ -174,7 +174,7 @@ def test_generation_step_refuses_gradients(cuda_mod):
 
 
 def test_dispatcher_uses_cuda(cuda_mod):
-    from engine.kernels.wkv7 import resolve_backend, wkv7  # noqa: PLC0415
+    from engine.kernels.wkv7 import resolve_backend, wkv7
 
     assert resolve_backend("auto", "cuda") == "cuda"
     inputs = random_inputs(1, 40, 2)

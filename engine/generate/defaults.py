@@ -1,4 +1,5 @@
-"""The one set of generation defaults, importable without torch (the CLI's --help and the app's knobs show them)."""
+"""The one set of generation defaults, importable without torch (the CLI's --help and the app's knobs show them):
+sampling, the length of a generation, and how a duet with a pianist (``engine.generate.duet``) runs."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -34,3 +35,32 @@ class SamplingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+MODES = ("continue", "call-and-response", "accompany")
+
+
+@dataclass
+class DuetConfig:
+    mode: str = "continue"
+    takeover_cc: int = 67  # the soft pedal, as in EleutherAI's Aria demo
+    pause: float = 1.0  # continue: seconds of silence before the model takes over
+    turn_bars: int = 2  # call-and-response: bars per turn
+    count_in: int = 1  # call-and-response: bars of click before your first turn
+    click: bool = True  # call-and-response: a metronome on the GM drum channel
+    split: int = 60  # accompany: the model plays below this MIDI pitch (60 = middle C)
+    tempo: float = 120.0  # quarter notes per minute of the session's grid
+    thru: bool = True  # your notes sound through PianoMuse's output
+    lead: float = 0.03  # seconds from a handover to the earliest grid step the model's first note may take
+
+    def problem(self) -> str | None:
+        checks = [
+            (self.mode in MODES, f"unknown mode {self.mode!r}; use one of: {', '.join(MODES)}"),
+            (0 <= self.takeover_cc <= 127, "the takeover CC must be a controller number 0-127 (67 is the soft pedal)"),
+            (self.pause > 0, "the pause must be a positive number of seconds, e.g. 1.0"),
+            (self.turn_bars >= 1 and self.count_in >= 0, "turns must be at least 1 bar and the count-in 0 bars or more"),
+            (0 <= self.split <= 127, "the split point must be a MIDI pitch 0-127 (60 = middle C)"),
+            (20 <= self.tempo <= 300, "the tempo must be between 20 and 300 quarter notes per minute"),
+            (self.lead >= 0, "the lead must be 0 seconds or more"),
+        ]
+        return next((message for ok, message in checks if not ok), None)

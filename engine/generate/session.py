@@ -106,6 +106,11 @@ class GenerationSession:
         self.logits: torch.Tensor | None = None
         self.device = next(model.parameters()).device
         self.tokens_generated = 0
+        self.forced: list[int] = []  # tokens fed with ``force`` (a pianist's notes), in order
+        self.fed: list[int] = []  # every token row 0's state has seen after the prompt, sampled or forced
+        self.pitch_mask: torch.Tensor | None = None  # ``limit_pitches``
+        self.note_now = False  # True: the next token drawn is a Pitch (then False again)
+        self.endless = False  # True: the model never draws the end token (a duet ends when the pianist stops it)
 
     # ----- prompt -----
     @torch.no_grad()
@@ -221,12 +226,16 @@ class GenerationSession:
         k = self.alternatives
         allowed = torch.zeros(k, self.tables.vocab_size, dtype=torch.bool)
         # with --bars the piece ends at its last bar line, not where the model would like to stop
-        may_end = self.bars is None or self.allow_early_end
+        may_end = (self.bars is None or self.allow_early_end) and not self.endless
         for r, row in enumerate(self.rows):
             if row.done:
                 allowed[r, self.tables.eos_id] = True
             else:
                 allowed[r] = self.grammar.allowed(row.decoder.timeline, self._remaining(row), allow_eos=may_end)
+                if self.pitch_mask is not None and bool((allowed[r] & self.pitch_mask).any()):
+                    allowed[r] &= self.pitch_mask  # e.g. accompany: the model's notes stay below the split
+                if self.note_now and bool((allowed[r] & self.grammar.pitch).any()):
+                    allowed[r] &= self.grammar.pitch  # a handover: the first note sounds where it was placed
         window = self.sampling.penalty_window
         recent = [row.tokens[-window:] if window else [] for row in self.rows]
         drawn = sample_rows(self.logits, allowed.to(self.logits.device), self.sampling, [row.generator for row in self.rows], recent)
@@ -249,6 +258,8 @@ class GenerationSession:
                 feed.append(self.tables.eos_id)
                 continue
             tokens[r] = token
+            if self.note_now and self.tables.kind[token] == "Pitch":
+                self.note_now = False
             row.tokens.append(token)
             feed.append(token)
             events[r] = row.decoder.feed(token)
@@ -263,7 +274,30 @@ class GenerationSession:
                 self._snapshot(r, row.bars)
         return StepResult(tokens, events)
 
+    def limit_pitches(self, low: int | None, high: int | None) -> None:
+        """Let the model draw only pitches in [low, high] from now on (None, None: all of them again)."""
+        if low is None and high is None:
+            self.pitch_mask = None
+            return
+        mask = torch.ones(self.tables.vocab_size, dtype=torch.bool)
+        for i in self.tables.tokenizer.kind_ids("Pitch"):
+            pitch = int(self.tables.value[i])
+            mask[i] = (low is None or pitch >= low) and (high is None or pitch <= high)
+        self.pitch_mask = mask
+
+    @torch.no_grad()
+    def force(self, ids: list[int]) -> None:
+        """Feed tokens nobody sampled (what a pianist played, tokenized live) into every row, one RNN
+        step each, so the model continues from them; the timelines follow, and no event is emitted
+        (those notes already sounded)."""
+        for token in ids:
+            for row in self.rows:
+                row.decoder.timeline.feed(int(token))
+            self.logits, self.state = self._advance([int(token)] * self.alternatives)
+            self.forced.append(int(token))
+
     def _advance(self, feed: list[int]):
+        self.fed.append(feed[0])
         logits, state = self.model.step(torch.tensor(feed, dtype=torch.long, device=self.device), self.state)
         return logits.float(), state
 

@@ -210,3 +210,36 @@ def write_midi_file(events: Iterable[MidiEvent], path: str | Path, ticks_per_bea
     path.parent.mkdir(parents=True, exist_ok=True)
     midi.save(str(path))
     return path
+
+
+def write_take(parts: dict[str, Iterable[MidiEvent]], path: str | Path, meter: MeterMap | None = None) -> Path:
+    """One .mid with one named track per part (type 1), e.g. {"PianoMuse": model, "You": pianist};
+    each part plays on its own channel. Timing is ``write_midi_file``'s (the same seconds and bars)."""
+    import mido  # noqa: PLC0415
+
+    parts = {name: list(events) for name, events in parts.items()}
+    owner = {e.channel: name for name, events in parts.items() for e in events}
+    path = write_midi_file([e for events in parts.values() for e in events], path, meter=meter)
+    single = mido.MidiFile(str(path))
+    tracks: dict[str, list[tuple[int, object]]] = {"": []}
+    tracks.update({name: [] for name in parts})
+    tick = 0
+    for message in single.tracks[0]:
+        tick += message.time
+        if message.type == "end_of_track":
+            continue
+        name = owner.get(getattr(message, "channel", -1), "") if not message.is_meta else ""
+        tracks[name].append((tick, message))
+    midi = mido.MidiFile(type=1, ticks_per_beat=single.ticks_per_beat)
+    for name, timed in tracks.items():
+        track = mido.MidiTrack()
+        if name:
+            track.append(mido.MetaMessage("track_name", name=name, time=0))
+        last = 0
+        for at, message in timed:
+            track.append(message.copy(time=at - last))
+            last = at
+        track.append(mido.MetaMessage("end_of_track", time=max(0, tick - last)))
+        midi.tracks.append(track)
+    midi.save(str(path))
+    return path

@@ -111,12 +111,12 @@ def resolve_api(api: str = "auto") -> str:
     raise PortError(f"The {api} MIDI API is not available on this machine; try --midi-api auto.")
 
 
-def list_ports(api: str = "auto") -> dict[str, list[str]]:
-    """Output port names (MIDI destinations) per usable API, e.g. {"jack": ["fluidsynth:midi_00"]}."""
+def list_ports(api: str = "auto", kind: str = "out") -> dict[str, list[str]]:
+    """Output port names (MIDI destinations; ``kind="in"``: sources) per usable API, e.g. {"jack": ["fluidsynth:midi_00"]}."""
     names = _auto_order() if api == "auto" else (api,)
     result: dict[str, list[str]] = {}
     for name in names:
-        client = _new_client("out", name, CLIENT_NAME + "-probe")
+        client = _new_client(kind, name, CLIENT_NAME + "-probe")
         if client is None:
             continue
         try:
@@ -126,7 +126,7 @@ def list_ports(api: str = "auto") -> dict[str, list[str]]:
     return result
 
 
-def match_port(wanted: str, names: list[str]) -> str:
+def match_port(wanted: str, names: list[str], kind: str = "output") -> str:
     """Exact name first, then a unique case-insensitive substring; else one sentence listing the choices."""
     if wanted in names:
         return wanted
@@ -135,7 +135,7 @@ def match_port(wanted: str, names: list[str]) -> str:
         return hits[0]
     listing = ", ".join(repr(n) for n in names) or "none"
     if not hits:
-        raise PortError(f"No MIDI output port matches {wanted!r}; available ports: {listing} (see `pianomuse-tui --headless ports`).")
+        raise PortError(f"No MIDI {kind} port matches {wanted!r}; available ports: {listing} (see `pianomuse-tui --headless ports`).")
     raise PortError(f"{wanted!r} matches several ports ({', '.join(repr(n) for n in hits)}); give more of the name.")
 
 
@@ -253,3 +253,80 @@ def open_output(api: str = "auto", name: str | None = None, virtual: bool = Fals
             chosen = candidate
             break
     return MidiOutput(api=chosen, target=name, virtual=virtual, client_name=client_name)
+
+
+VIRTUAL_INPUT_NAME = "PianoMuse in"
+
+
+def list_input_ports(api: str = "auto") -> dict[str, list[str]]:
+    """Input port names (MIDI sources: keyboards, other programs) per usable API, our own left out."""
+    return {which: [p for p in names if VIRTUAL_INPUT_NAME not in p] for which, names in list_ports(api, "in").items()}
+
+
+class MidiInput:
+    """An open input: every channel message arrives in ``messages`` as (time.monotonic() at arrival, bytes).
+
+    ``virtual``: a new input port "PianoMuse in" that keyboards and programs connect to (not on Windows).
+    """
+
+    def __init__(self, api: str, source: str | None, virtual: bool, client_name: str = CLIENT_NAME + "-in") -> None:
+        import queue  # noqa: PLC0415
+        import time  # noqa: PLC0415
+
+        self.api, self.source, self.virtual = api, source, virtual
+        self.messages: "queue.Queue[tuple[float, tuple[int, ...]]]" = queue.Queue()
+        client = _new_client("in", api, client_name)
+        if client is None:
+            raise PortError(resolve_error_sentence(api))
+        rt = _rtmidi()
+        try:
+            if virtual:
+                client.open_virtual_port(VIRTUAL_INPUT_NAME)
+            else:
+                names = [p for p in client.get_ports()]
+                chosen = match_port(source, names, "input")
+                client.open_port(names.index(chosen), VIRTUAL_INPUT_NAME)
+                self.source = chosen
+        except (rt.RtMidiError, RuntimeError) as err:
+            client.delete()
+            raise PortError(f"Could not open the MIDI input {source or VIRTUAL_INPUT_NAME!r} ({err}); check it with `pianomuse-tui --headless ports`.") from err
+        except PortError:
+            client.delete()
+            raise
+        client.ignore_types(sysex=True, timing=True, active_sense=True)
+        clock = time.monotonic
+        put = self.messages.put
+
+        def arrived(message, _data=None) -> None:
+            put((clock(), tuple(message[0])))
+
+        client.set_callback(arrived)
+        self._client = client
+
+    @property
+    def name(self) -> str:
+        return f"{CLIENT_NAME}:{VIRTUAL_INPUT_NAME} (virtual, {self.api})" if self.virtual else f"{self.source} ({self.api})"
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.cancel_callback()
+            client.close_port()
+            client.delete()
+
+
+def open_input(api: str = "auto", name: str | None = None, virtual: bool = False) -> MidiInput:
+    """Listen to an existing source by name/substring, or create the virtual input "PianoMuse in"."""
+    if virtual and sys.platform == "win32":
+        existing = list_input_ports(api).get("winmm", [])
+        raise PortError("Windows has no virtual MIDI ports; pick your keyboard with --in: " + (", ".join(existing) or "none found") + ".")
+    chosen = resolve_api(api)
+    if name and api == "auto":
+        for candidate, names in list_input_ports("auto").items():
+            try:
+                match_port(name, names, "input")
+            except PortError:
+                continue
+            chosen = candidate
+            break
+    return MidiInput(api=chosen, source=name, virtual=virtual or not name)

@@ -270,6 +270,41 @@ class LookaheadScheduler:
         self.output.reopen()
         self.resume()
 
+    def send_now(self, data: tuple[int, ...]) -> None:
+        """Send one message at once, outside the queue (a pianist's notes passed through); tracked, so
+        panic releases it too. A dead port drops it (the monitor reports the loss)."""
+        try:
+            self._send(tuple(data))
+        except Exception:  # noqa: BLE001
+            pass
+
+    def cancel_from(self, music_time: float, channel: int | None = None) -> list[MidiEvent]:
+        """Drop queued events due at or after ``music_time`` (of ``channel``, or all), release the notes
+        of that channel still sounding, and return what was dropped (it will never play)."""
+        with self._lock:
+            keep, dropped = [], []
+            for item in self._heap:
+                event = item[3]
+                (dropped if event.time >= music_time and (channel is None or event.channel == channel) else keep).append(item)
+            heapq.heapify(keep)
+            self._heap = keep
+            if self._finished and not self._heap:
+                self._done.set()
+        with self._send_lock:
+            sounding = [(ch, pitch) for ch, pitch in self._tracker.sounding() if channel is None or ch == channel]
+        for ch, pitch in sounding:
+            self.send_now(note_off(0.0, pitch, ch).data)
+        return [item[3] for item in dropped]
+
+    def music_time_at(self, monotonic_time: float) -> float:
+        """A monotonic-clock instant (e.g. when a MIDI message arrived) in the events' music seconds."""
+        with self._lock:
+            if self._origin is None:
+                return 0.0
+            if self._paused_at is not None:
+                return self._paused_at
+            return monotonic_time - self._origin
+
     def panic(self) -> None:
         """Release every sounding note, then sustain off and All Notes Off on all channels."""
         with self._send_lock:

@@ -98,6 +98,8 @@ def _run_generate(
     choice,
     threads: int,
     allow_early_end: bool = False,
+    midi_in: str | None = None,
+    duet=None,
 ) -> int:
     import torch
 
@@ -113,8 +115,13 @@ def _run_generate(
         from engine.midi.builtin_synth import builtin_problem
 
         problem = builtin_problem(choice.soundfont)  # before the model loads: rendering needs the synth
+    if problem is None and midi_in is not None:
+        problem = duet.problem() or ("playing with --in starts from what you play; leave out --prompt" if prompt else None) \
+            or ("playing with --in uses one alternative; leave out --alternatives" if alternatives != 1 else None)
     if problem:
         fail(problem)
+    if midi_in is not None:
+        return _run_duet(checkpoint, sampling_kwargs, out, wav, choice, midi_in, duet)
     if bars is None and max_tokens is None:
         bars = DEFAULT_BARS
     try:
@@ -182,6 +189,69 @@ def _run_generate(
     return code
 
 
+def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, choice, midi_in: str, config) -> int:
+    """Play with the model: listen on ``midi_in``, play on ``choice``, until Ctrl-C; write the two-track take."""
+    from engine.generate import GenerationError, SamplingConfig  # noqa: PLC0415
+    from engine.generate.duet import Duet  # noqa: PLC0415
+    from engine.generate.live import build_session, load_generator  # noqa: PLC0415
+    from engine.midi import LivePlayer, PortError, take_paths  # noqa: PLC0415
+    from engine.midi.ports import open_input  # noqa: PLC0415
+
+    try:
+        sampling = SamplingConfig(**sampling_kwargs)
+    except ValueError as err:
+        fail(str(err))
+    player = LivePlayer(choice, on_notice=_print_notice)
+    listening = None
+    try:  # the ports first: a wrong name or a missing MIDI system is told before the model loads
+        listening = open_input(choice.api, None if midi_in == "virtual" else midi_in, virtual=midi_in == "virtual")
+        player.open()
+    except PortError as err:
+        player.close()
+        if listening is not None:
+            listening.close()
+        fail(str(err))
+    try:
+        model, tokenizer, pth = load_generator(checkpoint)
+        session = build_session(model, tokenizer, sampling=sampling)
+        duet = Duet(session, config, player, listening.messages)
+        path = take_paths(out, 1, session.seed)[0]
+        problem = _unwritable(path)
+        if problem:
+            raise GenerationError(problem)
+    except (GenerationError, KeyboardInterrupt) as err:
+        player.close()
+        listening.close()
+        fail("interrupted while loading the model; nothing was played." if isinstance(err, KeyboardInterrupt) else str(err),
+             code=130 if isinstance(err, KeyboardInterrupt) else 2)
+    console.print(f"model {pth}; listening on {listening.name}, playing on {player.output_name}; mode {config.mode} "
+                  f"at {config.tempo:g} qpm (Ctrl-C stops)")
+    code = 0
+    try:
+        ended = player.play(duet.chunks())
+        code = {"finished": 0, "stopped": 130, "port lost": 3}[ended]
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        end = player.music_time()
+        player.close()
+        listening.close()
+        duet.finish(end)
+        written = [duet.write(path)]
+        if wav:
+            from engine.midi.builtin_synth import render_wav  # noqa: PLC0415
+
+            written.append(render_wav(duet.take.model + duet.take.human, path.with_suffix(".wav"), choice.soundfont))
+    waits = sorted(duet.latencies())
+    told = (f"the model's first note came {1000 * waits[len(waits) // 2]:.0f} ms (median), at most "
+            f"{1000 * waits[-1]:.0f} ms after each handover" if waits else "no handover")
+    console.print(f"{len(duet.handovers)} handovers ({told}); {duet.fed_notes} of your notes fed to the model, "
+                  f"{sum(e.is_note_on for e in duet.take.model)} notes from the model")
+    console.print("timing: " + player.telemetry().summary())
+    console.print("wrote " + ", ".join(str(p) for p in written) + " (tracks: PianoMuse, You)")
+    return code
+
+
 def _print_notice(notice) -> None:
     """The player's news, on stderr: yellow while it goes on, green when it is back, red when it gives up."""
     if notice.kind == "port gone":
@@ -200,7 +270,8 @@ def _perform(session, player) -> int:
 
 
 def run_ports(midi_api: str) -> int:
-    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api
+    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api  # noqa: PLC0415
+    from engine.midi.ports import list_input_ports  # noqa: PLC0415
 
     if midi_api not in API_CHOICES:
         fail(f"unknown MIDI API {midi_api!r}; use one of: {', '.join(API_CHOICES)}")
@@ -214,16 +285,21 @@ def run_ports(midi_api: str) -> int:
         console.print(f"[bold]{api}[/] output ports:" if names else f"[bold]{api}[/]: no output ports (use --virtual to create 'PianoMuse')")
         for name in names:
             console.print(f"  {name}")
+    for api, names in list_input_ports(midi_api).items():
+        console.print(f"[bold]{api}[/] input ports (for --in):" if names else f"[bold]{api}[/]: no input ports (use --in virtual to create 'PianoMuse in')")
+        for name in names:
+            console.print(f"  {name}")
     return 0
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     # the defaults shown in --help are the engine's, the ones the Generate pane starts from
-    from engine.generate.sampling import DEFAULT_BARS, SamplingConfig  # torch only
-    from engine.midi.player import OutputChoice
+    from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig  # noqa: PLC0415  (no torch)
+    from engine.midi.player import OutputChoice  # noqa: PLC0415
 
-    SAMPLING = SamplingConfig()
+    SAMPLING = SamplingConfig()  # noqa: N806
+    DUET = DuetConfig()  # noqa: N806
 
     @app.command("generate")
     def generate(
@@ -253,6 +329,16 @@ def register(app: typer.Typer) -> None:
         soundfont: Optional[Path] = typer.Option(None, "--soundfont", help="The .sf2 for the built-in piano, --synth fluidsynth and .wav output (default: a GM font found on the system)."),
         lookahead: float = typer.Option(0.5, "--lookahead", help="Seconds of music generated ahead of the playhead."),
         threads: int = typer.Option(1, "--threads", help="CPU threads for the model (1 keeps per-token latency steady)."),
+        midi_in: Optional[str] = typer.Option(None, "--in", help="Play with the model: listen to this MIDI input (name or part of it; 'virtual' makes the port 'PianoMuse in')."),
+        mode: str = typer.Option(DUET.mode, "--mode", help="With --in: continue (it takes over when you pause), call-and-response (turns of --turn-bars) or accompany (it plays below --split)."),
+        takeover_cc: int = typer.Option(DUET.takeover_cc, "--takeover-cc", help="With --in: this controller (pressed) hands over at once (67 = the soft pedal)."),
+        pause: float = typer.Option(DUET.pause, "--pause", help="With --mode continue: seconds of silence before the model takes over."),
+        turn_bars: int = typer.Option(DUET.turn_bars, "--turn-bars", help="With --mode call-and-response: bars per turn."),
+        count_in: int = typer.Option(DUET.count_in, "--count-in", help="With --mode call-and-response: bars of click before your first turn."),
+        click: bool = typer.Option(DUET.click, "--click/--no-click", help="With --mode call-and-response: a metronome click."),
+        split: int = typer.Option(DUET.split, "--split", help="With --mode accompany: the model plays below this MIDI pitch (60 = middle C)."),
+        tempo: float = typer.Option(DUET.tempo, "--tempo", help="With --in: the session's tempo in quarter notes per minute."),
+        thru: bool = typer.Option(DUET.thru, "--thru/--no-thru", help="With --in: your notes also sound through PianoMuse's output."),
     ) -> None:
         """Continue a MIDI prompt with a model: write files, or play live to a MIDI port or FluidSynth."""
         from ..cli import open_app, wants_app  # cli imports this module
@@ -270,14 +356,16 @@ def register(app: typer.Typer) -> None:
                     "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
                     "penalty_window": penalty_window, "seed": seed}
         choice = OutputChoice(api=midi_api, port=port, virtual=virtual, synth=synth, soundfont=soundfont, lookahead=lookahead)
+        duet = DuetConfig(mode=mode, takeover_cc=takeover_cc, pause=pause, turn_bars=turn_bars, count_in=count_in,
+                          click=click, split=split, tempo=tempo, thru=thru)
         code = run_generate(checkpoint, prompt, prompt_bars, bars, max_tokens, alternatives, sampling, out, play,
-                            choice, threads, allow_early_end)
+                            choice, threads, allow_early_end, midi_in, duet)
         if code:
             raise typer.Exit(code)
 
     @app.command("ports")
     def ports(midi_api: str = typer.Option("auto", "--midi-api", help="alsa, jack or auto.")) -> None:
-        """List the MIDI output ports you can play to."""
+        """List the MIDI output ports you can play to and the inputs you can play with (--in)."""
         code = run_ports(midi_api)
         if code:
             raise typer.Exit(code)

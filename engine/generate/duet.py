@@ -1,0 +1,332 @@
+"""Playing with the model: a pianist's MIDI input, tokenized live into the model's state, and three modes.
+
+- continue: you play; when you stop for ``pause`` seconds, or press the takeover pedal/CC (CC67, the
+  soft pedal, by default), the model continues from exactly what you played, its first note on the
+  next grid step after ``lead`` seconds (the time to generate it); when you play again it stops at
+  once, releases its notes and listens.
+- call-and-response: a click counts in ``count_in`` bars, then you play ``turn_bars`` bars and the
+  model answers ``turn_bars`` bars, starting on the bar line, and so on.
+- accompany: the model plays from the start in the register below ``split`` (the grammar mask limits
+  its pitches), and your notes are fed into its state as they end.
+
+``Duet.chunks()`` is the source the live player (``engine.midi.player.LivePlayer``) plays, so
+pre-roll, back-pressure, port loss and the take work as for any live generation. Every note of
+yours is fed with ``GenerationSession.force`` (the same RNN steps a generated token takes) once it
+is released and every earlier-struck note is released too, so tokens go in onset order; at a
+handover the notes still held are closed at that moment. Your notes play through the output on
+``HUMAN_CHANNEL`` (``thru``), are recorded on their own track and reach the piano roll in another
+colour. ``handovers`` records each takeover and the time of the model's first note after it.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from engine.midi.events import (
+    CC_SUSTAIN,
+    CONTROL_CHANGE,
+    NOTE_OFF,
+    NOTE_ON,
+    MidiEvent,
+    control_change,
+    note_off,
+    note_on,
+    take_until,
+)
+
+from .defaults import MODES, DuetConfig  # noqa: F401  (re-exported)
+from .listen import LiveEncoder
+from .timeline import GenerationError
+
+MODEL_CHANNEL = 0
+HUMAN_CHANNEL = 1
+CLICK_CHANNEL = 9
+CLICK_HIGH, CLICK_LOW = 76, 77  # GM high and low wood block: the downbeat and the other beats
+POLL_S = 0.004  # how long the source waits for input while the pianist has the floor
+
+
+@dataclass
+class Handover:
+    at: float  # music seconds: the pause ran out, the CC came, or the turn's bar line
+    reason: str  # "pause" | "cc" | "turn"
+    first_note: float | None = None  # music seconds of the model's first note after it
+
+    @property
+    def latency(self) -> float | None:
+        return None if self.first_note is None else self.first_note - self.at
+
+
+@dataclass
+class PlayedNote:
+    onset: float
+    release: float
+    pitch: int
+    velocity: int
+
+
+@dataclass
+class DuetTake:
+    model: list[MidiEvent] = field(default_factory=list)  # what the model played (sent, never the cancelled rest)
+    human: list[MidiEvent] = field(default_factory=list)  # your notes and pedal, on HUMAN_CHANNEL
+
+
+class Duet:
+    """The chunk source of a duet: reads the input, feeds the session, hands the floor back and forth."""
+
+    def __init__(self, session, config: DuetConfig, player, messages: "queue.Queue",
+                 on_human: Callable[[MidiEvent], None] | None = None, stop: threading.Event | None = None) -> None:
+        problem = config.problem()
+        if problem:
+            raise GenerationError(problem)
+        if session.alternatives != 1:
+            raise GenerationError("playing with the model uses one alternative; set alternatives to 1")
+        self.session = session
+        self.config = config
+        self.player = player
+        self.messages = messages
+        self.on_human = on_human
+        self.stop = stop or threading.Event()
+        self.encoder = LiveEncoder(session.tables)
+        self.row = session.rows[0]
+        self.row.decoder.origin = self.row.decoder.bar_origin = 0.0  # model events on the session's clock
+        session.endless = True
+        session.force(self.encoder.header(config.tempo))
+        self.seconds_per_bar = 4 * 60.0 / self.timeline.tempos[-1][1]  # the Tempo token's exact value
+        self.take = DuetTake()
+        self.handovers: list[Handover] = []
+        self.model_has_floor = False
+        self.fed_notes = 0
+        self._held: dict[int, tuple[float, int]] = {}  # pitch -> (onset, velocity) of keys down
+        self._done: list[PlayedNote] = []  # released, not yet fed
+        self._pedal: list[tuple[float, bool]] = []  # pedal changes not yet fed
+        self._last_activity: float | None = None
+        self._played_since_handover = False
+        self._takeover_at: float | None = None
+        self._handover_at = 0.0
+        self._next_click = 0
+        self._turn_end: float | None = None  # call-and-response: where the model's turn ends
+        if config.mode == "accompany":
+            session.limit_pitches(None, config.split - 1)
+
+    @property
+    def timeline(self):
+        return self.row.decoder.timeline
+
+    # ---- the source -------------------------------------------------------------------------------
+
+    def chunks(self) -> Iterator[tuple[list, float, int]]:
+        sched = self.player.scheduler
+        sched.slip_on_underrun = False  # your notes and the model's share one clock: never shift it
+        lookahead = sched.lookahead
+        yield [], lookahead, 0  # the clock starts at once: there is nothing to pre-roll
+        if self.config.mode == "accompany":
+            self._give_floor_to_model(0.0, "start")
+        while not self.stop.is_set():
+            now = sched.music_time()
+            self._read_input(sched, block=not self.model_has_floor)
+            now = sched.music_time()
+            clicks = self._clicks(now + lookahead)
+            self._turns(now)
+            if self.model_has_floor and self.config.mode != "call-and-response" and self._takeback_due():
+                self._take_floor_back(sched, now)
+            elif not self.model_has_floor and self._handover_due(now):
+                self._give_floor_to_model(now, self._handover_reason)
+            if self.config.mode == "accompany" or not self.model_has_floor:
+                self._feed_played(now, close_held=False)
+            if self.model_has_floor and self.row.decoder.horizon < now + lookahead and self._model_may_play():
+                result = self.session.step()
+                events = self._model_events(result.events[0])
+                yield clicks + events, self.row.decoder.horizon, 1
+            else:
+                yield clicks, max(now + lookahead / 2, self.row.decoder.horizon if self.model_has_floor else 0.0), 0
+
+    # ---- input ------------------------------------------------------------------------------------
+
+    def _read_input(self, sched, block: bool) -> None:
+        try:
+            first = self.messages.get(timeout=POLL_S) if block else self.messages.get_nowait()
+        except queue.Empty:
+            return
+        batch = [first]
+        while True:
+            try:
+                batch.append(self.messages.get_nowait())
+            except queue.Empty:
+                break
+        for arrived, data in batch:
+            self._heard(sched.music_time_at(arrived), tuple(data), sched)
+
+    def _heard(self, t: float, data: tuple[int, ...], sched) -> None:
+        status = data[0] & 0xF0
+        event = None
+        if status == NOTE_ON and len(data) > 2 and data[2] > 0:
+            self._held[data[1]] = (t, data[2])
+            event = note_on(t, data[1], data[2], HUMAN_CHANNEL)
+            if self.model_has_floor and self.config.mode == "continue":
+                self._interrupted = True
+        elif status in (NOTE_ON, NOTE_OFF) and len(data) > 2:
+            if data[1] in self._held:
+                onset, velocity = self._held.pop(data[1])
+                self._done.append(PlayedNote(onset, t, data[1], velocity))
+                event = note_off(t, data[1], HUMAN_CHANNEL)
+        elif status == CONTROL_CHANGE and len(data) > 2:
+            if data[1] == CC_SUSTAIN:
+                self._pedal.append((t, data[2] >= 64))
+                event = control_change(t, CC_SUSTAIN, data[2], HUMAN_CHANNEL)
+            elif data[1] == self.config.takeover_cc and data[2] >= 64 and not self.model_has_floor:
+                self._takeover_at = t
+        if event is None:
+            return
+        self._last_activity = t
+        self._played_since_handover = True
+        self.take.human.append(event)
+        if self.config.thru:
+            sched.send_now(event.data)
+        if self.on_human is not None:
+            self.on_human(event)
+
+    _interrupted = False
+
+    def _takeback_due(self) -> bool:
+        due, self._interrupted = self._interrupted, False
+        return due
+
+    # ---- feeding your notes -------------------------------------------------------------------------
+
+    def _feed_played(self, now: float, close_held: bool) -> None:
+        """Feed released notes (and pedal changes) in onset order, up to the earliest key still down."""
+        if close_held:
+            for pitch, (onset, velocity) in list(self._held.items()):
+                self._done.append(PlayedNote(onset, now, pitch, velocity))
+            self._held.clear()
+        waiting = min((onset for onset, _ in self._held.values()), default=float("inf"))
+        ready = sorted((n for n in self._done if n.onset < waiting), key=lambda n: (n.onset, n.pitch))
+        pedals = [p for p in self._pedal if p[0] < waiting]
+        if not ready and not pedals:
+            return
+        self._done = [n for n in self._done if n.onset >= waiting]
+        self._pedal = [p for p in self._pedal if p[0] >= waiting]
+        items = [(n.onset, 1, n) for n in ready] + [(t, 0, down) for t, down in pedals]
+        for t, kind, item in sorted(items, key=lambda x: (x[0], x[1])):
+            if kind == 1:
+                ids = self.encoder.note(self.timeline, item.onset, item.release, item.pitch, item.velocity)
+                self.fed_notes += 1
+            else:
+                ids = self.encoder.pedal(self.timeline, t, item)
+            self.session.force(ids)
+
+    # ---- the floor ----------------------------------------------------------------------------------
+
+    _handover_reason = "pause"
+
+    def _handover_due(self, now: float) -> bool:
+        mode = self.config.mode
+        if mode == "continue":
+            if self._takeover_at is not None:
+                self._handover_reason, self._handover_at = "cc", self._takeover_at
+                self._takeover_at = None
+                return True
+            if self._held or not self._played_since_handover or self._last_activity is None:
+                return False
+            if now - self._last_activity >= self.config.pause:
+                self._handover_reason, self._handover_at = "pause", self._last_activity + self.config.pause
+                return True
+        return False
+
+    def _give_floor_to_model(self, now: float, reason: str) -> None:
+        """Feed everything you played (held keys end now), move the sequence to the first grid step
+        after ``lead``, and let the model draw from there."""
+        at = self._handover_at if reason in ("pause", "cc") else now
+        self._feed_played(now, close_held=True)
+        earliest = (self._turn_start if reason == "turn" else now + self.config.lead)
+        timeline = self.timeline
+        tick = self.encoder.snap(timeline, self.encoder.tick_at(timeline, earliest), up=True)
+        self.session.force(self.encoder.advance(timeline, tick))
+        self.session.note_now = reason != "start"  # the first note falls on that step, not later
+        self.model_has_floor = True
+        self._played_since_handover = False
+        if reason != "start":
+            self.handovers.append(Handover(at if reason != "turn" else self._turn_start, reason))
+
+    def _take_floor_back(self, sched, now: float, at: float | None = None) -> None:
+        """You play again (or the model's turn ends): drop what the model has not played yet and
+        release its notes now; its pedal comes up."""
+        cut = now if at is None else at
+        dropped = sched.cancel_from(cut, channel=MODEL_CHANNEL)
+        gone = set(map(id, dropped))
+        self.take.model = [e for e in self.take.model if id(e) not in gone]
+        sched.send_now(control_change(0.0, CC_SUSTAIN, 0, MODEL_CHANNEL).data)
+        self.take.model = take_until(self.take.model, cut)
+        decoder = self.row.decoder
+        decoder._pending_offs.clear()
+        decoder._sounding.clear()
+        self.model_has_floor = False
+
+    def _model_may_play(self) -> bool:
+        return self._turn_end is None or self.row.decoder.horizon < self._turn_end
+
+    def _model_events(self, events: list[MidiEvent]) -> list[MidiEvent]:
+        if self._turn_end is not None:
+            events = [e for e in events if e.time < self._turn_end or e.is_note_off]
+        for event in events:
+            if event.is_note_on and self.handovers and self.handovers[-1].first_note is None:
+                self.handovers[-1].first_note = event.time
+        self.take.model.extend(events)
+        return events
+
+    # ---- call-and-response: turns and the click --------------------------------------------------------
+
+    _turn_start = 0.0
+
+    def _turns(self, now: float) -> None:
+        if self.config.mode != "call-and-response":
+            return
+        bar = self.seconds_per_bar
+        first = self.config.count_in * bar
+        turn = self.config.turn_bars * bar
+        if now < first:
+            return
+        k = int((now - first + self.config.lead + 0.15) // turn)  # prepare the next turn a little early
+        model_turn = k % 2 == 1
+        start = first + k * turn
+        if model_turn and not self.model_has_floor and self._turn_end != start + turn:
+            self._turn_start, self._turn_end = start, start + turn
+            self._give_floor_to_model(now, "turn")
+        elif not model_turn and self.model_has_floor and now >= start:
+            self._take_floor_back(self.player.scheduler, now, at=start)
+            self._turn_end = None
+
+    def _clicks(self, until: float) -> list[MidiEvent]:
+        if self.config.mode != "call-and-response" or not self.config.click:
+            return []
+        beat = self.seconds_per_bar / 4
+        out = []
+        while self._next_click * beat < until:
+            t = self._next_click * beat
+            pitch = CLICK_HIGH if self._next_click % 4 == 0 else CLICK_LOW
+            out += [note_on(t, pitch, 90, CLICK_CHANNEL), note_off(t + 0.05, pitch, CLICK_CHANNEL)]
+            self._next_click += 1
+        return out
+
+    # ---- results ----------------------------------------------------------------------------------------
+
+    def finish(self, end: float) -> DuetTake:
+        """The take up to ``end`` (music seconds): both parts, every note closed."""
+        self.take.model = take_until(self.take.model, end)
+        self.take.human = take_until(self.take.human, end)
+        return self.take
+
+    def write(self, path) -> Path:
+        """The take as one .mid: track "PianoMuse" (the model) and track "You" (your notes), at the session's tempo."""
+        from engine.midi.events import MeterMap, write_take  # noqa: PLC0415
+
+        meter = MeterMap(tempos=[(0.0, self.timeline.tempos[-1][1])], time_signatures=[(0.0, 4, 4)])
+        return write_take({"PianoMuse": self.take.model, "You": self.take.human}, path, meter=meter)
+
+    def latencies(self) -> list[float]:
+        """Seconds from each handover to the model's first note after it."""
+        return [h.latency for h in self.handovers if h.latency is not None]
+

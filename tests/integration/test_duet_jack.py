@@ -1,0 +1,183 @@
+"""Playing with the model on a private JACK server: a scripted pianist plays a real MIDI file into
+PianoMuse's input port in real time; the bundled model listens, takes over after the pause or the
+takeover CC, stops when the pianist plays again, and the take holds both parts."""
+from __future__ import annotations
+
+import threading
+import time
+
+import mido
+import pytest
+import torch
+from jack_server import jack_server, receiver, sounding_after  # noqa: F401  (fixtures)
+
+from engine.generate.duet import HUMAN_CHANNEL, MODEL_CHANNEL, Duet, DuetConfig
+from engine.generate.live import build_session, load_generator
+from engine.midi import LivePlayer, OutputChoice
+from engine.midi.ports import VIRTUAL_INPUT_NAME, open_input
+from engine.paths import CORPUS_DIR
+
+pytestmark = pytest.mark.jack
+
+
+def phrase_from_file(n: int = 10, speed: float = 1.0) -> list[tuple[float, float, int, int]]:
+    """The first ``n`` notes of a corpus piece as (onset s, duration s, pitch, velocity), from 0."""
+    import symusic
+
+    score = symusic.Score(str(CORPUS_DIR / "piano" / "bach_bwv846_prelude.mid"), ttype="second")
+    notes = sorted((x for t in score.tracks for x in t.notes), key=lambda x: (x.time, x.pitch))[:n]
+    first = notes[0].time
+    return [((x.time - first) / speed, min(x.duration, 0.5) / speed, x.pitch, max(30, x.velocity)) for x in notes]
+
+
+class ScriptedPianist:
+    """A JACK MIDI output connected to PianoMuse's input; plays phrases in real time from a thread."""
+
+    def __init__(self) -> None:
+        import rtmidi
+
+        self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "pm-test-pianist")
+        names = self.out.get_ports()
+        target = next(n for n in names if VIRTUAL_INPUT_NAME in n)
+        self.out.open_port(names.index(target), "keys")
+        self.played: list[tuple[float, tuple[int, ...]]] = []  # (time.monotonic(), message)
+
+    def send(self, data: tuple[int, ...]) -> None:
+        self.played.append((time.monotonic(), data))
+        self.out.send_message(list(data))
+
+    def phrase(self, notes) -> None:
+        start = time.monotonic()
+        events = sorted([(t, 1, (0x90, p, v)) for t, d, p, v in notes] + [(t + d, 0, (0x80, p, 0)) for t, d, p, v in notes])
+        for at, _, data in events:
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.send(data)
+
+    def close(self) -> None:
+        self.out.close_port()
+        self.out.delete()
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_generator(None)
+    torch.set_num_threads(threads)
+
+
+def _duet(bundled, receiver, mode: str, **config):
+    model, tok, _ = bundled
+    player = LivePlayer(OutputChoice(api="jack", port=receiver.port_name, lookahead=0.25))
+    listening = open_input("jack", virtual=True)
+    player.open()
+    session = build_session(model, tok)
+    duet = Duet(session, DuetConfig(mode=mode, **config), player, listening.messages)
+    return player, listening, duet
+
+
+def _play_along(player, listening, duet, script) -> float:
+    """Run the duet while ``script`` (a thread) plays the pianist; close everything; the end in music seconds."""
+    pianist = ScriptedPianist()
+    thread = threading.Thread(target=script, args=(pianist,), daemon=True)
+    thread.start()
+    try:
+        player.play(duet.chunks())
+        return player.music_time()
+    finally:
+        thread.join(10)
+        player.close()
+        listening.close()
+        pianist.close()
+
+
+def test_continue_listens_takes_over_after_a_pause_and_a_cc_stops_when_you_play_and_saves_both(bundled, receiver, tmp_path):
+    player, listening, duet = _duet(bundled, receiver, "continue", pause=0.8)
+    phrase = phrase_from_file(10)
+    marks: dict[str, float] = {}
+
+    def play(pianist) -> None:
+        time.sleep(0.3)
+        pianist.phrase(phrase)  # then a pause: the model takes over
+        time.sleep(2.0)
+        marks["resume"] = time.monotonic()
+        pianist.phrase(phrase[:6])  # playing again stops it
+        time.sleep(0.2)
+        marks["cc"] = time.monotonic()
+        pianist.send((0xB0, 67, 127))  # the soft pedal hands over at once
+        time.sleep(1.5)
+        player.stop()
+
+    already = len(receiver.received())
+    end = _play_along(player, listening, duet, play)
+    origin = player.scheduler._origin
+    take = duet.finish(end)
+
+    # both takeovers happened, the first after the pause and the second on the CC, each within 100 ms
+    assert [h.reason for h in duet.handovers] == ["pause", "cc"], duet.handovers
+    assert duet.handovers[1].at == pytest.approx(marks["cc"] - origin, abs=0.02)
+    assert all(0 <= lat <= 0.100 for lat in duet.latencies()), duet.latencies()
+
+    # every note the pianist played reached the model's state: the fed tokens decode to those pitches
+    assert duet.fed_notes == len(phrase) + 6
+    session = duet.session
+    with torch.no_grad():
+        prefill = session.model(torch.tensor([[session.tokenizer.bos_id] + session.fed]), return_state=True)[1]
+    for name in ("att_shift", "wkv", "ffn_shift"):
+        live, parallel = getattr(session.state, name), getattr(prefill, name)
+        assert torch.allclose(live, parallel, atol=2e-3), (name, (live - parallel).abs().max())
+    forced_pitches = [int(session.tables.value[i]) for i in session.forced if session.tables.kind[i] == "Pitch"]
+    assert forced_pitches == [p for _, _, p, _ in phrase] + [p for _, _, p, _ in phrase[:6]]
+
+    # the model stopped when the pianist played again: no model note starts between then and the CC
+    got = receiver.received()[already:]
+    model_ons = [d for _, d in got if d[0] == 0x90 | MODEL_CHANNEL and d[2] > 0]
+    assert len(model_ons) >= 3
+    resume = marks["resume"] - origin + 0.05
+    late = [e for e in take.model if e.is_note_on and resume < e.time < duet.handovers[1].at]
+    assert late == []
+    # nothing left sounding at the receiver (model and the pianist's notes passed through)
+    assert sounding_after([d for _, d in got]) == {}
+
+    path = duet.write(tmp_path / "duet.mid")
+    midi = mido.MidiFile(path)
+    parts = {t.name: [m for m in t if m.type == "note_on" and m.velocity] for t in midi.tracks if t.name}
+    assert set(parts) == {"PianoMuse", "You"}
+    assert [m.note for m in parts["You"]] == forced_pitches
+    assert all(m.channel == HUMAN_CHANNEL for m in parts["You"]) and len(parts["PianoMuse"]) >= 3
+
+
+def test_accompany_keeps_the_model_below_the_split_while_you_play(bundled, receiver):
+    player, listening, duet = _duet(bundled, receiver, "accompany", split=60)
+    phrase = [(t, d, p + 12, v) for t, d, p, v in phrase_from_file(12)]
+
+    def play(pianist) -> None:
+        time.sleep(0.5)
+        pianist.phrase(phrase)
+        time.sleep(0.5)
+        player.stop()
+
+    take = duet.finish(_play_along(player, listening, duet, play))
+    model_pitches = [e.data[1] for e in take.model if e.is_note_on]
+    assert model_pitches and max(model_pitches) < 60
+    assert duet.fed_notes == len(phrase)
+
+
+def test_call_and_response_answers_on_the_bar_line(bundled, receiver):
+    player, listening, duet = _duet(bundled, receiver, "call-and-response", turn_bars=1, count_in=1, tempo=160)
+    bar = duet.seconds_per_bar
+
+    def play(pianist) -> None:
+        time.sleep(bar)  # the count-in
+        pianist.phrase(phrase_from_file(6, speed=2.0))
+        time.sleep(2.2 * bar)
+        player.stop()
+
+    _play_along(player, listening, duet, play)
+    assert duet.handovers and duet.handovers[0].reason == "turn"
+    assert duet.handovers[0].at == pytest.approx(2 * bar, abs=1e-6)  # count-in bar + your bar
+    assert duet.handovers[0].latency == pytest.approx(0.0, abs=1e-6)  # the first note on the bar line
+    first_turn = [e for e in duet.take.model if e.is_note_on and e.time < 3 * bar]
+    assert first_turn and all(2 * bar <= e.time < 3 * bar for e in first_turn)

@@ -321,7 +321,7 @@ class Duet:
 
     def write(self, path) -> Path:
         """The take as one .mid: track "PianoMuse" (the model) and track "You" (your notes), at the session's tempo."""
-        from engine.midi.events import MeterMap, write_take  # noqa: PLC0415
+        from engine.midi.events import MeterMap, write_take
 
         meter = MeterMap(tempos=[(0.0, self.timeline.tempos[-1][1])], time_signatures=[(0.0, 4, 4)])
         return write_take({"PianoMuse": self.take.model, "You": self.take.human}, path, meter=meter)

@@ -215,7 +215,7 @@ def write_midi_file(events: Iterable[MidiEvent], path: str | Path, ticks_per_bea
 def write_take(parts: dict[str, Iterable[MidiEvent]], path: str | Path, meter: MeterMap | None = None) -> Path:
     """One .mid with one named track per part (type 1), e.g. {"PianoMuse": model, "You": pianist};
     each part plays on its own channel. Timing is ``write_midi_file``'s (the same seconds and bars)."""
-    import mido  # noqa: PLC0415
+    import mido
 
     parts = {name: list(events) for name, events in parts.items()}
     owner = {e.channel: name for name, events in parts.items() for e in events}

@@ -270,8 +270,8 @@ class MidiInput:
     """
 
     def __init__(self, api: str, source: str | None, virtual: bool, client_name: str = CLIENT_NAME + "-in") -> None:
-        import queue  # noqa: PLC0415
-        import time  # noqa: PLC0415
+        import queue
+        import time
 
         self.api, self.source, self.virtual = api, source, virtual
         self.messages: "queue.Queue[tuple[float, tuple[int, ...]]]" = queue.Queue()

@@ -191,11 +191,11 @@ def _run_generate(
 
 def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, choice, midi_in: str, config) -> int:
     """Play with the model: listen on ``midi_in``, play on ``choice``, until Ctrl-C; write the two-track take."""
-    from engine.generate import GenerationError, SamplingConfig  # noqa: PLC0415
-    from engine.generate.duet import Duet  # noqa: PLC0415
-    from engine.generate.live import build_session, load_generator  # noqa: PLC0415
-    from engine.midi import LivePlayer, PortError, take_paths  # noqa: PLC0415
-    from engine.midi.ports import open_input  # noqa: PLC0415
+    from engine.generate import GenerationError, SamplingConfig
+    from engine.generate.duet import Duet
+    from engine.generate.live import build_session, load_generator
+    from engine.midi import LivePlayer, PortError, take_paths
+    from engine.midi.ports import open_input
 
     try:
         sampling = SamplingConfig(**sampling_kwargs)
@@ -239,7 +239,7 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
         duet.finish(end)
         written = [duet.write(path)]
         if wav:
-            from engine.midi.builtin_synth import render_wav  # noqa: PLC0415
+            from engine.midi.builtin_synth import render_wav
 
             written.append(render_wav(duet.take.model + duet.take.human, path.with_suffix(".wav"), choice.soundfont))
     waits = sorted(duet.latencies())
@@ -270,8 +270,8 @@ def _perform(session, player) -> int:
 
 
 def run_ports(midi_api: str) -> int:
-    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api  # noqa: PLC0415
-    from engine.midi.ports import list_input_ports  # noqa: PLC0415
+    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api
+    from engine.midi.ports import list_input_ports
 
     if midi_api not in API_CHOICES:
         fail(f"unknown MIDI API {midi_api!r}; use one of: {', '.join(API_CHOICES)}")
@@ -295,11 +295,11 @@ def run_ports(midi_api: str) -> int:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     # the defaults shown in --help are the engine's, the ones the Generate pane starts from
-    from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig  # noqa: PLC0415  (no torch)
-    from engine.midi.player import OutputChoice  # noqa: PLC0415
+    from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig
+    from engine.midi.player import OutputChoice
 
-    SAMPLING = SamplingConfig()  # noqa: N806
-    DUET = DuetConfig()  # noqa: N806
+    SAMPLING = SamplingConfig()
+    DUET = DuetConfig()
 
     @app.command("generate")
     def generate(

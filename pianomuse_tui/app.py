@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Label, Markdown, TabbedContent, TabPane
+from textual.notifications import Notify
 from textual.worker import Worker, WorkerState
 
 from . import resources
@@ -34,7 +35,10 @@ PANE_ALIASES = {"check": "dataset", "prepare": "dataset", "data": "dataset", "tr
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Yes/no question; y/enter says yes, n/escape says no."""
+    """Yes/no question, the keys on screen: y says yes; n, escape and enter say no.
+
+    Enter is the safe answer: it presses the focused No button, so a stray enter keeps going.
+    """
 
     BINDINGS = [
         Binding("y", "answer(True)", "Yes"),
@@ -49,8 +53,9 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="confirm-box"):
             yield Label(self.question, id="confirm-question")
             with Horizontal(id="confirm-buttons"):
-                yield Button(self.yes, variant="error", id="confirm-yes")
-                yield Button(self.no, variant="primary", id="confirm-no")
+                yield Button(f"{self.yes} (y)", variant="error", id="confirm-yes")
+                yield Button(f"{self.no} (n, enter)", variant="primary", id="confirm-no")
+            yield Label(f"y: {self.yes.lower()}    n, esc or enter: {self.no.lower()}", id="confirm-keys")
 
     def on_mount(self) -> None:
         self.query_one("#confirm-no", Button).focus()
@@ -221,6 +226,19 @@ class PianoMuseApp(App):
     def on_resource_sample(self, message: ResourceSample) -> None:
         if self.train.is_mounted:
             self.train.show_resources(message)
+
+    # ---- notifications --------------------------------------------------------------------------
+
+    @on(Notify)
+    def _repaint_after_the_toast(self, event: Notify) -> None:
+        # Textual removes an expired toast from the screen but may not repaint where it was: when a
+        # widget of a hidden pane (the Train pane's panels refresh every second) was refreshed in the
+        # same frame, the compositor rebuilds its map before comparing, loses the toast's region,
+        # and the terminal kept showing the toast over the Generate pane's Timing panel for minutes.
+        self.set_timer(event.notification.timeout + 0.2, self._repaint_screen)
+
+    def _repaint_screen(self) -> None:
+        self.screen.refresh()
 
     # ---- errors from any worker: one handler, as notifications ----------------------------------
 

@@ -145,6 +145,15 @@ class PerformanceEnded(Message):
     reason: str = "stopped"
     error: str | None = None
     saved: Path | None = None
+    output_failed: bool = False  # the output could not open (no MIDI system, no sound device, ...)
+
+
+@dataclass
+class TakeWritten(Message):
+    """A take generated straight to files (no output needed), or the sentence saying why not."""
+
+    paths: list[Path]
+    error: str | None = None
 
 
 @dataclass

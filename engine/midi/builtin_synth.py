@@ -176,7 +176,7 @@ class BuiltinSynth:
                 return
         self._synth.delete()
         raise PortError(f"No sound output found for the built-in piano (tried {', '.join(tried)}): check your sound "
-                        "settings, or use --out take.wav to render the take to a file.")
+                        "settings.")
 
     # ---- the OutputPort protocol ------------------------------------------------------------------
 

@@ -20,6 +20,11 @@ class PortError(RuntimeError):
     """A MIDI port problem a user can fix; the message is one sentence saying how."""
 
 
+class NoMidiSystem(PortError):
+    """Neither ALSA nor JACK answers here. The sentence says how to get one; each face adds what it
+    can do without one (a file, the built-in piano), in its own words."""
+
+
 def _rtmidi():
     import rtmidi  # imported on use: engine imports stay light
 
@@ -100,12 +105,14 @@ def resolve_api(api: str = "auto") -> str:
     if usable:
         return usable[0]
     if api == "auto":
-        raise PortError(
-            "No MIDI system is available (tried " + ", ".join(_auto_order()) + "): start a JACK server "
-            "(e.g. `jackd -d dummy`) or load the ALSA sequencer (`modprobe snd-seq`), or just use --out FILE.mid."
+        raise NoMidiSystem(
+            "No MIDI system is available (tried " + ", ".join(_auto_order()) + "): load the ALSA sequencer "
+            "(`modprobe snd-seq`) or start JACK on your sound card (`jackd -d alsa`; `jackd -d dummy` runs "
+            "without one and makes no sound)"
         )
     if api == "jack":
-        raise PortError("The JACK server is not running: start it (e.g. `jackd -d alsa` or `jackd -d dummy`) or pick --midi-api alsa.")
+        raise NoMidiSystem("The JACK server is not running: start it on your sound card (`jackd -d alsa`; "
+                           "`jackd -d dummy` makes no sound) or pick --midi-api alsa")
     if api == "alsa":
         raise PortError("The ALSA sequencer is not available (/dev/snd/seq missing): load it with `modprobe snd-seq` or pick --midi-api jack.")
     raise PortError(f"The {api} MIDI API is not available on this machine; try --midi-api auto.")

@@ -105,7 +105,7 @@ def _run_generate(
 
     from engine.generate import DEFAULT_BARS, GenerationError, SamplingConfig
     from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
-    from engine.midi import LivePlayer, PortError, take_paths
+    from engine.midi import LivePlayer, NoMidiSystem, PortError, take_paths
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -136,8 +136,12 @@ def _run_generate(
         player = LivePlayer(choice, on_notice=_print_notice)
         try:
             player.open()
+        except NoMidiSystem as err:
+            fail(f"{err}; or write the music to a file: leave out --play/--port/--virtual and give --out FILE.mid "
+                 "(--synth builtin plays without a MIDI system).")
         except PortError as err:
-            fail(str(err))
+            builtin = choice.synth == "builtin" and "sound output" in str(err)
+            fail(f"{str(err).rstrip('.')}; or render the take to a file with --out take.wav." if builtin else str(err))
     try:
         model, tokenizer, pth = load_generator(checkpoint)
         session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
@@ -270,7 +274,7 @@ def _perform(session, player) -> int:
 
 
 def run_ports(midi_api: str) -> int:
-    from engine.midi import API_CHOICES, PortError, list_ports, resolve_api
+    from engine.midi import API_CHOICES, NoMidiSystem, PortError, list_ports, resolve_api
     from engine.midi.ports import list_input_ports
 
     if midi_api not in API_CHOICES:
@@ -279,6 +283,8 @@ def run_ports(midi_api: str) -> int:
     if not found:
         try:
             resolve_api(midi_api)
+        except NoMidiSystem as err:
+            fail(f"{err}; without one, generate --out FILE.mid writes files and --synth builtin plays.")
         except PortError as err:
             fail(str(err))
     for api, names in found.items():

@@ -19,7 +19,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed
+from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
 from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
 from ..widgets.meters import bar
 from ..widgets.piano_roll import PianoRoll
@@ -48,7 +48,9 @@ def _bounded(text: str, name: str, low: float, high: float, kind: type = float) 
 
 class GeneratePane(PaneBase):
     BINDINGS = [
-        Binding("space", "toggle_play", "Play/stop"),
+        # priority: space plays and stops from anywhere in the pane, a closed dropdown included
+        # (check_action hands it back to a text field, where it types a space)
+        Binding("space", "toggle_play", "Play/stop", priority=True),
         Binding("exclamation_mark", "panic", "Panic"),
         Binding("f", "fluidsynth", "FluidSynth"),
         Binding("R", "refresh_ports", "Ports"),
@@ -116,6 +118,7 @@ class GeneratePane(PaneBase):
             yield Button("Play", id="gen-play", variant="success")
             yield Button("Panic", id="gen-panic", variant="error")
             yield Button("Save", id="gen-save")
+        yield Static("", id="gen-message")
         yield PianoRoll(id="gen-roll", classes="panel")
         with Horizontal(id="gen-bottom"):
             yield Static("", id="gen-knobs", classes="panel")
@@ -128,13 +131,28 @@ class GeneratePane(PaneBase):
         try:
             self._read_knobs()  # the fields may come from the command line
         except ValueError as exc:
-            self.notify(f"{exc}; fix the field before playing.", severity="error")
+            self.tell(f"{exc}; fix the field before playing.", severity="error")
         self._render_knobs()
         self._render_telemetry()
         self.set_interval(1 / 15, self._tick)
         port = self.args.get("port")
         if port:
             self._pending_port = str(port)
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "toggle_play":
+            focused = self.screen.focused
+            if isinstance(focused, Input) or (isinstance(focused, Select) and focused.expanded):
+                return None  # shown, but the key goes to the text field or the open list
+        return True
+
+    def tell(self, text: str, severity: str = "information", timeout: float = 6, title: str = "") -> None:
+        """A notification; a warning or an error also stays readable on the pane's message line."""
+        self.notify(text, severity=severity, timeout=timeout, title=title)
+        if severity in ("warning", "error"):
+            line = Text(time.strftime("%H:%M:%S "), style="dim")
+            line.append(f"{title + ': ' if title else ''}{text}", style="bold red" if severity == "error" else "yellow")
+            self.query_one("#gen-message", Static).update(line)
 
     def focus_main(self) -> None:
         self.query_one("#gen-play", Button).focus()
@@ -170,7 +188,7 @@ class GeneratePane(PaneBase):
             try:
                 self._read_knobs()
             except ValueError as exc:
-                self.notify(f"{exc}; the previous value stays in use.", severity="error")
+                self.tell(f"{exc}; the previous value stays in use.", severity="error")
             self._render_knobs()
 
     def action_nudge(self, name: str, delta: float) -> None:
@@ -231,7 +249,7 @@ class GeneratePane(PaneBase):
         elif current in values:
             select.value = current
         if message.error:
-            self.notify(message.error, severity="warning", timeout=6)
+            self.tell(message.error, severity="warning", timeout=6)
 
     # ---- play / stop ----------------------------------------------------------------------------
 
@@ -265,19 +283,19 @@ class GeneratePane(PaneBase):
 
     def start_performance(self, midi_file: Path | None = None) -> None:
         if self.performing:
-            self.notify("Already playing; stop first (space).", severity="warning")
+            self.tell("Already playing; stop first (space).", severity="warning")
             return
         try:
             settings = self._settings(midi_file)
         except ValueError as exc:
-            self.notify(f"{exc}.", severity="error")
+            self.tell(f"{exc}.", severity="error")
             return
         self._render_knobs()
         roll = self.query_one(PianoRoll)
         roll.clear()
         self.performance = Performance(settings, self.knobs, on_event=roll.note_event,
                                        on_problem=lambda text: self.app.call_from_thread(
-                                           self.notify, text, severity="warning", timeout=8))
+                                           self.tell, text, severity="warning", timeout=8))
         self.query_one("#gen-play", Button).label = "Stop"
         self._perform(self.performance)
 
@@ -285,8 +303,7 @@ class GeneratePane(PaneBase):
         """Play a MIDI file (an audition) through the chosen output."""
         if self.performing:
             self.stop_performance()
-        self.start_performance(midi_file=Path(path))
-        self.notify(f"Playing {Path(path).name} through the Generate pane's output.")
+        self.start_performance(midi_file=Path(path))  # "Playing ..." is said once the output is open
 
     def use_checkpoint(self, path: Path) -> None:
         self.query_one("#gen-ckpt", Input).value = str(path)
@@ -307,14 +324,18 @@ class GeneratePane(PaneBase):
             self.post_message(PerformanceStarted(performance.output_name))
             performance.run(lambda: worker.is_cancelled)
         except Exception as exc:  # noqa: BLE001 - the engine's sentence goes to the user
+            from engine.midi import PortError
+
             performance.close()
-            self.post_message(PerformanceEnded("error", error=one_sentence(exc)))
+            self.post_message(PerformanceEnded("error", error=one_sentence(exc),
+                                               output_failed=isinstance(exc, PortError) and not performance.has_events))
             return
         performance.close()
         self.post_message(PerformanceEnded(performance.end_reason))
 
     def on_performance_started(self, message: PerformanceStarted) -> None:
-        self.notify(f"Playing to {message.output}.", timeout=3)
+        played = self.performance.settings.midi_file if self.performance is not None else None
+        self.notify(f"Playing {played.name + ' ' if played else ''}to {message.output}.", timeout=3)
 
     def on_performance_progress(self, message: PerformanceProgress) -> None:
         self.telemetry = message.telemetry
@@ -323,10 +344,21 @@ class GeneratePane(PaneBase):
     def on_performance_ended(self, message: PerformanceEnded) -> None:
         self.query_one("#gen-play", Button).label = "Play"
         if message.error:
-            self.notify(message.error, title="performance stopped", severity="error", timeout=10)
+            self.tell(self._with_alternatives(message), title="performance stopped", severity="error", timeout=10)
         if self.performance is not None:
             self.telemetry = self.performance.telemetry() or self.telemetry
         self._render_telemetry(ended=message.reason)
+
+    def _with_alternatives(self, message: PerformanceEnded) -> str:
+        """The error, plus what this pane can do instead when the output could not open."""
+        text = message.error.rstrip(".")
+        if not message.output_failed:
+            return f"{text}."
+        settings = self.performance.settings if self.performance is not None else None
+        builtin = "" if settings is None or settings.builtin else "pick 'built-in piano' in Out, or "
+        if settings is not None and settings.midi_file is not None:
+            return f"{text}; {builtin}open the audition's file {settings.midi_file} in any MIDI player."
+        return f"{text}; {builtin}press w to write the take to a MIDI file without playing."
 
     @on(Button.Pressed, "#gen-panic")
     def action_panic(self) -> None:
@@ -341,14 +373,21 @@ class GeneratePane(PaneBase):
 
     @on(Button.Pressed, "#gen-save")
     def action_save(self) -> None:
-        if self.performance is None or not self.performance.has_events:
-            self.notify("Nothing played yet; press space to play, then save.", severity="warning")
-            return
         out = Path("takes") / time.strftime("pianomuse-%Y%m%d-%H%M%S.mid")
+        if self.performance is None or not self.performance.has_events:
+            # nothing played (no MIDI system, or not yet): generate the take straight into files
+            try:
+                settings = self._settings()
+            except ValueError as exc:
+                self.tell(f"{exc}.", severity="error")
+                return
+            self.notify(f"Writing a take to {out.parent}/ without playing…", timeout=3)
+            self._write_take(settings, self.knobs.snapshot(), out)
+            return
         try:
             saved = self.performance.save(out)
         except Exception as exc:  # noqa: BLE001
-            self.notify(f"Could not save {out}: {exc}", severity="error")
+            self.tell(f"Could not save {out}: {exc}", severity="error")
             return
         self.last_saved, self.last_saved_all = saved[0], saved
         if len(saved) == 1:
@@ -356,6 +395,38 @@ class GeneratePane(PaneBase):
         else:
             self.notify(f"Saved {len(saved)} alternatives: {saved[0]} .. {saved[-1].name} (the first is the one heard).",
                         timeout=5)
+
+    @work(thread=True, exclusive=True, group="perform", exit_on_error=False, name="take writer")
+    def _write_take(self, settings: PerformanceSettings, knobs: dict, out: Path) -> None:
+        from engine.generate import GenerationError, SamplingConfig
+        from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
+        from engine.midi import take_paths
+
+        problem = settings.problem()
+        if problem is not None:
+            self.post_message(TakeWritten([], error=problem))
+            return
+        try:
+            model, tokenizer, _ = load_generator(settings.checkpoint)
+            sampling = SamplingConfig(temperature=knobs["temperature"], top_p=knobs["top_p"], seed=knobs["seed"])
+            session = build_session(model, tokenizer, prompt=settings.prompt, prompt_bars=settings.prompt_bars,
+                                    sampling=sampling, alternatives=knobs["alternatives"], bars=knobs["bars"],
+                                    max_tokens=HARD_TOKEN_CAP)
+            session.run()
+            session.finish()
+            paths = take_paths(out, session.alternatives, session.seed)
+            written = [session.write_midi(row, path) for row, path in enumerate(paths)]
+        except (GenerationError, OSError) as exc:
+            self.post_message(TakeWritten([], error=one_sentence(exc)))
+            return
+        self.post_message(TakeWritten(written))
+
+    def on_take_written(self, message: TakeWritten) -> None:
+        if message.error:
+            self.tell(f"No take written: {message.error}", severity="error", timeout=10)
+            return
+        self.last_saved, self.last_saved_all = message.paths[0], message.paths
+        self.notify(f"Wrote {', '.join(str(p) for p in message.paths)}.", timeout=6)
 
     # ---- redraw ---------------------------------------------------------------------------------
 

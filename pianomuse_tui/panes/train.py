@@ -107,7 +107,7 @@ class TrainPane(PaneBase):
             if args.get(flag):
                 overrides = f"{overrides} {key}={args[flag]}".strip()
         # blank = the headless default, chosen when the run starts: small on a GPU, tiny on a CPU
-        preset = args.get("preset") or Select.BLANK
+        preset = args.get("preset") or Select.NULL
         with Horizontal(classes="toolbar"):
             yield Label("Data", classes="field-label")
             yield Input(str(args.get("data") or ""), placeholder="bundled corpus", id="tr-data")
@@ -168,7 +168,7 @@ class TrainPane(PaneBase):
         preset = self.query_one("#tr-preset", Select).value
         config = self.query_one("#tr-config", Input).value.strip() or None
         return TrainSpec(
-            preset=None if preset is Select.BLANK else str(preset),
+            preset=None if preset is Select.NULL else str(preset),
             config=config,
             data=self.query_one("#tr-data", Input).value.strip() or None,
             runs_root=self.query_one("#tr-runs", Input).value.strip() or "runs",

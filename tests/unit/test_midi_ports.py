@@ -36,7 +36,9 @@ def test_auto_with_neither_alsa_nor_jack_says_what_to_start(no_jack):
     with pytest.raises(PortError) as err:
         resolve_api("auto")
     message = str(err.value)
-    assert "tried alsa, jack" in message and "jackd" in message and "snd-seq" in message and "--out" in message
+    assert "tried alsa, jack" in message and "jackd -d alsa" in message and "snd-seq" in message
+    assert "`jackd -d dummy` runs without one and makes no sound" in message  # it is no way to hear music
+    assert "--out" not in message  # a flag of one face only: each face adds what it can do instead
     with pytest.raises(PortError, match="ALSA sequencer is not available"):
         resolve_api("alsa")
     with pytest.raises(PortError, match="Unknown MIDI API"):
@@ -54,6 +56,7 @@ def test_commands_without_any_midi_system_answer_in_one_sentence(no_jack, tmp_pa
             assert result.exit_code == 2, result.output
             text = one_line(result.output)
             assert "No MIDI system is available (tried alsa, jack)" in text and "Traceback" not in text
+            assert "--out FILE.mid" in text and "--synth builtin" in text  # what the command line can do instead
     finally:
         torch.set_num_threads(before)
     assert not (tmp_path / "x.mid").exists()  # nothing was generated for a port that cannot open

@@ -140,17 +140,19 @@ def generate_continuations(
     max_new_tokens: Sequence[int],
     options: SamplingOptions,
     on_token: Callable[[int], None] | None = None,
+    outcomes: list | None = None,
 ) -> list[list[int]]:
     """Continue every prompt until it would open bar ``bars + 1``, ends the piece, or reaches its cap.
 
     Prompt ``i`` is sampled with seed ``options.seed + i``. ``on_token(total so far)`` reports progress.
+    ``outcomes`` (a list) receives ``(bars generated, stop reason)`` per prompt.
     """
     if options.grammar:
-        return _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token)
-    return _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_token)
+        return _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token, outcomes)
+    return _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_token, outcomes)
 
 
-def _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token):
+def _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, options, on_token, outcomes=None):
     from engine.generate import GenerationSession
 
     out: list[list[int]] = []
@@ -165,12 +167,14 @@ def _generate_with_sessions(model, tokenizer, prompts, bars, max_new_tokens, opt
         else:
             session.run()
         out.append(session.tokens(0))
+        if outcomes is not None:
+            outcomes.append((session.rows[0].bars, session.rows[0].stop_reason))
         done += len(out[-1])
     return out
 
 
 @torch.no_grad()
-def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_token):
+def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_token, outcomes=None):
     """Batched RNN steps over all prompts, no grammar mask (PAD and BOS are still never drawn).
 
     Bars are counted by Bar tokens, so without them in the vocabulary only EOS and the cap stop
@@ -221,4 +225,8 @@ def _generate_free(model, tokenizer, prompts, bars, max_new_tokens, options, on_
         step_logits, state = model.step(torch.tensor([out[r][-1] for r in still], device=device), state)
         logits[torch.tensor(still)] = step_logits[:, :vocab].float().cpu()
         active = still
+    if outcomes is not None:
+        for row in range(n):
+            ended = "eos" if out[row] and out[row][-1] == tokenizer.eos_id else "bars" if bars_opened[row] > bars else "max_tokens"
+            outcomes.append((min(bars_opened[row], bars), ended))
     return out

@@ -27,9 +27,17 @@ _BASE = np.uint64(0x9E3779B97F4A7C15)  # an odd 64-bit constant (golden ratio) a
 _CACHE_LENGTHS = 48
 
 
-def note_symbols(perf: Performance, with_ioi: bool = True) -> np.ndarray:
-    """One integer per note (onset order, chords low to high): pitch, or pitch and previous gap."""
+def note_symbols(perf: Performance, with_ioi: bool = True, any_key: bool = False) -> np.ndarray:
+    """One integer per note (onset order, chords low to high): pitch, or pitch and previous gap.
+
+    ``any_key``: the interval from the previous note instead of the pitch, so a copy moved to
+    another key has the same symbols (the first note, with no previous one, never matches).
+    """
     pitch = perf.pitch.astype(np.int64)
+    if any_key:
+        interval = np.diff(pitch, prepend=-1000) + 128
+        interval[:1] = 0
+        pitch = interval  # 0..255: the step from the previous note, 0 for the first
     if not with_ioi or perf.n_notes == 0:
         return pitch
     gaps = np.diff(perf.onset, prepend=np.nan)
@@ -94,8 +102,8 @@ class NgramIndex:
 
     @classmethod
     def from_performances(cls, perfs: Sequence[Performance], names: Sequence[str] | None = None,
-                          with_ioi: bool = True) -> "NgramIndex":
-        return cls([note_symbols(p, with_ioi) for p in perfs], names)
+                          with_ioi: bool = True, any_key: bool = False) -> "NgramIndex":
+        return cls([note_symbols(p, with_ioi, any_key) for p in perfs], names)
 
     def __len__(self) -> int:
         return int(len(self.symbols))

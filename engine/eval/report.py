@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -27,8 +28,10 @@ from .continuations import (
     decode_continuation,
     generate_continuations,
 )
-from .likelihood import evaluate_likelihood
+from .likelihood import LN2, bits_breakdown, evaluate_likelihood, style_of
+from .ngram import fit_baseline
 from .overlap import NgramIndex, note_symbols
+from .structure import BarNotes, in_key_share, key_correlation, self_reuse
 from .validity import check_continuation
 
 REPORT_FORMAT = "pianomuse-eval/1"
@@ -54,6 +57,20 @@ class EvalOptions:
     # training pieces scanned for copied n-grams (None: all)
     max_training_pieces: int | None = None
     overlap_with_ioi: bool = True
+    # the n-gram baseline: fitted on the training pieces with this transposition augmentation
+    # (the model's own training setting), its order chosen on held-out training pieces
+    baseline: bool = True
+    transpose_range: int = 6
+
+
+# What the bundled model must reach, all read from one report (README, "The bundled model")
+GOALS = {
+    "bits_per_note_vs_baseline": ("<=", 0.55),
+    "self_reuse": (">=", 0.15),
+    "key_correlation": (">=", 0.85),
+    "invalid_tokens": ("<=", 0),
+    "bars_honoured_share": (">=", 1.0),
+}
 
 
 @dataclass
@@ -64,6 +81,7 @@ class EvalData:
     validation: list[tuple[str, list[int], list[int] | None]]  # (name, tokens, bar starts or None)
     training: list[tuple[str, list[int]]]
     description: str = ""
+    trained_transpose_range: int | None = None  # the checkpoint's training augmentation, when known
 
 
 def _decode_perf(tokenizer, tokens: Sequence[int]) -> m.Performance | None:
@@ -102,6 +120,30 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
         on_piece=lambda done: progress("likelihood", done, len(val_tokens)),
     )
 
+    val_names = [name for name, _, _ in data.validation]
+    scored_names = [val_names[i] for i in likelihood.scored_index]
+    model_bits = [nats / LN2 for nats in likelihood.target_nats]
+    breakdown = {"model": bits_breakdown(likelihood.scored, scored_names, model_bits, tok)}
+    baseline = None
+    if options.baseline and data.training:
+        progress("baseline", 0, 2)
+        fitted = fit_baseline([tokens for _, tokens in data.training], tok, options.transpose_range,
+                              on_stage=lambda stage: progress("baseline", 1 if stage == "fitting" else 0, 2))
+        ngram_bits = fitted.model.token_bits(likelihood.scored)
+        total = float(sum(b.sum() for b in ngram_bits))
+        baseline = {
+            "kind": "interpolated Kneser-Ney n-gram",
+            "order": fitted.order,
+            "transpose_range": fitted.transpose_range,
+            "held_out_bits_per_token": {str(k): v for k, v in fitted.held_out_bits_per_token.items()},
+            "bits_per_token": total / likelihood.tokens if likelihood.tokens else math.nan,
+            "bits_per_note": total / likelihood.notes if likelihood.notes else math.nan,
+            "bits_per_second": total / likelihood.seconds if likelihood.seconds > 0 else math.nan,
+        }
+        baseline["model_over_baseline"] = likelihood.bits_per_note / baseline["bits_per_note"] if total else math.nan
+        breakdown["baseline"] = bits_breakdown(likelihood.scored, scored_names, ngram_bits, tok)
+        progress("baseline", 2, 2)
+
     # 2. continuations of validation prompts, generated and real
     windows = choose_windows(data.validation, options.samples, options.prompt_bars, options.bars, options.seed)
     if not windows:
@@ -111,14 +153,15 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
     total_cap = sum(caps)
     progress("generate", 0, total_cap)
     sampling = SamplingOptions(options.temperature, options.top_p, options.grammar, options.seed)
+    outcomes: list = []
     generated = generate_continuations(
         model, tok, [w.prompt for w in windows], options.bars, caps, sampling,
-        on_token=lambda done: progress("generate", done, total_cap),
+        on_token=lambda done: progress("generate", done, total_cap), outcomes=outcomes,
     )
     progress("generate", total_cap, total_cap)
 
     real_perfs, gen_perfs, validity, samples = [], [], [], []
-    for w, gen in zip(windows, generated):
+    for w, gen, (gen_bars, stop) in zip(windows, generated, outcomes):
         real = decode_continuation(tok, w.prompt, w.real)
         made = decode_continuation(tok, w.prompt, gen)
         check = check_continuation(gen, tok, made, previous=w.prompt[-1] if w.prompt else None)
@@ -138,8 +181,14 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
             "stuck_notes": check.stuck_notes,
             "real": m.performance_features(real) if real is not None else None,
             "generated": m.performance_features(made) if made is not None else None,
+            "style": style_of(w.piece),
+            "generated_bars": gen_bars,
+            "stop_reason": stop,
+            "structure": {"real": _structure(tok, w.prompt, w.real, options.bars),
+                          "generated": _structure(tok, w.prompt, gen, options.bars)},
         })
     comparison = m.compare_sets(real_perfs, gen_perfs)
+    structure = _structure_summary(samples)
 
     n_tokens = sum(v.tokens for v in validity)
     n_started = sum(v.notes_started for v in validity)
@@ -171,9 +220,14 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
     index = NgramIndex.from_performances(train_perfs, train_names, with_ioi=options.overlap_with_ioi)
     gen_runs = [index.longest_copied(note_symbols(p, options.overlap_with_ioi)) for p in gen_perfs]
     real_runs = [index.longest_copied(note_symbols(p, options.overlap_with_ioi)) for p in real_perfs]
-    for sample, run in zip([s for s in samples if s["decoded"]], gen_runs):
+    # the same check on intervals: a copy moved to another key is caught too
+    any_key = NgramIndex.from_performances(train_perfs, train_names, with_ioi=options.overlap_with_ioi, any_key=True)
+    gen_any = [any_key.longest_copied(note_symbols(p, options.overlap_with_ioi, any_key=True)) for p in gen_perfs]
+    real_any = [any_key.longest_copied(note_symbols(p, options.overlap_with_ioi, any_key=True)) for p in real_perfs]
+    for sample, run, moved in zip([s for s in samples if s["decoded"]], gen_runs, gen_any):
         sample["copied_notes"] = run.notes
         sample["copied_from"] = run.source
+        sample["copied_notes_any_key"] = moved.notes
     progress("overlap", len(training), len(training))
     overlap = {
         "symbols": "pitch+ioi" if options.overlap_with_ioi else "pitch",
@@ -182,7 +236,12 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
         "generated": _overlap_summary(gen_runs),
         # the same check on the real continuations: what "not copied" looks like in this corpus
         "real": _overlap_summary(real_runs),
+        "any_key": {"generated": _overlap_summary(gen_any), "real": _overlap_summary(real_any)},
     }
+    bars_honoured = sum(b >= options.bars for b, _ in outcomes)
+    continuation_bars = {"requested": options.bars, "honoured": bars_honoured, "samples": len(outcomes),
+                         "honoured_share": bars_honoured / len(outcomes) if outcomes else math.nan}
+    goals = _goals(likelihood.bits_per_note, baseline, structure, validity_report, continuation_bars)
 
     return {
         "format": REPORT_FORMAT,
@@ -197,9 +256,73 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
         },
         "validity": validity_report,
         "training_overlap": overlap,
+        "baseline": baseline,
+        "breakdown": breakdown,
+        "structure": structure,
+        "continuation_bars": continuation_bars,
+        "goals": goals,
         "samples": samples,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _structure(tokenizer, prompt: Sequence[int], continuation: Sequence[int], bars: int) -> dict:
+    """Self-reuse, key correlation and in-key share of ``bars`` bars from the bar where the
+    continuation's first note falls (the prompt before it is what it may reuse)."""
+    nothing = {"self_reuse": math.nan, "key_correlation": math.nan, "in_key_share": math.nan}
+    try:
+        before = BarNotes.from_score(tokenizer.decode(list(prompt)))
+        notes = BarNotes.from_score(tokenizer.decode(list(prompt) + list(continuation)))
+    except Exception:  # noqa: BLE001  (a sequence that does not decode has no structure to measure)
+        return nothing
+    prompt_notes = Counter(zip(np.round(before.onset, 6).tolist(), before.pitch.tolist()))
+    added = []
+    for onset, pitch in zip(np.round(notes.onset, 6).tolist(), notes.pitch.tolist()):
+        if prompt_notes[(onset, pitch)] > 0:
+            prompt_notes[(onset, pitch)] -= 1
+        else:
+            added.append(onset)
+    if not added:
+        return nothing
+    first = int(np.floor(min(added) + 1e-9))
+    last = first + bars
+    return {
+        "self_reuse": self_reuse(notes, first, last),
+        "key_correlation": key_correlation(notes, first, last),
+        "in_key_share": in_key_share(notes.between(first, last)),
+    }
+
+
+def _structure_summary(samples: list[dict]) -> dict:
+    """Means of the structure measures, real and generated, over all samples and per style."""
+
+    def means(rows: list[dict]) -> dict:
+        out = {}
+        for side in ("real", "generated"):
+            for name in ("self_reuse", "key_correlation", "in_key_share"):
+                values = [r["structure"][side][name] for r in rows if np.isfinite(r["structure"][side][name])]
+                out.setdefault(side, {})[name] = float(np.mean(values)) if values else math.nan
+        out["samples"] = len(rows)
+        return out
+
+    styles = sorted({s["style"] for s in samples})
+    return {**means(samples), "styles": {style: means([s for s in samples if s["style"] == style]) for style in styles}}
+
+
+def _goals(bits_per_note: float, baseline: dict | None, structure: dict, validity: dict, bars: dict) -> dict:
+    values = {
+        "bits_per_note_vs_baseline": bits_per_note / baseline["bits_per_note"] if baseline else math.nan,
+        "self_reuse": structure["generated"]["self_reuse"],
+        "key_correlation": structure["generated"]["key_correlation"],
+        "invalid_tokens": validity["invalid_tokens"],
+        "bars_honoured_share": bars["honoured_share"],
+    }
+    out = {}
+    for name, (op, target) in GOALS.items():
+        value = values[name]
+        met = bool(np.isfinite(value) and (value <= target if op == "<=" else value >= target))
+        out[name] = {"value": value, "goal": f"{op} {target}", "met": met}
+    return out
 
 
 # --- files -------------------------------------------------------------------------------------

@@ -91,8 +91,33 @@ def load_eval_inputs(checkpoint: str | Path | None, data: str | Path | None, dev
     except CheckpointError as exc:
         raise EvalError(str(exc)) from None
     store = open_store(data, sidecar.get("tokenizer"), on_progress=on_progress)
+    transpose_range = trained_transpose_range(sidecar)
     vocab = store.tokenizer.vocab_size
     if model.config.vocab_size != vocab:
         raise EvalError(f"the checkpoint's vocabulary ({model.config.vocab_size} tokens) does not match the data's "
                         f"tokenizer ({vocab}); evaluate it on data prepared with the tokenizer it was trained with.")
-    return model, store_eval_data(store), path
+    eval_data = store_eval_data(store)
+    eval_data.trained_transpose_range = transpose_range
+    return model, eval_data, path
+
+
+def trained_transpose_range(sidecar: dict) -> int | None:
+    """The transposition range (semitones) the checkpoint was trained with, read from its run's
+    config.toml or the config it names; None when neither can be read."""
+    from engine.paths import REPO_ROOT  # noqa: PLC0415
+    from engine.train.config import TrainConfig  # noqa: PLC0415
+
+    extra = sidecar.get("extra") or {}
+    candidates = []
+    if extra.get("run_dir"):
+        candidates.append(Path(extra["run_dir"]) / "config.toml")
+    if isinstance(extra.get("config"), str):
+        candidates.append(REPO_ROOT / extra["config"])
+    for path in candidates:
+        if path.is_file():
+            try:
+                data = TrainConfig.from_toml(path).data
+            except Exception:  # noqa: BLE001  (an unreadable config: fall back to the default)
+                continue
+            return data.transpose_range if data.augment else 0
+    return None

@@ -15,6 +15,7 @@ STAGE_LABELS = {
     "likelihood": "likelihood of validation pieces",
     "generate": "generating continuations (tokens)",
     "overlap": "indexing training notes",
+    "baseline": "fitting the n-gram baseline",
 }
 
 
@@ -35,12 +36,34 @@ def _mean_std(summary: dict) -> str:
 def report_tables(report: dict) -> list[Table]:
     """The report as rich tables: likelihood, distributions, validity and memorisation."""
     lik = report["likelihood"]
-    t1 = Table(title="Likelihood on the validation split", title_justify="left")
-    for col in ("nats/tok", "bits/tok", "bits/note", "bits/s", "tokens", "notes", "seconds", "pieces"):
+    t1 = Table(title=f"Likelihood on the validation split ({_num(lik['pieces'])} pieces, {_num(lik['seconds'], 1)} s of music)",
+               title_justify="left")
+    t1.add_column("")
+    for col in ("nats/tok", "bits/tok", "bits/note", "bits/s", "tokens", "notes"):
         t1.add_column(col, justify="right")
-    t1.add_row(_num(lik["nats_per_token"]), _num(lik["bits_per_token"]), _num(lik["bits_per_note"]),
-               _num(lik["bits_per_second"], 1), _num(lik["tokens"]), _num(lik["notes"]),
-               _num(lik["seconds"], 1), _num(lik["pieces"]))
+    t1.add_row("model", _num(lik["nats_per_token"]), _num(lik["bits_per_token"]), _num(lik["bits_per_note"]),
+               _num(lik["bits_per_second"], 1), _num(lik["tokens"]), _num(lik["notes"]))
+    base = report.get("baseline")
+    if base:
+        t1.add_row(f"{base['order']}-gram", _num(base["bits_per_token"] * math.log(2)), _num(base["bits_per_token"]),
+                   _num(base["bits_per_note"]), _num(base["bits_per_second"], 1))
+        t1.caption = (f"n-gram: interpolated Kneser-Ney on the training pieces (transposed +-{base['transpose_range']}, "
+                      f"order chosen on held-out training pieces); model / n-gram bits per note: "
+                      f"{_num(base['model_over_baseline'], 2)}")
+    tables = [t1]
+    breakdown = report.get("breakdown") or {}
+    if breakdown.get("model"):
+        t_kind = Table(title="Where the bits go (bits per note of the validation split)", title_justify="left")
+        t_kind.add_column("token kind / style")
+        t_kind.add_column("model", justify="right")
+        t_kind.add_column("n-gram", justify="right")
+        other = breakdown.get("baseline") or {"kinds": {}, "styles": {}}
+        for kind, entry in breakdown["model"]["kinds"].items():
+            t_kind.add_row(kind, _num(entry["bits_per_note"], 2), _num(other["kinds"].get(kind, {}).get("bits_per_note"), 2))
+        for style, entry in breakdown["model"]["styles"].items():
+            t_kind.add_row(f"style {style} ({entry['pieces']} pieces)", _num(entry["bits_per_note"], 2),
+                           _num(other["styles"].get(style, {}).get("bits_per_note"), 2))
+        tables.append(t_kind)
 
     cont = report["continuations"]
     opts = report.get("options", {})
@@ -74,7 +97,34 @@ def report_tables(report: dict) -> list[Table]:
                f"mean {_num(gen['mean_copied_notes'], 1)}")
     t3.add_row("longest copied run (real)", _num(real["longest_copied_notes"]),
                f"the real continuations, for scale; mean {_num(real['mean_copied_notes'], 1)}")
-    return [t1, t2, t3]
+    if "any_key" in ov:
+        moved = ov["any_key"]
+        t3.add_row("longest copied run in any key", _num(moved["generated"]["longest_copied_notes"]),
+                   f"intervals, so transposed copies count; real continuations {_num(moved['real']['longest_copied_notes'])}")
+    bars = report.get("continuation_bars")
+    if bars:
+        t3.add_row("--bars honoured", f"{bars['honoured']}/{bars['samples']}", f"continuations that reached {bars['requested']} bars")
+    tables += [t2, t3]
+    structure = report.get("structure")
+    if structure:
+        t4 = Table(title="Structure of the continuations (real / generated)", title_justify="left")
+        t4.add_column("")
+        for col in ("2-bar self-reuse", "key correlation (4 bars)", "notes in key", "samples"):
+            t4.add_column(col, justify="right")
+        rows = [("all", structure)] + [(f"style {k}", v) for k, v in structure.get("styles", {}).items()]
+        for label, entry in rows:
+            t4.add_row(label, *(f"{_num(entry['real'][n], 2)} / {_num(entry['generated'][n], 2)}"
+                                for n in ("self_reuse", "key_correlation", "in_key_share")), _num(entry["samples"]))
+        tables.append(t4)
+    goals = report.get("goals")
+    if goals:
+        t5 = Table(title="Goals of the bundled model", title_justify="left")
+        for col in ("goal", "value", "target", "met"):
+            t5.add_column(col)
+        for name, entry in goals.items():
+            t5.add_row(name.replace("_", " "), _num(entry["value"], 3), entry["goal"], "yes" if entry["met"] else "no")
+        tables.append(t5)
+    return tables
 
 
 def register(app: typer.Typer) -> None:
@@ -95,12 +145,15 @@ def register(app: typer.Typer) -> None:
         max_tokens: int = typer.Option(200_000, "--max-tokens", help="Validation tokens scored for the likelihood (0 = all)."),
         device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
         threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = torch's default; 1 is often fastest for small models on a busy machine)."),
+        baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Fit the Kneser-Ney n-gram baseline on the training pieces (about a minute for the demo corpus)."),
+        transpose_range: Optional[int] = typer.Option(None, "--transpose-range", help="Transposition augmentation of the baseline, semitones either way (default: what the checkpoint was trained with, else 6)."),
     ) -> None:
         """Score a checkpoint: likelihood (bits/note), continuations vs real music, validity, memorisation."""
         from engine.eval.report import EvalOptions
 
         for name, value, low in (("--samples", samples, 1), ("--prompt-bars", prompt_bars, 1), ("--bars", bars, 1),
-                                 ("--max-tokens", max_tokens, 0), ("--threads", threads, 0)):
+                                 ("--max-tokens", max_tokens, 0), ("--threads", threads, 0),
+                                 ("--transpose-range", 0 if transpose_range is None else transpose_range, 0)):
             if value < low:
                 fail(f"{name} must be at least {low}; got {value}.")
         if temperature <= 0 or not 0 < top_p <= 1:
@@ -108,7 +161,7 @@ def register(app: typer.Typer) -> None:
         if json_out is not None and json_out.is_dir():
             fail(f"--json {json_out} is a folder; give a file name such as {json_out / 'eval.json'}.")
         options = EvalOptions(samples=samples, prompt_bars=prompt_bars, bars=bars, seed=seed, temperature=temperature,
-                              top_p=top_p, grammar=grammar, max_likelihood_tokens=max_tokens or None)
+                              top_p=top_p, grammar=grammar, max_likelihood_tokens=max_tokens or None, baseline=baseline)
 
         import torch
 
@@ -116,12 +169,13 @@ def register(app: typer.Typer) -> None:
         if threads:
             torch.set_num_threads(threads)
         try:
-            run_eval(checkpoint, data, device, options, json_out)
+            run_eval(checkpoint, data, device, options, json_out, transpose_range)
         finally:
             torch.set_num_threads(threads_before)  # the command may run inside a longer-lived process
 
 
-def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, json_out: Path | None) -> None:
+def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, json_out: Path | None,
+             transpose_range: int | None = None) -> None:
     """Load, evaluate, write the files, print the tables; user errors end in one sentence."""
     from engine.eval.report import evaluate, write_report
     from engine.eval.sources import EvalError, load_eval_inputs
@@ -137,6 +191,7 @@ def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, j
     except KeyboardInterrupt:
         fail("interrupted while loading; nothing was evaluated or written.", code=130)
 
+    options.transpose_range = next(r for r in (transpose_range, eval_data.trained_transpose_range, 6) if r is not None)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=err_console, transient=True)
     tasks: dict[str, int] = {}

@@ -130,6 +130,34 @@ def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, 
         assert sample["generated_tokens"] > 0 and sample["prompt_tokens"] > 0 and sample["real"]["notes"] > 0
         assert sample["generated"]["notes"] > 0 and isinstance(sample["copied_notes"], int)
 
+    # the baseline: an n-gram of the order chosen on training pieces, on the same targets
+    base = report["baseline"]
+    assert base["order"] in (1, 2, 3, 4, 6, 8, 12, 16) and base["transpose_range"] == 6
+    assert set(base["held_out_bits_per_token"]) == {"1", "2", "3", "4", "6", "8", "12", "16"}
+    assert base["order"] == int(min(base["held_out_bits_per_token"], key=base["held_out_bits_per_token"].get))
+    assert 0 < base["bits_per_note"] < 40 and base["model_over_baseline"] == pytest.approx(lik["bits_per_note"] / base["bits_per_note"])
+    assert "Kneser-Ney" in result.stdout and "Where the bits go" in result.stdout
+    for who in ("model", "baseline"):
+        split = report["breakdown"][who]
+        # the kinds' shares add up to the whole, and bits per note by kind add up to the total
+        assert sum(k["share"] for k in split["kinds"].values()) == pytest.approx(1.0)
+        assert set(split["styles"]) <= {"piano", "chorales"} and split["styles"]
+        total = lik["bits_per_note"] if who == "model" else base["bits_per_note"]
+        assert sum(k["bits_per_note"] for k in split["kinds"].values()) == pytest.approx(total)
+        assert {"Pitch", "Velocity", "Duration", "Position"} <= set(split["kinds"])
+    structure = report["structure"]
+    for side in ("real", "generated"):
+        assert structure[side]["self_reuse"] is None  # one bar continued: no 2-bar window to compare
+        assert -1 <= structure[side]["key_correlation"] <= 1
+        assert 0 <= structure[side]["in_key_share"] <= 1
+    assert sum(v["samples"] for v in structure["styles"].values()) == 3
+    assert report["continuation_bars"] == {"requested": 1, "honoured": 3, "samples": 3, "honoured_share": 1.0}
+    assert isinstance(ov["any_key"]["generated"]["longest_copied_notes"], int)
+    assert set(report["goals"]) == {"bits_per_note_vs_baseline", "self_reuse", "key_correlation", "invalid_tokens",
+                                    "bars_honoured_share"}
+    assert report["goals"]["invalid_tokens"]["met"] and report["goals"]["bars_honoured_share"]["met"]
+    assert "Goals of the bundled model" in result.stdout and "self-reuse" in result.stdout
+
     png = out.with_suffix(".png")
     assert report["plot"] == str(png)
     data = png.read_bytes()

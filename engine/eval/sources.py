@@ -104,8 +104,8 @@ def load_eval_inputs(checkpoint: str | Path | None, data: str | Path | None, dev
 def trained_transpose_range(sidecar: dict) -> int | None:
     """The transposition range (semitones) the checkpoint was trained with, read from its run's
     config.toml or the config it names; None when neither can be read."""
-    from engine.paths import REPO_ROOT  # noqa: PLC0415
-    from engine.train.config import TrainConfig  # noqa: PLC0415
+    from engine.paths import REPO_ROOT
+    from engine.train.config import TrainConfig
 
     extra = sidecar.get("extra") or {}
     candidates = []

@@ -46,7 +46,7 @@ class BarNotes:
     @classmethod
     def from_score(cls, score) -> "BarNotes":
         """Every note of a symusic Score (ticks), placed in bars by its time signatures."""
-        from engine.data.humanize import bar_lines  # noqa: PLC0415
+        from engine.data.humanize import bar_lines
 
         parts = [t.notes.numpy() for t in score.tracks if len(t.notes)]
         if not parts:

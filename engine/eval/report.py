@@ -476,8 +476,20 @@ def audition_metrics(midi_path: str | Path, reference: CorpusProfile | str | Pat
         "vs_corpus": vs_corpus,
         "histograms": histograms,
         "training_overlap": {"longest_copied_notes": run.notes, "source": run.source},
+        "structure": _file_structure(midi_path),
         "corpus": reference.description,
     }
+
+
+def _file_structure(midi_path: str | Path) -> dict:
+    """Self-reuse (from bar 3 on, against everything before), key correlation and notes in key of a MIDI file."""
+    import symusic
+
+    try:
+        notes = BarNotes.from_score(symusic.Score(str(midi_path)))
+    except Exception:  # noqa: BLE001 - an unreadable file has no structure to measure
+        return {"self_reuse": math.nan, "key_correlation": math.nan, "in_key_share": math.nan}
+    return {"self_reuse": self_reuse(notes, 2), "key_correlation": key_correlation(notes), "in_key_share": in_key_share(notes)}
 
 
 def audition_summary(metrics: dict) -> dict:
@@ -489,4 +501,5 @@ def audition_summary(metrics: dict) -> dict:
     for name, entry in metrics["histograms"].items():
         out[f"{name}_oa"] = entry["oa"]
     out["copied_notes"] = metrics["training_overlap"]["longest_copied_notes"]
+    out.update(metrics.get("structure", {}))
     return _json_safe(out)

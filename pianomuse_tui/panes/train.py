@@ -421,7 +421,9 @@ class TrainPane(PaneBase):
                                     "val_step": step})
             elif kind == "audition":
                 if isinstance(rec.get("pitch_class_oa"), (int, float)):
-                    self.audition_scores[step] = f"pc OA {rec['pitch_class_oa']:.2f}, copy {rec.get('copied_notes', '-')}"
+                    reuse = rec.get("self_reuse")
+                    self.audition_scores[step] = (f"pc OA {rec['pitch_class_oa']:.2f}, copy {rec.get('copied_notes', '-')}"
+                                                  + (f", reuse {reuse:.2f}" if isinstance(reuse, (int, float)) else ""))
             elif kind == "status":
                 self.last_status = str(rec.get("state") or rec.get("status") or "")
                 if rec.get("message"):

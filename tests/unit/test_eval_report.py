@@ -41,6 +41,7 @@ def test_a_corpus_piece_is_copied_whole_and_sits_inside_the_corpus_ranges(corpus
     flat = audition_summary(result)
     assert flat["copied_notes"] == notes and flat["pitch_class_oa"] == result["histograms"]["pitch_class"]["oa"]
     assert all(isinstance(v, (int, float)) for v in flat.values())
+    assert 0 <= flat["self_reuse"] <= 1 and 0 < flat["key_correlation"] <= 1 and 0 < flat["in_key_share"] <= 1
 
 
 def test_a_transposed_piece_is_not_a_copy(corpus, tmp_path):
@@ -58,6 +59,9 @@ def test_a_transposed_piece_is_not_a_copy(corpus, tmp_path):
     assert moved_vs_alone["histograms"]["pitch_class"]["oa"] < 0.9
     assert moved_vs_alone["histograms"]["ioi"]["oa"] == pytest.approx(1.0)
     assert moved_vs_alone["vs_corpus"]["pitch_range"]["percentile"] == 0.5
+    # structure does not depend on the key: a transposed piece reuses itself and fits a key as much
+    for name, value in audition_metrics(original, alone)["structure"].items():
+        assert moved_vs_alone["structure"][name] == pytest.approx(value), name
 
 
 def test_an_empty_file_gives_undefined_values_not_an_error(corpus, tmp_path):
@@ -68,6 +72,7 @@ def test_an_empty_file_gives_undefined_values_not_an_error(corpus, tmp_path):
     assert math.isnan(result["vs_corpus"]["note_density"]["value"])
     assert math.isnan(result["histograms"]["pitch"]["oa"])
     assert result["training_overlap"]["longest_copied_notes"] == 0
+    assert all(math.isnan(v) for v in result["structure"].values())
 
 
 def test_folder_profiles_are_cached_until_the_folder_changes(corpus):

@@ -129,7 +129,7 @@ async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(t
                for s in range(1, 11)]
     records.append({"kind": "val", "step": 10, "tokens": 2560, "time": 0.0, "val_loss": 3.21, "bits_per_note": 7.77})
     records.append({"kind": "audition", "step": 10, "tokens": 2560, "time": 0.0, "notes": 40,
-                    "path": str(run_dir / "auditions" / "step-00000010.mid"), "pitch_class_oa": 0.91, "copied_notes": 7})
+                    "path": str(run_dir / "auditions" / "step-00000010.mid"), "pitch_class_oa": 0.91, "copied_notes": 7, "self_reuse": 0.18})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     app = PianoMuseApp(pane="train", args={})
     async with app.run_test(size=(140, 40)) as pilot:
@@ -141,7 +141,7 @@ async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(t
         table = pane.query_one("#tr-ckpts", DataTable)
         assert await wait_for(pilot, lambda: table.row_count >= 1, 30, 0.1)
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
-        assert ["audition ▶", "10", "pc OA 0.91, copy 7", "step-00000010.mid"] in rows, rows
+        assert ["audition ▶", "10", "pc OA 0.91, copy 7, reuse 0.18", "step-00000010.mid"] in rows, rows
         assert await wait_for(pilot, lambda: "bits/note 7.77" in str(pane.query_one("#tr-now").render()), 30, 0.1)
 
 

@@ -161,3 +161,4 @@ class PortsListed(Message):
     api: str
     ports: list[str]
     error: str | None = None
+    inputs: list[str] = field(default_factory=list)  # "name\tapi" of every MIDI source (keyboards)

@@ -51,6 +51,8 @@ class PerformanceSettings:
     virtual: bool = True
     fluidsynth: bool = False
     builtin: bool = False  # the built-in piano (no MIDI system needed)
+    midi_in: str | None = None  # play with the model: an input port's name, or "virtual" ('PianoMuse in')
+    mode: str = "continue"  # with midi_in: continue | call-and-response | accompany
     midi_file: Path | None = None  # play this file instead of generating
     lookahead: float = 0.5
 
@@ -94,6 +96,8 @@ class Performance:
                               lookahead=s.lookahead)
         self.player = LivePlayer(choice, on_event=self._roll_event, on_notice=self._notice)
         self.session = None  # the engine's GenerationSession: it holds every alternative, played or not
+        self.listening = None  # the MIDI input when playing with the model
+        self.duet = None  # the engine's Duet then
         self.end_reason = "finished"
         self._active = threading.Event()
 
@@ -128,9 +132,14 @@ class Performance:
     # ---- lifecycle (worker thread) --------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Open the output (starting FluidSynth if asked) and the scheduler."""
+        """Open the output (starting FluidSynth if asked), the scheduler, and the input when listening."""
         self._active.set()
         self.player.open()
+        s = self.settings
+        if s.midi_in and not s.midi_file:
+            from engine.midi.ports import open_input
+
+            self.listening = open_input(s.api, None if s.midi_in == "virtual" else s.midi_in, virtual=s.midi_in == "virtual")
 
     def _notice(self, notice) -> None:
         if self.on_problem is not None and notice.kind != "behind":  # the timing panel shows falling behind
@@ -148,8 +157,30 @@ class Performance:
         """Generate (or read) events and play them until done, stopped or the port is gone for good."""
         from engine.midi.player import midi_file_chunks
 
-        source = midi_file_chunks(self.settings.midi_file) if self.settings.midi_file else self._generated_events()
+        if self.settings.midi_file:
+            source = midi_file_chunks(self.settings.midi_file)
+        elif self.listening is not None:
+            source = self._duet_events()
+        else:
+            source = self._generated_events()
         self.end_reason = self.player.play(source, cancelled)
+        if self.duet is not None:
+            self.duet.finish(self.player.music_time())
+
+    def _duet_events(self) -> Iterator[tuple[list, float, int]]:
+        import torch
+
+        from engine.generate.duet import Duet, DuetConfig
+        from engine.generate.live import build_session, load_generator
+
+        torch.set_num_threads(1)
+        knobs = self.knobs.snapshot()
+        model, tokenizer, _ = load_generator(self.settings.checkpoint)
+        sampling = SamplingConfig(temperature=knobs["temperature"], top_p=knobs["top_p"], seed=knobs["seed"])
+        self.session = build_session(model, tokenizer, sampling=sampling)
+        self.duet = Duet(self.session, DuetConfig(mode=self.settings.mode), self.player, self.listening.messages,
+                         on_human=self._roll_event, stop=self.player.stop_event)
+        yield from self.duet.chunks()
 
     def _generated_events(self) -> Iterator[tuple[list, float, int]]:
         import torch
@@ -178,8 +209,11 @@ class Performance:
         self.player.panic()
 
     def close(self) -> None:
-        """Stop the sender (pending note-offs + panic), close the port, stop FluidSynth. Idempotent."""
+        """Stop the sender (pending note-offs + panic), close the ports, stop FluidSynth. Idempotent."""
         self.player.close()
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            listening.close()
         self._active.clear()
 
     def save(self, path: Path) -> list[Path]:
@@ -191,6 +225,10 @@ class Performance:
 
         session = self.session
         until = self.music_time() if self.active else None
+        if self.duet is not None:  # playing with the model: your part and its part, one track each
+            if until is not None:
+                self.duet.finish(until)
+            return [self.duet.write(path)]
         if session is None:  # a MIDI file played back
             events = self.player.take()
             return [write_midi_file(events if until is None else take_until(events, until), path)]

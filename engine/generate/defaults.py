@@ -38,6 +38,7 @@ class SamplingConfig:
 
 
 MODES = ("continue", "call-and-response", "accompany")
+HUMAN_CHANNEL = 1  # the pianist's notes in a duet's take, its pass-through and the piano roll
 
 
 @dataclass

@@ -37,12 +37,11 @@ from engine.midi.events import (
     take_until,
 )
 
-from .defaults import MODES, DuetConfig  # noqa: F401  (re-exported)
+from .defaults import HUMAN_CHANNEL, MODES, DuetConfig  # noqa: F401  (re-exported)
 from .listen import LiveEncoder
 from .timeline import GenerationError
 
 MODEL_CHANNEL = 0
-HUMAN_CHANNEL = 1
 CLICK_CHANNEL = 9
 CLICK_HIGH, CLICK_LOW = 76, 77  # GM high and low wood block: the downbeat and the other beats
 POLL_S = 0.004  # how long the source waits for input while the pianist has the floor

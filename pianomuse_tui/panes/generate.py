@@ -19,6 +19,8 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from engine.generate.defaults import HUMAN_CHANNEL, MODES
+
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
 from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
 from ..widgets.meters import bar
@@ -29,6 +31,9 @@ APIS = ("auto", "alsa", "jack")
 VIRTUAL = "__virtual__"
 FLUIDSYNTH = "__fluidsynth__"
 BUILTIN = "__builtin__"
+NO_INPUT = "__none__"
+VIRTUAL_INPUT = "virtual"
+OWN_INPUTS = [("no input (the model plays alone)", NO_INPUT), ("virtual input 'PianoMuse in'", VIRTUAL_INPUT)]
 OWN_OUTPUTS = [("virtual port 'PianoMuse'", VIRTUAL), ("built-in piano", BUILTIN), ("start FluidSynth", FLUIDSYNTH)]
 # what the knob fields accept; the +/- and [/] nudges stay inside the same bounds
 KNOB_RANGES = {"temperature": (0.05, 3.0), "top_p": (0.05, 1.0)}
@@ -115,17 +120,22 @@ class GeneratePane(PaneBase):
             yield Select(OWN_OUTPUTS, value={"fluidsynth": FLUIDSYNTH, "builtin": BUILTIN}.get(given.get("synth"), VIRTUAL),
                          allow_blank=False, id="gen-port")
             yield Button("Ports", id="gen-refresh")
+        with Horizontal(classes="toolbar"):
+            yield Label("In", classes="field-label")
+            yield Select(OWN_INPUTS, value=NO_INPUT, allow_blank=False, id="gen-in")
+            yield Label("Mode", classes="field-label")
+            yield Select([(m, m) for m in MODES], value=str(arg("mode", MODES[0])), allow_blank=False, id="gen-mode")
             yield Button("Play", id="gen-play", variant="success")
             yield Button("Panic", id="gen-panic", variant="error")
             yield Button("Save", id="gen-save")
         yield Static("", id="gen-message")
-        yield PianoRoll(id="gen-roll", classes="panel")
+        yield PianoRoll(id="gen-roll", classes="panel", yours_channel=HUMAN_CHANNEL)
         with Horizontal(id="gen-bottom"):
             yield Static("", id="gen-knobs", classes="panel")
             yield Static("", id="gen-telemetry", classes="panel")
 
     def on_mount(self) -> None:
-        self.query_one("#gen-roll").border_title = "Piano roll (┃ now, ▒ buffered ahead)"
+        self.query_one("#gen-roll").border_title = "Piano roll (┃ now, ▒ buffered ahead, [magenta]█[/] you)"
         self.query_one("#gen-knobs").border_title = "Knobs"
         self.query_one("#gen-telemetry").border_title = "Timing"
         try:
@@ -227,7 +237,11 @@ class GeneratePane(PaneBase):
             self.post_message(PortsListed(api, [], error=one_sentence(exc)))
             return
         names = [f"{name}\t{which}" for which, names in found.items() for name in names]
-        self.post_message(PortsListed(api, names))
+        try:
+            sources = [f"{name}\t{which}" for which, names in ports.list_input_ports(api).items() for name in names]
+        except Exception:  # noqa: BLE001 - inputs are optional: the outputs still list
+            sources = []
+        self.post_message(PortsListed(api, names, inputs=sources))
 
     def on_ports_listed(self, message: PortsListed) -> None:
         select = self.query_one("#gen-port", Select)
@@ -248,8 +262,20 @@ class GeneratePane(PaneBase):
                 self._pending_port = None
         elif current in values:
             select.value = current
+        self._list_inputs(message.inputs)
         if message.error:
             self.tell(message.error, severity="warning", timeout=6)
+
+    def _list_inputs(self, sources: list[str]) -> None:
+        select = self.query_one("#gen-in", Select)
+        current = select.value
+        options = list(OWN_INPUTS) + [(f"{entry.split(chr(9))[0]} ({entry.split(chr(9))[1]})", entry.split(chr(9))[0])
+                                      for entry in sources if "PianoMuse" not in entry]
+        select.set_options(options)
+        wanted = self.args.get("midi_in")
+        values = [v for _, v in options]
+        match = next((v for v in values if wanted and str(wanted).lower() in v.lower()), None)
+        select.value = match or (current if current in values else NO_INPUT)
 
     # ---- play / stop ----------------------------------------------------------------------------
 
@@ -271,6 +297,8 @@ class GeneratePane(PaneBase):
             virtual=port == VIRTUAL,
             fluidsynth=port == FLUIDSYNTH,
             builtin=port == BUILTIN,
+            midi_in=None if self.query_one("#gen-in", Select).value == NO_INPUT else str(self.query_one("#gen-in", Select).value),
+            mode=str(self.query_one("#gen-mode", Select).value),
             midi_file=midi_file,
         )
 

@@ -12,9 +12,9 @@ from textual.widget import Widget
 
 _NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 _LABEL_W = 5
-# grid cell kinds: 0 empty, 1 played, 2 buffered
-_CELL_CHAR = (" ", "█", "▒")
-_CELL_STYLE = ("", "green", "cyan dim")
+# grid cell kinds: 0 empty, 1 played, 2 buffered, 3 yours (a pianist playing with the model)
+_CELL_CHAR = (" ", "█", "▒", "█")
+_CELL_STYLE = ("", "green", "cyan dim", "magenta")
 
 
 def note_name(pitch: int) -> str:
@@ -27,6 +27,7 @@ class RollNote:
     start: float  # seconds on the performance clock
     end: float | None  # None while the note-off is not yet known
     velocity: int = 80
+    yours: bool = False  # played by the pianist, not the model
 
 
 def render_piano_roll(notes: list[RollNote], now: float, width: int, height: int,
@@ -44,7 +45,7 @@ def render_piano_roll(notes: list[RollNote], now: float, width: int, height: int
     span = max(hi - lo + 1, height)
     per_row = -(-span // height)  # ceil: semitones folded into one row
     lo = max(0, (lo + hi) // 2 - per_row * height // 2)
-    grid = [[0] * cols for _ in range(height)]  # 0 empty, 1 played, 2 buffered
+    grid = [[0] * cols for _ in range(height)]  # 0 empty, 1 played, 2 buffered, 3 yours
     for n in visible:
         row = height - 1 - (n.pitch - lo) // per_row
         if not 0 <= row < height:
@@ -53,7 +54,7 @@ def render_piano_roll(notes: list[RollNote], now: float, width: int, height: int
         end = n.end if n.end is not None else max(now, n.start + seconds_per_col)
         c1 = min(cols, max(c0 + 1, int((end - t0) / seconds_per_col)))
         for c in range(c0, c1):
-            grid[row][c] = max(grid[row][c], 2 if c >= head else 1)
+            grid[row][c] = 3 if n.yours else max(grid[row][c], 2 if c >= head else 1)
     text = Text()
     for row in range(height):
         pitch = lo + (height - 1 - row) * per_row
@@ -82,8 +83,9 @@ class PianoRoll(Widget):
 
     now: reactive[float] = reactive(0.0)
 
-    def __init__(self, keep_seconds: float = 30.0, **kwargs) -> None:
+    def __init__(self, keep_seconds: float = 30.0, yours_channel: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.yours_channel = yours_channel  # notes on this channel are the pianist's (drawn in another colour)
         self._lock = threading.Lock()
         self._notes: deque[RollNote] = deque()
         self._open: dict[tuple[int, int], RollNote] = {}
@@ -95,7 +97,7 @@ class PianoRoll(Widget):
         with self._lock:
             key = (channel, pitch)
             if kind == "note_on" and velocity > 0:
-                note = RollNote(pitch, time_s, None, velocity)
+                note = RollNote(pitch, time_s, None, velocity, yours=channel == self.yours_channel)
                 self._notes.append(note)
                 self._open[key] = note
             elif kind in ("note_on", "note_off"):

@@ -1,0 +1,78 @@
+"""Playing with the model in the app (Pilot): the Generate pane listens on its virtual input, a
+scripted pianist plays into it on a private JACK server, the bundled model takes over after the
+pause, your notes show on the piano roll in their own colour, and w saves both parts."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mido
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from jack_server import JackServer, MidiReceiver, sounding_after
+from test_duet_jack import ScriptedPianist, phrase_from_file
+
+from app_helpers import wait_for
+from engine.generate.defaults import HUMAN_CHANNEL
+from pianomuse_tui.app import PianoMuseApp
+from pianomuse_tui.messages import PerformanceEnded, PerformanceStarted, PortsListed
+from pianomuse_tui.widgets.piano_roll import PianoRoll, render_piano_roll
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.jack]
+
+
+async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
+    from engine.paths import bundled_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with JackServer():
+        receiver = MidiReceiver()
+        try:
+            seen: list = []
+            args = {"checkpoint": str(bundled_checkpoint()), "midi_api": "jack", "port": "pm-test-recv"}
+            app = PianoMuseApp(pane="generate", args=args)
+            async with app.run_test(size=(140, 44), message_hook=seen.append) as pilot:
+                pane = app.generate
+                assert await wait_for(pilot, lambda: any(isinstance(m, PortsListed) for m in seen), 30)
+                await pilot.pause(0.2)
+                pane.focus_main()
+                pane.query_one("#gen-in").value = "virtual"
+                pane.query_one("#gen-mode").value = "continue"
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceStarted) for m in seen), 60)
+                assert await wait_for(pilot, lambda: pane.performance.duet is not None, 60), \
+                    [n.message for n in app._notifications]
+
+                pianist = ScriptedPianist()
+                phrase = phrase_from_file(8)
+                thread = threading.Thread(target=pianist.phrase, args=(phrase,), daemon=True)
+                thread.start()
+                duet = pane.performance.duet
+                # the pause runs out after the phrase: the model takes over
+                assert await wait_for(pilot, lambda: bool(duet.latencies()), 30), duet.handovers
+                assert duet.fed_notes == len(phrase)
+                roll = pane.query_one(PianoRoll)
+                yours = [n for n in roll.snapshot() if n.yours]
+                assert [n.pitch for n in yours] == [p for _, _, p, _ in phrase]
+                assert any(not n.yours for n in roll.snapshot())  # and the model's own
+                drawn = render_piano_roll(roll.snapshot(), pane.performance.music_time(), 120, 20)
+                assert any(span.style == "magenta" for span in drawn.spans)
+
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceEnded) for m in seen), 30)
+                await pilot.press("w")
+                await pilot.pause(0.3)
+                saved = pane.last_saved
+                thread.join(5)
+                pianist.close()
+            midi = mido.MidiFile(saved)
+            parts = {t.name: [m for m in t if m.type == "note_on" and m.velocity] for t in midi.tracks if t.name}
+            assert [m.note for m in parts["You"]] == [p for _, _, p, _ in phrase]
+            assert all(m.channel == HUMAN_CHANNEL for m in parts["You"]) and parts["PianoMuse"]
+            time.sleep(0.1)
+            assert sounding_after([d for _, d in receiver.received()]) == {}
+        finally:
+            receiver.close()

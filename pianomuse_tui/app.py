@@ -25,7 +25,7 @@ from .panes.common import one_sentence
 from .panes.dataset import DatasetPane
 from .panes.generate import GeneratePane
 from .panes.train import TrainPane
-from .requests import DatasetArgs
+from .requests import PaneArgs
 from .training_process import kill_all_training
 
 PANES = {"dataset": "Dataset", "train": "Train", "generate": "Generate"}
@@ -138,7 +138,7 @@ class PianoMuseApp(App):
         Binding("f3", "show_pane('generate')", "Generate", show=False),
     ]
 
-    def __init__(self, pane: str | None = None, args: DatasetArgs | dict | None = None, **kwargs) -> None:
+    def __init__(self, pane: str | None = None, args: PaneArgs | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         # Textual swaps sys.stderr for a capture whose fileno() is -1 while the app runs, and
         # multiprocessing hands sys.stderr's fd to the resource tracker the first time anything is
@@ -160,7 +160,7 @@ class PianoMuseApp(App):
         # kept by reference: App.query_one searches the current screen, which is a dialog at times
         self._dataset = DatasetPane(args if self.initial_pane == "dataset" else None, id="dataset-pane")
         self._train = TrainPane(args or {} if self.initial_pane == "train" else {}, id="train-pane")
-        self._generate = GeneratePane(args or {} if self.initial_pane == "generate" else {}, id="generate-pane")
+        self._generate = GeneratePane(args if self.initial_pane == "generate" else None, id="generate-pane")
         with TabbedContent(initial=self.initial_pane, id="panes"):
             with TabPane("Dataset", id="dataset"):
                 yield self._dataset
@@ -309,7 +309,7 @@ class PianoMuseApp(App):
         await self.train.shutdown()
 
 
-def run_app(pane: str | None, args: DatasetArgs | dict | None) -> None:
+def run_app(pane: str | None, args: PaneArgs | None) -> None:
     """Entry point used by ``pianomuse_tui.cli``: open the app, optionally on a pane with its args."""
     app = PianoMuseApp(pane=pane, args=args)
     try:

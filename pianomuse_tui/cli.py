@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .headless import data_cmd, eval_cmd, generate_cmd, kernels_cmd, model_cmd, train_cmd
-from .requests import DatasetArgs
+from .requests import PaneArgs
 
 class _RootContext(TyperGroup.context_class):  # typer's own click Context
     """Usage lines name the one root option a user must know: ``pianomuse-tui [--headless] COMMAND``."""
@@ -60,7 +60,7 @@ def root(
         open_app(pane=None, args={})
 
 
-def open_app(pane: str | None, args: DatasetArgs | dict | None) -> None:
+def open_app(pane: str | None, args: PaneArgs | None) -> None:
     """Open the Textual app (optionally on a pane, with that command's arguments)."""
     from .app import run_app  # textual loads only when the UI is wanted
 

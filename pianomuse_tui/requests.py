@@ -19,3 +19,27 @@ class DatasetArgs:
     policy: str | None = None  # piano extraction policy; None: the data config's
     report_json: str | None = None  # also write the scan's JSON report here
     scan: bool = True  # scan as soon as the pane opens
+
+
+@dataclass(frozen=True)
+class GenerateArgs:
+    """The Generate pane's start: `generate`'s arguments. None means the pane's own default (the
+    engine's generation defaults for the knobs, the bundled model for the checkpoint)."""
+
+    checkpoint: str | None = None
+    prompt: str | None = None  # a .mid to continue
+    prompt_bars: str | None = None  # which bars of the prompt, e.g. "13-16"
+    bars: int | None = None
+    alternatives: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    midi_api: str | None = None  # "auto", "jack", "alsa", ...
+    port: str | None = None  # an existing MIDI port to play to
+    synth: str | None = None  # "fluidsynth" or "builtin": start that synth instead of a port
+    midi_in: str | None = None  # a MIDI input port to play with (a keyboard)
+    mode: str | None = None  # how the model plays with you (engine.generate.defaults.MODES)
+
+
+# what `open_app` hands the pane it opens on (the Train pane still takes a dict until it takes a TrainRequest)
+PaneArgs = DatasetArgs | GenerateArgs | dict

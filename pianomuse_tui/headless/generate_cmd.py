@@ -348,15 +348,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue a MIDI prompt with a model: write files, or play live to a MIDI port or FluidSynth."""
         from ..cli import open_app, wants_app  # cli imports this module
+        from ..requests import GenerateArgs
 
         if fluidsynth:
             synth = "fluidsynth"
         if wants_app(ctx):
-            open_app("generate", {
-                "checkpoint": str(checkpoint) if checkpoint else None, "prompt": str(prompt) if prompt else None,
-                "prompt_bars": prompt_bars, "bars": bars or DEFAULT_BARS, "alternatives": alternatives, "temperature": temperature,
-                "top_p": top_p, "seed": seed, "midi_api": midi_api, "port": port, "synth": synth,
-            })
+            open_app("generate", GenerateArgs(
+                checkpoint=str(checkpoint) if checkpoint else None, prompt=str(prompt) if prompt else None,
+                prompt_bars=prompt_bars, bars=bars or DEFAULT_BARS, alternatives=alternatives, temperature=temperature,
+                top_p=top_p, seed=seed, midi_api=midi_api, port=port, synth=synth,
+            ))
             return
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                     "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,

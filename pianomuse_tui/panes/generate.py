@@ -23,6 +23,7 @@ from engine.generate.defaults import HUMAN_CHANNEL, MODES
 
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
 from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
+from ..requests import GenerateArgs
 from ..widgets.meters import bar
 from ..widgets.piano_roll import PianoRoll
 from .common import PaneBase, one_sentence
@@ -77,9 +78,9 @@ class GeneratePane(PaneBase):
         ("Top-p down", "Sample from less of the distribution from the next token on", "nudge('top_p', -0.02)"),
     ]
 
-    def __init__(self, args: dict | None = None, **kwargs) -> None:
+    def __init__(self, args: GenerateArgs | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.args = args or {}
+        self.args = args or GenerateArgs()
         self.knobs = Knobs()
         self.performance: Performance | None = None
         self.last_saved: Path | None = None
@@ -89,42 +90,41 @@ class GeneratePane(PaneBase):
         self._pending_port: str | None = None
 
     def compose(self) -> ComposeResult:
-        given = self.args
+        given, knobs = self.args, self.knobs
 
-        def arg(key: str, default: Any) -> Any:
-            value = given.get(key)
+        def arg(value: Any, default: Any) -> Any:
             return default if value is None else value
 
-        ckpt = given.get("checkpoint") or default_checkpoint() or ""
+        ckpt = given.checkpoint or default_checkpoint() or ""
         with Horizontal(classes="toolbar"):
             yield Label("Checkpoint", classes="field-label")
             yield Input(str(ckpt), placeholder="model .pth or run folder", id="gen-ckpt")
             yield Label("Prompt", classes="field-label")
-            yield Input(str(arg("prompt", "")), placeholder="prompt .mid (optional)", id="gen-prompt")
-            yield Input(str(arg("prompt_bars", "")), placeholder="bars 13-16", id="gen-bars-range")
+            yield Input(str(arg(given.prompt, "")), placeholder="prompt .mid (optional)", id="gen-prompt")
+            yield Input(str(arg(given.prompt_bars, "")), placeholder="bars 13-16", id="gen-bars-range")
         with Horizontal(classes="toolbar"):
             yield Label("temp", classes="field-label")
-            yield Input(str(arg("temperature", self.knobs.temperature)), id="gen-temperature")
+            yield Input(str(arg(given.temperature, knobs.temperature)), id="gen-temperature")
             yield Label("top-p", classes="field-label")
-            yield Input(str(arg("top_p", self.knobs.top_p)), id="gen-top-p")
+            yield Input(str(arg(given.top_p, knobs.top_p)), id="gen-top-p")
             yield Label("alts", classes="field-label")
-            yield Input(str(arg("alternatives", 1)), id="gen-alternatives")
+            yield Input(str(arg(given.alternatives, knobs.alternatives)), id="gen-alternatives")
             yield Label("bars", classes="field-label")
-            yield Input(str(arg("bars", 16)), id="gen-bars")
+            yield Input(str(arg(given.bars, knobs.bars)), id="gen-bars")
             yield Label("seed", classes="field-label")
-            yield Input(str(arg("seed", "")), placeholder="random", id="gen-seed")
+            yield Input(str(arg(given.seed, "")), placeholder="random", id="gen-seed")
         with Horizontal(classes="toolbar"):
             yield Label("Out", classes="field-label")
-            yield Select([(x, x) for x in APIS], value=str(arg("midi_api", "auto")), allow_blank=False,
+            yield Select([(x, x) for x in APIS], value=str(arg(given.midi_api, "auto")), allow_blank=False,
                          id="gen-api")
-            yield Select(OWN_OUTPUTS, value={"fluidsynth": FLUIDSYNTH, "builtin": BUILTIN}.get(given.get("synth"), VIRTUAL),
+            yield Select(OWN_OUTPUTS, value={"fluidsynth": FLUIDSYNTH, "builtin": BUILTIN}.get(given.synth, VIRTUAL),
                          allow_blank=False, id="gen-port")
             yield Button("Ports", id="gen-refresh")
         with Horizontal(classes="toolbar"):
             yield Label("In", classes="field-label")
             yield Select(OWN_INPUTS, value=NO_INPUT, allow_blank=False, id="gen-in")
             yield Label("Mode", classes="field-label")
-            yield Select([(m, m) for m in MODES], value=str(arg("mode", MODES[0])), allow_blank=False, id="gen-mode")
+            yield Select([(m, m) for m in MODES], value=str(arg(given.mode, MODES[0])), allow_blank=False, id="gen-mode")
             yield Button("Play", id="gen-play", variant="success")
             yield Button("Panic", id="gen-panic", variant="error")
             yield Button("Save", id="gen-save")
@@ -145,9 +145,8 @@ class GeneratePane(PaneBase):
         self._render_knobs()
         self._render_telemetry()
         self.set_interval(1 / 15, self._tick)
-        port = self.args.get("port")
-        if port:
-            self._pending_port = str(port)
+        if self.args.port:
+            self._pending_port = self.args.port
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "toggle_play":
@@ -272,7 +271,7 @@ class GeneratePane(PaneBase):
         options = list(OWN_INPUTS) + [(f"{entry.split(chr(9))[0]} ({entry.split(chr(9))[1]})", entry.split(chr(9))[0])
                                       for entry in sources if "PianoMuse" not in entry]
         select.set_options(options)
-        wanted = self.args.get("midi_in")
+        wanted = self.args.midi_in
         values = [v for _, v in options]
         match = next((v for v in values if wanted and str(wanted).lower() in v.lower()), None)
         select.value = match or (current if current in values else NO_INPUT)

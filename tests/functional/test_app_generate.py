@@ -12,6 +12,7 @@ from jack_server import JackServer, MidiReceiver, sounding_after, tiny_checkpoin
 from app_helpers import wait_for
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.messages import PerformanceEnded, PerformanceStarted, PortsListed
+from pianomuse_tui.requests import GenerateArgs
 from pianomuse_tui.widgets.piano_roll import PianoRoll
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.jack]
@@ -26,10 +27,10 @@ def _ended(seen: list) -> list:
     return list({id(m): m for m in seen if isinstance(m, PerformanceEnded)}.values())
 
 
-def _jack_args(checkpoint, **knobs) -> dict:
+def _jack_args(checkpoint, **knobs) -> GenerateArgs:
     """Command-line arguments that open the Generate pane on the test receiver, 64 bars (never ends first)."""
-    return {"checkpoint": str(checkpoint), "midi_api": "jack", "port": "pm-test-recv", "bars": 64,
-            "temperature": 1.0, **knobs}
+    return GenerateArgs(**{"checkpoint": str(checkpoint), "midi_api": "jack", "port": "pm-test-recv", "bars": 64,
+                           "temperature": 1.0, **knobs})
 
 
 def _note_ons(receiver) -> int:
@@ -190,7 +191,7 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
 
 
 async def test_missing_checkpoint_is_one_sentence(tmp_path):
-    app = PianoMuseApp(pane="generate", args={"checkpoint": str(tmp_path / "nope.pth")})
+    app = PianoMuseApp(pane="generate", args=GenerateArgs(checkpoint=str(tmp_path / "nope.pth")))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.2)
         app.generate.focus_main()

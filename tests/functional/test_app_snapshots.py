@@ -22,7 +22,7 @@ from engine.paths import CORPUS_DIR, MODELS_DIR, REPO_ROOT
 from pianomuse_tui import resources
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.performance import default_checkpoint
-from pianomuse_tui.requests import DatasetArgs
+from pianomuse_tui.requests import DatasetArgs, GenerateArgs
 
 SIZE = (120, 36)
 # a mix of the corpus' two folders, picked once; fixed names keep the table order fixed
@@ -109,7 +109,7 @@ def test_generate_pane_idle_with_the_bundled_model(snap_compare, fixed_machine, 
     bundled = default_checkpoint()
     assert bundled is not None and bundled.parent == MODELS_DIR
     # what `pianomuse-tui generate --checkpoint assets/models/...` shows from the project folder
-    app = PianoMuseApp(pane="generate", args={"checkpoint": str(bundled.relative_to(REPO_ROOT))})
+    app = PianoMuseApp(pane="generate", args=GenerateArgs(checkpoint=str(bundled.relative_to(REPO_ROOT))))
 
     async def idle(pilot):
         await _settle(pilot, lambda: app.generate._ports_listed and app.device.startswith("CPU"))

@@ -95,15 +95,16 @@ stop, resume or attach to a run and watch it), **Generate** (play a model live t
 | `a` | attach to a run directory (also one `--headless train` writes) |
 | `x` | stop the run (it saves a checkpoint first) |
 | `l` / `e` | log-scale toggle / cycle the EMA smoothing of the loss plot |
-| `enter` | play the selected audition sample |
+| `c` | go to the checkpoint and audition table |
+| `enter` | play the selected audition sample (or pick the checkpoint for the Generate pane) |
 
 | key | Generate |
 |---|---|
-| `space` | play / stop |
+| `space` | play / stop (anywhere in the pane but a text field) |
 | `!` | panic: release every note now |
 | `f` | start FluidSynth and play through it |
 | `R` | refresh the port list |
-| `w` | save the session as MIDI |
+| `w` | save the session as MIDI; with nothing played, write a take to takes/ without playing |
 | `+` `-` / `[` `]` | temperature / top-p (take effect on the next tokens) |
 
 Errors show as notifications with one sentence saying what to do; nothing already done is lost.

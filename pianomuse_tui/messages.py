@@ -117,6 +117,7 @@ class ResourceSample(Coalescing):
     gpu_mem_used: float | None = None
     gpu_mem_total: float | None = None
     ram_rss: float | None = None
+    ram_total: float | None = None  # the machine's RAM, the scale of the RAM bar
     source: str = ""
 
 

@@ -38,7 +38,7 @@ def device_label() -> str:
 
 def sample(pids: list[int] | None = None) -> dict:
     """GPU utilisation and memory (device 0) from NVML, and resident memory of the given processes."""
-    out: dict = {"gpu_util": None, "gpu_mem_used": None, "gpu_mem_total": None, "ram_rss": None}
+    out: dict = {"gpu_util": None, "gpu_mem_used": None, "gpu_mem_total": None, "ram_rss": None, "ram_total": None}
     nv = _nvml()
     sources = []
     if nv is not None:
@@ -57,6 +57,7 @@ def sample(pids: list[int] | None = None) -> dict:
         except psutil.Error:
             continue
     out["ram_rss"] = rss or None
+    out["ram_total"] = float(psutil.virtual_memory().total)
     sources.append("psutil")
     out["source"] = ", ".join(sources)
     return out

@@ -201,3 +201,37 @@ def newest_run(root: Path) -> Path | None:
         return None
     runs = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
     return max(runs, key=lambda p: os.path.getmtime(p), default=None)
+
+
+class EtaClock:
+    """Time left in a run, from its records: the rate since this session of the run began.
+
+    A resumed run logs steps from where it left off while its ``elapsed_s`` starts again at 0, so
+    the rate is measured from the last ``started``/``resumed`` status record, never from step 0.
+    Both faces feed it the records they read (the headless display, the Train pane).
+    """
+
+    def __init__(self) -> None:
+        self.origin: tuple[int, float] | None = None  # (step, elapsed_s) where this session began
+        self.latest: tuple[int, float] | None = None
+
+    def feed(self, record: dict) -> None:
+        step, elapsed = record.get("step"), record.get("elapsed_s")
+        if not isinstance(step, int) or not isinstance(elapsed, (int, float)):
+            return
+        if record.get("kind") == "status" and record.get("state") in ("started", "resumed"):
+            self.origin = (step, float(elapsed))
+            self.latest = None
+        elif record.get("kind") == "train":
+            if self.origin is None:  # a log read from its middle: measure from the first step seen
+                self.origin = (step, float(elapsed))
+            self.latest = (step, float(elapsed))
+
+    def eta_s(self, max_steps: int | None) -> float | None:
+        """Seconds until ``max_steps`` at this session's pace; None until two points are known."""
+        if not max_steps or self.origin is None or self.latest is None:
+            return None
+        (s0, e0), (s1, e1) = self.origin, self.latest
+        if s1 <= s0 or e1 <= e0:
+            return None
+        return (e1 - e0) / (s1 - s0) * max(0, max_steps - s1)

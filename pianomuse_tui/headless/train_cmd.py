@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -96,8 +95,7 @@ class TrainDisplay:
         self.max_steps = 0
         self.last: dict = {}
         self.val: dict = {}
-        self.start_step = 0
-        self.start_time = time.time()
+        self.clock = None  # the engine's EtaClock, made on the first record (engine imports stay lazy)
         self._live = None
 
     def __enter__(self):
@@ -115,11 +113,7 @@ class TrainDisplay:
         return False
 
     def eta(self) -> float | None:
-        step = self.last.get("step", 0)
-        done = step - self.start_step
-        if done <= 0 or not self.max_steps:
-            return None
-        return (time.time() - self.start_time) / done * (self.max_steps - step)
+        return self.clock.eta_s(self.max_steps) if self.clock is not None else None
 
     def _render(self):
         from rich.panel import Panel
@@ -148,12 +142,15 @@ class TrainDisplay:
         return Panel(grid, title="training", border_style="cyan")
 
     def __call__(self, record: dict) -> None:
+        if self.clock is None:
+            from ..runwatch import EtaClock
+
+            self.clock = EtaClock()
+        self.clock.feed(record)
         kind = record.get("kind")
         if kind == "status" and record.get("state") in ("started", "resumed"):
             self.max_steps = record.get("max_steps", 0)
-            self.start_step = record.get("step", 0)
-            self.start_time = time.time()
-            self.last = {"step": self.start_step, "tokens": record.get("tokens", 0)}
+            self.last = {"step": record.get("step", 0), "tokens": record.get("tokens", 0)}
             self._print(
                 f"{record['state']} run {record.get('run_dir')} on {record.get('device')} "
                 f"({record.get('parameters', 0):,} parameters, wkv {record.get('wkv_backend')}, {record.get('precision')}, "

@@ -22,11 +22,11 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from ..messages import MetricsArrived, ResourceSample, RunEnded, RunLaunched, RunLocated, RunStarted
-from ..runwatch import MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
+from ..runwatch import EtaClock, MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
 from ..training_process import TrainingProcess, TrainSpec, launch_problem
 from ..widgets.loss_plot import LossPlot
 from ..widgets.meters import MemoryMeter
-from .common import PaneBase, field, fill_table, fmt_count, fmt_duration, one_sentence
+from .common import PaneBase, fill_table, fmt_count, fmt_duration, one_sentence
 
 PRESETS = ("tiny", "small", "base")
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
@@ -43,7 +43,10 @@ def _parse_overrides(text: str) -> list[str]:
     return out
 
 
-ARTIFACT_COLUMNS = (("item", "item"), ("step", "step"), ("val", "val"), ("file", "file"))
+# a checkpoint row has its validation loss; an audition row its musical score (pitch-class overlap
+# with the real music, longest run copied from the training data)
+ARTIFACT_COLUMNS = (("item", "item"), ("step", "step"), ("val_loss", "val loss"), ("score", "audition score"),
+                    ("file", "file"))
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TrainPane(PaneBase):
         Binding("x", "stop", "Stop (save)"),
         Binding("l", "log_scale", "Log y"),
         Binding("e", "smoothing", "EMA"),
+        Binding("c", "focus_artifacts", "Checkpoints"),
         Binding("enter", "play_selected", "Play sample", show=False),
     ]
     COMMANDS_LIST = [
@@ -76,6 +80,7 @@ class TrainPane(PaneBase):
         ("Stop the run (save)", "Ask the run to save a checkpoint and exit", "stop"),
         ("Toggle log scale", "Log or linear loss axis", "log_scale"),
         ("Cycle EMA smoothing", "Smoothing of the train loss curve", "smoothing"),
+        ("Go to the checkpoints", "Move to the checkpoint and audition table (enter plays or picks)", "focus_artifacts"),
         ("Play the selected audition", "Play the audition sample through the Generate pane's output", "play_selected"),
     ]
 
@@ -95,6 +100,7 @@ class TrainPane(PaneBase):
         self.last_status = ""
         self.val_by_step: dict[int, float] = {}
         self.audition_scores: dict[int, str] = {}  # step -> the trainer's musical score of that audition
+        self.eta_clock = EtaClock()
 
     def compose(self) -> ComposeResult:
         args = self.args
@@ -136,7 +142,7 @@ class TrainPane(PaneBase):
         self.query_one("#tr-now").border_title = "Now"
         self.query_one("#tr-mem").border_title = "Memory"
         table = self.query_one("#tr-ckpts", DataTable)
-        table.border_title = "Checkpoints / auditions (enter plays)"
+        table.border_title = "Checkpoints / auditions (c goes here, enter plays)"
         fill_table(table, ARTIFACT_COLUMNS, [])
         self._render_now()
         if self.args.get("attach"):
@@ -296,6 +302,9 @@ class TrainPane(PaneBase):
         elif run_dir is not None:
             request_stop(run_dir)
 
+    def action_focus_artifacts(self) -> None:
+        self.query_one("#tr-ckpts", DataTable).focus()
+
     def action_log_scale(self) -> None:
         plot = self.query_one(LossPlot)
         plot.log_y = not plot.log_y
@@ -407,6 +416,7 @@ class TrainPane(PaneBase):
         self.records_seen += len(records)
         train_pts, val_pts = [], []
         for rec in records:
+            self.eta_clock.feed(rec)
             kind = rec.get("kind")
             step = rec.get("step")
             if kind == "train" and isinstance(rec.get("loss"), (int, float)):
@@ -446,7 +456,10 @@ class TrainPane(PaneBase):
             # the watcher listed the run's folder just before it reported the end
             ckpts = files.checkpoints if files is not None and message.run_dir == files.run_dir else []
             saved = f"; last checkpoint {ckpts[0].name}" if ckpts else ""
-            self._set_status(f"run ended (exit {message.exit_code}){saved}  {message.run_dir or ''}")
+            # 130 is the trainer's "stopped as asked, after saving" (x, Ctrl+Q, control/stop), not a crash
+            how = {0: "run finished", 130: "run stopped and saved"}.get(message.exit_code,
+                                                                       f"run ended (exit {message.exit_code})")
+            self._set_status(f"{how}{saved}  {message.run_dir or ''}")
 
     def show_resources(self, sample: ResourceSample) -> None:
         meters = self.query(MemoryMeter)  # empty while the app is closing
@@ -454,12 +467,13 @@ class TrainPane(PaneBase):
             return
         meters.first().update_machine(
             gpu_util=sample.gpu_util, gpu_mem_used=sample.gpu_mem_used, gpu_mem_total=sample.gpu_mem_total,
-            ram_rss=sample.ram_rss, source=sample.source)
+            ram_rss=sample.ram_rss, ram_total=sample.ram_total, source=sample.source)
 
     # ---- drawing --------------------------------------------------------------------------------
 
     def _reset_view(self) -> None:
         self.latest = {}
+        self.eta_clock = EtaClock()
         self.val_by_step = {}
         self.audition_scores = {}
         self.records_seen = 0
@@ -498,14 +512,10 @@ class TrainPane(PaneBase):
         self.query_one("#tr-now", Static).update(text)
 
     def _eta(self) -> str:
-        m = self.latest
-        if self.last_status in ("stopped", "finished", "aborted"):
+        if self.last_status in ("stopped", "finished", "aborted", "interrupted"):
             return "-"
-        step, elapsed = m.get("step"), field(m, "elapsed_s")
-        eta = field(m, "eta_s")
-        if eta is None and self.max_steps and step and elapsed:
-            eta = elapsed / step * (self.max_steps - step)
-        return fmt_duration(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else "-"
+        eta = self.eta_clock.eta_s(self.max_steps)
+        return fmt_duration(eta) if eta is not None and math.isfinite(eta) else "-"
 
     def _refresh_artifacts(self) -> None:
         files = self.run_files
@@ -517,11 +527,11 @@ class TrainPane(PaneBase):
         for ckpt in files.checkpoints:
             val = self.val_by_step.get(ckpt.step)
             rows.append((str(ckpt.path), ("checkpoint", ckpt.step if ckpt.step is not None else "-",
-                                          f"{val:.3f}" if val is not None else "", ckpt.name)))
+                                          f"{val:.3f}" if val is not None else "", "", ckpt.name)))
         for audition in files.auditions:
             step = "".join(ch for ch in audition.stem if ch.isdigit())
             score = self.audition_scores.get(int(step), "") if step else ""
-            rows.append((str(audition), ("audition ▶", int(step) if step else "-", score, audition.name)))
+            rows.append((str(audition), ("audition ▶", int(step) if step else "-", "", score, audition.name)))
         fill_table(table, ARTIFACT_COLUMNS, rows)
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))

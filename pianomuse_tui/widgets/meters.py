@@ -51,16 +51,24 @@ class MemoryMeter(Static):
         peak = self.trainer_mem.get("peak")
         total = self.machine.get("gpu_mem_total")
         ref = total or reserved or peak
+        util = self.machine.get("gpu_util")
+        rss, ram_total = self.machine.get("ram_rss"), self.machine.get("ram_total")
+        if alloc is None and reserved is None and util is None:
+            # a CPU run: torch reports no device memory, so the bar is the processes' RAM of the machine's
+            text.append(f"RAM {gib(rss)} ")
+            text.append_text(bar(rss / ram_total if rss and ram_total else None, max(4, width - 22)))
+            text.append(f" of {gib(ram_total)}")
+            text.append("\nthe app and its training run (CPU: no device memory)", style="dim")
+            self.update(text)
+            return
         text.append(f"alloc {gib(alloc)} ")
         text.append_text(bar(alloc / ref if alloc and ref else None, max(4, width - 18)))
         text.append(f"\nreserved {gib(reserved)}  peak {gib(peak)}")
-        util = self.machine.get("gpu_util")
         if util is not None:
             used = self.machine.get("gpu_mem_used")
             text.append(f"\nGPU {util:.0f}% ")
             text.append_text(bar(util / 100, max(4, width - 26)))
             text.append(f" {gib(used)}/{gib(total)}")
-        rss = self.machine.get("ram_rss")
         if rss is not None:
             text.append(f"\nprocess RAM {gib(rss)}")
         source = self.machine.get("source")

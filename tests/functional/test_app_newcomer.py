@@ -82,3 +82,58 @@ async def test_the_quit_dialog_shows_its_keys_and_enter_keeps_going(monkeypatch)
         monkeypatch.setattr(app, "busy_activities", lambda: [])
         await pilot.press("y")
         assert await wait_for(pilot, lambda: not app.is_running, 20)
+
+
+def _recorded_resumed_run(root):
+    """A run stopped at step 100 and resumed: elapsed_s starts again at 0 while steps go on."""
+    import json
+    import shutil
+
+    from engine.paths import CORPUS_DIR
+
+    run = root / "20261206-0700-tiny"
+    (run / "checkpoints" / "step-00000100").mkdir(parents=True)
+    (run / "checkpoints" / "step-00000100" / "model.pth").write_bytes(b"")
+    (run / "auditions").mkdir()
+    shutil.copy(sorted(CORPUS_DIR.rglob("*.mid"))[0], run / "auditions" / "step-00000100.mid")
+    (run / "config.toml").write_text('preset = "tiny"\n[model]\nn_layer = 2\nn_embd = 128\narch = "x070"\n'
+                                     '[train]\nmax_steps = 200\n')
+    records = [{"kind": "status", "state": "started", "step": 0, "elapsed_s": 0.0, "max_steps": 200}]
+    records += [{"kind": "train", "step": s, "elapsed_s": s * 1.0, "loss": 3.0, "tokens": s * 100}
+                for s in range(10, 101, 10)]
+    records += [{"kind": "val", "step": 100, "elapsed_s": 100.5, "val_loss": 2.5},
+                {"kind": "audition", "step": 100, "elapsed_s": 101.0, "path": str(run / "auditions" / "step-00000100.mid"),
+                 "pitch_class_oa": 0.81, "copied_notes": 4},
+                {"kind": "status", "state": "stopped", "step": 100, "elapsed_s": 102.0},
+                {"kind": "status", "state": "resumed", "step": 100, "elapsed_s": 0.5, "max_steps": 200},
+                {"kind": "train", "step": 110, "elapsed_s": 10.5, "loss": 2.9, "tokens": 11000},
+                {"kind": "train", "step": 120, "elapsed_s": 20.5, "loss": 2.8, "tokens": 12000}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+async def test_a_resumed_runs_eta_the_checkpoint_table_and_the_cpu_memory_panel(tmp_path):
+    from textual.widgets import DataTable
+
+    run = _recorded_resumed_run(tmp_path)
+    app = PianoMuseApp(pane="train", args={"attach": str(run)})
+    async with app.run_test(size=(140, 40)) as pilot:
+        pane = app.train
+        table = pane.query_one("#tr-ckpts", DataTable)
+        assert await wait_for(pilot, lambda: table.row_count == 2, 30)
+        now = str(pane.query_one("#tr-now").render())
+        # 1 s per step since the resume, 80 steps to go: 1:20 (elapsed/step from step 0 said 0:14)
+        assert "ETA 1:20" in now, now
+        labels = [str(column.label) for column in table.columns.values()]
+        assert labels == ["item", "step", "val loss", "audition score", "file"]
+        rows = {table.get_row_at(i)[0]: table.get_row_at(i) for i in range(table.row_count)}
+        assert rows["checkpoint"][2] == "2.500" and rows["checkpoint"][3] == ""
+        assert rows["audition ▶"][2] == "" and "pc OA 0.81" in str(rows["audition ▶"][3])
+        pane.query_one("#tr-new").focus()
+        await pilot.press("c")  # the table in one key, not 5-7 tabs
+        assert app.screen.focused is table
+        meter = pane.query_one("#tr-mem")
+        # on a CPU the memory panel shows the RAM of the app and its run against the machine's
+        assert await wait_for(pilot, lambda: "RAM " in str(meter.render()), 20)
+        shown = str(meter.render())
+        assert " of " in shown and "alloc -" not in shown and "░" in shown and "·" not in shown  # a real bar

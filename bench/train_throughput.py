@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fused-head", action=argparse.BooleanOptionalAction, default=None,
                         help="the chunked head + cross-entropy (engine.model.loss.linear_cross_entropy; default as the trainer: on CUDA)")
     parser.add_argument("--wkv-recompute", action="store_true", help="the WKV operator saves only its inputs (train.wkv_recompute)")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="torch.compile's activation memory budget (torch._functorch.config.activation_memory_budget, 1.0 = its default): lower recomputes more in backward")
     parser.add_argument("--profile", default=None, help="append a torch.profiler kernel table of one extra step per shape to this file")
     parser.add_argument("--trainer-sync", action="store_true", help="add the trainer's one host read of loss and grad norm per step")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -199,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     backend = resolve_backend(args.wkv_backend, device)
     if args.compile is None:
         args.compile = device.type == "cuda"
+    if args.memory_budget is not None:
+        import torch._functorch.config as functorch_config  # noqa: PLC0415
+
+        functorch_config.activation_memory_budget = args.memory_budget
     if args.fused_head is None:
         args.fused_head = device.type == "cuda"
     variant = os.environ.get("PIANOMUSE_WKV7_VARIANT", "default")
     options = (f"full training steps, median of {args.steps} after {args.warmup} warm-up; WKV {backend}; "
                f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}; "
                f"compile {'on' if args.compile else 'off'}; fused head {'on' if args.fused_head else 'off'}; "
-               f"WKV variant {variant}; WKV recompute {'on' if args.wkv_recompute else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
+               f"WKV variant {variant}; compile memory budget {args.memory_budget or 'default'}; WKV recompute {'on' if args.wkv_recompute else 'off'}; trainer host sync {'on' if args.trainer_sync else 'off'}")
     header = run_header(device, options)
     print(f"# {header}\n")
     print(markdown_table(COLUMNS, []), flush=True)

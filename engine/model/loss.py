@@ -6,6 +6,8 @@ completion token, and no position at or after padding is used.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -64,7 +66,8 @@ def completion_loss(
 # ---------------------------------------------------------------------------------------------
 # the head and the loss in one pass: never a [rows, vocab] tensor beyond one chunk
 
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
+CHUNK_ELEMENTS = 1 << 25  # logits per chunk (128 MB in fp32) ...
+MIN_CHUNK_ROWS = 2048  # ... but never fewer rows than this: thin products waste a large GPU
 L2WRAP_FACTOR = 1e-4  # the reference's L2Wrap: extra gradient 1e-4 * max_logit at each row's argmax
 
 
@@ -129,6 +132,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     device_type = h.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else h.dtype
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        # PIANOMUSE_HEAD_CHUNK_ROWS overrides, for benchmarks
+        chunk_rows = int(os.environ.get("PIANOMUSE_HEAD_CHUNK_ROWS", 0)) or max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.shape[0])
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(h, weight, targets, compute_dtype, l2wrap, chunk_rows)

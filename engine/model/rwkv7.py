@@ -202,10 +202,40 @@ def time_mix_finish(W: TimeMixWeights, y, r, k, v, g, H: int, N: int):
     return (torch.addcmul(y, bonus_weight, v.view(heads)).view(shape) * g) @ W.O
 
 
+def relu_square_mlp(k, K, V):
+    """relu(k @ K)^2 @ V: the ChannelMix's two products and its activation."""
+    return torch.relu(k @ K).square() @ V
+
+
+class _ReluSquareMLP(torch.autograd.Function):
+    """``relu_square_mlp`` for training that keeps only its inputs for backward and recomputes
+    k @ K there: the two [tokens, 4C] activations (the largest a block has) are never stored,
+    for one more [tokens, C] x [C, 4C] product in backward."""
+
+    @staticmethod
+    def forward(ctx, k, K, V):
+        ctx.save_for_backward(k, K, V)
+        return relu_square_mlp(k, K, V)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        k, K, V = ctx.saved_tensors
+        k2, g2 = k.reshape(-1, k.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1])
+        r = torch.relu(k2 @ K)
+        grad_V = r.square().t() @ g2 if ctx.needs_input_grad[2] else None
+        grad_h = (g2 @ V.t()) * (2 * r)
+        grad_k = (grad_h @ K.t()).view(k.shape) if ctx.needs_input_grad[0] else None
+        grad_K = k2.t() @ grad_h if ctx.needs_input_grad[1] else None
+        return grad_k, grad_K, grad_V
+
+
 def channel_mix(W: ChannelMixWeights, x, x_prev, idx):
     """ChannelMix: W_v relu(W_k mix(x))^2, times the token's DeepEmbed row for "v8"."""
     k = torch.addcmul(x, x_prev - x, W.x_k)
-    out = torch.relu(k @ W.K).square() @ W.V
+    if torch.is_grad_enabled() and (k.requires_grad or W.K.requires_grad or W.V.requires_grad):
+        out = _ReluSquareMLP.apply(k, W.K, W.V)
+    else:
+        out = relu_square_mlp(k, W.K, W.V)
     if W.enn is not None:
         out = out * F.embedding(idx, W.enn)
     return out

@@ -80,6 +80,7 @@ class TrainSection:
     seed: int = 1234
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
     compile: str = "auto"  # torch.compile the block parts around the WKV kernel: auto (on CUDA) | true | false
+    fused_head: str = "auto"  # the head and cross-entropy in one chunked pass (no [rows, vocab] logits): auto (on CUDA) | true | false
     wkv_recompute: bool = False  # the WKV operator keeps only its inputs and reruns its forward in backward
     parallel: str = "ddp"  # under torchrun: ddp (replicated model) | fsdp (parameters, gradients and optimizer state sharded)
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
@@ -215,6 +216,7 @@ class TrainConfig:
         _choice("train.precision", t.precision, ("auto", "bf16", "fp32"))
         _choice("train.parallel", t.parallel, ("ddp", "fsdp"))
         t.compile = _auto_bool("train.compile", t.compile)
+        t.fused_head = _auto_bool("train.fused_head", t.fused_head)
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
         _choice("train.wkv_backend", t.wkv_backend, ("auto", "reference", "chunked", "cuda"))
@@ -375,7 +377,17 @@ def _auto_bool(key: str, value: Any) -> str:
 def compile_enabled(train: TrainSection, device_type: str) -> bool:
     """train.compile resolved for a device: auto compiles on CUDA (measured 1.3-1.6x there,
     bench/RESULTS.md) and not on the CPU (minutes of compile for a small gain)."""
-    return train.compile == "true" or (train.compile == "auto" and device_type == "cuda")
+    return _resolve_auto(train.compile, device_type)
+
+
+def fused_head_enabled(train: TrainSection, device_type: str) -> bool:
+    """train.fused_head resolved for a device: auto fuses on CUDA, where the logits are the
+    largest single activation; the CPU keeps the plain head and loss."""
+    return _resolve_auto(train.fused_head, device_type)
+
+
+def _resolve_auto(value: str, device_type: str) -> bool:
+    return value == "true" or (value == "auto" and device_type == "cuda")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

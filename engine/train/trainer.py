@@ -35,7 +35,7 @@ from engine.paths import REPO_ROOT
 
 from . import checkpointing as ckpt
 from .audition import write_audition
-from .config import ConfigError, TrainConfig, compile_enabled
+from .config import ConfigError, TrainConfig, compile_enabled, fused_head_enabled
 from .distributed import (
     DistInfo, all_reduce_sum, barrier, broadcast_object, full_model_state, full_optimizer_state, full_tensor,
     init_distributed, load_optimizer_state, shard_fsdp, shutdown,
@@ -277,7 +277,8 @@ class Trainer:
             model.set_wkv_recompute()
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
-        objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap)
+        objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap,
+                                      fused_head=fused_head_enabled(cfg.train, device.type))
         fsdp = self.fsdp = dist.enabled and cfg.train.parallel == "fsdp"
         if fsdp:
             objective = shard_fsdp(objective, model.blocks, device, dist)

@@ -117,3 +117,8 @@ def test_compile_is_auto_on_cuda_and_accepts_bools(tmp_path):
     assert off.train.compile == "false" and not compile_enabled(off.train, "cuda")
     with pytest.raises(ConfigError, match="train.compile must be auto, true or false"):
         load_config(preset="tiny", overrides=["train.compile=sometimes"])
+    from engine.train.config import fused_head_enabled
+
+    assert fused_head_enabled(cfg.train, "cuda") and not fused_head_enabled(cfg.train, "cpu")
+    forced = load_config(preset="tiny", overrides=["train.fused_head=true"])
+    assert fused_head_enabled(forced.train, "cpu")

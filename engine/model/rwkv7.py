@@ -467,7 +467,7 @@ class RWKV7(nn.Module):
         self.rnn_compile = False
         self._param_list = None
         if init:
-            from .init import init_parameters  # noqa: PLC0415
+            from .init import init_parameters
 
             init_parameters(self)
 

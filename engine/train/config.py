@@ -170,7 +170,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        import tomli_w  # noqa: PLC0415 (only runs that write a config need it)
+        import tomli_w
 
         return tomli_w.dumps(self.to_dict())
 

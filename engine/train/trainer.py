@@ -125,7 +125,7 @@ def _git_revision() -> str | None:
 
 
 def environment_report(device: torch.device, dist: DistInfo, backend: str) -> dict:
-    import importlib.metadata as md  # noqa: PLC0415
+    import importlib.metadata as md
 
     def version(name):
         try:
@@ -245,7 +245,7 @@ class Trainer:
         feed = open_feed(cfg, dist, on_progress=self._prepare_progress if dist.is_main else None)
         self.feed = feed
         if cfg.init_from and not cfg.run.resume:
-            from engine.model.checkpoint import checkpoint_paths  # noqa: PLC0415
+            from engine.model.checkpoint import checkpoint_paths
 
             if not checkpoint_paths(cfg.init_from)[0].is_file():
                 raise ConfigError(f"--init-from {cfg.init_from}: no checkpoint there; pass a .pth file (or a folder holding model.pth)")
@@ -292,7 +292,7 @@ class Trainer:
         schedule = CosineTokenSchedule(lr, lr_final, cfg.optim.warmup_steps, total_tokens)
 
         # ---- run directory, logs -----------------------------------------------------------
-        from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415
+        from engine.kernels.wkv7 import resolve_backend
 
         backend = resolve_backend(cfg.train.wkv_backend, device, model.config.head_size)
         if dist.is_main:
@@ -445,8 +445,8 @@ class Trainer:
         else, so the embedding and head rows are all re-initialised (engine.model.vocab, keep=0)
         while the body keeps its weights; the layer sizes come from the checkpoint, not the config.
         """
-        from engine.model.checkpoint import CheckpointError  # noqa: PLC0415
-        from engine.model.vocab import resize_vocab  # noqa: PLC0415
+        from engine.model.checkpoint import CheckpointError
+        from engine.model.vocab import resize_vocab
 
         try:
             model, sidecar = load_checkpoint(path, device=device, wkv_backend=self.cfg.train.wkv_backend)
@@ -573,8 +573,8 @@ class Trainer:
     def _audition_scores(self, path: Path) -> dict:
         """The evaluation's musical metrics for one audition, against the run's training pieces."""
         try:
-            from engine.data.store import TokenStore  # noqa: PLC0415
-            from engine.eval.report import CorpusProfile, audition_metrics, audition_summary  # noqa: PLC0415
+            from engine.data.store import TokenStore
+            from engine.eval.report import CorpusProfile, audition_metrics, audition_summary
 
             if getattr(self, "_corpus_profile", None) is None:  # built once, on the first audition
                 self._corpus_profile = CorpusProfile.from_store(TokenStore.open(self.feed.source), "train")

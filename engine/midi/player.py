@@ -67,13 +67,14 @@ class PlayerNotice:
 def take_paths(out: Path | None, alternatives: int, seed: int, suffix: str = ".mid") -> list[Path]:
     """The take's file names: OUT.mid for one alternative, OUT-1.mid .. OUT-K.mid for several.
 
-    Without ``out``: pianomuse-SEED.mid, never overwriting an earlier default-named take.
+    Without ``out``: pianomuse-seedSEED.mid ("seed" so the number never reads as an alternative's),
+    then pianomuse-seedSEED-take2.mid and on, never overwriting an earlier default-named take.
     """
     if out is None:
-        out = Path(f"pianomuse-{seed}{suffix}")
-        n = 1
+        out = Path(f"pianomuse-seed{seed}{suffix}")
+        n = 2
         while out.exists():
-            out = Path(f"pianomuse-{seed}-{n}{suffix}")
+            out = Path(f"pianomuse-seed{seed}-take{n}{suffix}")
             n += 1
     if out.suffix.lower() not in (".mid", ".midi"):
         out = out.with_suffix(suffix)

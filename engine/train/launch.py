@@ -119,3 +119,27 @@ def resolve_config(
     if max_steps is not None and max_steps <= 0:
         raise ConfigError(f"--max-steps must be greater than 0, got {max_steps}")
     return cfg.with_overrides(flags).validate()
+
+
+def resume_note(cfg: TrainConfig) -> str:
+    """One line when a resumed run's new step or token limit re-stretches its schedule, else "".
+
+    The learning rate follows a cosine over the run's planned length (engine.train.schedule), and
+    a resume rebuilds it from the config: a different --max-steps stretches the rest of the curve
+    over the new length, so the rate rises again. That is kept (it is what "train longer" needs);
+    this sentence says so before the run starts.
+    """
+    if not cfg.run.resume:
+        return ""
+    try:
+        run_dir, _ = ckpt.find_resume_point(cfg.run.resume, Path(cfg.run.root))
+        saved = TrainConfig.from_toml(run_dir / "config.toml").train
+    except (ckpt.ResumeError, ConfigError, OSError):
+        return ""
+    new = cfg.train
+    if (saved.max_steps, saved.max_tokens) == (new.max_steps, new.max_tokens):
+        return ""
+    limit = (f"max_tokens {new.max_tokens:,} (the run had {saved.max_tokens:,})" if saved.max_tokens != new.max_tokens
+             else f"max_steps {new.max_steps} (the run had {saved.max_steps})")
+    return (f"resuming with {limit}: the learning-rate cosine is re-stretched over the new length from here, "
+            "so the rate goes back up; resume without --max-steps to keep the original schedule")

@@ -127,6 +127,24 @@ def report_tables(report: dict) -> list[Table]:
     return tables
 
 
+class PlainStageLines:
+    """Progress of each stage as plain lines on stderr: the first, every tenth and the last."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._began: dict[str, float] = {}
+        self._next: dict[str, int] = {}
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        began = self._began.setdefault(label, self._clock())
+        if done < self._next.get(label, 0) and done != total:
+            return
+        self._next[label] = done + max(1, total // 10)
+        err_console.print(f"eval: {label} {done}/{total} ({self._clock() - began:.0f} s)", highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
 
@@ -180,6 +198,8 @@ def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, j
     from engine.eval.report import evaluate, write_report
     from engine.eval.sources import EvalError, load_eval_inputs
 
+    if not err_console.is_terminal:
+        err_console.print("eval: loading the checkpoint and the data", highlight=False, markup=False)
     try:
         with err_console.status("loading the checkpoint and the data") as status:
             def on_prepare(done: int, total: int, record: dict) -> None:
@@ -196,7 +216,12 @@ def run_eval(checkpoint: Path | None, data: Path | None, device: str, options, j
                         TimeElapsedColumn(), console=err_console, transient=True)
     tasks: dict[str, int] = {}
 
+    plain = PlainStageLines()  # rich draws no bar into a pipe: plain lines there, as check prints
+
     def on_progress(stage: str, done: int, total: int) -> None:
+        if not err_console.is_terminal:
+            plain(STAGE_LABELS.get(stage, stage), done, total)
+            return
         if stage not in tasks:
             tasks[stage] = progress.add_task(STAGE_LABELS.get(stage, stage), total=max(total, 1))
         progress.update(tasks[stage], completed=done, total=max(total, 1))

@@ -115,6 +115,9 @@ def _run_generate(
         from engine.midi.builtin_synth import builtin_problem
 
         problem = builtin_problem(choice.soundfont)  # before the model loads: rendering needs the synth
+    for name, value in (("--bars", bars), ("--max-tokens", max_tokens), ("--alternatives", alternatives)):
+        if problem is None and value is not None and value < 1:
+            problem = f"{name} must be at least 1, got {value}"  # told before the model loads
     if problem is None and midi_in is not None:
         problem = duet.problem() or ("playing with --in starts from what you play; leave out --prompt" if prompt else None) \
             or ("playing with --in uses one alternative; leave out --alternatives" if alternatives != 1 else None)

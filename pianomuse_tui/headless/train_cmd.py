@@ -229,7 +229,7 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
     from engine.train.checkpointing import ResumeError
     from engine.train.config import ConfigError
     from engine.train.feed import DataError
-    from engine.train.launch import default_preset, resolve_config
+    from engine.train.launch import default_preset, resolve_config, resume_note
     from engine.train.trainer import run_training
 
     if preset is None and config is None and not resume:
@@ -243,6 +243,9 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
     except (ConfigError, ResumeError) as exc:
         fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    note = resume_note(cfg)
+    if note and rank0:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     display = TrainDisplay(live=is_tty(), rank0=rank0)
     notice = immediate_stop_notice(_say_on_stderr) if rank0 else contextlib.nullcontext()
     try:

@@ -32,11 +32,15 @@ def test_check_reports_every_broken_file_and_exits_one(tmp_path):
     assert "check 15/15 files" in done.stdout
 
 
-def test_missing_folder_is_one_sentence_and_nonzero():
-    done = _cli("--headless", "check", "/no/such/folder")
+def test_missing_folder_is_one_sentence_on_one_line_and_nonzero():
+    import os
+
+    env = dict(os.environ, COLUMNS="40")  # a narrow terminal's width must not break a piped sentence
+    done = subprocess.run([sys.executable, "-m", "pianomuse_tui.cli", "--headless", "check", "/no/such/folder"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2
-    assert "does not exist" in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
-    assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 2  # one sentence, maybe wrapped
+    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1, done.stderr  # never wrapped
 
 
 def test_prepare_then_prepare_again_skips_unchanged_files(tmp_path):

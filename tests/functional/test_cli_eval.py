@@ -59,7 +59,8 @@ def finite(x) -> bool:
 
 def one_sentence(result) -> str:
     """The error text, unwrapped (rich wraps at the terminal width); it must be one sentence."""
-    text = " ".join(result.stderr.split())
+    # progress lines ("eval: ...", printed into a pipe) may come first; the error is the rest
+    text = " ".join(" ".join(line for line in result.stderr.splitlines() if not line.startswith("eval: ")).split())
     assert text.startswith("error: ") and text.endswith(".") and ". " not in text, text
     assert "Traceback" not in result.output
     return text
@@ -75,6 +76,11 @@ def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, 
     result = run_eval("--checkpoint", tiny_checkpoint, "--data", demo_store, "--samples", 3, "--prompt-bars", 2,
                       "--bars", 1, "--max-tokens", 2000, "--json", out)
     assert result.exit_code == 0, result.output
+    # not a terminal: progress comes as plain lines, from the start (a piped eval was silent for minutes)
+    progress = result.stderr.splitlines()
+    assert progress[0] == "eval: loading the checkpoint and the data"
+    assert any(line.startswith("eval: likelihood of validation pieces ") for line in progress)
+    assert any(line.startswith("eval: generating continuations (tokens) ") for line in progress)
     for text in ("Likelihood on the validation split", "bits/note", "3 generated continuations",
                  "invalid-token rate", "stuck-note rate", "longest copied run", "eval.png"):
         assert text in result.stdout

@@ -68,6 +68,22 @@ def test_without_a_gpu_the_default_is_the_tiny_preset_and_it_says_so(tmp_path):
     assert load_config(run / "config.toml").preset == "tiny"
 
 
+def test_resuming_with_a_new_max_steps_says_the_schedule_is_re_stretched(tmp_path):
+    root = tmp_path / "runs"
+    common = ["--run-dir", str(root), "--data", str(small_store()), "--device", "cpu", *_micro_args(root)]
+    first = subprocess.run(CLI + common + ["--max-steps", "2"], capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr
+    same = subprocess.run(CLI + common + ["--resume", "auto", "--max-steps", "2"], capture_output=True, text=True,
+                          timeout=240)
+    assert same.returncode == 0 and "re-stretched" not in same.stdout  # the same length: nothing to say
+    longer = subprocess.run(CLI + common + ["--resume", "auto", "--max-steps", "3"], capture_output=True, text=True,
+                            timeout=240)
+    assert longer.returncode == 0, longer.stderr
+    note = longer.stdout.splitlines()[0]
+    assert note.startswith("resuming with max_steps 3 (the run had 2): the learning-rate cosine is re-stretched")
+    assert "resume without --max-steps to keep the original schedule" in note
+
+
 def test_the_default_preset_follows_the_device(monkeypatch):
     import torch
 

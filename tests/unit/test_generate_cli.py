@@ -67,6 +67,9 @@ def test_bad_input_is_one_sentence_and_exit_2(checkpoint, tmp_path, monkeypatch)
         (["generate", "--checkpoint", checkpoint, "--synth", "timidity"], "fluidsynth"),
         (["generate", "--checkpoint", checkpoint, "--midi-api", "jack", "--virtual"], "JACK server is not running"),
         (["ports", "--midi-api", "beos"], "unknown MIDI API"),
+        # told before the model loads: the missing checkpoint is never reached
+        (["generate", "--checkpoint", tmp_path / "missing.pth", "--bars", "0"], "--bars must be at least 1, got 0"),
+        (["generate", "--checkpoint", tmp_path / "missing.pth", "-k", "0"], "--alternatives must be at least 1"),
     ]
     for args, words in cases:
         result = run(*args)

@@ -116,8 +116,10 @@ def test_take_paths_name_one_file_or_one_per_alternative(tmp_path, monkeypatch):
     assert take_paths(tmp_path / "x.mid", 1, 3) == [tmp_path / "x.mid"]
     assert [p.name for p in take_paths(tmp_path / "x", 2, 3)] == ["x-1.mid", "x-2.mid"]
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "pianomuse-3.mid").write_bytes(b"")
-    assert take_paths(None, 1, 3)[0].name == "pianomuse-3-1.mid"  # never overwrites an earlier take
+    assert take_paths(None, 1, 3)[0].name == "pianomuse-seed3.mid"  # the number is the seed, said so
+    (tmp_path / "pianomuse-seed3.mid").write_bytes(b"")
+    assert take_paths(None, 1, 3)[0].name == "pianomuse-seed3-take2.mid"  # never overwrites an earlier take
+    assert [p.name for p in take_paths(None, 2, 3)] == ["pianomuse-seed3-take2-1.mid", "pianomuse-seed3-take2-2.mid"]
 
 
 @pytest.mark.parametrize("choice, words", [

@@ -11,7 +11,11 @@ def repo_root() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests skip on CPU machines with a visible reason (CI has no GPU)."""
+    """Integration tests (real jackd, FluidSynth, process groups, GPUs) are all `slow`; GPU tests
+    skip on CPU machines with a visible reason (CI has no GPU)."""
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(REPO / "tests" / "integration"):
+            item.add_marker(pytest.mark.slow)
     try:
         import torch
 

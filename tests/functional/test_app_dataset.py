@@ -13,6 +13,7 @@ from pianomuse_tui.requests import DatasetArgs
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.slow
 async def test_scan_of_bundled_corpus_fills_table_summary_and_detail():
     seen: list = []
     app = PianoMuseApp(pane="dataset")
@@ -74,6 +75,7 @@ async def test_missing_folder_gives_one_sentence_and_keeps_running(tmp_path):
         assert app.is_running
 
 
+@pytest.mark.slow
 async def test_scan_can_be_cancelled(tmp_path):
     # a folder far too large to scan before the cancel lands, even on an idle machine
     files = sorted(CORPUS_DIR.rglob("*.mid"))
@@ -94,6 +96,7 @@ async def test_scan_can_be_cancelled(tmp_path):
         assert app.query_one("#ds-folder").value == str(tmp_path)
 
 
+@pytest.mark.slow
 async def test_check_arguments_then_prepare_builds_the_store_with_progress_and_offers_it_to_training(tmp_path):
     """What `pianomuse-tui check DIR --policy all --workers 1 --json R` opens: the scan uses them and
     writes the report; then p prepares the token store."""

@@ -19,11 +19,13 @@ from app_helpers import wait_for
 from engine.generate.defaults import HUMAN_CHANNEL
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.messages import PerformanceEnded, PerformanceStarted, PortsListed
+from pianomuse_tui.requests import GenerateArgs
 from pianomuse_tui.widgets.piano_roll import PianoRoll, render_piano_roll
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.jack]
 
 
+@pytest.mark.slow
 async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
     from engine.paths import bundled_checkpoint
 
@@ -32,7 +34,7 @@ async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
         receiver = MidiReceiver()
         try:
             seen: list = []
-            args = {"checkpoint": str(bundled_checkpoint()), "midi_api": "jack", "port": "pm-test-recv"}
+            args = GenerateArgs(checkpoint=str(bundled_checkpoint()), midi_api="jack", port="pm-test-recv")
             app = PianoMuseApp(pane="generate", args=args)
             async with app.run_test(size=(140, 44), message_hook=seen.append) as pilot:
                 pane = app.generate

@@ -64,6 +64,7 @@ def _recorded_run_with_an_audition(folder: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_saves(tiny_checkpoint, tmp_path,
                                                                                    monkeypatch):
     """A corrupt checkpoint is one sentence; then the real one plays: notes, roll, telemetry, a knob
@@ -190,6 +191,7 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
             receiver.close()
 
 
+@pytest.mark.slow
 async def test_missing_checkpoint_is_one_sentence(tmp_path):
     app = PianoMuseApp(pane="generate", args=GenerateArgs(checkpoint=str(tmp_path / "nope.pth")))
     async with app.run_test(size=(100, 30)) as pilot:
@@ -202,6 +204,7 @@ async def test_missing_checkpoint_is_one_sentence(tmp_path):
         assert str(app.generate.query_one("#gen-play").label) == "Play"
 
 
+@pytest.mark.slow
 async def test_alternatives_play_and_save_and_a_vanished_port_is_one_sentence(tiny_checkpoint, tmp_path, monkeypatch):
     """K=2 alternatives: the first is heard (the timing panel says so), the receiving JACK port then
     vanishes mid-performance: the engine's sentence shows as a notification, the app keeps running,

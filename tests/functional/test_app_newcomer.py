@@ -11,6 +11,7 @@ from textual.widgets import Select, Static
 from app_helpers import screen_text, wait_for
 from pianomuse_tui.app import ConfirmScreen, PianoMuseApp
 from pianomuse_tui.messages import PerformanceEnded, PortsListed, TakeWritten
+from pianomuse_tui.requests import GenerateArgs
 
 pytestmark = pytest.mark.asyncio
 
@@ -28,10 +29,11 @@ def _ended(seen: list) -> list[PerformanceEnded]:
 
 
 @pytest.mark.skipif(not NO_MIDI_SYSTEM, reason="this machine has an ALSA sequencer")
+@pytest.mark.slow
 async def test_no_midi_system_space_after_a_dropdown_and_w_writes_the_take(no_jack, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen: list = []
-    app = PianoMuseApp(pane="generate", args={"bars": 1, "seed": 3})
+    app = PianoMuseApp(pane="generate", args=GenerateArgs(bars=1, seed=3))
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         pane = app.generate
         assert await wait_for(pilot, lambda: any(isinstance(m, PortsListed) for m in seen), 60)

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.mark.parametrize("size", [(140, 40), (100, 30)])
+@pytest.mark.slow
 async def test_three_panes_render_at_both_sizes(size):
     seen: list = []
     app = PianoMuseApp()
@@ -38,6 +39,7 @@ async def test_three_panes_render_at_both_sizes(size):
         assert "Quit" in shot and "palette" in shot  # footer keys
 
 
+@pytest.mark.slow
 async def test_help_and_palette_list_every_action():
     app = PianoMuseApp()
     async with app.run_test(size=(140, 40)) as pilot:
@@ -65,6 +67,7 @@ async def test_help_and_palette_list_every_action():
         assert app.query_one("#panes", TabbedContent).active == "train"
 
 
+@pytest.mark.slow
 async def test_bad_knob_and_override_input_get_one_sentence(tmp_path):
     app = PianoMuseApp(pane="generate")
     async with app.run_test(size=(100, 30)) as pilot:

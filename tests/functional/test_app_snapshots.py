@@ -53,6 +53,7 @@ async def _settle(pilot, ready) -> None:
     await pilot.pause(0.1)
 
 
+@pytest.mark.slow
 def test_dataset_pane_after_a_real_scan(snap_compare, fixed_machine, tmp_path, monkeypatch):
     for name in SCAN_FILES:
         (tmp_path / "corpus").mkdir(exist_ok=True)
@@ -77,6 +78,7 @@ def test_dataset_pane_after_a_real_scan(snap_compare, fixed_machine, tmp_path, m
     assert snap_compare(app, terminal_size=SIZE, run_before=scanned)
 
 
+@pytest.mark.slow
 def test_train_pane_attached_to_the_bundled_models_recorded_run(snap_compare, fixed_machine, tmp_path,
                                                                  monkeypatch):
     # the run directory the bundled model was trained in, rebuilt from what ships with it

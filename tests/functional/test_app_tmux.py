@@ -38,6 +38,7 @@ def _loss(screen: str) -> str | None:
     return match.group(1) if match else None
 
 
+@pytest.mark.slow
 def test_newcomer_session_in_tmux(tmp_path):
     session = f"pm-{uuid.uuid4().hex[:8]}"
     binary = Path(sys.executable).parent / "pianomuse-tui"
@@ -89,6 +90,7 @@ def _processes_holding(folder: Path) -> list[int]:
     return holders
 
 
+@pytest.mark.slow
 def test_bare_command_opens_the_app_and_quits_at_once_when_nothing_runs(tmp_path):
     """`pianomuse-tui` with no arguments: the three panes, the device, the Dataset pane's keys;
     Ctrl+Q with nothing running quits without a question."""

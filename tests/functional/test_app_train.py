@@ -16,6 +16,7 @@ from pianomuse_tui.widgets.loss_plot import LossPlot
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.mark.slow
 async def test_tiny_run_from_the_pane_streams_metrics_stops_saving_resumes_and_quits_cleanly(tmp_path):
     seen: list = []
     args = {"preset": "tiny", "run_dir": str(tmp_path), "max_steps": 400, "overrides": FAST_TINY}
@@ -75,6 +76,7 @@ async def test_tiny_run_from_the_pane_streams_metrics_stops_saving_resumes_and_q
     assert not proc.alive and proc.exit_code == 130
 
 
+@pytest.mark.slow
 async def test_attach_to_a_run_written_by_a_headless_process(tmp_path):
     cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "train", "--preset", "tiny",
            "--run-dir", str(tmp_path), "--max-steps", "400"] + [f"--{o}" for o in FAST_TINY]
@@ -115,6 +117,7 @@ async def test_attach_to_a_run_written_by_a_headless_process(tmp_path):
             proc.wait()
 
 
+@pytest.mark.slow
 async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(tmp_path):
     """A finished run's folder: the pane shows the validation bits/note and each audition's score."""
     import json
@@ -201,6 +204,7 @@ async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_
     assert not [name for name, thread in reads if thread is threading.main_thread()], reads
 
 
+@pytest.mark.slow
 async def test_start_attach_and_stop_keys_leave_the_disk_to_workers(tmp_path, monkeypatch):
     """n (with a config file that is not there), a (on a runs folder) and x (on the attached run)
     answer on screen, while every look at the disk (path checks, listing the runs folder, creating
@@ -269,6 +273,7 @@ def _cuda_visible() -> bool:
 
 
 @pytest.mark.skipif(_cuda_visible(), reason="asking for CUDA only fails where no CUDA GPU is visible")
+@pytest.mark.slow
 async def test_no_gpu_and_a_crashed_training_process_are_one_sentence_and_the_app_goes_on(tmp_path):
     import os
     import signal

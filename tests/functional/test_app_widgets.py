@@ -34,6 +34,7 @@ def scripted_nvml(monkeypatch):
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_memory_panel_shows_trainer_memory_and_nvml_and_plot_keys_redraw(tmp_path, scripted_nvml):
     run = tmp_path / "20261130-0915-small"
     run.mkdir()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = REPO / "tests" / "data" / "broken"
 PIANO = REPO / "assets" / "corpus" / "piano"
@@ -17,6 +19,7 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_check_reports_every_broken_file_and_exits_one(tmp_path):
     report = tmp_path / "out" / "report.json"
     # stdout is a pipe, not a terminal: `check` runs headless even without --headless, in plain lines
@@ -43,6 +46,7 @@ def test_missing_folder_is_one_sentence_on_one_line_and_nonzero():
     assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1, done.stderr  # never wrapped
 
 
+@pytest.mark.slow
 def test_prepare_then_prepare_again_skips_unchanged_files(tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()
@@ -62,6 +66,7 @@ def test_prepare_then_prepare_again_skips_unchanged_files(tmp_path):
     assert bad.returncode == 2 and "does not exist" in " ".join(bad.stderr.split())
 
 
+@pytest.mark.slow
 def test_check_on_a_terminal_draws_a_rich_progress_bar(tmp_path):
     """On a terminal (a pseudo-terminal here) `--headless check` draws rich's live bar and colours."""
     import os
@@ -99,6 +104,7 @@ def test_check_on_a_terminal_draws_a_rich_progress_bar(tmp_path):
 ERROR_FILES = ("empty.mid", "not_midi.mid", "truncated.mid", "zero_tracks.mid")
 
 
+@pytest.mark.slow
 def test_a_folder_with_nothing_usable_exits_three_with_a_warning_and_prepare_says_the_store_is_empty(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -71,6 +71,7 @@ def run_eval(*args):
     return CliRunner().invoke(app, ["--headless", "eval", "--threads", "1", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_eval_reports_every_field_with_sane_values(tiny_checkpoint, demo_store, tmp_path):
     out = tmp_path / "report" / "eval.json"
     result = run_eval("--checkpoint", tiny_checkpoint, "--data", demo_store, "--samples", 3, "--prompt-bars", 2,
@@ -184,6 +185,7 @@ def test_without_a_bundled_model_eval_asks_for_a_checkpoint(tmp_path, monkeypatc
     assert "no bundled model" in message and "--checkpoint" in message
 
 
+@pytest.mark.slow
 def test_the_bundled_model_is_the_default_and_a_midi_folder_is_prepared(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("PIANOMUSE_CACHE", str(tmp_path / "cache"))
     midi = tmp_path / "my midi"

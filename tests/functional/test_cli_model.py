@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -37,6 +38,7 @@ def test_model_info_json_and_table(tmp_path):
         assert text in table.stdout
 
 
+@pytest.mark.slow
 def test_model_info_on_an_official_bf16_file_in_a_run_folder(tmp_path):
     path, config = make_checkpoint(tmp_path)
     step = tmp_path / "run" / "checkpoints" / "step-00000010"
@@ -50,6 +52,7 @@ def test_model_info_on_an_official_bf16_file_in_a_run_folder(tmp_path):
     assert info["dtype"] == "bfloat16" and info["architecture"] == "x070" and info["sidecar"] is False
 
 
+@pytest.mark.slow
 def test_bad_paths_print_one_clear_sentence(tmp_path):
     exe = shutil.which("pianomuse-tui") or str(__import__("pathlib").Path(sys.executable).with_name("pianomuse-tui"))
     missing = subprocess.run([exe, "--headless", "model", "info", str(tmp_path / "nope.pth")], capture_output=True, text=True, timeout=120)

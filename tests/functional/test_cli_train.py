@@ -35,6 +35,7 @@ def _micro_args(run_root: Path, **extra) -> list[str]:
     return words
 
 
+@pytest.mark.slow
 def test_headless_train_end_to_end(tmp_path):
     out = subprocess.run(
         CLI + ["--preset", "tiny", "--max-steps", "3", "--run-dir", str(tmp_path / "tmp"), "--data", str(small_store()),
@@ -55,6 +56,7 @@ def test_headless_train_end_to_end(tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="what a machine without a GPU does")
+@pytest.mark.slow
 def test_without_a_gpu_the_default_is_the_tiny_preset_and_it_says_so(tmp_path):
     root = tmp_path / "runs"
     out = subprocess.run(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "1",
@@ -136,6 +138,7 @@ def _train_records(run_root: Path) -> list[dict]:
     return [r for r in read_metrics(runs[0]) if r["kind"] == "train"] if runs else []
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_exits_130(tmp_path):
     root = tmp_path / "runs"
     proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
@@ -154,6 +157,7 @@ def test_sigint_saves_and_exits_130(tmp_path):
     assert states == ["started", "stopped"]
 
 
+@pytest.mark.slow
 def test_second_sigint_stops_at_once_without_saving(tmp_path):
     """The first Ctrl-C is answered at once, while the step (here: its save) is still running."""
     import threading
@@ -183,6 +187,7 @@ def test_second_sigint_stops_at_once_without_saving(tmp_path):
     assert "aborting now without saving" in stderr and "interrupted:" in stderr
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     root = tmp_path / "runs"
     proc = subprocess.Popen(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",

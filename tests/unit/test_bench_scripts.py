@@ -71,6 +71,7 @@ def test_bad_command_lines_say_what_to_do(capsys):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_ddp_speedup_tiny_gloo_two_processes(tmp_path):
     bench = bench_module("ddp_speedup")
     out_json = tmp_path / "r.json"

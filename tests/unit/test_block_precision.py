@@ -15,6 +15,7 @@ def _model(seed, L=2, C=128, V=97, arch="x080"):
     return RWKV7(ModelConfig(arch=arch, n_layer=L, n_embd=C, vocab_size=V, head_size=64), wkv_backend="chunked")
 
 
+@pytest.mark.slow
 def test_autocast_runs_the_blocks_in_one_dtype_and_trains_fp32_masters():
     model = _model(1)
     idx = torch.randint(0, 97, (2, 33))
@@ -32,6 +33,7 @@ def test_autocast_runs_the_blocks_in_one_dtype_and_trains_fp32_masters():
 
 
 @pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.slow
 def test_compiled_block_parts_equal_eager(packed):
     model = _model(2)
     compiled = copy.deepcopy(model).compile_blocks()

@@ -53,6 +53,7 @@ def test_transposition_moves_only_pitches_and_decodes_shifted(tok):
     assert np.array_equal(after["pitch"], before["pitch"] + 5) and np.array_equal(after["time"], before["time"])
 
 
+@pytest.mark.slow
 def test_jitter_keeps_kinds_lengths_and_context(tok):
     store = demo_store()
     windows = store_completion_windows(store, "val", context_bars=2, completion_bars=2, stride_bars=4)[:40]

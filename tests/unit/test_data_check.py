@@ -42,6 +42,7 @@ def _by_name(report: ScanReport) -> dict[str, FileRecord]:
     return {str(Path(r.path).relative_to(root)): r for r in report.files}
 
 
+@pytest.mark.slow
 def test_every_file_once_with_its_status_and_reasons():
     records = _by_name(mixed_report())
     assert sorted(records) == sorted(EXPECTED)  # notes.txt is not scanned; .MIDI and .kar are

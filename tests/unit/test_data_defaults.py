@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from data_helpers import demo_store_path
@@ -15,6 +16,7 @@ from engine.paths import CORPUS_DIR
 from pianomuse_tui.cli import app
 
 
+@pytest.mark.slow
 def test_check_with_no_folder_scans_the_demo_corpus(tmp_path):
     config = tmp_path / "data.toml"
     config.write_text("[check]\ntokenize = false\n")  # statuses only: the corpus is what is checked here
@@ -40,6 +42,7 @@ def test_prepare_and_train_with_no_folder_use_the_demo_store(monkeypatch):
     assert cfg.data.path == "" and resolve_store(cfg) == store
 
 
+@pytest.mark.slow
 def test_a_checkpoint_carries_the_vocabulary_it_was_trained_with(tmp_path):
     from engine import PianoMuseRWKV
     from engine.data.tokenizer import PianoTokenizer

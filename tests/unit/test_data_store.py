@@ -23,6 +23,7 @@ def _small_corpus(name: str) -> list:
     return folder
 
 
+@pytest.mark.slow
 def test_prepare_then_reprepare_incrementally():
     folder = _small_corpus("incremental")
     out = scratch("incremental-store") / "store"
@@ -110,6 +111,7 @@ def test_bad_inputs_are_one_sentence(tmp_path):
     assert (loaded.tokenizer, loaded.val_fraction, loaded.split_seed, loaded.check) == ({"tokenization": "TSD"}, 0.2, 3, {"timeout_s": 5})
 
 
+@pytest.mark.slow
 def test_a_cancelled_prepare_keeps_the_files_done_and_the_next_one_resumes():
     folder = _small_corpus("resume")
     out = scratch("resume-store") / "store"

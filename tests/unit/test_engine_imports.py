@@ -14,6 +14,8 @@ import pytest
 
 import engine
 
+pytestmark = pytest.mark.slow  # one interpreter imports torch and every subpackage
+
 STAGES = {
     "engine": "import engine",
     "lazy names": "engine.PianoMuseRWKV, engine.wkv7",

@@ -85,6 +85,7 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(tmp_path):
     assert result.exit_code == 2 and "no tokenizer" in result.output
 
 
+@pytest.mark.slow
 def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_path):
     import threading
 
@@ -166,6 +167,7 @@ def bars_in_file(path) -> float:
     return bars + (tick - last_change) / bar_ticks
 
 
+@pytest.mark.slow
 def test_bars_are_honoured_and_an_early_end_is_said(tmp_path):
     result = run("generate", "--bars", "8", "--seed", "1", "--threads", "1", "--out", tmp_path / "eight.mid")
     assert result.exit_code == 0, result.output

@@ -50,6 +50,7 @@ def kind_sequence_is_grammatical(tokenizer, prev_kind: str, ids: list[int]) -> b
 
 
 @pytest.mark.parametrize("tokenization", ["REMI", "TSD"])
+@pytest.mark.slow
 def test_five_hundred_random_generations_per_tokenizer_all_decode_with_nothing_stuck(tokenization, remi, tsd):
     """1,000 random-weight generations in all (2 tokenizers x 5 models x 100 alternatives)."""
     tok = remi if tokenization == "REMI" else tsd

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 
+import pytest
+
 import engine
 
 REPO = Path(__file__).resolve().parents[2]
 UI = ("pianomuse_tui", "textual", "rich", "typer")
-NOT_FOR_THE_MODEL = ("miditok", "symusic", "mido", "rtmidi", "matplotlib")
+NOT_FOR_THE_MODEL = ("miditok", "symusic", "mido", "rtmidi", "matplotlib", "rwkv")
 
 
 def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -57,6 +59,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_every_engine_module_imports_alone_without_the_ui():
     modules = sorted(m.name for m in pkgutil.walk_packages(engine.__path__, "engine."))
     assert len(modules) > 40 and "engine.train.trainer" in modules
@@ -74,6 +77,7 @@ def test_every_engine_module_imports_alone_without_the_ui():
     assert not heavy, f"model/kernel modules that need more than torch: {heavy}"
 
 
+@pytest.mark.slow
 def test_a_headless_command_never_loads_the_app(tmp_path):
     config = tmp_path / "data.toml"
     config.write_text("[check]\ntokenize = false\n")

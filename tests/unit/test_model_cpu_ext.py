@@ -31,6 +31,7 @@ def _switch_on(monkeypatch):
 @needs_compiler
 @pytest.mark.parametrize("arch", ["x070", "x080"])
 @pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.slow
 def test_fused_step_equals_eager_step(arch, batch):
     model = fused_model(arch)
     tokens = torch.randint(0, model.config.vocab_size, (24, batch), generator=torch.Generator().manual_seed(1))
@@ -74,6 +75,7 @@ def test_fused_step_follows_weight_updates_and_rejects_bad_tokens():
     assert rel_err(before, after) > 1e-3
 
 
+@pytest.mark.slow
 def test_switched_off_by_env_keeps_the_traced_step(monkeypatch):
     monkeypatch.setenv(cpu_ext.ENV_SWITCH, "0")
     model = fused_model("x070")
@@ -86,6 +88,7 @@ def test_switched_off_by_env_keeps_the_traced_step(monkeypatch):
     assert rel_err(logits, eager) < 1e-6
 
 
+@pytest.mark.slow
 def test_missing_compiler_warns_once_and_falls_back(tmp_path):
     # a fresh process with no compiler on PATH and an empty build cache: one loud warning, then
     # the traced PyTorch step, with the same numbers as eager mode

@@ -31,6 +31,7 @@ def assert_orthogonal(w: torch.Tensor, gain: float):
 
 
 @pytest.mark.parametrize("arch,V", [("x070", 300), ("x080", 64)])
+@pytest.mark.slow
 def test_every_parameter_follows_the_init_table(arch, V):
     L, C, N = 3, 128, 32
     model = RWKV7(ModelConfig(arch=arch, n_layer=L, n_embd=C, vocab_size=V, head_size=N))

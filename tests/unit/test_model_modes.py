@@ -23,6 +23,7 @@ def run_rnn(model, idx, state=None):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("arch", ["x070", "x080"])
+@pytest.mark.slow
 def test_gpt_equals_rnn_step_by_step(arch, backend):
     model = perturbed_model(arch=arch, n_layer=3, backend=backend, seed=1)
     idx = torch.randint(0, model.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(3))
@@ -50,6 +51,7 @@ def test_x080_deep_embed_changes_the_output_per_token():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow
 def test_state_carried_across_two_gpt_calls_equals_one_call(backend):
     model = perturbed_model(arch="x070", n_layer=2, backend=backend, seed=4)
     idx = torch.randint(0, model.config.vocab_size, (3, 30), generator=torch.Generator().manual_seed(5))
@@ -63,6 +65,7 @@ def test_state_carried_across_two_gpt_calls_equals_one_call(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow
 def test_packed_sequences_equal_separate_calls(backend):
     """cu_seqlens: state AND token shift restart at every document boundary."""
     model = perturbed_model(arch="x080", n_layer=2, backend=backend, seed=6)
@@ -88,6 +91,7 @@ def test_packed_sequences_equal_separate_calls(backend):
             assert rel_err(fresh_logits[:, sl], model(doc)) < 1e-5
 
 
+@pytest.mark.slow
 def test_step_leaves_the_given_state_unchanged_and_tracks_weight_updates():
     model = perturbed_model(seed=8)
     state = model.init_state(2)
@@ -103,6 +107,7 @@ def test_step_leaves_the_given_state_unchanged_and_tracks_weight_updates():
     assert not torch.allclose(again[0], logits[0])
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_initial_state_in_parallel_mode():
     model = perturbed_model(seed=9).train()
     state = model.init_state(1)
@@ -116,6 +121,7 @@ def test_gradients_reach_the_initial_state_in_parallel_mode():
     assert model.blocks[1].att.w1.grad.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_bf16_model_keeps_fp32_wkv_state_and_stays_close():
     model = perturbed_model(seed=10, scale=0.05)
     bf16 = perturbed_model(seed=10, scale=0.05, dtype=torch.bfloat16)

@@ -32,6 +32,7 @@ ORACLE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_rwkv_package_gives_the_same_logits(tmp_path):
     model = perturbed_model(arch="x070", n_layer=3, n_embd=128, vocab_size=97, head_size=64, seed=31, scale=0.2)
     path = save_checkpoint(model, tmp_path / "engine-x070")

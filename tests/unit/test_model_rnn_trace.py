@@ -9,6 +9,7 @@ from model_helpers import perturbed_model, rel_err
 
 @pytest.mark.parametrize("arch", ["x070", "x080"])
 @pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.slow
 def test_traced_step_equals_eager_step(arch, batch):
     model = perturbed_model(arch=arch, n_layer=3)
     tokens = torch.randint(0, model.config.vocab_size, (6, batch), generator=torch.Generator().manual_seed(1))
@@ -25,6 +26,7 @@ def test_traced_step_equals_eager_step(arch, batch):
         torch.testing.assert_close(traced, eager, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_trace_is_dropped_when_the_weights_change():
     model = perturbed_model(n_layer=2)
     tokens = torch.tensor([3, 7])

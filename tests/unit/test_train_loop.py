@@ -29,6 +29,7 @@ def _losses(run_dir, kind="train"):
 COMMON = {"kind", "step", "tokens", "time", "elapsed_s"}
 
 
+@pytest.mark.slow
 def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
     cfg = _config(tmp_path, **{"train.max_steps": 10, "data.max_train_samples": 4, "eval.val_every": 5,
                                "eval.audition_every": 10, "run.checkpoint_every": 5, "optim.lr": 5e-3})
@@ -75,6 +76,7 @@ def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
     assert audition["copied_notes"] >= 0 and 0.0 <= audition["pitch_class_oa"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     settings = {"train.max_steps": 4, "data.augment": "true"}
     straight = run_training(_config(tmp_path / "a", **settings))
@@ -90,6 +92,7 @@ def test_resume_continues_exactly(tmp_path):
     assert states == ["started", "stopped", "resumed", "finished"]
 
 
+@pytest.mark.slow
 def test_nan_guard_skips_a_bad_step_and_aborts_after_k(tmp_path):
     # update attempts: 0 good (step 1), 1 poisoned (skipped), 2 good (step 2, checkpoint), 3-5 poisoned -> abort
     result = run_training(_config(tmp_path, **{"debug.nan_at_steps": "1,3,4,5,6", "run.max_bad_steps": 3,
@@ -160,6 +163,7 @@ def test_packed_lm_objective_trains_and_validates(tmp_path):
     assert val[0]["val_loss"] > 0 and val[0]["val_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_compiled_blocks_train_the_same_losses(tmp_path):
     """train.compile=true (torch.compile of the block parts; inductor's CPU backend here) gives
     the losses of the eager run, step for step, on packed LM chunks."""

@@ -1,9 +1,23 @@
 """The trainer: config, optimizer groups, schedule, loop, checkpoints, metrics log, distributed.
 
 See docs/training.md. ``run_training(config, on_metrics=None, stop_event=None)`` is the entry
-point for the CLI and for the app's spawned training process.
+point for the CLI and for the app's spawned training process. ``import engine.train.config`` is
+cheap (no torch): the public names below load their modules on first use.
 """
-from .config import ConfigError, TrainConfig, load_config
-from .trainer import Trainer, TrainingAborted, TrainResult, run_training
+from __future__ import annotations
 
-__all__ = ["ConfigError", "TrainConfig", "load_config", "Trainer", "TrainResult", "TrainingAborted", "run_training"]
+from engine import lazy_exports
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ConfigError": "engine.train.config",
+    "TrainConfig": "engine.train.config",
+    "load_config": "engine.train.config",
+    "Trainer": "engine.train.trainer",
+    "TrainResult": "engine.train.trainer",
+    "TrainingAborted": "engine.train.trainer",
+    "run_training": "engine.train.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

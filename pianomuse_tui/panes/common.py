@@ -25,16 +25,6 @@ def one_sentence(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def field(mapping: Any, *names: str) -> Any:
-    """The first of ``names`` present in ``mapping`` (the engine's reports are plain dicts)."""
-    if not isinstance(mapping, dict):
-        return None
-    for name in names:
-        if name in mapping and mapping[name] is not None:
-            return mapping[name]
-    return None
-
-
 def fmt_count(n: Any) -> str:
     if not isinstance(n, (int, float)):
         return "-"
@@ -52,26 +42,6 @@ def fmt_duration(seconds: Any) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def progress_args(args: tuple, kwargs: dict) -> tuple[int, int, str]:
-    """(done, total, current item) from an engine progress callback's arguments.
-
-    The engine calls ``on_progress(done, total, ...)``; a single dict or object argument with
-    those fields is accepted as well.
-    """
-    if len(args) == 1 and not isinstance(args[0], (int, float)):
-        obj = args[0]
-        get = obj.get if isinstance(obj, dict) else lambda k, d=None: getattr(obj, k, d)
-        return int(get("done", 0) or 0), int(get("total", 0) or 0), str(get("path", "") or get("current", "") or "")
-    numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
-    rest = [a for a in args if not isinstance(a, (int, float))]
-    done = int(kwargs.get("done", numbers[0] if numbers else 0))
-    total = int(kwargs.get("total", numbers[1] if len(numbers) > 1 else 0))
-    current = kwargs.get("path") or kwargs.get("current") or (rest[0] if rest else "")
-    if isinstance(current, dict):
-        current = current.get("path", "")
-    return done, total, str(getattr(current, "path", current))
 
 
 def fill_table(table, columns, rows) -> None:

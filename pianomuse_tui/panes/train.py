@@ -21,6 +21,8 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from engine.train.config import PRESETS
+
 from ..messages import MetricsArrived, ResourceSample, RunEnded, RunLaunched, RunLocated, RunStarted
 from ..runwatch import EtaClock, MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
 from ..training_process import TrainingProcess, TrainSpec, launch_problem
@@ -28,7 +30,6 @@ from ..widgets.loss_plot import LossPlot
 from ..widgets.meters import MemoryMeter
 from .common import PaneBase, fill_table, fmt_count, fmt_duration, one_sentence
 
-PRESETS = ("tiny", "small", "base")
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97)
 POLL_S = 0.25
 

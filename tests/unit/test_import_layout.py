@@ -98,3 +98,10 @@ def test_ruff_finds_nothing_and_every_noqa_marker_is_needed():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_the_train_config_and_the_panes_load_without_torch():
+    """The app reads presets and config names from engine.train.config; the app starts without torch."""
+    out = _python("import sys, engine.train.config, pianomuse_tui.app; print('TORCH', 'torch' in sys.modules)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TORCH False" in out.stdout

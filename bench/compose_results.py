@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ["wkv7_cpu", "forward_cpu", "generate", "data", "data_report_size", "wkv7_cuda", "train",
+ORDER = ["wkv7_cpu", "forward_cpu", "generate", "data", "data_report_size", "wkv7_cuda", "train", "train_cpu",
          "train_throughput", "gpu_2026-12-06", "tui", "eval"]
 
 

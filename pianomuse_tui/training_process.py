@@ -65,12 +65,13 @@ def _child_main(spec: TrainSpec, log_path: str, conn) -> None:
     _redirect_output(log_path)
     # the terminal's Ctrl+C belongs to the app; the child stops through control/stop (or SIGINT sent to it)
     try:
-        from engine.train.launch import resolve_config
+        from engine.train.launch import apply_cpu_train_threads, resolve_config
         from engine.train.trainer import run_training
 
         config = resolve_config(spec.config, spec.preset, list(spec.overrides), data=spec.data,
                                 run_root=spec.runs_root, max_steps=spec.max_steps, device=spec.device,
                                 resume=spec.resume, init_from=spec.init_from)
+        apply_cpu_train_threads(config)
         result = run_training(config, on_metrics=None, stop_event=None)
     except KeyboardInterrupt:
         raise SystemExit(130) from None

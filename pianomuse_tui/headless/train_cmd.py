@@ -229,7 +229,7 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
     from engine.train.checkpointing import ResumeError
     from engine.train.config import ConfigError
     from engine.train.feed import DataError
-    from engine.train.launch import default_preset, resolve_config, resume_note
+    from engine.train.launch import apply_cpu_train_threads, default_preset, resolve_config, resume_note
     from engine.train.trainer import run_training
 
     if preset is None and config is None and not resume:
@@ -243,6 +243,7 @@ def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_
     except (ConfigError, ResumeError) as exc:
         fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    apply_cpu_train_threads(cfg)
     note = resume_note(cfg)
     if note and rank0:
         console.print(note, highlight=False, markup=False, soft_wrap=True)

@@ -58,16 +58,21 @@ def test_headless_train_end_to_end(tmp_path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="what a machine without a GPU does")
 @pytest.mark.slow
 def test_without_a_gpu_the_default_is_the_tiny_preset_and_it_says_so(tmp_path):
+    import json
+
     root = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run(CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "1",
                                 "--eval.val_every", "0", "--eval.audition_every", "0", "--run.checkpoint_every", "0",
                                 "--train.batch_size", "2", "--train.micro_batch_size", "2", "--data.ctx_len", "64"],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stderr
     first = out.stdout.splitlines()[0]
     assert first.startswith("no GPU found: using the tiny preset"), out.stdout
     (run,) = root.iterdir()
     assert load_config(run / "config.toml").preset == "tiny"
+    # one torch thread: a narrow model on 2 busy cores ran 13x slower with one thread per core
+    assert json.loads((run / "env.json").read_text())["cpu_threads"] == 1
 
 
 def test_resuming_with_a_new_max_steps_says_the_schedule_is_re_stretched(tmp_path):
@@ -84,6 +89,19 @@ def test_resuming_with_a_new_max_steps_says_the_schedule_is_re_stretched(tmp_pat
     note = longer.stdout.splitlines()[0]
     assert note.startswith("resuming with max_steps 3 (the run had 2): the learning-rate cosine is re-stretched")
     assert "resume without --max-steps to keep the original schedule" in note
+
+
+def test_cpu_runs_of_narrow_models_use_one_thread_unless_the_user_says(monkeypatch):
+    from engine.train.launch import cpu_train_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    tiny, small, base = (load_config(None, p) for p in ("tiny", "small", "base"))
+    assert cpu_train_threads(tiny.with_overrides(["train.device=cpu"])) == 1
+    assert cpu_train_threads(small.with_overrides(["train.device=cpu"])) == 1
+    assert cpu_train_threads(base.with_overrides(["train.device=cpu"])) is None  # wide enough to split
+    assert cpu_train_threads(tiny.with_overrides(["train.device=cuda"])) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_train_threads(tiny.with_overrides(["train.device=cpu"])) is None  # the user's choice stands
 
 
 def test_the_default_preset_follows_the_device(monkeypatch):

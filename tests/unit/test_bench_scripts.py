@@ -94,3 +94,11 @@ def test_performance_round_trip_bench_prints_the_table_and_writes_the_set(tmp_pa
     assert "| score | REMI | 339 |" in out and "| performance | TSD |" in out
     assert "goal: performance preset onset p95 <= 10 ms: met" in out
     assert len(list(tmp_path.glob("*.mid"))) == 2
+
+
+def test_train_cpu_bench_runs_the_real_trainer_and_prints_its_row(capsys):
+    bench_module("train_cpu").main(["--steps", "4", "--skip", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| tiny |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1" and float(cells[2]) > 0 and float(cells[3]) > 0  # one torch thread, steps/s, tokens

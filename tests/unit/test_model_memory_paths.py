@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.model.rwkv7 import _ReluSquareMLP, relu_square_mlp
+from engine.model.block_math import _ReluSquareMLP, relu_square_mlp
 
 
 def _inputs(dtype, seed):

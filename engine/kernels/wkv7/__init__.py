@@ -26,6 +26,7 @@ import os
 import torch
 
 from .reference import wkv7_reference
+from .step import wkv7_step
 
 log = logging.getLogger(__name__)
 
@@ -120,4 +121,4 @@ def wkv7(r, w, k, v, a, b, *, initial_state=None, output_final_state=False, cu_s
     return fn(r, w, k, v, a, b, initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
 
-__all__ = ["wkv7", "wkv7_reference", "resolve_backend", "explain_backend", "cuda_available", "cuda_disabled", "BACKENDS"]
+__all__ = ["wkv7", "wkv7_reference", "wkv7_step", "resolve_backend", "explain_backend", "cuda_available", "cuda_disabled", "BACKENDS"]

@@ -185,3 +185,18 @@ def test_wkv_recompute_trains_the_same_losses(tmp_path):
     assert a.keys() == b.keys() == {1, 2}
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-6), step
+
+
+def test_fused_head_trains_the_same_losses_and_validation(tmp_path):
+    """train.fused_head=true (the chunked head + loss that CUDA uses by default) gives the plain
+    path's training losses step for step and the same validation loss, with L2Wrap on."""
+    settings = {"train.max_steps": 3, "eval.val_every": 3, "train.l2wrap": "true"}
+    plain = run_training(_config(tmp_path / "plain", **settings))
+    fused = run_training(_config(tmp_path / "fused", **settings, **{"train.fused_head": "true"}))
+    assert fused.status == plain.status == "finished"
+    a, b = _losses(plain.run_dir), _losses(fused.run_dir)
+    assert a.keys() == b.keys() == {1, 2, 3}
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+    val = lambda run: [r["val_loss"] for r in read_metrics(run.run_dir / "metrics.jsonl") if r["kind"] == "val"]  # noqa: E731
+    assert val(fused) == pytest.approx(val(plain), rel=1e-5) and len(val(plain)) == 1

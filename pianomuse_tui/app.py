@@ -149,7 +149,7 @@ class PianoMuseApp(App):
         resource_tracker.ensure_running()
         pane = PANE_ALIASES.get(pane or "", pane)
         self.initial_pane = pane if pane in PANES else "dataset"
-        self.pane_args = args  # the record of the pane it opens on (the Dataset pane's DatasetArgs)
+        self.pane_args = args  # the record of the pane it opens on (DatasetArgs, TrainArgs or GenerateArgs)
         self.device = "detecting device…"
         self._quitting = False
 
@@ -160,7 +160,7 @@ class PianoMuseApp(App):
         args = self.pane_args
         # kept by reference: App.query_one searches the current screen, which is a dialog at times
         self._dataset = DatasetPane(args if self.initial_pane == "dataset" else None, id="dataset-pane")
-        self._train = TrainPane(args or {} if self.initial_pane == "train" else {}, id="train-pane")
+        self._train = TrainPane(args if self.initial_pane == "train" else None, id="train-pane")
         self._generate = GeneratePane(args if self.initial_pane == "generate" else None, id="generate-pane")
         with TabbedContent(initial=self.initial_pane, id="panes"):
             with TabPane("Dataset", id="dataset"):

@@ -16,6 +16,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from engine.data.check import ScanReport
+    from engine.train.request import TrainRequest
 
 
 class Coalescing(Message):
@@ -81,7 +82,7 @@ class MetricsArrived(Coalescing):
 class RunLaunched(Message):
     """The launcher's answer to "start a run": the spawned process, or the sentence saying why not."""
 
-    spec: Any
+    spec: TrainRequest
     process: Any = None
     error: str | None = None
 

@@ -1,12 +1,15 @@
 """What a command asks its pane for: the typed arguments a headless command hands to the app.
 
-`pianomuse-tui check DIR` on a terminal opens the Dataset pane with a ``DatasetArgs``; the pane
-reads these fields and nothing else. This module imports neither textual nor the engine's heavy
-parts, so the headless commands can build the records without loading the app.
+`pianomuse-tui check DIR` on a terminal opens the Dataset pane with a ``DatasetArgs``, `train` the
+Train pane with a ``TrainArgs`` (around the engine's ``TrainRequest``), `generate` the Generate
+pane with a ``GenerateArgs``; each pane reads these fields and nothing else. This module imports
+neither textual nor torch, so the headless commands build the records without loading the app.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from engine.train.request import TrainRequest
 
 
 @dataclass(frozen=True)
@@ -41,5 +44,14 @@ class GenerateArgs:
     mode: str | None = None  # how the model plays with you (engine.generate.defaults.MODES)
 
 
-# what `open_app` hands the pane it opens on (the Train pane still takes a dict until it takes a TrainRequest)
-PaneArgs = DatasetArgs | GenerateArgs | dict
+@dataclass(frozen=True)
+class TrainArgs:
+    """The Train pane's start: `train`'s request, or a run folder to watch."""
+
+    request: TrainRequest = field(default_factory=TrainRequest)
+    attach: str | None = None  # watch this run directory (written by another process)
+    start: bool = False  # start (or, with request.resume, resume) at once
+
+
+# what `open_app` hands the pane it opens on
+PaneArgs = DatasetArgs | GenerateArgs | TrainArgs

@@ -14,30 +14,20 @@ import signal
 import sys
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.train.request import TrainRequest
 
 from .runwatch import newest_run, request_stop
 
 _LIVE: "weakref.WeakSet[TrainingProcess]" = weakref.WeakSet()
 
 
-@dataclass
-class TrainSpec:
-    """What the Train pane asks for: the same knobs as ``pianomuse-tui --headless train``."""
-
-    preset: str | None = "tiny"
-    config: str | None = None
-    data: str | None = None
-    runs_root: str = "runs"
-    resume: str | None = None  # "auto" or a run/checkpoint path
-    max_steps: int | None = None
-    device: str | None = None
-    init_from: str | None = None
-    overrides: list[str] = field(default_factory=list)  # "section.key=value"
+def runs_root(request: TrainRequest) -> Path:
+    return Path(request.run_root or "runs")
 
 
-def launch_problem(spec: TrainSpec) -> str | None:
+def launch_problem(spec: TrainRequest) -> str | None:
     """The one sentence saying why ``spec`` cannot start (a missing file or run), or None.
 
     It touches the disk, so the Train pane calls it from a worker thread.
@@ -46,8 +36,8 @@ def launch_problem(spec: TrainSpec) -> str | None:
         return f"Config file {spec.config} does not exist; type the path of a TOML file or clear it."
     if spec.data and not Path(spec.data).exists():
         return f"Data {spec.data} does not exist; type a MIDI folder or token store, or clear it."
-    if spec.resume == "auto" and newest_run(Path(spec.runs_root)) is None:
-        return f"No run to resume in {spec.runs_root}; start a new one with n."
+    if spec.resume == "auto" and newest_run(runs_root(spec)) is None:
+        return f"No run to resume in {runs_root(spec)}; start a new one with n."
     return None
 
 
@@ -61,16 +51,14 @@ def _redirect_output(log_path: str) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
-def _child_main(spec: TrainSpec, log_path: str, conn) -> None:
+def _child_main(spec: TrainRequest, log_path: str, conn) -> None:
     _redirect_output(log_path)
     # the terminal's Ctrl+C belongs to the app; the child stops through control/stop (or SIGINT sent to it)
     try:
-        from engine.train.launch import apply_cpu_train_threads, resolve_config
+        from engine.train.launch import apply_cpu_train_threads
         from engine.train.trainer import run_training
 
-        config = resolve_config(spec.config, spec.preset, list(spec.overrides), data=spec.data,
-                                run_root=spec.runs_root, max_steps=spec.max_steps, device=spec.device,
-                                resume=spec.resume, init_from=spec.init_from)
+        config = spec.resolve()
         apply_cpu_train_threads(config)
         result = run_training(config, on_metrics=None, stop_event=None)
     except KeyboardInterrupt:
@@ -92,9 +80,9 @@ def _child_main(spec: TrainSpec, log_path: str, conn) -> None:
 class TrainingProcess:
     """One spawned training run: start, find its run directory, stop it (saving), reap it."""
 
-    def __init__(self, spec: TrainSpec) -> None:
+    def __init__(self, spec: TrainRequest) -> None:
         self.spec = spec
-        self.runs_root = Path(spec.runs_root).resolve()
+        self.runs_root = runs_root(spec).resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
         self.log_path = self.runs_root / f".pianomuse-train-{os.getpid()}-{time.time_ns()}.log"
         self.run_dir: Path | None = None

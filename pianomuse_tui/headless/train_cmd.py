@@ -14,12 +14,15 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from .console import console, err_console, is_tty
 from .console import fail as console_fail
+
+if TYPE_CHECKING:
+    from engine.train.request import TrainRequest
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
@@ -207,39 +210,39 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from engine.train.config import ConfigError
         from engine.train.launch import parse_override_args
+        from engine.train.request import TrainRequest
 
         from ..cli import open_app, wants_app
+        from ..requests import TrainArgs
 
         try:
             overrides = parse_override_args(list(ctx.args))
         except ConfigError as exc:
             fail(str(exc))
+        request = TrainRequest(preset=preset, config=str(config) if config else None, data=data,
+                               run_root=str(run_dir) if run_dir else None, max_steps=max_steps, device=device,
+                               resume=resume, init_from=str(init_from) if init_from else None, overrides=overrides)
         if wants_app(ctx):
-            open_app(pane="train", args={
-                "config": str(config) if config else None, "data": data, "preset": preset,
-                "run_dir": str(run_dir) if run_dir else None, "max_steps": max_steps, "device": device,
-                "resume": resume, "init_from": str(init_from) if init_from else None, "overrides": overrides,
-            })
+            open_app(pane="train", args=TrainArgs(request))
             return
-        run_headless(config, data, preset, run_dir, max_steps, device, resume, init_from, overrides)
+        run_headless(request)
 
 
-def run_headless(config, data, preset, run_dir, max_steps, device, resume, init_from, overrides) -> None:
+def run_headless(request: TrainRequest) -> None:
     from engine.model.checkpoint import CheckpointError
     from engine.train.checkpointing import ResumeError
     from engine.train.config import ConfigError
     from engine.train.feed import DataError
-    from engine.train.launch import apply_cpu_train_threads, default_preset, resolve_config, resume_note
+    from engine.train.launch import apply_cpu_train_threads, default_preset, resume_note
     from engine.train.trainer import run_training
 
-    if preset is None and config is None and not resume:
-        choice = default_preset(device)
-        preset = choice.name
+    if request.preset is None and request.config is None and not request.resume:
+        choice = default_preset(request.device)
+        request.preset = choice.name
         if choice.note and int(os.environ.get("RANK", "0")) == 0:
             console.print(choice.note, highlight=False, markup=False, soft_wrap=True)
     try:
-        cfg = resolve_config(config, preset, overrides, data=data, run_root=run_dir, max_steps=max_steps,
-                             device=device, resume=resume, init_from=init_from)
+        cfg = request.resolve()
     except (ConfigError, ResumeError) as exc:
         fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0

@@ -22,10 +22,12 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from engine.train.config import PRESETS
+from engine.train.request import TrainRequest
 
 from ..messages import MetricsArrived, ResourceSample, RunEnded, RunLaunched, RunLocated, RunStarted
 from ..runwatch import EtaClock, MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
-from ..training_process import TrainingProcess, TrainSpec, launch_problem
+from ..requests import TrainArgs
+from ..training_process import TrainingProcess, launch_problem
 from ..widgets.loss_plot import LossPlot
 from ..widgets.meters import MemoryMeter
 from .common import PaneBase, fill_table, fmt_count, fmt_duration, one_sentence
@@ -85,10 +87,9 @@ class TrainPane(PaneBase):
         ("Play the selected audition", "Play the audition sample through the Generate pane's output", "play_selected"),
     ]
 
-    def __init__(self, args: dict | None = None, **kwargs) -> None:
+    def __init__(self, args: TrainArgs | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        args = args or {}
-        self.args = args
+        self.args = args or TrainArgs()
         self.proc: TrainingProcess | None = None
         self._launcher = None  # the worker checking paths and spawning a run, until it answers
         self.run_dir: Path | None = None
@@ -104,26 +105,22 @@ class TrainPane(PaneBase):
         self.eta_clock = EtaClock()
 
     def compose(self) -> ComposeResult:
-        args = self.args
-        overrides = args.get("overrides") or ""
-        if isinstance(overrides, (list, tuple)):
-            overrides = " ".join(overrides)
-        elif isinstance(overrides, dict):
-            overrides = " ".join(f"{k}={v}" for k, v in overrides.items())
-        for flag, key in (("max_steps", "train.max_steps"), ("device", "train.device"), ("init_from", "init_from")):
-            if args.get(flag):
-                overrides = f"{overrides} {key}={args[flag]}".strip()
+        request = self.args.request
+        overrides = " ".join(request.overrides)
+        for value, key in ((request.max_steps, "train.max_steps"), (request.device, "train.device"), (request.init_from, "init_from")):
+            if value:
+                overrides = f"{overrides} {key}={value}".strip()
         # blank = the headless default, chosen when the run starts: small on a GPU, tiny on a CPU
-        preset = args.get("preset") or Select.NULL
+        preset = request.preset or Select.NULL
         with Horizontal(classes="toolbar"):
             yield Label("Data", classes="field-label")
-            yield Input(str(args.get("data") or ""), placeholder="bundled corpus", id="tr-data")
+            yield Input(request.data or "", placeholder="bundled corpus", id="tr-data")
             yield Select([(p, p) for p in PRESETS], value=preset, id="tr-preset", allow_blank=True,
                          prompt="preset: auto")
-            yield Input(str(args.get("config") or ""), placeholder="config.toml (optional)", id="tr-config")
+            yield Input(request.config or "", placeholder="config.toml (optional)", id="tr-config")
         with Horizontal(classes="toolbar"):
             yield Label("Runs", classes="field-label")
-            yield Input(str(args.get("run_dir") or args.get("runs_root") or "runs"), id="tr-runs",
+            yield Input(request.run_root or "runs", id="tr-runs",
                         placeholder="runs folder, or a run directory to attach to")
             yield Input(overrides, placeholder="overrides: train.max_steps=200 optim.lr=3e-4", id="tr-overrides")
             yield Button("New", id="tr-new", variant="primary")
@@ -146,11 +143,12 @@ class TrainPane(PaneBase):
         table.border_title = "Checkpoints / auditions (c goes here, enter plays)"
         fill_table(table, ARTIFACT_COLUMNS, [])
         self._render_now()
-        if self.args.get("attach"):
-            self.call_after_refresh(self.attach, Path(self.args["attach"]))
-        elif self.args.get("resume"):
+        args = self.args
+        if args.attach:
+            self.call_after_refresh(self.attach, Path(args.attach))
+        elif args.request.resume:
             self.call_after_refresh(self.action_resume)
-        elif self.args.get("start") or self.args.get("preset") or self.args.get("config"):
+        elif args.start or args.request.preset or args.request.config:
             self.call_after_refresh(self.action_new_run)
 
     def focus_main(self) -> None:
@@ -171,14 +169,14 @@ class TrainPane(PaneBase):
             pids.append(self.proc.pid)
         return pids
 
-    def _spec(self, resume: str | None = None) -> TrainSpec:
+    def _spec(self, resume: str | None = None) -> TrainRequest:
         preset = self.query_one("#tr-preset", Select).value
         config = self.query_one("#tr-config", Input).value.strip() or None
-        return TrainSpec(
+        return TrainRequest(
             preset=None if preset is Select.NULL else str(preset),
             config=config,
             data=self.query_one("#tr-data", Input).value.strip() or None,
-            runs_root=self.query_one("#tr-runs", Input).value.strip() or "runs",
+            run_root=self.query_one("#tr-runs", Input).value.strip() or "runs",
             resume=resume,
             overrides=_parse_overrides(self.query_one("#tr-overrides", Input).value),
         )
@@ -196,7 +194,7 @@ class TrainPane(PaneBase):
 
     @on(Button.Pressed, "#tr-resume")
     def action_resume(self) -> None:
-        self._start(resume=str(self.args.get("resume") or "auto"))
+        self._start(resume=self.args.request.resume or "auto")
 
     def _start(self, resume: str | None) -> None:
         if self.owns_active_run:
@@ -212,7 +210,7 @@ class TrainPane(PaneBase):
         self._set_buttons()
 
     @work(thread=True, group="train-launch", exit_on_error=False, name="run launcher")
-    def _launch(self, spec: TrainSpec) -> TrainingProcess | None:
+    def _launch(self, spec: TrainRequest) -> TrainingProcess | None:
         """Check the paths and spawn the run here, off the UI thread (all of it touches the disk)."""
         problem = launch_problem(spec)
         if problem is not None:

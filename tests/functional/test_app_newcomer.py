@@ -9,6 +9,7 @@ import pytest
 from textual.widgets import Select, Static
 
 from app_helpers import screen_text, wait_for
+from pianomuse_tui.requests import TrainArgs
 from pianomuse_tui.app import ConfirmScreen, PianoMuseApp
 from pianomuse_tui.messages import PerformanceEnded, PortsListed, TakeWritten
 from pianomuse_tui.requests import GenerateArgs
@@ -118,7 +119,7 @@ async def test_a_resumed_runs_eta_the_checkpoint_table_and_the_cpu_memory_panel(
     from textual.widgets import DataTable
 
     run = _recorded_resumed_run(tmp_path)
-    app = PianoMuseApp(pane="train", args={"attach": str(run)})
+    app = PianoMuseApp(pane="train", args=TrainArgs(attach=str(run)))
     async with app.run_test(size=(140, 40)) as pilot:
         pane = app.train
         table = pane.query_one("#tr-ckpts", DataTable)

@@ -9,6 +9,8 @@ import time
 import pytest
 
 from app_helpers import FAST_TINY, wait_for
+from pianomuse_tui.requests import TrainArgs
+from engine.train.request import TrainRequest
 from pianomuse_tui.app import ConfirmScreen, PianoMuseApp
 from pianomuse_tui.messages import MetricsArrived, RunEnded, RunStarted
 from pianomuse_tui.widgets.loss_plot import LossPlot
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.asyncio
 @pytest.mark.slow
 async def test_tiny_run_from_the_pane_streams_metrics_stops_saving_resumes_and_quits_cleanly(tmp_path):
     seen: list = []
-    args = {"preset": "tiny", "run_dir": str(tmp_path), "max_steps": 400, "overrides": FAST_TINY}
+    args = TrainArgs(TrainRequest(preset="tiny", run_root=str(tmp_path), max_steps=400, overrides=FAST_TINY))
     app = PianoMuseApp(pane="train", args=args)
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         pane = app.train
@@ -88,7 +90,7 @@ async def test_attach_to_a_run_written_by_a_headless_process(tmp_path):
             time.sleep(0.2)
         run_dir = next(tmp_path.glob("*/metrics.jsonl")).parent
         seen: list = []
-        app = PianoMuseApp(pane="train", args={})
+        app = PianoMuseApp(pane="train")
         async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
             await pilot.pause(0.2)
             pane = app.train
@@ -136,7 +138,7 @@ async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(t
     records.append({"kind": "audition", "step": 10, "tokens": 2560, "time": 0.0, "notes": 40,
                     "path": str(run_dir / "auditions" / "step-00000010.mid"), "pitch_class_oa": 0.91, "copied_notes": 7, "self_reuse": 0.18})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    app = PianoMuseApp(pane="train", args={})
+    app = PianoMuseApp(pane="train")
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.pause(0.2)
         pane = app.train
@@ -183,7 +185,7 @@ async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_
         monkeypatch.setattr(Path, name, spy)
 
     seen: list = []
-    app = PianoMuseApp(pane="train", args={"attach": str(run_dir)})
+    app = PianoMuseApp(pane="train", args=TrainArgs(attach=str(run_dir)))
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         pane = app.train
         table = pane.query_one("#tr-ckpts", DataTable)
@@ -237,7 +239,7 @@ async def test_start_attach_and_stop_keys_leave_the_disk_to_workers(tmp_path, mo
         monkeypatch.setattr(Path, name, spy)
 
     seen: list = []
-    app = PianoMuseApp(pane="train", args={})
+    app = PianoMuseApp(pane="train")
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         await pilot.pause(0.2)
         pane = app.train
@@ -280,7 +282,7 @@ async def test_no_gpu_and_a_crashed_training_process_are_one_sentence_and_the_ap
 
     seen: list = []
     overrides = " ".join(FAST_TINY)
-    app = PianoMuseApp(pane="train", args={})
+    app = PianoMuseApp(pane="train")
     async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
         pane = app.train
         ended = lambda: list({id(m): m for m in seen if isinstance(m, RunEnded)}.values())  # noqa: E731
@@ -307,3 +309,30 @@ async def test_no_gpu_and_a_crashed_training_process_are_one_sentence_and_the_ap
         assert "exited with code -9" in error and str(pane.proc.log_path) in error
         assert any(n.message == error for n in app._notifications)
         assert app.is_running and not pane.owns_active_run
+
+
+async def test_the_cli_and_the_pane_send_the_same_training_request(tmp_path, monkeypatch):
+    """`train` on a terminal hands the pane a TrainRequest; what the pane would launch from its fields
+    resolves to the TrainConfig the headless run of the same command resolves to."""
+    from typer.testing import CliRunner
+
+    import pianomuse_tui.cli as cli
+
+    opened = []
+    monkeypatch.setattr(cli, "wants_app", lambda ctx: True)
+    monkeypatch.setattr(cli, "open_app", lambda pane, args: opened.append((pane, args)))
+    words = ["train", "--data", str(tmp_path / "midi"), "--run-dir", str(tmp_path / "runs"), "--max-steps", "7",
+             "--device", "cpu", "--optim.lr", "3e-4", "--train.batch_size", "4"]
+    result = CliRunner().invoke(cli.app, words)
+    assert result.exit_code == 0, result.output
+    (pane_name, args), = opened
+    assert pane_name == "train" and isinstance(args, TrainArgs)
+    assert args.request == TrainRequest(data=str(tmp_path / "midi"), run_root=str(tmp_path / "runs"), max_steps=7,
+                                        device="cpu", overrides=["optim.lr=3e-4", "train.batch_size=4"])
+    app = PianoMuseApp(pane="train", args=args)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause(0.2)
+        from_pane = app.train._spec()
+        assert app.train.proc is None  # no preset or config given: nothing starts by itself
+    assert from_pane.resolve().to_dict() == args.request.resolve().to_dict()
+    assert from_pane.resolve().train.max_steps == 7 and from_pane.resolve().optim.lr == 3e-4

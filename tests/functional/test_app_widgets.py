@@ -10,6 +10,7 @@ import pytest
 
 from app_helpers import wait_for
 from pianomuse_tui import resources
+from pianomuse_tui.requests import TrainArgs
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.widgets.loss_plot import LossPlot
 from pianomuse_tui.widgets.piano_roll import RollNote, render_piano_roll
@@ -43,7 +44,7 @@ async def test_memory_panel_shows_trainer_memory_and_nvml_and_plot_keys_redraw(t
                 "mem_reserved": 11.0 * GIB, "mem_peak": 12.3 * GIB} for s in range(1, 41)]
     records.append({"kind": "val", "step": 40, "tokens": 20480, "time": 0.0, "val_loss": 0.2})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    app = PianoMuseApp(pane="train", args={"attach": str(run)})
+    app = PianoMuseApp(pane="train", args=TrainArgs(attach=str(run)))
     async with app.run_test(size=(140, 40)) as pilot:
         pane = app.train
         meter = pane.query_one("#tr-mem")

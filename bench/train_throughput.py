@@ -31,16 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from bench._train_bench import (  # noqa: E402
+from bench._train_bench import (
     BenchError, fmt_rate, markdown_table, parse_shape, pick_device, run_header, write_outputs,
 )
-from engine.model import RWKV7, ModelConfig  # noqa: E402
-from engine.train.config import OptimSection  # noqa: E402
-from engine.train.objective import TrainingObjective, enable_activation_checkpointing, lm_loss_mask  # noqa: E402
-from engine.train.optim import build_optimizer  # noqa: E402
-from engine.train.trainer import freeze_unused_parameters, resolve_precision  # noqa: E402
+from engine.model import RWKV7, ModelConfig
+from engine.train.config import OptimSection
+from engine.train.objective import TrainingObjective, enable_activation_checkpointing, lm_loss_mask
+from engine.train.optim import build_optimizer
+from engine.train.trainer import freeze_unused_parameters, resolve_precision
 
 # rwkv7-spec.md section 9: the reference trainer, one forward+backward, bf16, one H200
 # (step ms, tokens/s, peak GiB)
@@ -144,7 +144,7 @@ def measure(shape, device: torch.device, backend: str, steps: int, warmup: int, 
 
 def write_profile(step, name: str, path: str) -> None:
     """One more step under torch.profiler: the top GPU kernels by time, appended to ``path``."""
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step([])
@@ -196,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    from engine.kernels.wkv7 import resolve_backend  # noqa: PLC0415 (may build the CUDA kernels)
+    from engine.kernels.wkv7 import resolve_backend  # may build the CUDA kernels
 
     backend = resolve_backend(args.wkv_backend, device)
     if args.compile is None:
         args.compile = device.type == "cuda"
     if args.memory_budget is not None:
-        import torch._functorch.config as functorch_config  # noqa: PLC0415
+        import torch._functorch.config as functorch_config
 
         functorch_config.activation_memory_budget = args.memory_budget
     if args.fused_head is None:

@@ -146,7 +146,7 @@ class Performance:
             self.on_problem(notice.text[0].upper() + notice.text[1:])
 
     def _roll_event(self, ev) -> None:
-        if self.on_event is None:
+        if self.on_event is None or ev.channel == 9:  # the call-and-response click is not music
             return
         if ev.is_note_on:
             self.on_event(ev.time, "note_on", ev.data[1], ev.data[2], ev.channel)

@@ -98,7 +98,9 @@ class Duet:
         self.handovers: list[Handover] = []
         self.model_has_floor = False
         self.fed_notes = 0
-        self._held: dict[int, tuple[float, int]] = {}  # pitch -> (onset, velocity) of keys down
+        self.feed_delays: list[float] = []  # per fed note: seconds from its release to its tokens in the state
+        self._held: dict[int, tuple[float, int]] = {}  # pitch -> (onset, velocity) of keys down, not yet fed
+        self._keys_down: set[int] = set()  # every key down now (for the pass-through and the take)
         self._done: list[PlayedNote] = []  # released, not yet fed
         self._pedal: list[tuple[float, bool]] = []  # pedal changes not yet fed
         self._last_activity: float | None = None
@@ -163,13 +165,16 @@ class Duet:
         event = None
         if status == NOTE_ON and len(data) > 2 and data[2] > 0:
             self._held[data[1]] = (t, data[2])
+            self._keys_down.add(data[1])
             event = note_on(t, data[1], data[2], HUMAN_CHANNEL)
             if self.model_has_floor and self.config.mode == "continue":
                 self._interrupted = True
         elif status in (NOTE_ON, NOTE_OFF) and len(data) > 2:
-            if data[1] in self._held:
+            if data[1] in self._held:  # not yet fed (a handover feeds held keys as ending then)
                 onset, velocity = self._held.pop(data[1])
                 self._done.append(PlayedNote(onset, t, data[1], velocity))
+            if data[1] in self._keys_down:  # the sound and the take end when the key comes up
+                self._keys_down.discard(data[1])
                 event = note_off(t, data[1], HUMAN_CHANNEL)
         elif status == CONTROL_CHANGE and len(data) > 2:
             if data[1] == CC_SUSTAIN:
@@ -216,6 +221,8 @@ class Duet:
             else:
                 ids = self.encoder.pedal(self.timeline, t, item)
             self.session.force(ids)
+            if kind == 1:
+                self.feed_delays.append(self.player.scheduler.music_time() - item.release)
 
     # ---- the floor ----------------------------------------------------------------------------------
 

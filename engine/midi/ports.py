@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 VIRTUAL_PORT_NAME = "PianoMuse"
@@ -278,7 +279,6 @@ class MidiInput:
 
     def __init__(self, api: str, source: str | None, virtual: bool, client_name: str = CLIENT_NAME + "-in") -> None:
         import queue
-        import time
 
         self.api, self.source, self.virtual = api, source, virtual
         self.messages: "queue.Queue[tuple[float, tuple[int, ...]]]" = queue.Queue()
@@ -301,23 +301,44 @@ class MidiInput:
             client.delete()
             raise
         client.ignore_types(sysex=True, timing=True, active_sense=True)
-        clock = time.monotonic
-        put = self.messages.put
-
-        def arrived(message, _data=None) -> None:
-            put((clock(), tuple(message[0])))
-
-        client.set_callback(arrived)
         self._client = client
+        self._stop = threading.Event()
+        # Polled, not a Python callback: a callback runs in JACK's process thread and must take the
+        # GIL there; a busy interpreter then stalls the JACK graph until the server drops the client.
+        self._drain = threading.Thread(target=self._run, args=(time.monotonic,), name="pianomuse-midi-in", daemon=True)
+        self._drain.start()
+
+    def _run(self, clock) -> None:
+        """Move messages into ``messages`` with their arrival times: a burst keeps the driver's own
+        spacing (rtmidi's deltas), anchored at the moment its last message is read."""
+        client = self._client
+        while not self._stop.is_set():
+            burst = []
+            while True:
+                item = client.get_message()
+                if item is None:
+                    break
+                burst.append(item)
+            if not burst:
+                time.sleep(0.001)
+                continue
+            at = clock()
+            stamps = [at]
+            for _, delta in reversed(burst[1:]):
+                stamps.append(stamps[-1] - delta)
+            for (data, _), stamp in zip(burst, reversed(stamps)):
+                self.messages.put((stamp, tuple(data)))
 
     @property
     def name(self) -> str:
         return f"{CLIENT_NAME}:{VIRTUAL_INPUT_NAME} (virtual, {self.api})" if self.virtual else f"{self.source} ({self.api})"
 
     def close(self) -> None:
+        self._stop.set()
+        if self._drain.is_alive() and self._drain is not threading.current_thread():
+            self._drain.join(timeout=2.0)
         client, self._client = self._client, None
         if client is not None:
-            client.cancel_callback()
             client.close_port()
             client.delete()
 

@@ -359,7 +359,7 @@ def register(app: typer.Typer) -> None:
             open_app("generate", GenerateArgs(
                 checkpoint=str(checkpoint) if checkpoint else None, prompt=str(prompt) if prompt else None,
                 prompt_bars=prompt_bars, bars=bars or DEFAULT_BARS, alternatives=alternatives, temperature=temperature,
-                top_p=top_p, seed=seed, midi_api=midi_api, port=port, synth=synth,
+                top_p=top_p, seed=seed, midi_api=midi_api, port=port, synth=synth, midi_in=midi_in, mode=mode,
             ))
             return
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,

@@ -156,7 +156,10 @@ def test_accompany_keeps_the_model_below_the_split_while_you_play(bundled, recei
     def play(pianist) -> None:
         time.sleep(0.5)
         pianist.phrase(phrase)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 20  # a loaded machine feeds slower; the test is that all arrive
+        while duet.fed_notes < len(phrase) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
         player.stop()
 
     take = duet.finish(_play_along(player, listening, duet, play))
@@ -172,10 +175,19 @@ def test_call_and_response_answers_on_the_bar_line(bundled, receiver):
     def play(pianist) -> None:
         time.sleep(bar)  # the count-in
         pianist.phrase(phrase_from_file(6, speed=2.0))
-        time.sleep(2.2 * bar)
+        pianist.send((0x90, 48, 70))  # a key held across the bar line where the model takes over
+        time.sleep(max(0.0, 2.3 * bar - (time.monotonic() - started)))
+        pianist.send((0x80, 48, 0))
+        time.sleep(2.2 * bar - (time.monotonic() - started - 2.3 * bar))
         player.stop()
 
+    already = len(receiver.received())
+    started = time.monotonic()
     _play_along(player, listening, duet, play)
+    # the held key's release still sounds through and ends it in the take
+    assert sounding_after([d for _, d in receiver.received()[already:]]) == {}
+    held = [e for e in duet.take.human if e.data[1] == 48]
+    assert [e.is_note_on for e in held] == [True, False] and held[1].time > duet.handovers[0].at
     assert duet.handovers and duet.handovers[0].reason == "turn"
     assert duet.handovers[0].at == pytest.approx(2 * bar, abs=1e-6)  # count-in bar + your bar
     assert duet.handovers[0].latency == pytest.approx(0.0, abs=1e-6)  # the first note on the bar line

@@ -72,11 +72,13 @@ def test_bad_command_lines_say_what_to_do(capsys):
 
 @pytest.mark.timeout(120)
 @pytest.mark.slow
-def test_ddp_speedup_tiny_gloo_two_processes(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ddp_speedup_tiny_gloo_two_processes(tmp_path, parallel):
     bench = bench_module("ddp_speedup")
     out_json = tmp_path / "r.json"
-    assert bench.main(["--tiny", "--json", str(out_json)]) == 0
+    assert bench.main(["--tiny", "--parallel", parallel, "--json", str(out_json)]) == 0
     report = json.loads(out_json.read_text())
+    assert report["parallel"] == parallel
     one, two = report["runs"]
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["steps_timed"] == two["steps_timed"] == 3  # steps 2-4, timed from the end of warm-up step 1

@@ -179,7 +179,7 @@ class Performance:
         sampling = SamplingConfig(temperature=knobs["temperature"], top_p=knobs["top_p"], seed=knobs["seed"])
         self.session = build_session(model, tokenizer, sampling=sampling)
         self.duet = Duet(self.session, DuetConfig(mode=self.settings.mode), self.player, self.listening.messages,
-                         on_human=self._roll_event, stop=self.player.stop_event)
+                         on_human=self._roll_event, stop=self.player.stop_event, knobs=self.knobs.snapshot)
         yield from self.duet.chunks()
 
     def _generated_events(self) -> Iterator[tuple[list, float, int]]:

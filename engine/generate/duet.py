@@ -39,6 +39,7 @@ from engine.midi.events import (
 
 from .defaults import HUMAN_CHANNEL, MODES, DuetConfig  # noqa: F401  (re-exported)
 from .listen import LiveEncoder
+from .live import KnobFollower
 from .timeline import GenerationError
 
 MODEL_CHANNEL = 0
@@ -76,7 +77,8 @@ class Duet:
     """The chunk source of a duet: reads the input, feeds the session, hands the floor back and forth."""
 
     def __init__(self, session, config: DuetConfig, player, messages: "queue.Queue",
-                 on_human: Callable[[MidiEvent], None] | None = None, stop: threading.Event | None = None) -> None:
+                 on_human: Callable[[MidiEvent], None] | None = None, stop: threading.Event | None = None,
+                 knobs: Callable[[], dict] | None = None) -> None:
         problem = config.problem()
         if problem:
             raise GenerationError(problem)
@@ -89,6 +91,7 @@ class Duet:
         self.on_human = on_human
         self.stop = stop or threading.Event()
         self.encoder = LiveEncoder(session.tables)
+        self._follow_knobs = KnobFollower(session, knobs, bars=False)  # a duet has no length
         self.row = session.rows[0]
         self.row.decoder.origin = self.row.decoder.bar_origin = 0.0  # model events on the session's clock
         session.endless = True
@@ -138,6 +141,7 @@ class Duet:
             if self.config.mode == "accompany" or not self.model_has_floor:
                 self._feed_played(now, close_held=False)
             if self.model_has_floor and self.row.decoder.horizon < now + lookahead and self._model_may_play():
+                self._follow_knobs()
                 result = self.session.step()
                 events = self._model_events(result.events[0])
                 yield clicks + events, self.row.decoder.horizon, 1

@@ -69,20 +69,35 @@ def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], d
     yield from chunks(session, row=row, knobs=knobs, stop=stop)
 
 
+class KnobFollower:
+    """Applies the UI's knobs to a session when they change (call before each step): temperature,
+    top-p and, unless ``bars`` is False, the number of bars."""
+
+    def __init__(self, session: GenerationSession, knobs: Callable[[], dict] | None, bars: bool = True) -> None:
+        self.session, self.knobs, self.bars = session, knobs, bars
+        self.version = knobs().get("version") if knobs is not None else None
+
+    def __call__(self) -> None:
+        if self.knobs is None:
+            return
+        latest = self.knobs()
+        if latest.get("version") == self.version:
+            return
+        self.version = latest.get("version")
+        sampling = self.session.sampling
+        sampling.temperature = float(latest.get("temperature", sampling.temperature))
+        sampling.top_p = float(latest.get("top_p", sampling.top_p))
+        if self.bars and latest.get("bars"):
+            self.session.bars = int(latest["bars"])
+
+
 def chunks(session: GenerationSession, row: int = 0, knobs: Callable[[], dict] | None = None,
            stop: threading.Event | None = None) -> Iterator[tuple[list, float, int]]:
     """Step ``session`` and yield ``(events, horizon, n_tokens)`` of row ``row`` until done or ``stop``;
     the last item releases what still sounds. Knobs are read before every step."""
-    version = knobs().get("version") if knobs is not None else None
+    follow = KnobFollower(session, knobs)
     while not session.done and not (stop is not None and stop.is_set()):
-        if knobs is not None:
-            latest = knobs()
-            if latest.get("version") != version:
-                version = latest.get("version")
-                session.sampling.temperature = float(latest.get("temperature", session.sampling.temperature))
-                session.sampling.top_p = float(latest.get("top_p", session.sampling.top_p))
-                if latest.get("bars"):
-                    session.bars = int(latest["bars"])
+        follow()
         result = session.step()
         yield result.events[row], session.rows[row].decoder.horizon, sum(t is not None for t in result.tokens)
     tail = session.finish()

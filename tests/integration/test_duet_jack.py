@@ -193,3 +193,53 @@ def test_call_and_response_answers_on_the_bar_line(bundled, receiver):
     assert duet.handovers[0].latency == pytest.approx(0.0, abs=1e-6)  # the first note on the bar line
     first_turn = [e for e in duet.take.model if e.is_note_on and e.time < 3 * bar]
     assert first_turn and all(2 * bar <= e.time < 3 * bar for e in first_turn)
+
+
+def test_the_headless_command_plays_with_you_and_writes_both_parts_when_stopped(receiver, tmp_path):
+    """`generate --in virtual` end to end: the pianist plays, the model answers after the pause,
+    SIGTERM (or Ctrl-C) stops it with exit 130, the summary says how fast it answered, and the take
+    has both tracks."""
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    from pianomuse_tui.cli import app
+
+    phrase = phrase_from_file(8)
+
+    def pianist_then_stop() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the command's input port exists
+            try:
+                pianist = ScriptedPianist()
+                break
+            except StopIteration:
+                time.sleep(0.1)
+        else:
+            return
+        already = len(receiver.received())
+        for _ in range(10):  # the model may still be loading: play until it answers
+            pianist.phrase(phrase)
+            time.sleep(2.5)  # the pause (1 s), then the model plays
+            if any(d[0] == 0x90 | MODEL_CHANNEL and d[2] for _, d in receiver.received()[already:]):
+                break
+        pianist.close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threads = torch.get_num_threads()
+    thread = threading.Thread(target=pianist_then_stop, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(app, ["--headless", "generate", "--in", "virtual", "--midi-api", "jack",
+                                          "--port", receiver.port_name, "--seed", "2", "--out", str(tmp_path / "duet.mid")])
+    finally:
+        thread.join(70)
+        torch.set_num_threads(threads)
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    assert "listening on PianoMuse:PianoMuse in" in text and "handovers (the model's first note came" in text, text
+    parts = {t.name: [m for m in t if m.type == "note_on" and m.velocity] for t in mido.MidiFile(tmp_path / "duet.mid").tracks if t.name}
+    you = [m.note for m in parts["You"]]
+    assert you and len(you) % len(phrase) == 0 and you == [p for _, _, p, _ in phrase] * (len(you) // len(phrase))
+    assert f"{len(you)} of your notes fed" in text and parts["PianoMuse"]

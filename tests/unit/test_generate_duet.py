@@ -1,0 +1,87 @@
+"""engine.generate.duet without a MIDI system: a tiny model, a queue as the input, a recording output."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+import torch
+from midi_helpers import FakeOutput
+
+from engine.data.tokenizer import PianoTokenizer
+from engine.generate.duet import HUMAN_CHANNEL, Duet, DuetConfig
+from engine.generate.live import build_session
+from engine.midi import LivePlayer, LookaheadScheduler, NoteTracker
+from engine.model import RWKV7, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = PianoTokenizer("REMI")
+    torch.manual_seed(0)
+    return RWKV7(ModelConfig(n_layer=1, n_embd=64, head_size=32, vocab_size=tok.vocab_size)).eval(), tok
+
+
+def _rig(tiny, **config):
+    model, tok = tiny
+    out = FakeOutput()
+    sched = LookaheadScheduler(out, lookahead=0.2, port_check_interval=0, realtime=False)
+    player = LivePlayer(scheduler=sched)
+    messages: queue.Queue = queue.Queue()
+    knobs = {"temperature": 1.0, "top_p": 0.95, "version": 0}
+    duet = Duet(build_session(model, tok), DuetConfig(**config), player, messages, knobs=lambda: dict(knobs))
+    return out, player, messages, duet, knobs
+
+
+def _run(player, duet, script) -> None:
+    thread = threading.Thread(target=script, daemon=True)
+    thread.start()
+    player.play(duet.chunks())
+    thread.join(10)
+    player.close()
+
+
+def test_a_key_held_through_the_handover_still_sounds_its_release_and_the_knobs_reach_the_model(tiny):
+    out, player, messages, duet, knobs = _rig(tiny, mode="continue", pause=0.3)
+    press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
+
+    def pianist() -> None:
+        time.sleep(0.2)
+        press((0x90, 60, 80))
+        time.sleep(0.1)
+        press((0x80, 60, 0))
+        press((0xB0, 67, 127))  # the takeover CC while C3 is still down
+        press((0x90, 48, 70))
+        time.sleep(0.05)
+        press((0xB0, 67, 127))
+        time.sleep(0.6)
+        knobs.update(temperature=0.0, version=1)  # turned while the model plays
+        time.sleep(0.3)
+        press((0x80, 48, 0))
+        deadline = time.monotonic() + 5  # read before the model's next step (a random model may rest a bar)
+        while duet.session.sampling.temperature != 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        player.stop()
+
+    _run(player, duet, pianist)
+    assert duet.handovers and duet.handovers[0].reason == "cc"
+    assert duet.session.sampling.temperature == 0.0
+    tracker = NoteTracker()
+    for data in out.sent:
+        tracker.observe(data, 0.0)
+    assert tracker.count == 0  # the held key's release went through after the handover
+    held = [e for e in duet.take.human if e.data[1] == 48]
+    assert [e.is_note_on for e in held] == [True, False] and all(e.channel == HUMAN_CHANNEL for e in held)
+
+
+def test_accompany_draws_only_below_the_split(tiny):
+    out, player, messages, duet, _ = _rig(tiny, mode="accompany", split=55)
+
+    def pianist() -> None:
+        time.sleep(1.0)
+        player.stop()
+
+    _run(player, duet, pianist)
+    pitches = [e.data[1] for e in duet.take.model if e.is_note_on]
+    assert pitches and max(pitches) < 55

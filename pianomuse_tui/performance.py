@@ -71,13 +71,14 @@ def default_checkpoint() -> Path | None:
     """The bundled model if there is one, else the newest checkpoint of the newest run in ./runs."""
     from engine.eval import default_checkpoint as bundled_checkpoint  # light: no torch until asked
 
-    from .runwatch import latest_checkpoint, newest_run
+    from engine.rundir import WEIGHTS, latest_checkpoint, newest_run
 
     bundled = bundled_checkpoint()
     if bundled is not None:
         return bundled
     run = newest_run(Path("runs"))
-    return latest_checkpoint(run) if run is not None else None
+    latest = latest_checkpoint(run) if run is not None else None
+    return latest / WEIGHTS if latest is not None else None
 
 
 class Performance:

@@ -16,9 +16,8 @@ import time
 import weakref
 from pathlib import Path
 
+from engine.rundir import RunError, find_resume_point, request_stop, run_held_by
 from engine.train.request import TrainRequest
-
-from .runwatch import newest_run, request_stop
 
 _LIVE: "weakref.WeakSet[TrainingProcess]" = weakref.WeakSet()
 
@@ -36,8 +35,11 @@ def launch_problem(spec: TrainRequest) -> str | None:
         return f"Config file {spec.config} does not exist; type the path of a TOML file or clear it."
     if spec.data and not Path(spec.data).exists():
         return f"Data {spec.data} does not exist; type a MIDI folder or token store, or clear it."
-    if spec.resume == "auto" and newest_run(runs_root(spec)) is None:
-        return f"No run to resume in {runs_root(spec)}; start a new one with n."
+    if spec.resume:
+        try:
+            find_resume_point(spec.resume, runs_root(spec))
+        except RunError as exc:
+            return f"Cannot resume: {exc}."
     return None
 
 
@@ -87,8 +89,6 @@ class TrainingProcess:
         self.log_path = self.runs_root / f".pianomuse-train-{os.getpid()}-{time.time_ns()}.log"
         self.run_dir: Path | None = None
         self.error: str | None = None
-        self.started_at = 0.0
-        self._known_runs: set[Path] = set()
         ctx = multiprocessing.get_context("spawn")
         self._recv, send = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=_child_main, args=(spec, str(self.log_path), send),
@@ -96,8 +96,6 @@ class TrainingProcess:
         self._send = send
 
     def start(self) -> None:
-        self._known_runs = {p for p in self.runs_root.iterdir() if p.is_dir()}
-        self.started_at = time.time()
         self.process.start()
         self._send.close()  # the child holds the only writer now: EOF means it is gone
         _LIVE.add(self)
@@ -118,16 +116,8 @@ class TrainingProcess:
         """The run directory this process writes: the resumed one, or the one created after start."""
         if self.run_dir is not None:
             return self.run_dir
-        # a new run is a folder that was not there before; a resumed one is written to after our start
-        fresh = []
-        for p in self.runs_root.iterdir():
-            if not p.is_dir() or p.name.startswith("."):
-                continue
-            metrics = p / "metrics.jsonl"
-            if p not in self._known_runs or (metrics.exists() and metrics.stat().st_mtime >= self.started_at):
-                fresh.append(p)
-        if fresh:
-            self.run_dir = max(fresh, key=lambda p: p.stat().st_mtime)
+        # the trainer records its process in the run it locks (new or resumed)
+        self.run_dir = run_held_by(self.runs_root, self.process.pid)
         return self.run_dir
 
     def poll_error(self) -> str | None:

@@ -27,9 +27,8 @@ import torch  # noqa: E402
 
 from engine.model import load_checkpoint, save_checkpoint  # noqa: E402
 from engine.paths import CONFIGS_DIR, MODELS_DIR  # noqa: E402
-from engine.train.checkpointing import list_checkpoints  # noqa: E402
+from engine.rundir import list_checkpoints, read_metrics  # noqa: E402
 from engine.train.config import load_config  # noqa: E402
-from engine.train.metrics import read_metrics  # noqa: E402
 from engine.train.trainer import run_training  # noqa: E402
 
 NAME = "pianomuse-v8-small"
@@ -56,9 +55,9 @@ def main() -> int:
 
     run_dir = Path(result.run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
-    vals = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
+    vals = [r for r in records if r.kind == "val" and r.number("val_loss") is not None]
     ckpts = {int(p.name.split("-")[1]): p for p in list_checkpoints(run_dir)}  # complete ones only
-    scored = [(r["val_loss"], r["step"], r) for r in vals if r["step"] in ckpts]
+    scored = [(r.number("val_loss"), r.step, r) for r in vals if r.step in ckpts]
     if not scored:
         print("no validated checkpoint to export", file=sys.stderr)
         return 1
@@ -76,7 +75,7 @@ def main() -> int:
                 f"+-{cfg.data.transpose_range} semitones",
         "minutes": round(train_minutes, 2),
         "step": best_step,
-        "tokens": best.get("tokens"),
+        "tokens": best.tokens,
         "val_loss": best_loss,
         "bits_per_note": best.get("bits_per_note"),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

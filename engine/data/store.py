@@ -34,6 +34,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from engine.atomic import write_atomic, write_with
+
 from .check import CheckPolicy, FileProgress, FileRecord, ScanError, ScanReport, find_midi_files, mark_duplicates, run_inspections, summarize
 
 STORE_FORMAT = "pianomuse-store/1"
@@ -133,18 +135,6 @@ def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 def split_of(note_hash: str, val_fraction: float, seed: int) -> str:
@@ -271,12 +261,12 @@ def prepare(
                        "hours": round(sum(p["duration_s"] for p in pieces) / 3600.0, 4)},
             "pieces": pieces,
         }
-        _save_npy_atomic(out / "tokens.npy", tokens)
-        _save_npy_atomic(out / "bars.npy", bars_flat)
-        _write_atomic(out / "tokenizer.json", json.dumps(tokenizer_config, indent=1))
-        _write_atomic(out / "report.json", report.to_json())
-        _write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1))
-        _write_atomic(out / "index.json", json.dumps(index, indent=1))  # last: the commit point
+        write_with(out / "tokens.npy", lambda tmp: np.save(tmp, tokens))
+        write_with(out / "bars.npy", lambda tmp: np.save(tmp, bars_flat))
+        write_atomic(out / "tokenizer.json", json.dumps(tokenizer_config, indent=1))
+        write_atomic(out / "report.json", report.to_json())
+        write_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1))
+        write_atomic(out / "index.json", json.dumps(index, indent=1))  # last: the commit point
         pending.clear()
 
     return PrepareSummary(
@@ -320,7 +310,7 @@ class _Pending:
         if current != stamp:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir()
-            _write_atomic(self.folder / "tokenizer.json", stamp)
+            write_atomic(self.folder / "tokenizer.json", stamp)
 
     def add(self, file_hash: str | None, record: FileRecord, ids, bars) -> None:
         if not file_hash or not record.stats.file_hash:
@@ -329,7 +319,7 @@ class _Pending:
         empty = np.zeros(0, np.int64)
         np.savez(buffer, record=np.array(json.dumps(record.to_dict())),
                  ids=empty if ids is None else np.asarray(ids), bars=empty if bars is None else np.asarray(bars, np.int64))
-        _write_atomic(self.folder / f"{file_hash}.npz", buffer.getvalue())
+        write_atomic(self.folder / f"{file_hash}.npz", buffer.getvalue())
 
     def get(self, file_hash: str) -> tuple[FileRecord, np.ndarray, np.ndarray] | None:
         try:

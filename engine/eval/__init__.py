@@ -12,7 +12,7 @@ against real ones, validity and memorisation checks, and the same metrics for on
 from __future__ import annotations
 
 # the bundled model, the default of ``eval``: one rule for the whole project, kept in engine.paths
-from engine.paths import bundled_checkpoint as default_checkpoint
+from engine.rundir import bundled_checkpoint as default_checkpoint
 
 _FROM_REPORT = ("audition_metrics", "audition_summary", "CorpusProfile", "evaluate", "EvalOptions", "write_report")
 __all__ = ["default_checkpoint", *_FROM_REPORT]

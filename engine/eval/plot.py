@@ -6,10 +6,11 @@ display needed, safe from a worker thread.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from engine.atomic import write_with
 
 REAL_COLOUR = "#4c72b0"
 GENERATED_COLOUR = "#dd8452"
@@ -90,9 +91,4 @@ def plot_report(report: dict, png_path: str | Path) -> Path:
     if bpn is not None and math.isfinite(bpn):
         title += f"   validation {bpn:.2f} bits/note"
     fig.suptitle(title, fontsize=11)
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png_path)
-    return png_path
+    return write_with(Path(png_path), lambda tmp: fig.savefig(tmp, format="png"))

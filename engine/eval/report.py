@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-import os
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -19,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from engine.atomic import write_atomic
 from engine.generate.defaults import SamplingConfig
 
 from . import metrics as m
@@ -359,9 +359,7 @@ def write_report(report: dict, json_path: str | Path, plot: bool = True) -> tupl
 
         png = plot_report(report, plot_path_for(json_path))
         report = {**report, "plot": str(png)}
-    tmp = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, json_path)
+    write_atomic(json_path, json.dumps(_json_safe(report), indent=1, allow_nan=False) + "\n")
     return json_path, png
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.data.check import FileProgress
-from engine.paths import resolve_checkpoint
+from engine.rundir import resolve_checkpoint
 
 from .report import EvalData
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from engine.paths import resolve_checkpoint
+from engine.rundir import resolve_checkpoint
 
 from .sampling import DEFAULT_BARS, SamplingConfig
 from .session import GenerationSession, prompt_from_file

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from engine.atomic import file_sha256, write_with
+from engine.rundir import damaged_hint, marked_checkpoint
+
 from .config import ConfigError, ModelConfig, check_head_size_env
 from .rwkv7 import RWKV7
 
@@ -39,22 +42,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit (one clear sentence)."""
 
 
-def _newest_in(folder: Path) -> Path | None:
-    """A trainer run folder (or its checkpoints/) names its newest checkpoint in a ``latest`` file."""
-    for checkpoints in (folder / "checkpoints", folder):
-        latest = checkpoints / "latest"
-        if latest.is_file():
-            name = latest.read_text().strip()
-            return Path(name) if Path(name).is_absolute() else checkpoints / name
-    return None
-
-
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(NAME.pth, NAME.json) for ``path`` given as NAME, NAME.pth, a checkpoint folder holding
     model.pth, or a run folder whose ``checkpoints/latest`` names the newest one."""
     p = Path(path)
     if p.is_dir():
-        newest = _newest_in(p) if not (p / "model.pth").exists() else None
+        newest = marked_checkpoint(p) if not (p / "model.pth").exists() else None
         p = (newest if newest is not None else p) / "model.pth"
     if p.suffix != ".pth" and not p.is_file():
         p = p.with_name(p.name + ".pth")
@@ -62,23 +55,22 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def save_checkpoint(model: RWKV7, path, tokenizer: dict | None = None, extra: dict | None = None,
-                    state_dict: dict | None = None) -> Path:
+                    state_dict: dict | None = None, sums: dict[str, str] | None = None) -> Path:
     """Write ``NAME.pth`` (official state_dict) and ``NAME.json`` (sidecar). Returns the .pth path.
 
     ``state_dict`` replaces ``model.state_dict()`` where the caller gathered it (sharded training).
+    The sidecar's ``sha256`` holds the weights' checksum (checked on every load) and ``sums``,
+    the checksums of files saved beside it (a training checkpoint's trainer.pt).
     """
     pth, sidecar_path = checkpoint_paths(path)
-    pth.parent.mkdir(parents=True, exist_ok=True)
     source = model.state_dict() if state_dict is None else state_dict
     state = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
-    sidecar = {"format": SIDECAR_FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer, "extra": extra or {}}
-    # write beside, then rename: a crash mid-save never leaves a truncated checkpoint behind
-    tmp_pth = pth.with_name(pth.name + ".tmp")
-    torch.save(state, tmp_pth)
-    tmp_json = sidecar_path.with_name(sidecar_path.name + ".tmp")
-    tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
-    os.replace(tmp_pth, pth)
-    os.replace(tmp_json, sidecar_path)
+    # each file is written beside and renamed: a crash mid-save never leaves a truncated one behind
+    digest = {}
+    write_with(pth, lambda tmp: (torch.save(state, tmp), digest.setdefault("weights", file_sha256(tmp))))
+    sidecar = {"format": SIDECAR_FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer, "extra": extra or {},
+               "sha256": {**digest, **(sums or {})}}
+    write_with(sidecar_path, lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2) + "\n"))
     return pth
 
 
@@ -207,11 +199,24 @@ def check_state_dict(sd: dict[str, torch.Tensor], config: ModelConfig, where: st
     return sd
 
 
+def verify_weights(pth: Path, sidecar: dict | None) -> None:
+    """CheckpointError when ``pth`` does not match the checksum its sidecar recorded (files saved
+    before checksums existed, and official files without a sidecar, are not checked)."""
+    sums = (sidecar or {}).get("sha256")
+    expected = sums.get("weights") if isinstance(sums, dict) else None
+    if not isinstance(expected, str) or not pth.is_file():
+        return
+    if file_sha256(pth) != expected:
+        raise CheckpointError(f"{pth} does not match the checksum in its sidecar: the file is damaged (changed since it was "
+                              f"saved) or the .json belongs to another checkpoint; use an earlier checkpoint{damaged_hint(pth)}")
+
+
 def _validated(path, config: ModelConfig | None):
     """Read and check a checkpoint without building a model -> (pth, state_dict, config, sidecar)."""
     pth, _ = checkpoint_paths(path)
-    sd = read_state_dict(path)
     sidecar = read_sidecar(path)
+    verify_weights(pth, sidecar)
+    sd = read_state_dict(path)
     found = config_from_state_dict(sd, where=str(pth))
     if sidecar is not None and isinstance(sidecar.get("model"), dict):
         try:

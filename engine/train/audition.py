@@ -7,12 +7,12 @@ what the model has learnt. PAD and BOS are never drawn; EOS ends the continuatio
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from engine.atomic import write_with
 from engine.generate.sampling import SamplingConfig, sample_token
 
 
@@ -51,10 +51,6 @@ def write_audition(model, tokenizer, prompt: list[int], path: Path, *, n_tokens:
     new = continue_prompt(model, prompt, n_tokens, temperature=temperature, top_p=top_p, seed=seed,
                           banned=banned, eos_id=tokenizer.eos_id)
     score = tokenizer.decode(list(prompt) + new)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    score.dump_midi(str(tmp))
-    os.replace(tmp, path)
+    path = write_with(Path(path), lambda tmp: score.dump_midi(str(tmp)))
     notes = sum(len(track.notes) for track in score.tracks)
     return Audition(path, len(prompt), len(new), notes)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpointing as ckpt
+from engine import rundir
+
 from .config import ConfigError, TrainConfig, load_config
 
 
@@ -99,14 +100,12 @@ def resolve_config(
     base: TrainConfig | None = None
     if resume:
         root = Path(run_root) if run_root is not None else Path(TrainConfig().run.root)
-        try:
-            run_dir, _ = ckpt.find_resume_point(resume, root)
-        except ckpt.ResumeError:
-            if resume != "auto":
-                raise
-        else:
-            base = TrainConfig.from_toml(run_dir / "config.toml")
-            base.run.root = str(run_dir.parent)
+        point = rundir.find_resume_point(resume, root)  # a RunError says why the run cannot go on
+        config_file = point.run_dir / rundir.CONFIG
+        if not config_file.is_file():
+            raise rundir.RunError(f"run {point.run_dir} has no {rundir.CONFIG}, so its settings are unknown; start a new run instead")
+        base = TrainConfig.from_toml(config_file)
+        base.run.root = str(point.run_dir.parent)
     if base is None:
         if preset is None and config_path is None:
             preset = default_preset(device).name
@@ -133,9 +132,9 @@ def resume_note(cfg: TrainConfig) -> str:
     if not cfg.run.resume:
         return ""
     try:
-        run_dir, _ = ckpt.find_resume_point(cfg.run.resume, Path(cfg.run.root))
-        saved = TrainConfig.from_toml(run_dir / "config.toml").train
-    except (ckpt.ResumeError, ConfigError, OSError):
+        run_dir = rundir.resume_run(cfg.run.resume, Path(cfg.run.root))
+        saved = TrainConfig.from_toml(run_dir / rundir.CONFIG).train
+    except (rundir.RunError, ConfigError, OSError):
         return ""
     new = cfg.train
     if (saved.max_steps, saved.max_tokens) == (new.max_steps, new.max_tokens):

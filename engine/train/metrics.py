@@ -3,6 +3,7 @@
 Every record has ``kind`` ("train" | "val" | "audition" | "checkpoint" | "status"), ``step``
 (optimizer steps done), ``tokens`` (training tokens seen), ``time`` (Unix seconds) and
 ``elapsed_s``. The remaining fields depend on the kind; see docs/training.md for the table.
+Readers use ``engine.rundir`` (``MetricsTail``, ``read_metrics``), which types the records.
 Only rank 0 writes; the optional ``on_metrics`` callback sees every record it writes.
 """
 from __future__ import annotations
@@ -59,13 +60,3 @@ class MetricsLog:
             self._tb.close()
             self._tb = None
 
-
-def read_metrics(path: Path) -> list[dict]:
-    """All complete records of a metrics.jsonl (a half-written last line is ignored)."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records

@@ -24,16 +24,16 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from engine import rundir
+from engine.atomic import write_atomic
 from engine.model import RWKV7, ModelConfig, load_checkpoint, save_checkpoint
 from engine.paths import REPO_ROOT
 
-from . import checkpointing as ckpt
 from .audition import write_audition
 from .config import ConfigError, TrainConfig, compile_enabled, fused_head_enabled
 from .distributed import (
@@ -153,17 +153,6 @@ def environment_report(device: torch.device, dist: DistInfo, backend: str) -> di
     return env
 
 
-def new_run_dir(root: Path, name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{name}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -214,20 +203,35 @@ class Trainer:
                 self.log.close()
             if getattr(self, "feed", None) is not None:
                 self.feed.close()
+            if getattr(self, "run_lock", None) is not None:
+                self.run_lock.release()
             shutdown(dist)
 
     def _setup_run_dir(self, cfg: TrainConfig, dist: DistInfo) -> tuple[Path, Path | None]:
+        """The run folder (locked by rank 0 for the whole fit) and the checkpoint to resume from.
+
+        Nothing in a resumed run is written before its lock is held and an intact checkpoint is
+        found; a run that cannot be resumed is a RunError, never a silently started new run.
+        """
         resume_from = None
         run_dir = None
+        self.notes: list[str] = []
         if dist.is_main:
+            root = Path(cfg.run.root)
             if cfg.run.resume:
-                try:
-                    run_dir, resume_from = ckpt.find_resume_point(cfg.run.resume, Path(cfg.run.root))
-                except ckpt.ResumeError:
-                    if cfg.run.resume != "auto":
-                        raise
-            if run_dir is None:
-                run_dir = new_run_dir(Path(cfg.run.root), cfg.run.name or cfg.preset or "run")
+                run_dir = rundir.resume_run(cfg.run.resume, root)
+                self.run_lock = rundir.RunLock(run_dir).acquire()
+                point = rundir.find_resume_point(cfg.run.resume, root)
+                resume_from = point.checkpoint
+                rundir.sweep_leftovers(run_dir)
+                if point.damaged:
+                    moved = rundir.set_aside(point.damaged)
+                    self.notes.append(f"{point.note}; set aside as {', '.join(p.name for p in moved)}")
+            else:
+                run_dir = rundir.new_run_dir(root, cfg.run.name or cfg.preset or "run")
+                self.run_lock = rundir.RunLock(run_dir).acquire()
+                cfg.save(run_dir / rundir.CONFIG)  # a run folder is recognisable from its first moment
+                self.notes.extend(rundir.tidy_siblings(root, keep=run_dir))
         run_dir, resume_from = broadcast_object((run_dir, resume_from), dist)
         return Path(run_dir), (Path(resume_from) if resume_from else None)
 
@@ -296,14 +300,11 @@ class Trainer:
 
         backend = resolve_backend(cfg.train.wkv_backend, device, model.config.head_size)
         if dist.is_main:
-            cfg.save(run_dir / "config.toml")
-            (run_dir / "env.json").write_text(json.dumps(environment_report(device, dist, backend), indent=2) + "\n")
-            (run_dir / "control").mkdir(exist_ok=True)
-            stale_stop = run_dir / "control" / "stop"
-            if stale_stop.exists():  # a stop request from the previous session was already honoured
-                stale_stop.unlink()
+            cfg.save(run_dir / rundir.CONFIG)
+            write_atomic(run_dir / rundir.ENV, json.dumps(environment_report(device, dist, backend), indent=2) + "\n")
+            rundir.clear_stop(run_dir)  # a stop request from the previous session was already honoured
         barrier(dist)
-        self.log = MetricsLog(run_dir / "metrics.jsonl" if dist.is_main else None, self.on_metrics if dist.is_main else None)
+        self.log = MetricsLog(run_dir / rundir.METRICS if dist.is_main else None, self.on_metrics if dist.is_main else None)
         if cfg.run.tensorboard and dist.is_main:
             try:
                 self.log.enable_tensorboard(run_dir / "tensorboard")
@@ -314,7 +315,7 @@ class Trainer:
         step, tokens, cursor, attempts = 0, 0, 0, 0
         total_bad = 0
         if resume_from is not None:
-            state = ckpt.load_trainer_state(resume_from)
+            state = rundir.load_trainer_state(resume_from)
             load_optimizer_state(optimizer, state["optimizer"])  # full tensors: any world size, either mode
             step, tokens, cursor, attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
             total_bad = state.get("bad_steps_total", 0)
@@ -330,6 +331,8 @@ class Trainer:
             vocab_size=model.config.vocab_size, precision=str(autocast_dtype or torch.float32).replace("torch.", ""),
             init_from=cfg.init_from or None, lr=lr, lr_final=lr_final,
         )
+        for note in getattr(self, "notes", []):
+            self.log.write("status", step, tokens, state="note", message=note)
 
         def save(reason: str) -> Path | None:
             nonlocal last_ckpt
@@ -342,10 +345,10 @@ class Trainer:
                     "attempts": attempts, "bad_steps_total": total_bad, "schedule": schedule.__dict__.copy(),
                     "rng": _rng_state(device), "world_size": dist.world_size, "config": cfg.to_dict(),
                 }
-                last_ckpt = ckpt.write_checkpoint(
+                last_ckpt = rundir.write_checkpoint(
                     run_dir, step,
-                    lambda stem: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), state_dict=model_state,
-                                                 extra={"step": step, "tokens": tokens, "run_dir": str(run_dir)}),
+                    lambda stem, sums: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), state_dict=model_state,
+                                                       extra={"step": step, "tokens": tokens, "run_dir": str(run_dir)}, sums=sums),
                     trainer_state, keep=cfg.run.keep_checkpoints, pause_s=cfg.debug.save_pause_s,
                 )
                 self.log.write("checkpoint", step, tokens, path=str(last_ckpt), reason=reason)
@@ -419,14 +422,12 @@ class Trainer:
                     last_val = self._validate(step, tokens)
                 if cfg.eval.audition_every and step % cfg.eval.audition_every:
                     self._audition(step, tokens)
-            if last_ckpt is None or ckpt.checkpoint_name(step) != Path(last_ckpt).name:
+            if last_ckpt is None or rundir.checkpoint_name(step) != Path(last_ckpt).name:
                 save("final" if status == "finished" else "stop")
         except KeyboardInterrupt:
             return self._interrupted(step, tokens, last_ckpt, total_bad, last_val)
         if dist.is_main:
-            stop_file = run_dir / "control" / "stop"
-            if stop_file.exists():
-                stop_file.unlink()
+            rundir.clear_stop(run_dir)
         self.log.write("status", step, tokens, state=status, message=message or f"finished {step} steps", checkpoint=str(last_ckpt),
                        bad_steps_total=total_bad)
         return TrainResult(status, run_dir, step, tokens, last_ckpt, message, total_bad, last_val)
@@ -467,7 +468,7 @@ class Trainer:
         return (
             self.signals.requested
             or (self.stop_event is not None and self.stop_event.is_set())
-            or (run_dir / "control" / "stop").exists()
+            or rundir.stop_requested(run_dir)
         )
 
     def _stop_reason(self, run_dir: Path) -> str:
@@ -555,7 +556,7 @@ class Trainer:
         prompt = self.feed.audition_prompt(cfg.audition_prompt_tokens)
         if not prompt:
             return
-        path = self.run_dir / "auditions" / f"{ckpt.checkpoint_name(step)}.mid"
+        path = rundir.audition_path(self.run_dir, step)
         model.eval()
         try:
             with self.autocast():

@@ -146,7 +146,7 @@ class TrainDisplay:
 
     def __call__(self, record: dict) -> None:
         if self.clock is None:
-            from ..runwatch import EtaClock
+            from engine.rundir import EtaClock
 
             self.clock = EtaClock()
         self.clock.feed(record)
@@ -230,7 +230,7 @@ def register(app: typer.Typer) -> None:
 
 def run_headless(request: TrainRequest) -> None:
     from engine.model.checkpoint import CheckpointError
-    from engine.train.checkpointing import ResumeError
+    from engine.rundir import RunError
     from engine.train.config import ConfigError
     from engine.train.feed import DataError
     from engine.train.launch import apply_cpu_train_threads, default_preset, resume_note
@@ -243,7 +243,7 @@ def run_headless(request: TrainRequest) -> None:
             console.print(choice.note, highlight=False, markup=False, soft_wrap=True)
     try:
         cfg = request.resolve()
-    except (ConfigError, ResumeError) as exc:
+    except (ConfigError, RunError) as exc:
         fail(str(exc))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     apply_cpu_train_threads(cfg)
@@ -255,7 +255,7 @@ def run_headless(request: TrainRequest) -> None:
     try:
         with display, notice:
             result = run_training(cfg, on_metrics=display)
-    except (ConfigError, ResumeError, CheckpointError, DataError) as exc:
+    except (ConfigError, RunError, CheckpointError, DataError) as exc:
         fail(str(exc))
     if rank0:
         if result.status in ("aborted", "interrupted"):

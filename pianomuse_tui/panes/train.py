@@ -1,7 +1,7 @@
 """Train pane: start, stop (saving), resume or attach to a run, and watch it live.
 
 The run itself is the engine's (``engine.train``), in its own spawned process. This pane reads the
-run directory the way any observer could (``runwatch``), so a run started here and one started
+run directory the way any observer could (``engine.rundir``), so a run started here and one started
 with ``pianomuse-tui --headless train`` in another terminal look the same.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
+from engine.rundir import EtaClock, MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
 from engine.train.config import PRESETS
 from engine.train.request import TrainRequest
 
 from ..messages import MetricsArrived, ResourceSample, RunEnded, RunLaunched, RunLocated, RunStarted
-from ..runwatch import EtaClock, MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
 from ..requests import TrainArgs
 from ..training_process import TrainingProcess, launch_problem
 from ..widgets.loss_plot import LossPlot
@@ -414,30 +414,36 @@ class TrainPane(PaneBase):
             return
         self.records_seen += len(records)
         train_pts, val_pts = [], []
+        plot = self.query_one(LossPlot)
         for rec in records:
             self.eta_clock.feed(rec)
-            kind = rec.get("kind")
-            step = rec.get("step")
-            if kind == "train" and isinstance(rec.get("loss"), (int, float)):
-                train_pts.append((step, rec["loss"]))
-                self.latest.update({k: v for k, v in rec.items() if v is not None})
+            kind, step = rec.kind, rec.step
+            if rec.resumed_at is not None:  # the steps after it will be trained again: drop them
+                plot.add(train_pts, val_pts)
+                train_pts, val_pts = [], []
+                plot.cut_after(rec.resumed_at)
+                self.val_by_step = {s: v for s, v in self.val_by_step.items() if s <= rec.resumed_at}
+            if kind == "train" and (loss := rec.number("loss")) is not None:
+                train_pts.append((step, loss))
+                self.latest.update({k: v for k, v in rec.values.items() if v is not None})
+                self.latest.update(step=step, tokens=rec.tokens, elapsed_s=rec.elapsed_s)
             elif kind == "val":
-                value = rec.get("val_loss")
-                if isinstance(value, (int, float)):
+                value = rec.number("val_loss")
+                if value is not None:
                     val_pts.append((step, value))
                     self.val_by_step[step] = value
                 self.latest.update({"val_loss": value, "bits_per_note": rec.get("bits_per_note"),
                                     "val_step": step})
             elif kind == "audition":
-                if isinstance(rec.get("pitch_class_oa"), (int, float)):
-                    reuse = rec.get("self_reuse")
-                    self.audition_scores[step] = (f"pc OA {rec['pitch_class_oa']:.2f}, copy {rec.get('copied_notes', '-')}"
-                                                  + (f", reuse {reuse:.2f}" if isinstance(reuse, (int, float)) else ""))
+                if (overlap := rec.number("pitch_class_oa")) is not None:
+                    reuse = rec.number("self_reuse")
+                    self.audition_scores[step] = (f"pc OA {overlap:.2f}, copy {rec.get('copied_notes', '-')}"
+                                                  + (f", reuse {reuse:.2f}" if reuse is not None else ""))
             elif kind == "status":
-                self.last_status = str(rec.get("state") or rec.get("status") or "")
+                self.last_status = str(rec.get("state") or "")
                 if rec.get("message"):
-                    self.notify(str(rec["message"]), title="trainer")
-        self.query_one(LossPlot).add(train_pts, val_pts)
+                    self.notify(str(rec.get("message")), title="trainer")
+        plot.add(train_pts, val_pts)
         self._render_now()
         mem = self.query_one(MemoryMeter)
         mem.update_trainer(self.latest.get("mem_alloc"), self.latest.get("mem_reserved"),

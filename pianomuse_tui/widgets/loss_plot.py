@@ -114,6 +114,14 @@ class LossPlot(Widget):
             self.version += 1
             self._retitle()
 
+    def cut_after(self, step: int) -> None:
+        """Forget the points after ``step`` (a resumed run trains those steps again)."""
+        kept_train = [p for p in self.train_points if p[0] <= step]
+        kept_val = [p for p in self.val_points if p[0] <= step]
+        if len(kept_train) != len(self.train_points) or len(kept_val) != len(self.val_points):
+            self.train_points[:], self.val_points[:] = kept_train, kept_val
+            self.version += 1
+
     def clear(self) -> None:
         self.train_points.clear()
         self.val_points.clear()

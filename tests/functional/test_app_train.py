@@ -165,7 +165,8 @@ async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_
 
     run_dir = tmp_path / "20261130-1300-tiny"
     (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)
-    (run_dir / "checkpoints" / "step-00000002" / "model.pth").write_bytes(b"")
+    for name in ("model.pth", "model.json", "trainer.pt"):  # listed once all three are there
+        (run_dir / "checkpoints" / "step-00000002" / name).write_bytes(b"")
     (run_dir / "config.toml").write_text('preset = "tiny"\n[model]\nn_layer = 1\nn_embd = 64\narch = "x070"\n'
                                          "[train]\nmax_steps = 50\n")
     log = run_dir / "metrics.jsonl"
@@ -194,7 +195,8 @@ async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_
         assert "step 2 / 50" in str(pane.query_one("#tr-now").render())
 
         (run_dir / "checkpoints" / "step-00000004").mkdir()
-        (run_dir / "checkpoints" / "step-00000004" / "model.pth").write_bytes(b"")
+        for name in ("model.pth", "model.json", "trainer.pt"):
+            (run_dir / "checkpoints" / "step-00000004" / name).write_bytes(b"")
         with log.open("a") as fh:
             fh.write(json.dumps({"kind": "checkpoint", "step": 4, "tokens": 256, "time": 0.0,
                                  "path": str(run_dir / "checkpoints" / "step-00000004")}) + "\n")

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from train_helpers import micro_overrides, small_store
 
 from engine.model import load_checkpoint
-from engine.train import checkpointing as ckpt
-from engine.train.metrics import read_metrics
+from engine import rundir as ckpt
+from engine.rundir import read_metrics
 from engine.train.trainer import run_training
 from engine.train.config import load_config
 from pianomuse_tui.cli import app

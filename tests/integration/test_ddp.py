@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from train_helpers import micro_overrides, small_store
 
 from engine.train.config import load_config
-from engine.train.metrics import read_metrics
+from engine.rundir import read_metrics
 from engine.train.trainer import run_training
 
 
@@ -94,7 +94,7 @@ def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_pa
     import torch
 
     from engine.model import load_checkpoint
-    from engine.train import checkpointing as ckpt
+    from engine import rundir as ckpt
 
     m_two, _ = load_checkpoint(ckpt.latest_checkpoint(run))
     m_one, _ = load_checkpoint(ckpt.latest_checkpoint(single.run_dir))

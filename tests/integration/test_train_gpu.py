@@ -14,7 +14,7 @@ from train_helpers import micro_overrides, small_store
 
 from engine.model import load_checkpoint
 from engine.train.config import load_config
-from engine.train.metrics import read_metrics
+from engine.rundir import read_metrics
 from engine.train.trainer import run_training
 
 

@@ -11,7 +11,8 @@ import tomllib
 
 from engine.data.tokenizer import PianoTokenizer
 from engine.model.checkpoint import inspect_checkpoint
-from engine.paths import MODELS_DIR, bundled_checkpoint, resolve_checkpoint
+from engine.paths import MODELS_DIR
+from engine.rundir import bundled_checkpoint, resolve_checkpoint
 
 MAX_BYTES = 16 * 1024 * 1024
 

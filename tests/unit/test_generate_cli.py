@@ -140,8 +140,9 @@ def test_a_model_slower_than_the_music_is_reported_while_it_plays(checkpoint, ca
 
 def test_without_a_checkpoint_the_bundled_model_plays_and_without_one_you_are_told(tmp_path, monkeypatch):
     import engine.paths
+    import engine.rundir
 
-    bundled = engine.paths.bundled_checkpoint()
+    bundled = engine.rundir.bundled_checkpoint()
     assert bundled is not None and bundled.parent == engine.paths.MODELS_DIR
     result = run("generate", "--bars", "1", "--max-tokens", "64", "--seed", "3", "--threads", "1", "--out", tmp_path / "first.mid")
     assert result.exit_code == 0, result.output

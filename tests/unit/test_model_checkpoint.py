@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from engine.atomic import file_sha256
 from engine.model import CheckpointError, ConfigError, ModelConfig, load_checkpoint, read_sidecar, resize_vocab, save_checkpoint
 from model_helpers import perturbed_model, rel_err
 
@@ -49,7 +50,8 @@ def test_round_trip_keeps_weights_config_and_sidecar(tmp_path):
     tok = {"kind": "REMI", "vocab_size": 40}
     save_checkpoint(m, tmp_path / "ck.pth", tokenizer=tok, extra={"step": 12})
     side = json.loads((tmp_path / "ck.json").read_text())
-    assert side == {"format": "pianomuse-checkpoint/1", "model": m.config.to_dict(), "tokenizer": tok, "extra": {"step": 12}}
+    assert side == {"format": "pianomuse-checkpoint/1", "model": m.config.to_dict(), "tokenizer": tok, "extra": {"step": 12},
+                    "sha256": {"weights": file_sha256(tmp_path / "ck.pth")}}
     loaded, sidecar = load_checkpoint(tmp_path / "ck", wkv_backend="reference")
     assert loaded.config == m.config and sidecar["tokenizer"] == tok and sidecar["extra"] == {"step": 12}
     for k, v in m.state_dict().items():
@@ -141,7 +143,22 @@ def test_shape_problems_are_named(tmp_path, model, monkeypatch):
     # a sidecar from another model is caught
     other = save_checkpoint(perturbed_model(n_layer=1, seed=3), tmp_path / "other")
     (tmp_path / "ok.json").write_text(other.with_suffix(".json").read_text())
+    with pytest.raises(CheckpointError, match="does not match the checksum in its sidecar.* belongs to another"):
+        load_checkpoint(path)
+    foreign = json.loads(other.with_suffix(".json").read_text())
+    del foreign["sha256"]  # a sidecar written before checksums: the shapes still tell
+    (tmp_path / "ok.json").write_text(json.dumps(foreign))
     with pytest.raises(CheckpointError, match="sidecar .* describes"):
+        load_checkpoint(path)
+
+
+def test_a_bit_flip_in_the_weights_is_refused_by_every_loader(tmp_path):
+    """Issue 18 item 4: a damaged model.pth used to load silently (and play or resume garbage)."""
+    path = save_checkpoint(perturbed_model(n_layer=1, seed=5), tmp_path / "m")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the checksum in its sidecar"):
         load_checkpoint(path)
 
 

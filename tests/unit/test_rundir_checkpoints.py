@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.model import RWKV7, ModelConfig, load_checkpoint, save_checkpoint
-from engine.train import checkpointing as ckpt
+from engine import rundir as ckpt
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def model():
 
 
 def _write(run, step, model, **kw):
-    return ckpt.write_checkpoint(run, step, lambda stem: save_checkpoint(model, stem), {"step": step}, **kw)
+    return ckpt.write_checkpoint(run, step, lambda stem, sums: save_checkpoint(model, stem, sums=sums), {"step": step}, **kw)
 
 
 def test_write_publishes_complete_folder_and_latest(tmp_path, model):
@@ -30,9 +30,9 @@ def test_write_publishes_complete_folder_and_latest(tmp_path, model):
     assert sidecar["model"] == model.config.to_dict()
     torch.testing.assert_close(loaded.state_dict()["head.weight"], model.state_dict()["head.weight"])
     assert ckpt.load_trainer_state(first) == {"step": 5}
-    assert ckpt.find_resume_point("auto", run) == (run, first)
-    assert ckpt.find_resume_point("auto", tmp_path) == (run, first)  # the runs folder above it
-    assert ckpt.find_resume_point(str(first), tmp_path / "elsewhere") == (run, first)
+    assert ckpt.find_resume_point("auto", run) == ckpt.ResumePoint(run, first)
+    assert ckpt.find_resume_point("auto", tmp_path) == ckpt.ResumePoint(run, first)  # the runs folder above it
+    assert ckpt.find_resume_point(str(first), tmp_path / "elsewhere") == ckpt.ResumePoint(run, first)
 
 
 def test_pruning_keeps_the_newest_and_stale_temp_folders_go(tmp_path, model):
@@ -42,15 +42,19 @@ def test_pruning_keeps_the_newest_and_stale_temp_folders_go(tmp_path, model):
     for step in (1, 2, 3, 4):
         _write(run, step, model, keep=2)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == ["latest", "step-00000003", "step-00000004"]
+    assert names == [stale.name, "latest", "step-00000003", "step-00000004"]
+    # the leftovers go once a trainer holds the run's lock (no other process can be saving then)
+    with ckpt.RunLock(run):
+        assert ckpt.sweep_leftovers(run) == [stale]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000003", "step-00000004"]
 
 
 def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, model):
     run = tmp_path / "run"
     good = _write(run, 1, model)
 
-    def crash(stem):
-        save_checkpoint(model, stem)
+    def crash(stem, sums):
+        save_checkpoint(model, stem, sums=sums)
         raise OSError("disk full")  # the failure happens after files exist, before publication
 
     with pytest.raises(OSError):
@@ -70,11 +74,11 @@ def test_latest_marker_missing_or_dangling_falls_back(tmp_path, model):
 
 
 def test_resume_errors_are_one_sentence(tmp_path):
-    with pytest.raises(ckpt.ResumeError, match="no run with a checkpoint"):
+    with pytest.raises(ckpt.RunError, match="there is no run to resume in"):
         ckpt.find_resume_point("auto", tmp_path)
-    with pytest.raises(ckpt.ResumeError, match="neither a run directory nor a checkpoint"):
+    with pytest.raises(ckpt.RunError, match="neither a run directory nor a checkpoint"):
         ckpt.find_resume_point(str(tmp_path / "nope"), tmp_path)
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.toml").write_text("")
-    with pytest.raises(ckpt.ResumeError, match="has no complete checkpoint"):
+    with pytest.raises(ckpt.RunError, match="has no checkpoint yet"):
         ckpt.find_resume_point(str(tmp_path / "r"), tmp_path)

@@ -1,4 +1,4 @@
-"""engine.paths.resolve_checkpoint: the one rule, for generate, eval and the app, that turns a
+"""engine.rundir.resolve_checkpoint: the one rule, for generate, eval and the app, that turns a
 --checkpoint argument into a .pth file, on the folder layouts the trainer really writes."""
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import engine.paths
 from engine.eval.sources import EvalError
 from engine.generate import GenerationError
 from engine.model import ModelConfig, RWKV7, save_checkpoint
-from engine.paths import resolve_checkpoint
-from engine.train.checkpointing import write_checkpoint
+from engine.rundir import resolve_checkpoint, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def _run(tmp_path, model, steps):
     """A run folder with complete checkpoints, written by the trainer's own writer."""
     run = tmp_path / "run"
     for step in steps:
-        write_checkpoint(run, step, lambda stem: save_checkpoint(model, stem), {"step": step}, keep=10)
+        write_checkpoint(run, step, lambda stem, sums: save_checkpoint(model, stem, sums=sums), {"step": step}, keep=10)
     return run
 
 

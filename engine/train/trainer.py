@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import random
 import signal
@@ -70,23 +71,34 @@ class TrainResult:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM: the first asks for save-and-exit at the next step boundary; the second
-    aborts at once (KeyboardInterrupt). Installed only in the main thread, restored on exit."""
+    """SIGINT/SIGTERM/SIGHUP: the first asks for save-and-exit at the next step boundary; a second
+    SIGINT or SIGTERM aborts at once (KeyboardInterrupt). SIGHUP is a closed terminal: output to
+    it is dropped from then on (writing to a hung-up terminal fails, and must not cost the save),
+    and it never counts as the second signal. Installed only in the main thread, restored on exit."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
         self.requested = False
         self.reason = ""
         self._old: dict[int, object] = {}
+        # which of stdout/stderr are the terminal, asked now: after a hang-up the question fails
+        self._terminal_fds = [fd for fd in (1, 2) if _isatty(fd)]
 
     def _handle(self, signum, frame):
+        hangup = signum == getattr(signal, "SIGHUP", None)
+        if hangup:
+            _send_to_devnull(self._terminal_fds)
         if self.requested:
+            if hangup:
+                return
             raise KeyboardInterrupt
         self.requested = True
         self.reason = signal.Signals(signum).name
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -94,6 +106,23 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _send_to_devnull(fds: list[int]) -> None:
+    """Point ``fds`` (the hung-up terminal's) at /dev/null; files and pipes keep their output."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def resolve_device(spec: str, dist: DistInfo) -> torch.device:
@@ -590,6 +619,6 @@ def run_training(config: TrainConfig, on_metrics: MetricsCallback | None = None,
     """Train with ``config``; usable from a spawned process (the TUI tails metrics.jsonl).
 
     ``on_metrics`` sees every record written to metrics.jsonl; setting ``stop_event`` (or creating
-    ``control/stop`` in the run directory, or SIGINT/SIGTERM) saves and stops at the next step.
+    ``control/stop`` in the run directory, or SIGINT/SIGTERM/SIGHUP) saves and stops at the next step.
     """
     return Trainer(config, on_metrics=on_metrics, stop_event=stop_event).fit()

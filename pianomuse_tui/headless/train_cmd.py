@@ -3,8 +3,8 @@
 On a terminal the run shows a live rich panel (step, loss, val loss, lr, tokens/s, grad norm,
 memory, ETA); otherwise one plain line per logged event, which is what CI and log files want.
 The first Ctrl-C (or SIGTERM) is answered at once: the run stops after the current step and saves;
-a second one aborts without saving.
-Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM/control file (after saving), 3 aborted
+a second one aborts without saving. Closing the terminal (SIGHUP) stops and saves the same way.
+Exit status: 0 finished, 130 stopped by SIGINT/SIGTERM/SIGHUP/control file (after saving), 3 aborted
 (e.g. too many non-finite steps), 2 bad input.
 """
 from __future__ import annotations

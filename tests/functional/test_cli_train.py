@@ -227,3 +227,45 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
         [f"run.resume={run}", "train.max_steps=2", "debug.save_pause_s=0"]))
     assert resumed.status == "finished" and resumed.step == 2
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the dead save's leftovers are gone
+
+
+def test_closing_the_terminal_saves_like_ctrl_c(tmp_path):
+    """Issue 18 item 7: SIGHUP (the terminal closed) used to kill the run without saving."""
+    import pty
+    import threading
+
+    root = tmp_path / "runs"
+    pid, terminal = pty.fork()  # the child's controlling terminal is this pseudo-terminal
+    if pid == 0:
+        os.execv(CLI[0], CLI + ["--run-dir", str(root), "--data", str(small_store()), "--max-steps", "100000",
+                                "--device", "cpu", *_micro_args(root)])
+    shown = bytearray()
+
+    def read_terminal():  # the terminal's output must be drained, as a real one would
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    while len(_train_records(root)) < 1:
+        assert time.monotonic() < deadline, bytes(shown[-2000:]).decode(errors="replace")
+        time.sleep(0.1)
+    os.close(terminal)  # hang up: the kernel sends SIGHUP to the run
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.monotonic() < deadline, "the trainer did not stop after SIGHUP"
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(done[1]) == 130
+    (run,) = root.iterdir()
+    last = ckpt.latest_checkpoint(run)
+    step = max(r["step"] for r in _train_records(root))
+    assert last is not None and last.name == ckpt.checkpoint_name(step) and ckpt.checkpoint_problem(last) is None
+    stopped = [r for r in read_metrics(run) if r.get("state") == "stopped"]
+    assert len(stopped) == 1 and "SIGHUP" in stopped[0]["message"]

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Protocol
 
+from engine.signals import signals_held
+
 from .events import MidiEvent, NoteTracker, note_off, panic_messages
 
 
@@ -317,18 +319,35 @@ class LookaheadScheduler:
                     break
 
     def stop(self, panic: bool = True) -> None:
-        """Cancel: drop the queue, send pending note-offs and panic, stop the threads."""
-        atexit.unregister(self.stop)
-        with self._lock:
-            self._stopping = True
-            self._heap.clear()
-            self._done.set()
-        self._wakeup.set()
-        for thread in (self._thread, self._monitor):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=2.0)
-        if panic:
-            self.panic()
+        """Cancel: drop the queue, release every note (panic), then stop the threads.
+
+        The notes go first and signals are held meanwhile: a second Ctrl-C or SIGTERM arriving
+        while the threads wind down (up to a port check's sleep) must not leave notes sounding.
+        A note-on the sender had already begun to send when the stop came is released after it.
+        """
+        with signals_held():
+            atexit.unregister(self.stop)
+            with self._lock:
+                self._stopping = True
+                self._heap.clear()
+                self._done.set()
+            self._wakeup.set()
+            if panic:
+                self.panic()
+            for thread in (self._thread, self._monitor):
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(timeout=2.0)
+            if panic:
+                self._release_sounding()
+
+    def _release_sounding(self) -> None:
+        with self._send_lock:
+            for channel, pitch in self._tracker.sounding():
+                try:
+                    self.output.send(note_off(0.0, pitch, channel).data)
+                except Exception:  # noqa: BLE001 - a dead port cannot sound notes either
+                    break
+            self._tracker.clear()
 
     def __enter__(self) -> "LookaheadScheduler":
         self.start()

@@ -19,6 +19,8 @@ from typing import Optional
 
 import typer
 
+from engine.signals import signals_call
+
 from .console import console, err_console, fail
 
 def _unwritable(path: Path) -> str | None:
@@ -178,16 +180,19 @@ def _run_generate(
         return 130 if interrupted else 0
 
     code = 0
-    try:
-        console.print(f"playing alternative 1 on {player.output_name}, lookahead {choice.lookahead:.2f} s (Ctrl-C stops)")
-        code = _perform(session, player)
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        player.close()
-        session.finish()
-        elapsed = time.perf_counter() - started
-        written = _write_all(session, paths, wav, choice.soundfont)
+    # from here a signal (any number of them) asks the take to stop: it never cuts short the
+    # release of the notes or the writing of the take
+    with signals_call(lambda signum: player.stop()):
+        try:
+            console.print(f"playing alternative 1 on {player.output_name}, lookahead {choice.lookahead:.2f} s (Ctrl-C stops)")
+            code = _perform(session, player)
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            player.close()
+            session.finish()
+            elapsed = time.perf_counter() - started
+            written = _write_all(session, paths, wav, choice.soundfont)
     console.print(_generation_summary(session, elapsed))
     console.print("timing: " + player.telemetry().summary())
     console.print("wrote " + ", ".join(str(p) for p in written))
@@ -234,21 +239,22 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
     console.print(f"model {pth}; listening on {listening.name}, playing on {player.output_name}; mode {config.mode} "
                   f"at {config.tempo:g} qpm (Ctrl-C stops)")
     code = 0
-    try:
-        ended = player.play(duet.chunks())
-        code = {"finished": 0, "stopped": 130, "port lost": 3}[ended]
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        end = player.music_time()
-        player.close()
-        listening.close()
-        duet.finish(end)
-        written = [duet.write(path)]
-        if wav:
-            from engine.midi.builtin_synth import render_wav
+    with signals_call(lambda signum: player.stop()):  # as in a generated take: signals ask to stop, never cut the clean-up
+        try:
+            ended = player.play(duet.chunks())
+            code = {"finished": 0, "stopped": 130, "port lost": 3}[ended]
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            end = player.music_time()
+            player.close()
+            listening.close()
+            duet.finish(end)
+            written = [duet.write(path)]
+            if wav:
+                from engine.midi.builtin_synth import render_wav
 
-            written.append(render_wav(duet.take.model + duet.take.human, path.with_suffix(".wav"), choice.soundfont))
+                written.append(render_wav(duet.take.model + duet.take.human, path.with_suffix(".wav"), choice.soundfont))
     waits = sorted(duet.latencies())
     told = (f"the model's first note came {1000 * waits[len(waits) // 2]:.0f} ms (median), at most "
             f"{1000 * waits[-1]:.0f} ms after each handover" if waits else "no handover")

@@ -325,6 +325,43 @@ def test_the_bundled_model_streamed_live_arrives_as_the_written_file_says(receiv
     assert takes[-1][0] < 0.003 and takes[-1][1] == 0, f"(p99 s, underruns) per take: {takes}"
 
 
+@pytest.mark.parametrize("signals, gap", [(("SIGINT", "SIGINT"), 0.1), (("SIGTERM", "SIGTERM"), 0.1), (("SIGINT",) * 6, 0.02)])
+def test_signals_in_quick_succession_during_live_play_release_every_note_and_write_the_take(receiver, tiny_checkpoint, tmp_path, signals, gap):
+    """Issue 18 item 2: a second Ctrl-C or SIGTERM ~0.1 s after the first used to land while the player
+    waited for its threads, before it released the notes: notes kept sounding and the take was lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "double.mid"
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint),
+           "--bars", "64", "--max-tokens", "3000", "--seed", "1", "--midi-api", "jack", "--port", "test-recv",
+           "--lookahead", "0.3", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while not any(d[0] & 0xF0 == 0x90 for _, d in receiver.received()) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+        time.sleep(1.0)  # mid-performance, chords sounding
+        for name in signals:
+            proc.send_signal(getattr(signal, name))
+            time.sleep(gap)
+        output = proc.communicate(timeout=30)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    got = [d for _, d in receiver.received()]
+    note_ons = [d for d in got if d[0] & 0xF0 == 0x90 and d[2] > 0]
+    assert note_ons
+    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}  # each one released
+    assert (0xB0, 123, 0) in got
+    written = [tuple(m.bytes()) for m in mido.MidiFile(out) if m.type == "note_on" and m.velocity > 0]
+    assert written[: len(note_ons)] == note_ons  # the take holds what played
+
+
 def test_sigterm_during_live_generation_stops_like_ctrl_c(receiver, tiny_checkpoint, tmp_path):
     """`kill` (or closing the terminal) must not leave the synth droning: the command releases everything."""
     import os

@@ -42,12 +42,31 @@ class CheckPolicy:
     max_silence_s: float = 30.0
     max_onsets_per_s: int = 60  # onsets inside any one-second window
     tokenize: bool = True  # count tokens in the report (prepare always tokenizes)
+    # limits: a file over one is an error, found before anything is expanded (parsed into
+    # bars, tokenized), so no single file can take a command past its memory or its time
+    limit_file_mb: float = 8.0
+    limit_duration_s: float = 7200.0
+    limit_silence_s: float = 600.0
+    limit_tokens: int = 200_000
 
     def __post_init__(self) -> None:
         from .tokenizer import check_piano_policy
 
-        # a bad policy must stop the scan with one sentence, not fail every file in the workers
+        # a bad setting must stop the scan with one sentence, not fail every file in the workers
+        if not isinstance(self.piano_policy, str):
+            raise ValueError(f"check.piano_policy must be a name in quotes, not {self.piano_policy!r}")
         check_piano_policy(self.piano_policy)
+        if not isinstance(self.tokenize, bool):
+            raise ValueError(f"check.tokenize must be true or false, not {self.tokenize!r}")
+        for name, kind in _NUMBERS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+                what = "a whole number" if kind is int else "a number"
+                raise ValueError(f"check.{name} must be {what} greater than 0 (e.g. {_DEFAULTS[name]}), not {value!r}")
+            if not value > 0:
+                raise ValueError(f"check.{name} must be greater than 0 (e.g. {_DEFAULTS[name]}), not {value!r}")
+        if self.min_tempo_bpm >= self.max_tempo_bpm:
+            raise ValueError(f"check.min_tempo_bpm ({self.min_tempo_bpm:g}) must be below check.max_tempo_bpm ({self.max_tempo_bpm:g})")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "CheckPolicy":
@@ -56,6 +75,12 @@ class CheckPolicy:
         if unknown:
             raise ValueError(f"unknown check setting(s) {', '.join(sorted(unknown))}; known: {', '.join(cls.__dataclass_fields__)}")
         return cls(**data)
+
+
+_NUMBERS = {"timeout_s": float, "min_tempo_bpm": float, "max_tempo_bpm": float, "min_ticks_per_quarter": int,
+            "max_silence_s": float, "max_onsets_per_s": int, "limit_file_mb": float, "limit_duration_s": float,
+            "limit_silence_s": float, "limit_tokens": int}
+_DEFAULTS = {name: CheckPolicy.__dataclass_fields__[name].default for name in _NUMBERS}
 
 
 class ScanError(RuntimeError):
@@ -208,6 +233,82 @@ def _reason(category: str, details: str = "") -> str:
     return f"{category}: {details}" if details else category
 
 
+class OverLimit(ValueError):
+    """A file over one of ``CheckPolicy``'s limits; ``reason`` is the report's reason text."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+_SETTING = "raise it in data.toml [check] if the file is genuine"
+
+
+def read_within_limits(path: Path, policy: CheckPolicy) -> bytes:
+    """The file's bytes, once its size is known to be within ``limit_file_mb``."""
+    size = path.stat().st_size
+    if size > policy.limit_file_mb * 2**20:
+        raise OverLimit(_reason("over the size limit", f"{size / 2**20:.1f} MB, the limit is limit_file_mb = "
+                                f"{policy.limit_file_mb:g} MB; {_SETTING}"))
+    return path.read_bytes()
+
+
+def check_timing_header(raw, data: bytes, policy: CheckPolicy) -> tuple[bytes, list[str]]:
+    """The bytes a parser can read (SMPTE recast as ticks per quarter) and the warnings that go with
+    them; OverLimit for a file whose length in beats exceeds ``limit_duration_s`` even at
+    ``max_tempo_bpm`` (its gaps would expand into that many empty bars)."""
+    warnings = []
+    if raw.smpte:
+        # symusic reads only ticks per quarter: give it the same ticks per second at 120 bpm,
+        # so times in seconds stay right and bars follow a nominal 120 bpm
+        fps, ticks_per_frame = 256 - data[12], data[13]
+        tpq = max(1, round(fps * ticks_per_frame / 2))
+        data = data[:12] + tpq.to_bytes(2, "big") + data[14:]
+        warnings.append(_reason("SMPTE timing", f"{fps} frames/s x {ticks_per_frame} ticks read as {tpq} ticks per quarter at 120 bpm; bars are nominal"))
+    else:
+        tpq = raw.division
+        if tpq == 0:
+            raise OverLimit(_reason("no time division", "the header gives 0 ticks per quarter note, so no event has a time; "
+                                    "re-export the file from its editor"))
+    beats = raw.length_ticks / tpq
+    most = policy.limit_duration_s * policy.max_tempo_bpm / 60.0
+    if beats > most:
+        raise OverLimit(_reason("over the duration limit", f"{beats:,.0f} beats, longer than limit_duration_s = "
+                                f"{policy.limit_duration_s:g} s even at {policy.max_tempo_bpm:g} bpm; {_SETTING}"))
+    return data, warnings
+
+
+def parser_problem(exc: Exception) -> str:
+    """The MIDI parser's complaint in words a user can act on (its own texts are terse, misspelt C++ messages)."""
+    text = str(exc)
+    if "velocity=" in text:
+        return f"a note has velocity {text.rsplit('=', 1)[-1].strip()}, above MIDI's 127; the file is damaged or not standard MIDI"
+    if "nvaild" in text or "nvalid" in text:  # symusic's own spelling included
+        return "the MIDI parser rejected its structure; the file is damaged or not standard MIDI"
+    return "the MIDI parser could not read it; the file is damaged or not standard MIDI"
+
+
+def note_span(start: np.ndarray, end: np.ndarray) -> tuple[float, float]:
+    """(duration, longest silence) in seconds of notes starting at ``start`` and ending at ``end``."""
+    order = np.argsort(start, kind="stable")
+    covered_until = np.maximum.accumulate(end[order])
+    gaps = start[order][1:] - covered_until[:-1]
+    return float(end.max()), float(max(gaps.max() if len(gaps) else 0.0, start.min()))
+
+
+def check_span(duration_s: float, longest_silence_s: float, notes: int, policy: CheckPolicy) -> None:
+    """OverLimit for a piece too long, too silent or with too many notes to tokenize within ``limit_tokens``."""
+    if duration_s > policy.limit_duration_s:
+        raise OverLimit(_reason("over the duration limit", f"{duration_s / 3600:.2f} h, the limit is limit_duration_s = "
+                                f"{policy.limit_duration_s:g} s; {_SETTING}"))
+    if longest_silence_s > policy.limit_silence_s:
+        raise OverLimit(_reason("over the silence limit", f"{longest_silence_s:.0f} s without a sounding note, the limit is "
+                                f"limit_silence_s = {policy.limit_silence_s:g} s; {_SETTING}"))
+    if 3 * notes > policy.limit_tokens:  # every note takes at least 3 tokens (pitch, velocity, duration)
+        raise OverLimit(_reason("over the token limit", f"{notes:,} notes need more than limit_tokens = "
+                                f"{policy.limit_tokens:,} tokens; {_SETTING}"))
+
+
 def note_hash(pitches: np.ndarray, starts_q: np.ndarray, durations_q: np.ndarray, velocities: np.ndarray) -> str:
     """Content hash of note data on a 1/480-quarter grid (time division and track layout do not matter)."""
     grid = np.stack([np.rint(starts_q * 480), np.rint(durations_q * 480), pitches, velocities], axis=1).astype(np.int64)
@@ -242,9 +343,12 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         return FileRecord(str(path), status, errors + warnings, FileStats(**stats)), ids, bars
 
     try:
-        data = path.read_bytes()
+        data = read_within_limits(path, policy)
     except OSError as exc:
         errors.append(_reason("unreadable", f"cannot read the file ({exc.strerror or exc})"))
+        return finish()
+    except OverLimit as exc:
+        errors.append(exc.reason)
         return finish()
     stats["bytes"] = len(data)
     stats["file_hash"] = hashlib.sha256(data).hexdigest()
@@ -254,14 +358,14 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         errors.append(exc.reason)
         return finish()
     stats.update(format=raw.format, tracks=raw.track_chunks, ticks_per_quarter=raw.division)
+    try:
+        data, timing_warnings = check_timing_header(raw, data, policy)
+    except OverLimit as exc:
+        errors.append(exc.reason)
+        return finish()
+    warnings.extend(timing_warnings)
     if raw.smpte:
-        # symusic reads only ticks per quarter: give it the same ticks per second at 120 bpm,
-        # so times in seconds stay right and bars follow a nominal 120 bpm
-        fps, ticks_per_frame = 256 - data[12], data[13]
-        tpq = max(1, round(fps * ticks_per_frame / 2))
-        data = data[:12] + tpq.to_bytes(2, "big") + data[14:]
-        stats["ticks_per_quarter"] = tpq
-        warnings.append(_reason("SMPTE timing", f"{fps} frames/s x {ticks_per_frame} ticks read as {tpq} ticks per quarter at 120 bpm; bars are nominal"))
+        stats["ticks_per_quarter"] = int.from_bytes(data[12:14], "big")
     if raw.format == 2:
         warnings.append(_reason("format 2", "independent sequences were read as parallel tracks"))
     if not raw.smpte and raw.division < policy.min_ticks_per_quarter:
@@ -271,7 +375,7 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
     try:
         score = symusic.Score.from_midi(data)
     except Exception as exc:  # noqa: BLE001 - symusic raises RuntimeError with its parser's message
-        errors.append(_reason("unreadable", str(exc).split(": iostream error")[0]))
+        errors.append(_reason("unreadable", parser_problem(exc)))
         return finish()
 
     total_notes = sum(len(t.notes) for t in score.tracks)
@@ -302,14 +406,17 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
 
     start = notes["time"].astype(np.float64)
     end = start + notes["duration"].astype(np.float64)
-    duration_s = float(max(seconds.end(), end.max()))
+    last_end, longest_silence = note_span(start, end)
+    duration_s = float(max(seconds.end(), last_end))
+    try:
+        check_span(duration_s, longest_silence, len(pitch), policy)
+    except OverLimit as exc:
+        errors.append(exc.reason)
+        stats.update(duration_s=round(duration_s, 3), notes=int(len(pitch)))
+        return finish()
     velocity = notes["velocity"].astype(np.int64)
     qpms = [t.qpm for t in score.tempos] or [120.0]
     pedals = seconds.tracks[0].pedals.numpy() if len(seconds.tracks[0].pedals) else {"time": np.zeros(0), "duration": np.zeros(0)}
-    order = np.argsort(start, kind="stable")
-    covered_until = np.maximum.accumulate(end[order])
-    gaps = start[order][1:] - covered_until[:-1]
-    longest_silence = float(max(gaps.max() if len(gaps) else 0.0, start.min()))
     onsets = np.sort(start)
     # most onsets inside any window [t, t + 1 s)
     densest = int((np.searchsorted(onsets, onsets + 1.0, side="left") - np.arange(len(onsets))).max())
@@ -351,6 +458,9 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         pitch_kinds = {"Pitch", "NoteOn"}
         if not any(tokenizer.token_kind(t) in pitch_kinds for t in ids):
             errors.append(_reason("no usable piano notes", "the tokenizer kept no notes"))
+            return finish()
+        if len(ids) > policy.limit_tokens:
+            errors.append(_reason("over the token limit", f"{len(ids):,} tokens, the limit is limit_tokens = {policy.limit_tokens:,}; {_SETTING}"))
             return finish()
         stats["tokens"] = len(ids)
         stats["bars"] = len(bars)

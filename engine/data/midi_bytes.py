@@ -29,6 +29,7 @@ class MidiBytesInfo:
     note_ons: int
     unreleased_note_ons: int
     max_delta: int
+    length_ticks: int = 0  # the longest track's end, in ticks: what a parser expands into bars
 
 
 def walk_midi_bytes(data: bytes) -> MidiBytesInfo:
@@ -45,7 +46,7 @@ def walk_midi_bytes(data: bytes) -> MidiBytesInfo:
     if ntracks == 0:
         raise MidiStructureError("no tracks: the header declares zero tracks")
     pos = 8 + header_len
-    chunks = note_ons = unreleased = max_delta = 0
+    chunks = note_ons = unreleased = max_delta = length = 0
     size = len(data)
     while pos + 8 <= size:
         kind = data[pos:pos + 4]
@@ -54,23 +55,25 @@ def walk_midi_bytes(data: bytes) -> MidiBytesInfo:
         if end > size:
             raise MidiStructureError(f"truncated: track {chunks + 1} needs {end - size} more bytes than the file holds")
         if kind == b"MTrk":
-            ons, left, delta = _walk_track(data, start, end, chunks + 1)
+            ons, left, delta, ticks = _walk_track(data, start, end, chunks + 1)
             note_ons += ons
             unreleased += left
             max_delta = max(max_delta, delta)
+            length = max(length, ticks)
             chunks += 1
         pos = end
     if chunks == 0:
         raise MidiStructureError(f"truncated: the header declares {ntracks} track(s) but the file holds none")
-    return MidiBytesInfo(fmt, ntracks, chunks, 0 if smpte else division, smpte, note_ons, unreleased, max_delta)
+    return MidiBytesInfo(fmt, ntracks, chunks, 0 if smpte else division, smpte, note_ons, unreleased, max_delta, length)
 
 
-def _walk_track(data: bytes, i: int, end: int, number: int) -> tuple[int, int, int]:
-    """(note-ons, note-ons never released, largest delta time) of one MTrk chunk."""
+def _walk_track(data: bytes, i: int, end: int, number: int) -> tuple[int, int, int, int]:
+    """(note-ons, note-ons never released, largest delta time, total ticks) of one MTrk chunk."""
     status = 0
     active: dict[int, int] = {}
     note_ons = 0
     max_delta = 0
+    ticks = 0
     while i < end:
         delta = 0
         while True:
@@ -81,6 +84,7 @@ def _walk_track(data: bytes, i: int, end: int, number: int) -> tuple[int, int, i
             delta = (delta << 7) | (b & 0x7F)
             if b < 0x80:
                 break
+        ticks += delta
         if delta > max_delta:
             max_delta = delta
         if i >= end:
@@ -121,4 +125,4 @@ def _walk_track(data: bytes, i: int, end: int, number: int) -> tuple[int, int, i
             elif active.get(key):
                 active[key] -= 1
         i += width
-    return note_ons, sum(active.values()), max_delta
+    return note_ons, sum(active.values()), max_delta, ticks

@@ -46,6 +46,16 @@ class StoreError(RuntimeError):
     """A store that cannot be opened or written; the message is one sentence for the user."""
 
 
+def _table(data: dict, name: str) -> dict:
+    """The ``[name]`` section of a data.toml, removed from ``data`` (empty when absent)."""
+    value = data.pop(name, None)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a [{name}] table of settings, not {value!r}; see docs/data.md")
+    return dict(value)
+
+
 @dataclass
 class PrepareConfig:
     """What ``prepare`` does; loaded from data.toml (sections [tokenizer], [check], [split])."""
@@ -59,14 +69,18 @@ class PrepareConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "PrepareConfig":
         data = dict(data or {})
-        split = dict(data.pop("split", {}) or {})
-        out = cls(
-            tokenizer=dict(data.pop("tokenizer", {}) or {}),
-            check=dict(data.pop("check", {}) or {}),
-            val_fraction=float(split.pop("val_fraction", data.pop("val_fraction", 0.1))),
-            split_seed=int(split.pop("seed", data.pop("split_seed", 0))),
-            workers=data.pop("workers", None),
-        )
+        split = _table(data, "split")
+        val_fraction = split.pop("val_fraction", data.pop("val_fraction", 0.1))
+        seed = split.pop("seed", data.pop("split_seed", 0))
+        workers = data.pop("workers", None)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+            raise ValueError(f"split.val_fraction must be a number in [0, 1) such as 0.1, not {val_fraction!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"split.seed must be a whole number, not {seed!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a whole number of at least 1, not {workers!r}")
+        out = cls(tokenizer=_table(data, "tokenizer"), check=_table(data, "check"), val_fraction=float(val_fraction),
+                  split_seed=seed, workers=workers)
         unknown = sorted(set(data) | set(split))
         if unknown:
             raise ValueError(f"unknown data setting(s) {', '.join(unknown)}; use [tokenizer], [check], [split] val_fraction/seed, workers")

@@ -369,18 +369,22 @@ def prompt_from_file(path: str | Path, tokenizer, bars: str | None = None) -> li
     A slice that starts mid-piece gets the tempo (and, for TSD, the time signature) in force there,
     so the model hears the right speed and metre.
     """
-    import symusic
+    from engine.data.check import CheckPolicy
 
     path = Path(path)
+    if path.is_dir():
+        raise GenerationError(f"the prompt {path} is a folder; give a .mid file")
     if not path.is_file():
         raise GenerationError(f"the prompt file {path} does not exist; give a .mid file")
-    try:
-        score = symusic.Score(str(path))
-    except Exception as err:  # noqa: BLE001 - symusic raises several types for bad files
-        raise GenerationError(f"the prompt {path} is not a readable MIDI file ({err}); give a .mid file") from None
+    score = _screened_prompt(path, tokenizer)
     ids, bar_starts = tokenizer.encode_with_bars(score)
-    if not ids:
-        raise GenerationError(f"the prompt {path} has no piano notes to continue; give a file with notes")
+    if not any(tokenizer.token_kind(t) in ("Pitch", "NoteOn") for t in ids):
+        raise GenerationError(f"the prompt {path} has no piano notes to continue (drums and other instruments are "
+                              "left out); give a file with piano notes")
+    limit = CheckPolicy().limit_tokens
+    if len(ids) > limit:
+        raise GenerationError(f"the prompt {path} is {len(ids):,} tokens, over the limit of {limit:,} (limit_tokens); "
+                              "give a shorter file")
     span = parse_bar_range(bars)
     if span is None:
         return ids
@@ -406,6 +410,40 @@ def prompt_from_file(path: str | Path, tokenizer, bars: str | None = None) -> li
                 body = body[:insert_at] + [position0] + tempo + body[insert_at:]
         return body
     return head + body
+
+
+def _screened_prompt(path: Path, tokenizer):
+    """The prompt's score, read under the same limits as ``check`` (size, length in beats, duration,
+    silence, notes), each checked before the next step can expand the file."""
+    import numpy as np
+    import symusic
+
+    from engine.data.check import (
+        CheckPolicy, OverLimit, check_span, check_timing_header, note_span, parser_problem, read_within_limits,
+    )
+    from engine.data.midi_bytes import MidiStructureError, walk_midi_bytes
+
+    policy = CheckPolicy()
+    try:
+        data = read_within_limits(path, policy)
+        raw = walk_midi_bytes(data)
+        data, _ = check_timing_header(raw, data, policy)  # SMPTE files are read as check reads them
+        score = symusic.Score.from_midi(data)
+    except OSError as err:
+        raise GenerationError(f"cannot read the prompt {path} ({err.strerror or err}); give a readable .mid file") from None
+    except (MidiStructureError, OverLimit) as err:
+        raise GenerationError(f"the prompt {path} cannot be used: {err.reason}") from None
+    except Exception as err:  # noqa: BLE001 - symusic raises several types for bad files
+        raise GenerationError(f"the prompt {path} cannot be used: {parser_problem(err)}") from None
+    notes = [track.notes.numpy() for track in score.to("second").tracks if len(track.notes)]
+    if notes:
+        start = np.concatenate([n["time"] for n in notes]).astype(np.float64)
+        end = start + np.concatenate([n["duration"] for n in notes]).astype(np.float64)
+        try:
+            check_span(*note_span(start, end), len(start), policy)
+        except OverLimit as err:
+            raise GenerationError(f"the prompt {path} cannot be used: {err.reason}") from None
+    return score
 
 
 def _context_tokens(tokenizer, before: list[int]) -> list[int]:

@@ -116,6 +116,8 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
         files = find_midi_files(folder)  # a bad folder fails here, before the workers start
     except ScanError as exc:
         fail(str(exc))
+    if report is not None and report.is_dir():  # said before the scan, not after it
+        fail(f"the report path {report} is a folder; give a file name such as {report / 'report.json'}")
     prep = _load_prepare_config(config)
     check_settings = {**prep.check, **({"piano_policy": policy} if policy else {}), **({"timeout_s": timeout} if timeout else {})}
     tokenizer_config = None

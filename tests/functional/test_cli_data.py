@@ -25,11 +25,11 @@ def test_check_reports_every_broken_file_and_exits_one(tmp_path):
     # stdout is a pipe, not a terminal: `check` runs headless even without --headless, in plain lines
     done = _cli("check", str(BROKEN), "--json", str(report), "--workers", "2")
     assert done.returncode == 1, done.stderr  # some files have errors: a script can tell
-    assert "10 of 15 files have errors" in " ".join(done.stderr.split())
+    assert "11 of 15 files have errors" in " ".join(done.stderr.split())  # huge_delta.mid is over the duration limit
     data = json.loads(report.read_text())
     names = sorted(Path(f["path"]).name for f in data["files"])
     assert names == sorted(p.name for p in BROKEN.glob("*.mid"))
-    assert data["summary"]["status"]["error"] == 10 and data["summary"]["status"]["warning"] == 5
+    assert data["summary"]["status"]["error"] == 11 and data["summary"]["status"]["warning"] == 4
     assert "\x1b[" not in done.stdout  # no terminal escapes in a pipe
     assert "15 MIDI files" in done.stdout and "error" in done.stdout and "report written to" in done.stdout
     assert "check 15/15 files" in done.stdout

@@ -18,7 +18,8 @@ from engine.rundir import MetricRecord, MetricsTail, RunBusy, RunError, read_met
 from engine.train.config import load_config
 from engine.train.launch import resolve_config
 from engine.train.trainer import run_training
-from pianomuse_tui.training_process import TrainSpec, launch_problem
+from engine.train.request import TrainRequest
+from pianomuse_tui.training_process import launch_problem
 from train_helpers import micro_overrides, small_store
 
 
@@ -61,7 +62,7 @@ def test_resume_auto_continues_the_newest_run_or_says_why_and_never_touches_anot
         resolve_config(None, "tiny", [], run_root=root, resume="auto", max_steps=300)
     with pytest.raises(RunError, match="has no checkpoint yet"):
         run_training(_config(root, **{"run.resume": "auto", "train.max_steps": 300}))
-    assert "Cannot resume: run" in launch_problem(TrainSpec(resume="auto", runs_root=str(root)))
+    assert "Cannot resume: run" in launch_problem(TrainRequest(resume="auto", run_root=str(root)))
     assert _snapshot(finished.run_dir) == before  # its config, checkpoints and metrics are untouched
 
 

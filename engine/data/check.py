@@ -19,10 +19,11 @@ import os
 import time
 import traceback
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import wait as wait_connections
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -514,6 +515,25 @@ def _worker_main(conn, policy_dict: dict, tokenizer_config: dict | None, owner_p
         conn.send((index, record, ids if want_ids else None, bars if want_ids else None))
 
 
+@contextmanager
+def _safe_path() -> Iterator[None]:
+    """Start a worker (or the fork server) without the current folder on its import path.
+
+    A worker's interpreter starts with ``python -c``, which puts the current folder first on
+    sys.path, so a user's own random.py or tokenize.py there was imported instead of the standard
+    library's; PYTHONSAFEPATH (Python 3.11) leaves it out.
+    """
+    saved = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = saved
+
+
 def _context():
     # forkserver: workers fork from a clean server that has already imported the data modules,
     # so they start fast and never inherit the threads of a running UI.
@@ -528,7 +548,8 @@ class _Worker:
     def __init__(self, ctx, policy: CheckPolicy, tokenizer_config: dict | None):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, asdict(policy), tokenizer_config, os.getpid()), daemon=True)
-        self.process.start()
+        with _safe_path():
+            self.process.start()
         child.close()
         self.ready = False
         self.task: int | None = None

@@ -122,3 +122,42 @@ def test_a_folder_with_nothing_usable_exits_three_with_a_warning_and_prepare_say
     assert nothing.returncode == 3 and "holds no .mid/.midi/.kar file" in " ".join(nothing.stderr.split())
     good = _cli("--headless", "check", str(PIANO), "--workers", "1")
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize("settings, words", [
+    ("[check]\ntimeout_s = 0\n", "check.timeout_s must be greater than 0"),
+    ('[check]\nmax_silence_s = "long"\n', "check.max_silence_s must be a number"),
+    ('[check]\ntimeout_s = "abc"\n', "check.timeout_s must be a number"),
+    ("check = 5\n", "check must be a [check] table"),
+    ("[check]\nlimit_tokens = 1.5\n", "check.limit_tokens must be a whole number"),
+    ('[split]\nval_fraction = "x"\n', "split.val_fraction must be a number"),
+])
+def test_bad_data_settings_stop_check_and_prepare_with_one_sentence(tmp_path, settings, words):
+    """Issue 18 item 9: these failed every file silently with exit 0, or gave a traceback."""
+    config = tmp_path / "data.toml"
+    config.write_text(settings)
+    for command in (["check", str(PIANO)], ["prepare", str(PIANO), "--out", str(tmp_path / "store")]):
+        done = _cli("--headless", *command, "--config", str(config))
+        message = done.stderr.strip()
+        assert done.returncode == 2 and message.startswith("error:") and words in message, (command, done.stderr)
+        assert "Traceback" not in done.stderr + done.stdout and message.count("\n") == 0
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_workers_never_import_the_users_own_modules(tmp_path):
+    """Issue 18 item 10: a random.py or tokenize.py in the current folder broke check and prepare."""
+    for name in ("random", "tokenize"):
+        (tmp_path / f"{name}.py").write_text(f'raise SystemExit("the user\'s {name}.py was imported")\n')
+    (tmp_path / "midi").mkdir()
+    shutil.copy(PIANO / "schoenberg_op19_no2.mid", tmp_path / "midi")
+    script = str(Path(sys.executable).with_name("pianomuse-tui"))
+    for command in (["check", "midi"], ["prepare", "midi", "--out", "store"]):
+        done = subprocess.run([script, "--headless", *command, "--workers", "1"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=240)
+        assert done.returncode == 0 and "was imported" not in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_a_folder_as_report_path_is_refused_before_the_scan(tmp_path):
+    done = _cli("--headless", "check", str(PIANO), "--json", str(tmp_path))
+    assert done.returncode == 2 and "is a folder; give a file name such as" in done.stderr
+    assert "MIDI files" not in done.stdout  # nothing was scanned

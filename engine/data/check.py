@@ -225,8 +225,28 @@ def find_midi_files(folder: str | Path) -> list[Path]:
         raise ScanError(f"the folder {folder} does not exist; give a folder of MIDI files (or none for the demo corpus)")
     if not folder.is_dir():
         raise ScanError(f"{folder} is a file, not a folder; give the folder that holds your MIDI files")
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()]
+    # links that lead nowhere, pipes and devices are listed too: each gets a line in the report
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and not p.is_dir()]
     return sorted(found)
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """The report's reason when ``path`` is a dangling link, a pipe, a socket or a device (never opened)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return _reason("dangling link", f"it points at {os.readlink(path)}, which does not exist")
+        return _reason("unreadable", "the file disappeared during the scan")
+    except OSError as exc:
+        return _reason("unreadable", f"cannot read the file ({exc.strerror or exc})")
+    for test, what in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return _reason("not a regular file", f"it is {what}, not a MIDI file on disk")
+    return None
 
 
 # ---- one file, inside a worker ------------------------------------------------------------------
@@ -343,6 +363,10 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
         status = "error" if errors else ("warning" if warnings else "ok")
         return FileRecord(str(path), status, errors + warnings, FileStats(**stats)), ids, bars
 
+    special = not_a_regular_file(path)
+    if special:
+        errors.append(special)
+        return finish()
     try:
         data = read_within_limits(path, policy)
     except OSError as exc:

@@ -68,13 +68,15 @@ def take_paths(out: Path | None, alternatives: int, seed: int, suffix: str = ".m
     """The take's file names: OUT.mid for one alternative, OUT-1.mid .. OUT-K.mid for several.
 
     Without ``out``: pianomuse-seedSEED.mid ("seed" so the number never reads as an alternative's),
-    then pianomuse-seedSEED-take2.mid and on, never overwriting an earlier default-named take.
+    then pianomuse-seedSEED-take2.mid and on, never overwriting an earlier default-named take. An
+    ``out`` that is a folder gets those default names inside it.
     """
-    if out is None:
-        out = Path(f"pianomuse-seed{seed}{suffix}")
+    if out is None or Path(out).is_dir():
+        folder = Path(out) if out is not None else Path()
+        out = folder / f"pianomuse-seed{seed}{suffix}"
         n = 2
         while out.exists():
-            out = Path(f"pianomuse-seed{seed}-take{n}{suffix}")
+            out = folder / f"pianomuse-seed{seed}-take{n}{suffix}"
             n += 1
     if out.suffix.lower() not in (".mid", ".midi"):
         out = out.with_suffix(suffix)

@@ -360,7 +360,11 @@ class Trainer:
             vocab_size=model.config.vocab_size, precision=str(autocast_dtype or torch.float32).replace("torch.", ""),
             init_from=cfg.init_from or None, lr=lr, lr_final=lr_final,
         )
-        for note in getattr(self, "notes", []):
+        notes = list(getattr(self, "notes", []))
+        if dist.is_main and len(feed.val) == 0 and cfg.eval.val_every:
+            notes.append(f"the data has no validation samples ({len(feed.train)} training samples), so no validation loss "
+                         "is measured and no checkpoint can be judged by it; prepare more pieces or raise split.val_fraction")
+        for note in notes:
             self.log.write("status", step, tokens, state="note", message=note)
 
         def save(reason: str) -> Path | None:

@@ -72,13 +72,18 @@ class _Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=total, rate=f"{rate:.1f} files/s")
             if record.status == "error":
-                self._bar.console.print(f"[red]error[/] {record.path}: {'; '.join(record.reasons)}")
+                self._bar.console.print(f"[red]error[/] {escape(shown(record.path))}: {escape('; '.join(record.reasons))}")
             return
         if record.status != "ok":
-            console.print(f"{record.status} {record.path}: {'; '.join(record.reasons)}", soft_wrap=True)
+            console.print(f"{record.status} {shown(record.path)}: {'; '.join(record.reasons)}", soft_wrap=True, markup=False)
         if done >= self._next_line or done == total:
             console.print(f"{self.label} {done}/{total} files ({rate:.1f} files/s)")
             self._next_line = done + max(1, total // 10)
+
+
+def shown(path: str) -> str:
+    """A file name on one line: a newline or other control character in it is written as an escape."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(path))
 
 
 def _summary_table(summary: "ScanSummary") -> None:

@@ -161,3 +161,23 @@ def test_a_folder_as_report_path_is_refused_before_the_scan(tmp_path):
     done = _cli("--headless", "check", str(PIANO), "--json", str(tmp_path))
     assert done.returncode == 2 and "is a folder; give a file name such as" in done.stderr
     assert "MIDI files" not in done.stdout  # nothing was scanned
+
+
+def test_links_pipes_and_odd_names_each_get_one_report_line(tmp_path):
+    """Issue 18 item 15: dangling links and FIFOs were skipped without a line; a newline in a name split a line."""
+    import os
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "two\nlines.mid").write_bytes(b"not midi at all")
+    (folder / "gone.mid").symlink_to(tmp_path / "nowhere.mid")
+    os.mkfifo(folder / "pipe.mid")
+    done = _cli("--headless", "check", str(folder), "--workers", "1", "--json", str(tmp_path / "r.json"), timeout=120)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr  # nothing usable
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("error") and "gone.mid: dangling link: it points at" in line for line in lines), done.stdout
+    assert any(line.startswith("error") and "pipe.mid: not a regular file: it is a named pipe" in line for line in lines)
+    assert any(line.startswith("error") and "two\\nlines.mid: not a MIDI file" in line for line in lines)
+    assert not any(line.startswith("lines.mid") for line in lines)  # the name no longer splits its line
+    records = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert sorted(Path(r["path"]).name for r in records) == ["gone.mid", "pipe.mid", "two\nlines.mid"]

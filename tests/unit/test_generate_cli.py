@@ -178,3 +178,13 @@ def test_bars_are_honoured_and_an_early_end_is_said(tmp_path):
     result = run("generate", "--bars", "8", "--max-tokens", "30", "--seed", "1", "--threads", "1", "--out", tmp_path / "short.mid")
     assert result.exit_code == 0, result.output
     assert "ended early: --max-tokens ran out after" in " ".join(result.output.split())
+
+
+def test_out_naming_a_folder_writes_the_take_inside_it(checkpoint, tmp_path):
+    """Issue 18 item 15: --out DIR used to write DIR.mid beside the folder."""
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    result = run("generate", "--checkpoint", checkpoint, "--bars", "1", "--max-tokens", "32", "--seed", "4",
+                 "--threads", "1", "--out", folder)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in folder.iterdir()] == ["pianomuse-seed4.mid"] and not (tmp_path / "takes.mid").exists()

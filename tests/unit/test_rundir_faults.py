@@ -176,3 +176,18 @@ def test_the_tail_drops_redone_records_still_pending():
     assert [(r.kind, r.step) for r in rundir.drop_redone(records)] == [
         ("train", 1), ("train", 2), ("status", 2), ("train", 3)]
     assert MetricRecord.from_json({"kind": "train"}) is None and MetricRecord.from_json([1]) is None
+
+
+def test_a_store_without_validation_pieces_is_said_before_training(tmp_path):
+    """Issue 18 item 15: a store with 0 validation samples trained without a word."""
+    from engine.data.store import PrepareConfig, prepare
+    from engine.paths import CORPUS_DIR
+
+    midi = tmp_path / "one"
+    midi.mkdir()
+    (midi / "piece.mid").write_bytes((CORPUS_DIR / "piano" / "schoenberg_op19_no2.mid").read_bytes())
+    prepare(midi, tmp_path / "store", PrepareConfig(val_fraction=0.0, workers=1))
+    overrides = micro_overrides(tmp_path / "store", tmp_path / "runs", **{"train.max_steps": 1, "eval.val_every": 1})
+    result = run_training(load_config(preset="tiny", overrides=overrides))
+    notes = [r["message"] for r in read_metrics(result.run_dir) if r.get("state") == "note"]
+    assert result.status == "finished" and any("no validation samples" in n for n in notes), notes

@@ -99,6 +99,7 @@ class Duet:
         self.seconds_per_bar = 4 * 60.0 / self.timeline.tempos[-1][1]  # the Tempo token's exact value
         self.take = DuetTake()
         self.handovers: list[Handover] = []
+        self.takebacks: list[tuple[float, float]] = []  # (cut, where the sequence stands after it), music seconds
         self.model_has_floor = False
         self.fed_notes = 0
         self.feed_delays: list[float] = []  # per fed note: seconds from its release to its tokens in the state
@@ -112,6 +113,7 @@ class Duet:
         self._handover_at = 0.0
         self._next_click = 0
         self._turn_end: float | None = None  # call-and-response: where the model's turn ends
+        self._marks: list[tuple[float, object]] = []  # (music seconds of the sequence's time, session mark)
         if config.mode == "accompany":
             session.limit_pitches(None, config.split - 1)
 
@@ -142,6 +144,7 @@ class Duet:
                 self._feed_played(now, close_held=False)
             if self.model_has_floor and self.row.decoder.horizon < now + lookahead and self._model_may_play():
                 self._follow_knobs()
+                self._mark(now)
                 result = self.session.step()
                 events = self._model_events(result.events[0])
                 yield clicks + events, self.row.decoder.horizon, 1
@@ -261,17 +264,36 @@ class Duet:
         if reason != "start":
             self.handovers.append(Handover(at if reason != "turn" else self._turn_start, reason))
 
+    def _mark(self, now: float) -> None:
+        """Remember the session between notes, so a take-back can forget what was generated ahead."""
+        timeline = self.timeline
+        if timeline.note_stage != 0:
+            return
+        self._marks.append((timeline.seconds(timeline.tick), self.session.mark()))
+        while len(self._marks) > 2 and self._marks[1][0] < now - 1.0:
+            self._marks.pop(0)  # long played: a take-back never goes that far
+
+    def _forget_unplayed(self, cut: float) -> None:
+        """Return the session to the last mark at or before ``cut``: notes the model generated ahead
+        but never played leave its state, so it knows exactly what was heard."""
+        kept = [m for t, m in self._marks if t <= cut + 1e-9]
+        if kept:
+            self.session.restore(kept[-1])
+        self._marks.clear()
+
     def _take_floor_back(self, sched, now: float, at: float | None = None) -> None:
-        """You play again (or the model's turn ends): drop what the model has not played yet and
-        release its notes now; its pedal comes up."""
+        """You play again (or the model's turn ends): drop what the model has not played yet (from
+        the output and from its state) and release its notes now; its pedal comes up."""
         cut = now if at is None else at
+        self._forget_unplayed(cut)
+        self.takebacks.append((cut, self.timeline.seconds(self.timeline.tick)))
         dropped = sched.cancel_from(cut, channel=MODEL_CHANNEL)
         gone = set(map(id, dropped))
         self.take.model = [e for e in self.take.model if id(e) not in gone]
         sched.send_now(control_change(0.0, CC_SUSTAIN, 0, MODEL_CHANNEL).data)
         self.take.model = take_until(self.take.model, cut)
         decoder = self.row.decoder
-        decoder._pending_offs.clear()
+        decoder._pending_offs.clear()  # released now, by the output; the tokens keep their durations
         decoder._sounding.clear()
         self.model_has_floor = False
 

@@ -35,6 +35,20 @@ class Snapshot:
 
 
 @dataclass
+class Mark:
+    """Where every row stands between two tokens, for ``GenerationSession.restore`` (a token-level undo)."""
+
+    fed: int
+    tokens: list[int]
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    logits: torch.Tensor
+    decoders: list[tuple]
+    rngs: list[torch.Tensor]
+    note_now: bool
+    generated: int
+
+
+@dataclass
 class StepResult:
     tokens: list[int | None]  # the id drawn per row (None: that row had already stopped)
     events: list[list[MidiEvent]]  # MidiEvents each row made certain this step
@@ -273,6 +287,40 @@ class GenerationSession:
             if tokens[r] is not None and not row.done and row.decoder.timeline.bar_index > bars_before[r]:
                 self._snapshot(r, row.bars)
         return StepResult(tokens, events)
+
+    def mark(self) -> Mark:
+        """The session as it stands now; ``restore`` returns to it (e.g. to forget notes generated
+        ahead that were never played)."""
+        return Mark(
+            fed=len(self.fed),
+            tokens=[len(row.tokens) for row in self.rows],
+            state=(self.state.att_shift.clone(), self.state.wkv.clone(), self.state.ffn_shift.clone()),
+            logits=self.logits.clone(),
+            decoders=[(d.timeline.copy(), list(d._pending_offs), dict(d._sounding), len(d.notes), len(d.events), d.end_tick)
+                      for d in (row.decoder for row in self.rows)],
+            rngs=[row.generator.get_state() for row in self.rows],
+            note_now=self.note_now,
+            generated=self.tokens_generated,
+        )
+
+    def restore(self, mark: Mark) -> None:
+        """Back to ``mark``: the tokens after it leave the state, the timelines and the decoders."""
+        self.state = type(self.state)(*(t.clone() for t in mark.state))
+        self.logits = mark.logits.clone()
+        del self.fed[mark.fed:]
+        for row, count, (timeline, pending, sounding, notes, events, end_tick), rng in zip(self.rows, mark.tokens, mark.decoders, mark.rngs):
+            del row.tokens[count:]
+            decoder = row.decoder
+            decoder.timeline = timeline.copy()
+            decoder._pending_offs = list(pending)
+            decoder._sounding = dict(sounding)
+            del decoder.notes[notes:]
+            del decoder.events[events:]
+            decoder.end_tick = end_tick
+            row.generator.set_state(rng)
+            row.stop_reason = None
+        self.note_now = mark.note_now
+        self.tokens_generated = mark.generated
 
     def limit_pitches(self, low: int | None, high: int | None) -> None:
         """Let the model draw only pitches in [low, high] from now on (None, None: all of them again)."""

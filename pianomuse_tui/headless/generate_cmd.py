@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -213,15 +214,17 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
         sampling = SamplingConfig(**sampling_kwargs)
     except ValueError as err:
         fail(str(err))
-    player = LivePlayer(choice, on_notice=_print_notice)
     listening = None
+    player = LivePlayer(choice, on_notice=_print_notice)
     try:  # the ports first: a wrong name or a missing MIDI system is told before the model loads
         listening = open_input(choice.api, None if midi_in == "virtual" else midi_in, virtual=midi_in == "virtual")
-        player.open()
-    except PortError as err:
+        player = _open_duet_output(choice)
+    except (PortError, KeyboardInterrupt) as err:
         player.close()
         if listening is not None:
             listening.close()
+        if isinstance(err, KeyboardInterrupt):
+            fail("interrupted while opening the MIDI ports; nothing was played.", code=130)
         fail(str(err))
     try:
         model, tokenizer, pth = load_generator(checkpoint)
@@ -263,6 +266,26 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
     console.print("timing: " + player.telemetry().summary())
     console.print("wrote " + ", ".join(str(p) for p in written) + " (tracks: PianoMuse, You)")
     return code
+
+
+def _open_duet_output(choice):
+    """The player for a duet. Without --port/--virtual/--synth you want to hear it: the built-in
+    piano, or the virtual port when this machine has no sound output for it (said in one line)."""
+    from engine.midi import LivePlayer, PortError
+
+    if choice.port or choice.virtual or choice.synth:
+        player = LivePlayer(choice, on_notice=_print_notice)
+        player.open()
+        return player
+    try:
+        player = LivePlayer(replace(choice, synth="builtin"), on_notice=_print_notice)
+        player.open()
+        return player
+    except PortError as err:
+        err_console.print(f"[yellow]{err}[/] Playing to the virtual port 'PianoMuse' instead.")
+    player = LivePlayer(replace(choice, virtual=True), on_notice=_print_notice)
+    player.open()
+    return player
 
 
 def _print_notice(notice) -> None:

@@ -243,3 +243,40 @@ def test_the_headless_command_plays_with_you_and_writes_both_parts_when_stopped(
     you = [m.note for m in parts["You"]]
     assert you and len(you) % len(phrase) == 0 and you == [p for _, _, p, _ in phrase] * (len(you) // len(phrase))
     assert f"{len(you)} of your notes fed" in text and parts["PianoMuse"]
+
+
+def test_with_no_output_given_you_hear_it_on_the_built_in_piano_or_are_told_why_not(jack_server, tmp_path):
+    """`generate --in virtual` alone: the built-in piano plays; a machine without a sound output for
+    it (this one, CI) says so in one line and plays to the virtual port instead."""
+    import os
+    import signal
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from engine.midi.ports import list_ports
+    from pianomuse_tui.cli import app
+
+    def stop_once_listening() -> None:
+        deadline = time.monotonic() + 30  # our input is a destination other programs send to
+        while time.monotonic() < deadline and not any(VIRTUAL_INPUT_NAME in n for n in list_ports("jack").get("jack", [])):
+            time.sleep(0.1)
+        # then the output: our virtual port, or the built-in piano's audio client (JACK is a sound output)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (seen["virtual"] or seen["piano"]):
+            seen["virtual"] = any(n.endswith(":PianoMuse") for n in list_ports("jack").get("jack", []))
+            seen["piano"] = "fluidsynth" in subprocess.run(["jack_lsp"], capture_output=True, text=True).stdout
+            time.sleep(0.1)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    seen = {"virtual": False, "piano": False}
+    thread = threading.Thread(target=stop_once_listening, daemon=True)
+    thread.start()
+    result = CliRunner().invoke(app, ["--headless", "generate", "--in", "virtual", "--midi-api", "jack",
+                                      "--out", str(tmp_path / "duet.mid")])
+    thread.join(35)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 130, text
+    assert seen["piano"] != seen["virtual"], seen  # one of them, never both
+    assert ("Playing to the virtual port 'PianoMuse' instead" in text) == seen["virtual"], text

@@ -69,5 +69,5 @@ def sample_token(logits: torch.Tensor, config: SamplingConfig, generator: torch.
     allowed = torch.ones(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
     if banned:
         allowed[0, list(banned)] = False
-    generator = generator if generator is not None else torch.Generator().manual_seed(int(torch.seed() % 2**63))
+    generator = generator if generator is not None else torch.default_generator  # the global RNG, as torch.multinomial uses
     return sample_rows(logits.reshape(1, -1), allowed, config, [generator], [[]])[0]

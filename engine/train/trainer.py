@@ -70,6 +70,26 @@ class TrainResult:
         return {"finished": EXIT_FINISHED, "stopped": EXIT_STOPPED, "interrupted": EXIT_STOPPED}.get(self.status, EXIT_ABORTED)
 
 
+@dataclass
+class LoopState:
+    """Where a run stands: what a checkpoint stores and a resume restores, and the loop's counters."""
+
+    step: int = 0  # optimizer steps applied
+    tokens: int = 0  # training tokens of the applied steps
+    cursor: int = 0  # samples of the stream consumed (skipped steps too)
+    attempts: int = 0  # steps tried, applied or skipped
+    bad_steps_total: int = 0
+    consecutive_bad: int = 0
+    last_checkpoint: Path | None = None
+    last_val: dict = field(default_factory=dict)
+    window_tokens: int = 0  # tokens since the last train line (its tokens/s)
+    window_start: float = 0.0
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 class StopSignals:
     """SIGINT/SIGTERM/SIGHUP: the first asks for save-and-exit at the next step boundary; a second
     SIGINT or SIGTERM aborts at once (KeyboardInterrupt). SIGHUP is a closed terminal: output to
@@ -216,7 +236,7 @@ class Trainer:
         self.cfg = config.validate()
         self.on_metrics = on_metrics
         self.stop_event = stop_event
-        self.fsdp = False  # set in _fit: train.parallel=fsdp under torchrun
+        self.fsdp = False  # set in _build_model: train.parallel=fsdp under torchrun
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -265,72 +285,94 @@ class Trainer:
         return Path(run_dir), (Path(resume_from) if resume_from else None)
 
     def _fit(self, cfg: TrainConfig, dist: DistInfo) -> TrainResult:
-        device = resolve_device(cfg.train.device, dist)
-        self.device = device
-        autocast_dtype = resolve_precision(cfg.train.precision, device)
-        if autocast_dtype is not None:
-            self.autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype)
+        """Set up, restore, then step until done; validation, auditions and saves come on their schedules."""
+        self._set_up(cfg, dist)
+        s = self._restore()
+        status, message = "finished", ""
+        try:
+            while s.step < cfg.train.max_steps and (not cfg.train.max_tokens or s.tokens < cfg.train.max_tokens):
+                applied, stop = self._step(s)
+                if applied:
+                    self._on_schedule(s)
+                if stop:
+                    status, message = "stopped", f"stopped at step {s.step} ({self._stop_reason(self.run_dir)})"
+                    break
+        except TrainingAborted as exc:
+            self.log.write("status", s.step, s.tokens, state="aborted", message=str(exc), checkpoint=_text(s.last_checkpoint))
+            return self._result("aborted", s, str(exc))
+        except KeyboardInterrupt:
+            return self._interrupted(s)
+        return self._finish(s, status, message)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _set_up(self, cfg: TrainConfig, dist: DistInfo) -> None:
+        """Device and precision, data, run directory, model, optimizer, schedule and logs."""
+        self.device = device = resolve_device(cfg.train.device, dist)
+        self.autocast_dtype = resolve_precision(cfg.train.precision, device)
+        if self.autocast_dtype is not None:
+            self.autocast = lambda: torch.autocast(device.type, dtype=self.autocast_dtype)
         else:
             self.autocast = contextlib.nullcontext
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-
-        feed = open_feed(cfg, dist, on_progress=self._prepare_progress if dist.is_main else None)
-        self.feed = feed
+        self.feed = open_feed(cfg, dist, on_progress=self._prepare_progress if dist.is_main else None)
         if cfg.init_from and not cfg.run.resume:
             from engine.model.checkpoint import checkpoint_paths
 
             if not checkpoint_paths(cfg.init_from)[0].is_file():
                 raise ConfigError(f"--init-from {cfg.init_from}: no checkpoint there; pass a .pth file (or a folder holding model.pth)")
-        accum = cfg.accumulation_steps(dist.world_size)
-        run_dir, resume_from = self._setup_run_dir(cfg, dist)
-        self.run_dir = run_dir
+        self.accum = cfg.accumulation_steps(dist.world_size)
+        self.run_dir, self.resume_from = self._setup_run_dir(cfg, dist)
+        self.lr, self.lr_final = cfg.optim.lr, cfg.optim.lr_final
+        if cfg.init_from:  # fine-tuning (also when such a run is resumed)
+            self.lr, self.lr_final = cfg.optim.finetune_lr, cfg.optim.finetune_lr / 10
+        self._build_model(cfg, dist)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        total_tokens = cfg.train.max_tokens or int(cfg.train.max_steps * cfg.train.batch_size * self.feed.mean_sample_tokens)
+        self.schedule = CosineTokenSchedule(self.lr, self.lr_final, cfg.optim.warmup_steps, total_tokens)
+        self._open_run_files(cfg, dist)
 
-        # ---- model -------------------------------------------------------------------------
+    def _build_model(self, cfg: TrainConfig, dist: DistInfo) -> None:
+        """The model (resumed, fine-tuned or fresh), frozen where unused, compiled, and wrapped for DDP/FSDP."""
+        device = self.device
         model_cfg = ModelConfig(
-            arch=cfg.model.arch, n_layer=cfg.model.n_layer, n_embd=cfg.model.n_embd, vocab_size=feed.tokenizer.vocab_size,
+            arch=cfg.model.arch, n_layer=cfg.model.n_layer, n_embd=cfg.model.n_embd, vocab_size=self.feed.tokenizer.vocab_size,
             head_size=cfg.model.head_size, dim_w=cfg.model.dim_w or None, dim_a=cfg.model.dim_a or None,
             dim_v=cfg.model.dim_v or None, dim_g=cfg.model.dim_g or None,
         )
-        lr, lr_final = cfg.optim.lr, cfg.optim.lr_final
-        if cfg.init_from:  # fine-tuning (also when such a run is resumed)
-            lr, lr_final = cfg.optim.finetune_lr, cfg.optim.finetune_lr / 10
-        if resume_from is not None:
-            model, _ = load_checkpoint(resume_from, device=device, wkv_backend=cfg.train.wkv_backend)
+        if self.resume_from is not None:
+            model, _ = load_checkpoint(self.resume_from, device=device, wkv_backend=cfg.train.wkv_backend)
         elif cfg.init_from:
             model = self._init_from(cfg.init_from, model_cfg, device)
         else:
             model = RWKV7(model_cfg, wkv_backend=cfg.train.wkv_backend).to(device)
         model.train()
         self.model = model
-        frozen = freeze_unused_parameters(model, device)
+        self.frozen = freeze_unused_parameters(model, device)
         if compile_enabled(cfg.train, device.type):
             model.compile_blocks()
         if cfg.train.wkv_recompute:
             model.set_wkv_recompute()
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model)
-        objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap,
-                                      fused_head=fused_head_enabled(cfg.train, device.type))
-        fsdp = self.fsdp = dist.enabled and cfg.train.parallel == "fsdp"
-        if fsdp:
+        objective = TrainingObjective(model, l2wrap=cfg.train.l2wrap, fused_head=fused_head_enabled(cfg.train, device.type))
+        self.fsdp = dist.enabled and cfg.train.parallel == "fsdp"
+        if self.fsdp:
             objective = shard_fsdp(objective, model.blocks, device, dist)
         elif dist.enabled:
             objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
         self.objective = objective
-        optimizer = build_optimizer(model, cfg.optim, lr, device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
 
-        total_tokens = cfg.train.max_tokens or int(cfg.train.max_steps * cfg.train.batch_size * feed.mean_sample_tokens)
-        schedule = CosineTokenSchedule(lr, lr_final, cfg.optim.warmup_steps, total_tokens)
-
-        # ---- run directory, logs -----------------------------------------------------------
+    def _open_run_files(self, cfg: TrainConfig, dist: DistInfo) -> None:
+        """config.toml, env.json, a cleared stop request, and the metrics log (rank 0 writes)."""
         from engine.kernels.wkv7 import resolve_backend
 
-        backend = resolve_backend(cfg.train.wkv_backend, device, model.config.head_size)
+        run_dir = self.run_dir
+        self.backend = resolve_backend(cfg.train.wkv_backend, self.device, self.model.config.head_size)
         if dist.is_main:
             cfg.save(run_dir / rundir.CONFIG)
-            write_atomic(run_dir / rundir.ENV, json.dumps(environment_report(device, dist, backend), indent=2) + "\n")
+            write_atomic(run_dir / rundir.ENV, json.dumps(environment_report(self.device, dist, self.backend), indent=2) + "\n")
             rundir.clear_stop(run_dir)  # a stop request from the previous session was already honoured
         barrier(dist)
         self.log = MetricsLog(run_dir / rundir.METRICS if dist.is_main else None, self.on_metrics if dist.is_main else None)
@@ -340,136 +382,146 @@ class Trainer:
             except ImportError:
                 raise ConfigError("run.tensorboard needs the tensorboard package; pip install tensorboard or set run.tensorboard=false") from None
 
-        # ---- state -------------------------------------------------------------------------
-        step, tokens, cursor, attempts = 0, 0, 0, 0
-        total_bad = 0
-        if resume_from is not None:
-            state = rundir.load_trainer_state(resume_from)
-            load_optimizer_state(optimizer, state["optimizer"])  # full tensors: any world size, either mode
-            step, tokens, cursor, attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
-            total_bad = state.get("bad_steps_total", 0)
+    # ---- restore -----------------------------------------------------------------------------
+    def _restore(self) -> LoopState:
+        """The loop state: from the resumed checkpoint (optimizer, counters, RNG) or fresh; logged."""
+        s = LoopState(last_checkpoint=self.resume_from)
+        if self.resume_from is not None:
+            state = rundir.load_trainer_state(self.resume_from)
+            load_optimizer_state(self.optimizer, state["optimizer"])  # full tensors: any world size, either mode
+            s.step, s.tokens, s.cursor, s.attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
+            s.bad_steps_total = state.get("bad_steps_total", 0)
             # the schedule is rebuilt from the config: the same config continues the same curve, a
             # larger --max-steps stretches the remaining cosine over the new length
-            _set_rng_state(state["rng"], device)
-        last_ckpt = resume_from
+            _set_rng_state(state["rng"], self.device)
+        cfg, model, feed = self.cfg, self.model, self.feed
         self.log.write(
-            "status", step, tokens, state="resumed" if resume_from else "started", run_dir=str(run_dir),
-            checkpoint=str(resume_from) if resume_from else None, device=str(device), world_size=dist.world_size,
-            wkv_backend=backend, parameters=model.parameter_count(), frozen=frozen, max_steps=cfg.train.max_steps,
-            total_tokens=schedule.total_tokens, train_samples=len(feed.train), val_samples=len(feed.val),
-            vocab_size=model.config.vocab_size, precision=str(autocast_dtype or torch.float32).replace("torch.", ""),
-            init_from=cfg.init_from or None, lr=lr, lr_final=lr_final,
+            "status", s.step, s.tokens, state="resumed" if self.resume_from else "started", run_dir=str(self.run_dir),
+            checkpoint=_text(self.resume_from), device=str(self.device), world_size=self.dist.world_size,
+            wkv_backend=self.backend, parameters=model.parameter_count(), frozen=self.frozen, max_steps=cfg.train.max_steps,
+            total_tokens=self.schedule.total_tokens, train_samples=len(feed.train), val_samples=len(feed.val),
+            vocab_size=model.config.vocab_size, precision=str(self.autocast_dtype or torch.float32).replace("torch.", ""),
+            init_from=cfg.init_from or None, lr=self.lr, lr_final=self.lr_final,
         )
-        notes = list(getattr(self, "notes", []))
-        if dist.is_main and len(feed.val) == 0 and cfg.eval.val_every:
+        notes = list(getattr(self, "notes", []))  # what resuming or tidying the runs folder did
+        if self.dist.is_main and len(feed.val) == 0 and cfg.eval.val_every:
             notes.append(f"the data has no validation samples ({len(feed.train)} training samples), so no validation loss "
                          "is measured and no checkpoint can be judged by it; prepare more pieces or raise split.val_fraction")
         for note in notes:
-            self.log.write("status", step, tokens, state="note", message=note)
+            self.log.write("status", s.step, s.tokens, state="note", message=note)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        s.window_start = time.perf_counter()
+        return s
 
-        def save(reason: str) -> Path | None:
-            nonlocal last_ckpt
-            # sharded: every rank takes part in gathering the full tensors; rank 0 writes them
-            model_state = full_model_state(model) if fsdp else None
-            optimizer_state = full_optimizer_state(optimizer) if fsdp else None
-            if dist.is_main:
-                trainer_state = {
-                    "optimizer": optimizer_state if fsdp else optimizer.state_dict(), "step": step, "tokens": tokens, "cursor": cursor,
-                    "attempts": attempts, "bad_steps_total": total_bad, "schedule": schedule.__dict__.copy(),
-                    "rng": _rng_state(device), "world_size": dist.world_size, "config": cfg.to_dict(),
-                }
-                last_ckpt = rundir.write_checkpoint(
-                    run_dir, step,
-                    lambda stem, sums: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), state_dict=model_state,
-                                                       extra={"step": step, "tokens": tokens, "run_dir": str(run_dir)}, sums=sums),
-                    trainer_state, keep=cfg.run.keep_checkpoints, pause_s=cfg.debug.save_pause_s,
+    # ---- step --------------------------------------------------------------------------------
+    def _step(self, s: LoopState) -> tuple[bool, bool]:
+        """One optimizer step, or a skipped one when the loss or gradient is not finite.
+
+        Returns (applied, stop requested); the one host sync reads loss, stop flag and gradient norm."""
+        cfg, dist, device, optimizer = self.cfg, self.dist, self.device, self.optimizer
+        plan = self.feed.plan_step(s.cursor, self.accum)
+        set_learning_rate(optimizer, self.schedule(s.step, s.tokens))
+        loss_sum = self._forward_backward(plan, dist, poison=s.attempts in cfg.debug.nan_at_steps)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        stop_local = self._stop_requested(self.run_dir) if dist.is_main else False
+        sums = torch.stack([loss_sum.float(), torch.tensor(float(stop_local), device=device)])
+        all_reduce_sum(sums, dist)
+        grad_norm = full_tensor(grad_norm)  # a DTensor when sharded
+        loss_total, stop_flag, grad_val = torch.cat([sums, grad_norm.float().view(1).to(device)]).tolist()
+        loss = loss_total / plan.n_targets
+        s.attempts += 1
+        s.cursor += plan.n_samples
+        if not (math.isfinite(loss) and math.isfinite(grad_val)):
+            optimizer.zero_grad(set_to_none=True)
+            s.consecutive_bad += 1
+            s.bad_steps_total += 1
+            self.log.write("status", s.step, s.tokens, state="bad_step", loss=loss, grad_norm=grad_val,
+                           consecutive=s.consecutive_bad, bad_steps_total=s.bad_steps_total)
+            if s.consecutive_bad >= cfg.run.max_bad_steps:
+                raise TrainingAborted(
+                    f"{s.consecutive_bad} consecutive steps had a non-finite loss or gradient; the last good checkpoint is "
+                    f"{s.last_checkpoint or 'none (no checkpoint was written yet)'}; lower optim.lr or check the data, then resume from it"
                 )
-                self.log.write("checkpoint", step, tokens, path=str(last_ckpt), reason=reason)
-            barrier(dist)
-            return last_ckpt
+            return False, stop_flag > 0
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        s.consecutive_bad = 0
+        s.step += 1
+        s.tokens += plan.n_tokens
+        s.window_tokens += plan.n_tokens
+        if s.step % cfg.run.log_every == 0 or s.step == 1 or s.step == cfg.train.max_steps:
+            now = time.perf_counter()
+            group = optimizer.param_groups[0]
+            self.log.write("train", s.step, s.tokens, loss=loss, lr=group["lr"] / group["lr_scale"], grad_norm=grad_val,
+                           tokens_per_s=s.window_tokens / max(now - s.window_start, 1e-9),
+                           bad_steps_total=s.bad_steps_total, **self._memory(device))
+            s.window_tokens, s.window_start = 0, now
+        return True, stop_flag > 0
 
-        # ---- the loop ----------------------------------------------------------------------
-        consecutive_bad = 0
-        last_val: dict = {}
-        window_tokens, window_start = 0, time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        status, message = "finished", ""
-        try:
-            while step < cfg.train.max_steps and (not cfg.train.max_tokens or tokens < cfg.train.max_tokens):
-                plan = feed.plan_step(cursor, accum)
-                set_learning_rate(optimizer, schedule(step, tokens))
-                loss_sum = self._forward_backward(plan, dist, poison=attempts in cfg.debug.nan_at_steps)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-                stop_local = self._stop_requested(run_dir) if dist.is_main else False
-                sums = torch.stack([loss_sum.float(), torch.tensor(float(stop_local), device=device)])
-                all_reduce_sum(sums, dist)
-                grad_norm = full_tensor(grad_norm)  # a DTensor when sharded
-                loss_total, stop_flag, grad_val = torch.cat([sums, grad_norm.float().view(1).to(device)]).tolist()
-                loss = loss_total / plan.n_targets
-                attempts += 1
-                cursor += plan.n_samples
-                if not (math.isfinite(loss) and math.isfinite(grad_val)):
-                    optimizer.zero_grad(set_to_none=True)
-                    consecutive_bad += 1
-                    total_bad += 1
-                    self.log.write("status", step, tokens, state="bad_step", loss=loss, grad_norm=grad_val,
-                                   consecutive=consecutive_bad, bad_steps_total=total_bad)
-                    if consecutive_bad >= cfg.run.max_bad_steps:
-                        raise TrainingAborted(
-                            f"{consecutive_bad} consecutive steps had a non-finite loss or gradient; the last good checkpoint is "
-                            f"{last_ckpt or 'none (no checkpoint was written yet)'}; lower optim.lr or check the data, then resume from it"
-                        )
-                else:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    consecutive_bad = 0
-                    step += 1
-                    tokens += plan.n_tokens
-                    window_tokens += plan.n_tokens
-                    if step % cfg.run.log_every == 0 or step == 1 or step == cfg.train.max_steps:
-                        now = time.perf_counter()
-                        self.log.write("train", step, tokens, loss=loss, lr=optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"],
-                                       grad_norm=grad_val, tokens_per_s=window_tokens / max(now - window_start, 1e-9),
-                                       bad_steps_total=total_bad, **self._memory(device))
-                        window_tokens, window_start = 0, now
-                    if cfg.eval.val_every and step % cfg.eval.val_every == 0:
-                        last_val = self._validate(step, tokens)
-                    if cfg.eval.audition_every and step % cfg.eval.audition_every == 0:
-                        self._audition(step, tokens)
-                    if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                        save("periodic")
-                if stop_flag > 0:
-                    status = "stopped"
-                    message = f"stopped at step {step} ({self._stop_reason(run_dir)})"
-                    break
-        except TrainingAborted as exc:
-            self.log.write("status", step, tokens, state="aborted", message=str(exc), checkpoint=str(last_ckpt) if last_ckpt else None)
-            return TrainResult("aborted", run_dir, step, tokens, last_ckpt, str(exc), total_bad, last_val)
-        except KeyboardInterrupt:
-            return self._interrupted(step, tokens, last_ckpt, total_bad, last_val)
+    def _on_schedule(self, s: LoopState) -> None:
+        """Validation, audition and checkpoint when the step is a multiple of their intervals."""
+        cfg = self.cfg
+        if cfg.eval.val_every and s.step % cfg.eval.val_every == 0:
+            s.last_val = self._validate(s.step, s.tokens)
+        if cfg.eval.audition_every and s.step % cfg.eval.audition_every == 0:
+            self._audition(s.step, s.tokens)
+        if cfg.run.checkpoint_every and s.step % cfg.run.checkpoint_every == 0:
+            self._save(s, "periodic")
 
+    # ---- save --------------------------------------------------------------------------------
+    def _save(self, s: LoopState, reason: str) -> Path | None:
+        """A checkpoint of the model and everything a resume needs; published atomically by rank 0."""
+        dist, model, optimizer, feed, run_dir = self.dist, self.model, self.optimizer, self.feed, self.run_dir
+        # sharded: every rank takes part in gathering the full tensors; rank 0 writes them
+        model_state = full_model_state(model) if self.fsdp else None
+        optimizer_state = full_optimizer_state(optimizer) if self.fsdp else None
+        if dist.is_main:
+            trainer_state = {
+                "optimizer": optimizer_state if self.fsdp else optimizer.state_dict(), "step": s.step, "tokens": s.tokens,
+                "cursor": s.cursor, "attempts": s.attempts, "bad_steps_total": s.bad_steps_total,
+                "schedule": self.schedule.__dict__.copy(), "rng": _rng_state(self.device), "world_size": dist.world_size,
+                "config": self.cfg.to_dict(),
+            }
+            s.last_checkpoint = rundir.write_checkpoint(
+                run_dir, s.step,
+                lambda stem, sums: save_checkpoint(model, stem, tokenizer=feed.tokenizer.to_config(), state_dict=model_state,
+                                                   extra={"step": s.step, "tokens": s.tokens, "run_dir": str(run_dir)}, sums=sums),
+                trainer_state, keep=self.cfg.run.keep_checkpoints, pause_s=self.cfg.debug.save_pause_s,
+            )
+            self.log.write("checkpoint", s.step, s.tokens, path=str(s.last_checkpoint), reason=reason)
+        barrier(dist)
+        return s.last_checkpoint
+
+    # ---- the end -----------------------------------------------------------------------------
+    def _finish(self, s: LoopState, status: str, message: str) -> TrainResult:
+        """A finished run validates and auditions its last step; every run ends on a checkpoint."""
+        cfg = self.cfg
         try:
             if status == "finished":
-                if cfg.eval.val_every and step % cfg.eval.val_every:
-                    last_val = self._validate(step, tokens)
-                if cfg.eval.audition_every and step % cfg.eval.audition_every:
-                    self._audition(step, tokens)
-            if last_ckpt is None or rundir.checkpoint_name(step) != Path(last_ckpt).name:
-                save("final" if status == "finished" else "stop")
+                if cfg.eval.val_every and s.step % cfg.eval.val_every:
+                    s.last_val = self._validate(s.step, s.tokens)
+                if cfg.eval.audition_every and s.step % cfg.eval.audition_every:
+                    self._audition(s.step, s.tokens)
+            if s.last_checkpoint is None or rundir.checkpoint_name(s.step) != Path(s.last_checkpoint).name:
+                self._save(s, "final" if status == "finished" else "stop")
         except KeyboardInterrupt:
-            return self._interrupted(step, tokens, last_ckpt, total_bad, last_val)
-        if dist.is_main:
-            rundir.clear_stop(run_dir)
-        self.log.write("status", step, tokens, state=status, message=message or f"finished {step} steps", checkpoint=str(last_ckpt),
-                       bad_steps_total=total_bad)
-        return TrainResult(status, run_dir, step, tokens, last_ckpt, message, total_bad, last_val)
+            return self._interrupted(s)
+        if self.dist.is_main:
+            rundir.clear_stop(self.run_dir)
+        message = message or f"finished {s.step} steps"
+        self.log.write("status", s.step, s.tokens, state=status, message=message, checkpoint=str(s.last_checkpoint),
+                       bad_steps_total=s.bad_steps_total)
+        return self._result(status, s, "" if status == "finished" else message)
 
-    def _interrupted(self, step, tokens, last_ckpt, total_bad, last_val) -> TrainResult:
+    def _interrupted(self, s: LoopState) -> TrainResult:
         """A second signal: stop at once, write nothing more than a status line."""
-        message = f"interrupted twice: stopped at once without saving; the last checkpoint is {last_ckpt or 'none'}"
-        self.log.write("status", step, tokens, state="interrupted", message=message, checkpoint=str(last_ckpt) if last_ckpt else None)
-        return TrainResult("interrupted", self.run_dir, step, tokens, last_ckpt, message, total_bad, last_val)
+        message = f"interrupted twice: stopped at once without saving; the last checkpoint is {s.last_checkpoint or 'none'}"
+        self.log.write("status", s.step, s.tokens, state="interrupted", message=message, checkpoint=_text(s.last_checkpoint))
+        return self._result("interrupted", s, message)
+
+    def _result(self, status: str, s: LoopState, message: str) -> TrainResult:
+        return TrainResult(status, self.run_dir, s.step, s.tokens, s.last_checkpoint, message, s.bad_steps_total, s.last_val)
 
     # ------------------------------------------------------------------------------------------
     def _init_from(self, path: str, model_cfg: ModelConfig, device: torch.device) -> RWKV7:

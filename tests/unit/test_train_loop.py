@@ -200,3 +200,15 @@ def test_fused_head_trains_the_same_losses_and_validation(tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
     val = lambda run: [r["val_loss"] for r in read_metrics(run.run_dir / "metrics.jsonl") if r["kind"] == "val"]  # noqa: E731
     assert val(fused) == pytest.approx(val(plain), rel=1e-5) and len(val(plain)) == 1
+
+
+def test_the_loop_fits_on_a_screen_and_its_parts_have_names():
+    """Trainer._fit reads as set-up, restore, step, schedule, finish; each part is a method of its own."""
+    import inspect
+
+    from engine.train.trainer import LoopState, Trainer
+
+    assert len(inspect.getsource(Trainer._fit).splitlines()) <= 30
+    for part in ("_set_up", "_build_model", "_restore", "_step", "_on_schedule", "_validate", "_audition", "_save", "_finish"):
+        assert callable(getattr(Trainer, part)), part
+    assert {"step", "tokens", "cursor", "attempts", "bad_steps_total", "last_checkpoint"} <= set(LoopState.__dataclass_fields__)

@@ -42,8 +42,9 @@ def _run(player, duet, script) -> None:
     player.close()
 
 
+@pytest.mark.slow
 def test_a_key_held_through_the_handover_still_sounds_its_release_and_the_knobs_reach_the_model(tiny):
-    out, player, messages, duet, knobs = _rig(tiny, mode="continue", pause=0.3)
+    out, player, messages, duet, knobs = _rig(tiny, mode="continue", pause=0.3, tempo=240)  # short bars: a random model rests less
     press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
 
     def until(condition, timeout: float = 10.0) -> None:  # the test waits on the duet, not on a guess of its speed

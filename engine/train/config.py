@@ -27,6 +27,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
+    """The [model] table: ``engine.model.ModelConfig`` as TOML spells it. The vocabulary comes from
+    the tokenizer, and TOML has no null, so 0 stands for ModelConfig's None (the released default
+    for the width); ``model_config`` is the one translation."""
+
     arch: str = "x070"  # "x070" (RWKV-7) or "x080" (v8 DeepEmbed)
     n_layer: int = 6
     n_embd: int = 256
@@ -36,6 +40,14 @@ class ModelSection:
     dim_a: int = 0
     dim_v: int = 0
     dim_g: int = 0
+
+    def model_config(self, vocab_size: int):
+        """The ModelConfig this section describes, for a tokenizer of ``vocab_size`` tokens."""
+        from engine.model.config import ModelConfig
+
+        return ModelConfig(arch=self.arch, n_layer=self.n_layer, n_embd=self.n_embd, vocab_size=vocab_size,
+                           head_size=self.head_size, dim_w=self.dim_w or None, dim_a=self.dim_a or None,
+                           dim_v=self.dim_v or None, dim_g=self.dim_g or None)
 
 
 @dataclass

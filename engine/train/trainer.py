@@ -336,11 +336,7 @@ class Trainer:
     def _build_model(self, cfg: TrainConfig, dist: DistInfo) -> None:
         """The model (resumed, fine-tuned or fresh), frozen where unused, compiled, and wrapped for DDP/FSDP."""
         device = self.device
-        model_cfg = ModelConfig(
-            arch=cfg.model.arch, n_layer=cfg.model.n_layer, n_embd=cfg.model.n_embd, vocab_size=self.feed.tokenizer.vocab_size,
-            head_size=cfg.model.head_size, dim_w=cfg.model.dim_w or None, dim_a=cfg.model.dim_a or None,
-            dim_v=cfg.model.dim_v or None, dim_g=cfg.model.dim_g or None,
-        )
+        model_cfg = cfg.model.model_config(self.feed.tokenizer.vocab_size)
         if self.resume_from is not None:
             model, _ = load_checkpoint(self.resume_from, device=device, wkv_backend=cfg.train.wkv_backend)
         elif cfg.init_from:

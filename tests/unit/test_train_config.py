@@ -122,3 +122,18 @@ def test_compile_is_auto_on_cuda_and_accepts_bools(tmp_path):
     assert fused_head_enabled(cfg.train, "cuda") and not fused_head_enabled(cfg.train, "cpu")
     forced = load_config(preset="tiny", overrides=["train.fused_head=true"])
     assert fused_head_enabled(forced.train, "cpu")
+
+
+def test_the_model_section_is_one_translation_to_model_config():
+    from engine.model.config import ConfigError as ModelConfigError, ModelConfig
+    from engine.train.config import TrainConfig
+
+    section = TrainConfig.from_preset("tiny").model
+    built = section.model_config(vocab_size=300)
+    assert built == ModelConfig(arch=section.arch, n_layer=section.n_layer, n_embd=section.n_embd, vocab_size=300,
+                                head_size=section.head_size)  # 0 in TOML is ModelConfig's released default
+    section.dim_w = 64
+    assert section.model_config(300).dim_w == 64
+    section.n_embd = 100  # not a multiple of the head size: ModelConfig's own sentence
+    with pytest.raises(ModelConfigError, match="head_size"):
+        section.model_config(300)

@@ -53,6 +53,7 @@ class DuetConfig:
     tempo: float = 120.0  # quarter notes per minute of the session's grid
     thru: bool = True  # your notes sound through PianoMuse's output
     lead: float = 0.03  # seconds from a handover to the earliest grid step the model's first note may take
+    tap_tempo: bool = False  # the first four taps (keys or the takeover pedal) set the tempo and the first bar line
 
     def problem(self) -> str | None:
         checks = [

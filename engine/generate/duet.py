@@ -93,10 +93,13 @@ class Duet:
         self.encoder = LiveEncoder(session.tables)
         self._follow_knobs = KnobFollower(session, knobs, bars=False)  # a duet has no length
         self.row = session.rows[0]
-        self.row.decoder.origin = self.row.decoder.bar_origin = 0.0  # model events on the session's clock
         session.endless = True
-        session.force(self.encoder.header(config.tempo))
-        self.seconds_per_bar = 4 * 60.0 / self.timeline.tempos[-1][1]  # the Tempo token's exact value
+        self.t0 = 0.0  # music seconds where the sequence's time 0 (its first bar line) falls
+        self.taps: list[float] = []  # tap_tempo: when the taps came
+        self._tap_keys: set[int] = set()
+        self.seconds_per_bar = 4 * 60.0 / config.tempo
+        if not config.tap_tempo:
+            self._start_grid(config.tempo, 0.0)
         self.take = DuetTake()
         self.handovers: list[Handover] = []
         self.takebacks: list[tuple[float, float]] = []  # (cut, where the sequence stands after it), music seconds
@@ -117,6 +120,30 @@ class Duet:
         if config.mode == "accompany":
             session.limit_pitches(None, config.split - 1)
 
+    def _start_grid(self, qpm: float, t0: float) -> None:
+        """The sequence opens (bar, metre, tempo) with its first bar line at music time ``t0``."""
+        self.t0 = t0
+        self.row.decoder.origin = self.row.decoder.bar_origin = -t0  # model events on the session's clock
+        self.session.force(self.encoder.header(qpm))
+        self.seconds_per_bar = 4 * 60.0 / self.timeline.tempos[-1][1]  # the Tempo token's exact value
+
+    def _tapped(self, t: float) -> None:
+        """One tap of the count-in; the fourth sets the tempo (the taps' median spacing is a beat) and
+        the first bar line one beat later."""
+        self.taps.append(t)
+        if len(self.taps) == 4:
+            gaps = sorted(b - a for a, b in zip(self.taps, self.taps[1:]))
+            beat = min(3.0, max(0.2, gaps[1]))  # 20-300 quarter notes per minute
+            self._start_grid(60.0 / beat, t + beat)
+
+    @property
+    def tapping(self) -> bool:
+        return self.config.tap_tempo and len(self.taps) < 4
+
+    def _seq(self, t: float) -> float:
+        """Music seconds on the sequence's own time axis."""
+        return t - self.t0
+
     @property
     def timeline(self):
         return self.row.decoder.timeline
@@ -128,12 +155,17 @@ class Duet:
         sched.slip_on_underrun = False  # your notes and the model's share one clock: never shift it
         lookahead = sched.lookahead
         yield [], lookahead, 0  # the clock starts at once: there is nothing to pre-roll
-        if self.config.mode == "accompany":
-            self._give_floor_to_model(0.0, "start")
+        accompanying = False
         while not self.stop.is_set():
             now = sched.music_time()
             self._read_input(sched, block=not self.model_has_floor)
             now = sched.music_time()
+            if self.tapping:
+                yield [], now + lookahead / 2, 0
+                continue
+            if self.config.mode == "accompany" and not accompanying:
+                accompanying = True  # the model plays from the first bar line on
+                self._give_floor_to_model(max(now, self.t0), "start")
             clicks = self._clicks(now + lookahead)
             self._turns(now)
             if self.model_has_floor and self.config.mode != "call-and-response" and self._takeback_due():
@@ -170,6 +202,9 @@ class Duet:
     def _heard(self, t: float, data: tuple[int, ...], sched) -> None:
         status = data[0] & 0xF0
         event = None
+        if self.tapping or (data[1:2] and data[1] in self._tap_keys):
+            self._heard_tap(t, data, status, sched)
+            return
         if status == NOTE_ON and len(data) > 2 and data[2] > 0:
             self._held[data[1]] = (t, data[2])
             self._keys_down.add(data[1])
@@ -199,6 +234,19 @@ class Duet:
         if self.on_human is not None:
             self.on_human(event)
 
+    def _heard_tap(self, t: float, data: tuple[int, ...], status: int, sched) -> None:
+        """A count-in tap: a key (heard through, not music) or the takeover pedal pressed."""
+        key_down = status == NOTE_ON and len(data) > 2 and data[2] > 0
+        if key_down and self.tapping:
+            self._tap_keys.add(data[1])
+        elif status in (NOTE_ON, NOTE_OFF) and len(data) > 1:
+            self._tap_keys.discard(data[1])
+        if self.config.thru and status in (NOTE_ON, NOTE_OFF):
+            sched.send_now((status | HUMAN_CHANNEL,) + tuple(data[1:]))
+        pedal = status == CONTROL_CHANGE and len(data) > 2 and data[1] == self.config.takeover_cc and data[2] >= 64
+        if self.tapping and (key_down or pedal):
+            self._tapped(t)
+
     _interrupted = False
 
     def _takeback_due(self) -> bool:
@@ -223,10 +271,10 @@ class Duet:
         items = [(n.onset, 1, n) for n in ready] + [(t, 0, down) for t, down in pedals]
         for t, kind, item in sorted(items, key=lambda x: (x[0], x[1])):
             if kind == 1:
-                ids = self.encoder.note(self.timeline, item.onset, item.release, item.pitch, item.velocity)
+                ids = self.encoder.note(self.timeline, self._seq(item.onset), self._seq(item.release), item.pitch, item.velocity)
                 self.fed_notes += 1
             else:
-                ids = self.encoder.pedal(self.timeline, t, item)
+                ids = self.encoder.pedal(self.timeline, self._seq(t), item)
             self.session.force(ids)
             if kind == 1:
                 self.feed_delays.append(self.player.scheduler.music_time() - item.release)
@@ -256,7 +304,7 @@ class Duet:
         self._feed_played(now, close_held=True)
         earliest = (self._turn_start if reason == "turn" else now + self.config.lead)
         timeline = self.timeline
-        tick = self.encoder.snap(timeline, self.encoder.tick_at(timeline, earliest), up=True)
+        tick = self.encoder.snap(timeline, self.encoder.tick_at(timeline, self._seq(earliest)), up=True)
         self.session.force(self.encoder.advance(timeline, tick))
         self.session.note_now = reason != "start"  # the first note falls on that step, not later
         self.model_has_floor = True
@@ -269,7 +317,7 @@ class Duet:
         timeline = self.timeline
         if timeline.note_stage != 0:
             return
-        self._marks.append((timeline.seconds(timeline.tick), self.session.mark()))
+        self._marks.append((timeline.seconds(timeline.tick) + self.t0, self.session.mark()))
         while len(self._marks) > 2 and self._marks[1][0] < now - 1.0:
             self._marks.pop(0)  # long played: a take-back never goes that far
 
@@ -286,7 +334,7 @@ class Duet:
         the output and from its state) and release its notes now; its pedal comes up."""
         cut = now if at is None else at
         self._forget_unplayed(cut)
-        self.takebacks.append((cut, self.timeline.seconds(self.timeline.tick)))
+        self.takebacks.append((cut, self.timeline.seconds(self.timeline.tick) + self.t0))
         dropped = sched.cancel_from(cut, channel=MODEL_CHANNEL)
         gone = set(map(id, dropped))
         self.take.model = [e for e in self.take.model if id(e) not in gone]
@@ -317,7 +365,7 @@ class Duet:
         if self.config.mode != "call-and-response":
             return
         bar = self.seconds_per_bar
-        first = self.config.count_in * bar
+        first = self.t0 + self.config.count_in * bar
         turn = self.config.turn_bars * bar
         if now < first:
             return
@@ -336,8 +384,8 @@ class Duet:
             return []
         beat = self.seconds_per_bar / 4
         out = []
-        while self._next_click * beat < until:
-            t = self._next_click * beat
+        while self.t0 + self._next_click * beat < until:
+            t = self.t0 + self._next_click * beat
             pitch = CLICK_HIGH if self._next_click % 4 == 0 else CLICK_LOW
             out += [note_on(t, pitch, 90, CLICK_CHANNEL), note_off(t + 0.05, pitch, CLICK_CHANNEL)]
             self._next_click += 1

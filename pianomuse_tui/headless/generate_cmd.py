@@ -376,6 +376,7 @@ def register(app: typer.Typer) -> None:
         click: bool = typer.Option(DUET.click, "--click/--no-click", help="With --mode call-and-response: a metronome click."),
         split: int = typer.Option(DUET.split, "--split", help="With --mode accompany: the model plays below this MIDI pitch (60 = middle C)."),
         tempo: float = typer.Option(DUET.tempo, "--tempo", help="With --in: the session's tempo in quarter notes per minute."),
+        tap_tempo: bool = typer.Option(DUET.tap_tempo, "--tap-tempo", help="With --in: tap four beats (keys or the takeover pedal) to set the tempo; the music starts a beat after the fourth."),
         thru: bool = typer.Option(DUET.thru, "--thru/--no-thru", help="With --in: your notes also sound through PianoMuse's output."),
     ) -> None:
         """Continue a MIDI prompt with a model: write files, or play live to a MIDI port or FluidSynth."""
@@ -396,7 +397,7 @@ def register(app: typer.Typer) -> None:
                     "penalty_window": penalty_window, "seed": seed}
         choice = OutputChoice(api=midi_api, port=port, virtual=virtual, synth=synth, soundfont=soundfont, lookahead=lookahead)
         duet = DuetConfig(mode=mode, takeover_cc=takeover_cc, pause=pause, turn_bars=turn_bars, count_in=count_in,
-                          click=click, split=split, tempo=tempo, thru=thru)
+                          click=click, split=split, tempo=tempo, thru=thru, tap_tempo=tap_tempo)
         code = run_generate(checkpoint, prompt, prompt_bars, bars, max_tokens, alternatives, sampling, out, play,
                             choice, threads, allow_early_end, midi_in, duet)
         if code:

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.jack]
 
 @pytest.mark.slow
 async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
-    from engine.paths import bundled_checkpoint
+    from engine.rundir import bundled_checkpoint
 
     monkeypatch.chdir(tmp_path)
     with JackServer():

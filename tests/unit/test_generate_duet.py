@@ -97,3 +97,39 @@ def test_accompany_draws_only_below_the_split(tiny):
     _run(player, duet, pianist)
     pitches = [e.data[1] for e in duet.take.model if e.is_note_on]
     assert pitches and max(pitches) < 55
+
+
+@pytest.mark.slow
+def test_four_taps_set_the_tempo_and_the_first_bar_line(tiny):
+    out, player, messages, duet, _ = _rig(tiny, mode="continue", pause=0.4, tap_tempo=True)
+    press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
+    beat = 0.4  # 150 quarter notes per minute
+
+    def pianist() -> None:
+        time.sleep(0.3)
+        start = time.monotonic()
+        for k in range(4):
+            time.sleep(max(0.0, start + k * beat - time.monotonic()))
+            press((0x90, 36, 60))
+            press((0x80, 36, 0))
+        # one beat after the first bar line (which falls a beat after the fourth tap)
+        time.sleep(max(0.0, start + 5 * beat - time.monotonic()))
+        press((0x90, 60, 80))
+        time.sleep(0.1)
+        press((0x80, 60, 0))
+        deadline = time.monotonic() + 10
+        while not duet.handovers and time.monotonic() < deadline:
+            time.sleep(0.02)
+        player.stop()
+
+    _run(player, duet, pianist)
+    qpm = duet.timeline.tempos[0][1]
+    assert abs(qpm - 150) < 6  # the tokenizer's nearest tempo to the taps'
+    assert duet.t0 == pytest.approx(duet.taps[-1] + beat, abs=0.03)
+    assert not [e for e in duet.take.human if e.data[1] == 36]  # taps are not music
+    tables = duet.session.tables
+    forced = duet.session.forced
+    pitch_at = forced.index(next(i for i in forced if tables.kind[i] == "Pitch" and int(tables.value[i]) == 60))
+    position = next(int(tables.value[i]) for i in reversed(forced[:pitch_at]) if tables.kind[i] == "Position")
+    per_beat = tables.tpb_per_ts[4] // tables.ticks_per_pos(tables.tpb_per_ts[4])
+    assert abs(position - per_beat) <= 1  # on beat 2 of the first bar

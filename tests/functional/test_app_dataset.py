@@ -140,3 +140,34 @@ async def test_check_arguments_then_prepare_builds_the_store_with_progress_and_o
         # the Train pane's data field now points at the new store
         assert app.train.query_one("#tr-data").value == str(tmp_path / "store")
     assert len(TokenStore.open(tmp_path / "store").pieces()) == 4
+
+
+@pytest.mark.slow
+async def test_a_cancelled_prepare_keeps_the_files_done_as_the_pane_says(tmp_path):
+    """escape during `p`: the pane says the files done are kept, and they are: the next prepare resumes."""
+    from engine.data.store import prepare
+    from pianomuse_tui.messages import PrepareFinished, PrepareProgress
+
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for f in sorted(CORPUS_DIR.rglob("*.mid")):
+        (midi / f.name).symlink_to(f)
+    store = tmp_path / "store"
+    seen: list = []
+    app = PianoMuseApp(pane="dataset", args=DatasetArgs(folder=str(midi), store=str(store), workers=1, scan=False))
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        await pilot.pause(0.3)
+        app.dataset.focus_main()
+        await pilot.press("p")
+        assert await _wait_for(pilot, lambda: any(isinstance(m, PrepareProgress) and m.done >= 3 for m in seen), 120)
+        await pilot.press("escape")
+        assert await _wait_for(pilot, lambda: any(isinstance(m, PrepareFinished) for m in seen), 60)
+        finished = next(m for m in seen if isinstance(m, PrepareFinished))
+        assert finished.cancelled
+        label = str(app.query_one("#ds-progress-label").render())
+        assert "files done so far are kept" in label
+    kept = len(list((store / "pending").glob("*.npz")))
+    total = len(list(midi.iterdir()))
+    assert 3 <= kept < total and not (store / "index.json").exists()
+    again = prepare(midi, store, {"workers": 1})
+    assert again.resumed == kept and again.reused == 0 and again.tokenized <= total - kept and again.pieces > 0

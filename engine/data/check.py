@@ -27,15 +27,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from .piano_policy import DEFAULT_PIANO_POLICY, PIANO_PROGRAMS, check_piano_policy
+
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 STATUSES = ("ok", "warning", "error")
 
 
 @dataclass
 class CheckPolicy:
-    """What the checks call a problem. ``piano_policy``: see ``engine.data.tokenizer.PIANO_POLICIES``."""
+    """What the checks call a problem. ``piano_policy``: see ``engine.data.piano_policy.PIANO_POLICIES``."""
 
-    piano_policy: str = "keyboard"
+    piano_policy: str = DEFAULT_PIANO_POLICY
     timeout_s: float = 30.0
     min_tempo_bpm: float = 20.0
     max_tempo_bpm: float = 400.0
@@ -51,8 +53,6 @@ class CheckPolicy:
     limit_tokens: int = 200_000
 
     def __post_init__(self) -> None:
-        from .tokenizer import check_piano_policy
-
         # a bad setting must stop the scan with one sentence, not fail every file in the workers
         if not isinstance(self.piano_policy, str):
             raise ValueError(f"check.piano_policy must be a name in quotes, not {self.piano_policy!r}")
@@ -138,6 +138,7 @@ class FileRecord:
     status: str = "ok"
     reasons: list[str] = field(default_factory=list)
     stats: FileStats = field(default_factory=FileStats)
+    notes: list[str] = field(default_factory=list)  # information: what was left out or merged, not a problem
 
     @property
     def usable(self) -> bool:
@@ -148,11 +149,13 @@ class FileRecord:
         return any(r.startswith("duplicate") for r in self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "status": self.status, "reasons": list(self.reasons), "stats": self.stats.to_dict()}
+        return {"path": self.path, "status": self.status, "reasons": list(self.reasons), "notes": list(self.notes),
+                "stats": self.stats.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FileRecord":
-        return cls(data["path"], data["status"], list(data["reasons"]), FileStats.from_dict(data.get("stats") or {}))
+        return cls(data["path"], data["status"], list(data["reasons"]), FileStats.from_dict(data.get("stats") or {}),
+                   list(data.get("notes") or []))
 
 
 # ``on_progress(done, total, record)``: called after each file of a scan or prepare
@@ -176,7 +179,7 @@ class ScanSummary:
     tokens: int
     reasons: list[ReasonCount]  # most frequent first
     root: str = ""
-    piano_policy: str = "keyboard"
+    piano_policy: str = DEFAULT_PIANO_POLICY
     workers: int | None = None  # a scan's; prepare leaves it out
     elapsed_s: float | None = None
 
@@ -354,14 +357,14 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
     from .tokenizer import PIANO_HIGH, PIANO_LOW, merge_tracks, piano_tracks
 
     path = Path(path)
-    errors, warnings = [], []
+    errors, warnings, notes_told = [], [], []
     stats: dict[str, Any] = {}  # FileStats' fields, filled as the checks get that far
     cpu_began = time.process_time()
 
     def finish(ids=None, bars=None):
         stats["cpu_s"] = round(time.process_time() - cpu_began, 5)
         status = "error" if errors else ("warning" if warnings else "ok")
-        return FileRecord(str(path), status, errors + warnings, FileStats(**stats)), ids, bars
+        return FileRecord(str(path), status, errors + warnings, FileStats(**stats), notes_told), ids, bars
 
     special = not_a_regular_file(path)
     if special:
@@ -410,11 +413,17 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
     kept, dropped = piano_tracks(score, policy.piano_policy)
     drums = [t for t in dropped if t.is_drum and len(t.notes)]
     others = [t for t in dropped if not t.is_drum and len(t.notes)]
-    if drums:
-        warnings.append(_reason("drums dropped", f"{len(drums)} drum track(s), {sum(len(t.notes) for t in drums)} notes"))
+    if drums:  # a piano model has no use for percussion: leaving it out is information, not a problem
+        notes_told.append(_reason("drums left out", f"{len(drums)} drum track(s), {sum(len(t.notes) for t in drums)} notes"))
     if others:
         programs = sorted({t.program for t in others})
-        warnings.append(_reason("non-piano programs dropped", f"{len(others)} track(s), GM program(s) {', '.join(map(str, programs))}"))
+        warnings.append(_reason("non-piano programs dropped", f"{len(others)} track(s), GM program(s) {', '.join(map(str, programs))}; "
+                                "--policy all merges them too"))
+    pitched_kept = [t for t in kept if len(t.notes)]
+    if policy.piano_policy == "auto" and pitched_kept and not any(t.program in PIANO_PROGRAMS for t in pitched_kept):
+        programs = sorted({t.program for t in pitched_kept})
+        warnings.append(_reason("no piano track", f"merged the {len(pitched_kept)} pitched track(s) (GM program(s) "
+                                f"{', '.join(map(str, programs))}) as piano"))
     piano = merge_tracks(score, kept)
     seconds = piano.to("second")
     notes = seconds.tracks[0].notes.numpy()
@@ -425,7 +434,10 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
     if outside:
         warnings.append(_reason("notes outside the piano range", f"{outside} notes outside {PIANO_LOW}-{PIANO_HIGH}"))
     if not in_range.any():
-        errors.append(_reason("no usable piano notes", f"none left after the '{policy.piano_policy}' piano policy and the piano range"))
+        remedy = ("it holds only drums, which a piano model cannot learn from" if not any(not t.is_drum and len(t.notes) for t in score.tracks)
+                  else "--policy all merges every pitched track" if policy.piano_policy != "all"
+                  else "its notes lie outside the piano's 88 keys")
+        errors.append(_reason("no usable piano notes", f"none left after the '{policy.piano_policy}' piano policy and the piano range; {remedy}"))
         stats.update(notes=0, dropped_notes=total_notes)
         return finish()
 
@@ -482,7 +494,7 @@ def inspect_file(path: str | Path, policy: CheckPolicy, tokenizer=None) -> tuple
             return finish()
         pitch_kinds = {"Pitch", "NoteOn"}
         if not any(tokenizer.token_kind(t) in pitch_kinds for t in ids):
-            errors.append(_reason("no usable piano notes", "the tokenizer kept no notes"))
+            errors.append(_reason("no usable piano notes", "the tokenizer kept no notes (they lie outside its pitch range)"))
             return finish()
         if len(ids) > policy.limit_tokens:
             errors.append(_reason("over the token limit", f"{len(ids):,} tokens, the limit is limit_tokens = {policy.limit_tokens:,}; {_SETTING}"))
@@ -695,7 +707,7 @@ def mark_duplicates(records: list[FileRecord]) -> None:
             first[digest] = record.path
 
 
-def summarize(records: list[FileRecord], root: str = "", piano_policy: str = "keyboard", workers: int | None = None,
+def summarize(records: list[FileRecord], root: str = "", piano_policy: str = DEFAULT_PIANO_POLICY, workers: int | None = None,
               elapsed_s: float | None = None) -> ScanSummary:
     counts = Counter(r.status for r in records)
     categories = Counter()

@@ -36,6 +36,7 @@ import numpy as np
 
 from engine.atomic import write_atomic, write_with
 
+from .piano_policy import DEFAULT_PIANO_POLICY
 from .check import CheckPolicy, FileProgress, FileRecord, ScanError, ScanReport, find_midi_files, mark_duplicates, run_inspections, summarize
 
 STORE_FORMAT = "pianomuse-store/1"
@@ -296,7 +297,7 @@ def _policy_and_tokenizer(config: PrepareConfig):
     tokenizer then extracts the piano the same way the checks do."""
     from .tokenizer import PianoTokenizer
 
-    policy = CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", "keyboard"), **config.check})
+    policy = CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", DEFAULT_PIANO_POLICY), **config.check})
     return policy, PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy.piano_policy})
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import symusic
 
+from .piano_policy import DEFAULT_PIANO_POLICY, KEYBOARD_PROGRAMS, PIANO_PROGRAMS, check_piano_policy
+
 CONFIG_FORMAT = "pianomuse-tokenizer/1"
 TOKENIZATIONS = ("REMI", "TSD", "MIDILike")
 PIANO_LOW, PIANO_HIGH = 21, 108  # A0..C8, the 88 keys
@@ -73,10 +75,6 @@ MIDITOK_EXTRA_PARAMS = {"add_trailing_bars", "max_bar_embedding", "use_bar_end_t
                         "use_microtiming", "num_microtiming_bins", "max_microtiming_shift", "ticks_per_quarter"}
 
 # Piano-extraction policies: which tracks of a multi-track file become the one piano track.
-PIANO_POLICIES = {
-    "keyboard": "merge the non-drum tracks whose GM program is a piano/keyboard (0-7)",
-    "all": "merge every non-drum track as piano",
-}
 
 
 class TokenizerConfigError(ValueError):
@@ -136,26 +134,23 @@ def retime(score: symusic.Score, qpm: float) -> symusic.Score:
     return seconds.to("tick")
 
 
-def check_piano_policy(policy: str) -> None:
-    """Raise TokenizerConfigError (a ValueError) with one sentence unless ``policy`` is in PIANO_POLICIES."""
-    if policy not in PIANO_POLICIES:
-        raise TokenizerConfigError(f"unknown piano policy {policy!r}; use one of: {', '.join(PIANO_POLICIES)}")
-
-
-def piano_tracks(score: symusic.Score, policy: str = "keyboard"):
-    """(kept tracks, dropped tracks) under a piano-extraction policy."""
+def piano_tracks(score: symusic.Score, policy: str = DEFAULT_PIANO_POLICY):
+    """(kept tracks, dropped tracks) under a piano-extraction policy (see ``engine.data.piano_policy.PIANO_POLICIES``)."""
     check_piano_policy(policy)
-    kept, dropped = [], []
-    for track in score.tracks:
-        if track.is_drum or (policy == "keyboard" and not 0 <= track.program <= 7):
-            dropped.append(track)
-        else:
-            kept.append(track)
-    return kept, dropped
+    tracks = list(score.tracks)  # one list: its track objects are compared by identity below
+    pitched = [t for t in tracks if not t.is_drum]
+    if policy == "all":
+        keep = pitched
+    elif policy == "keyboard":
+        keep = [t for t in pitched if t.program in KEYBOARD_PROGRAMS]
+    else:
+        keep = [t for t in pitched if t.program in PIANO_PROGRAMS and len(t.notes)] or pitched
+    kept_ids = {id(t) for t in keep}
+    return keep, [t for t in tracks if id(t) not in kept_ids]
 
 
-def extract_piano(score: symusic.Score, policy: str = "keyboard") -> symusic.Score:
-    """The piece as one piano track, per the policy (see ``PIANO_POLICIES``)."""
+def extract_piano(score: symusic.Score, policy: str = DEFAULT_PIANO_POLICY) -> symusic.Score:
+    """The piece as one piano track, per the policy (see ``engine.data.piano_policy.PIANO_POLICIES``)."""
     kept, _ = piano_tracks(score, policy)
     return merge_tracks(score, kept)
 
@@ -164,7 +159,7 @@ class PianoTokenizer:
     """One token sequence per piece; ids 0, 1, 2 are PAD, BOS, EOS."""
 
     def __init__(self, tokenization: str = "REMI", miditok_params: dict[str, Any] | None = None,
-                 piano_policy: str = "keyboard", fixed_tempo: float | None = None) -> None:
+                 piano_policy: str = DEFAULT_PIANO_POLICY, fixed_tempo: float | None = None) -> None:
         """``fixed_tempo``: re-time every piece to this one tempo (qpm) before tokenizing, keeping its
         seconds, so ticks are a clock; decoded pieces carry that tempo (performance data)."""
         import miditok  # engine.model must import without miditok; keep it local here too
@@ -208,7 +203,7 @@ class PianoTokenizer:
             config = {**copy.deepcopy(TOKENIZER_PRESETS[preset]), **config}
         fixed_tempo = config.pop("fixed_tempo", None)
         tokenization = config.pop("tokenization", "REMI")
-        policy = config.pop("piano_policy", "keyboard")
+        policy = config.pop("piano_policy", "keyboard")  # configs from before "auto" meant keyboard
         params = dict(config.pop("miditok", {}) or {})
         for key in ("format", "vocab_size", "miditok_version", "symusic_version"):
             config.pop(key, None)

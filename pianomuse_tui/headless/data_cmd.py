@@ -129,7 +129,9 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
     try:
         from engine.data.tokenizer import PianoTokenizer
 
-        piano_policy = check_settings.get("piano_policy") or prep.tokenizer.get("piano_policy", "keyboard")
+        from engine.data.piano_policy import DEFAULT_PIANO_POLICY
+
+        piano_policy = check_settings.get("piano_policy") or prep.tokenizer.get("piano_policy", DEFAULT_PIANO_POLICY)
         check_settings["piano_policy"] = piano_policy
         if check_settings.get("tokenize", True):  # MidiTok (and the torch it imports) only when tokens are counted
             tokenizer_config = PianoTokenizer.from_config({**prep.tokenizer, "piano_policy": piano_policy}).to_config()
@@ -156,14 +158,21 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
     raise typer.Exit(code)
 
 
-def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], workers: Optional[int]) -> None:
+def run_prepare(folder: Path, out: Optional[Path], config: Optional[Path], workers: Optional[int], policy: str = "") -> None:
     from engine.data.check import ScanError
+    from engine.data.piano_policy import check_piano_policy
     from engine.data.store import StoreError, prepare, store_for
     from engine.data.tokenizer import TokenizerConfigError
 
     prep = _load_prepare_config(config)
     if workers:
         prep.workers = workers
+    if policy:  # the same choice as check's; it is part of the tokenizer's config, so of the store's
+        try:
+            check_piano_policy(policy)
+        except ValueError as exc:
+            fail(str(exc))
+        prep.tokenizer["piano_policy"] = policy
     try:
         out = out or store_for(folder, prep)
         with _Progress("prepare") as progress:
@@ -193,7 +202,7 @@ def register(app: typer.Typer) -> None:
         folder: Optional[Path] = typer.Argument(None, help="Folder of MIDI files (.mid/.midi/.kar, searched recursively); default: the bundled demo corpus."),
         report: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report here."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: CPU cores, at most 8)."),
-        policy: str = typer.Option("", "--policy", help="Piano extraction: 'keyboard' (GM 0-7 tracks, default) or 'all' (every non-drum track)."),
+        policy: str = typer.Option("", "--policy", help="Which tracks are the piano: 'auto' (the piano tracks, else every pitched track; default), 'keyboard' (pianos, celesta, organs) or 'all' (every non-drum track)."),
         timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, help="Seconds one file may take before it is reported as hanging (default 30)."),
         config: Optional[Path] = typer.Option(None, "--config", help="data.toml with [tokenizer] and [check] settings."),
     ) -> None:
@@ -217,8 +226,9 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Token store folder (default: under .cache/pianomuse/stores)."),
         config: Optional[Path] = typer.Option(None, "--config", help="data.toml with [tokenizer], [check] and [split] settings."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: CPU cores, at most 8)."),
+        policy: str = typer.Option("", "--policy", help="Which tracks are the piano: 'auto' (the piano tracks, else every pitched track; default), 'keyboard' (pianos, celesta, organs) or 'all' (every non-drum track)."),
     ) -> None:
         """Tokenize the good files of a folder into a token store (incremental: unchanged files are skipped)."""
         from engine.paths import CORPUS_DIR
 
-        run_prepare(folder or CORPUS_DIR, out, config, workers)
+        run_prepare(folder or CORPUS_DIR, out, config, workers, policy)

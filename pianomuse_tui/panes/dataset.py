@@ -222,9 +222,11 @@ class DatasetPane(PaneBase):
             self.post_message(PrepareFinished(None, error=_not_a_folder(folder)))
             return
         callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, c))
+        # the pane's policy (`check DIR --policy all` opened it) holds for its prepare too
+        config = {"tokenizer": {"piano_policy": self.args.policy}} if self.args.policy else None
         try:
-            out = out or store.store_for(folder)
-            result = store.prepare(folder, out, None, on_progress=callback)
+            out = out or store.store_for(folder, config)
+            result = store.prepare(folder, out, config, on_progress=callback)
         except Cancelled:
             self.post_message(PrepareFinished(None, cancelled=True))
             return

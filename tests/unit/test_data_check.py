@@ -23,13 +23,13 @@ EXPECTED = {
     "running_status_no_status.mid": ("error", {"unreadable"}),
     "unterminated_sysex.mid": ("error", {"unreadable"}),
     "meta_only.mid": ("error", {"no notes"}),
-    "drums_only.mid": ("error", {"no usable piano notes", "drums dropped"}),
+    "drums_only.mid": ("error", {"no usable piano notes", "drums left out"}),
     "huge_delta.mid": ("error", {"over the duration limit"}),  # days of empty bars: refused before expanding
     "format2.mid": ("warning", {"format 2"}),
     "smpte.mid": ("warning", {"SMPTE timing"}),
     "absurd_tempo.mid": ("warning", {"absurd tempo"}),
     "hanging_and_range.mid": ("warning", {"note-ons never released", "notes outside the piano range"}),
-    "multi_instrument.kar": ("warning", {"drums dropped", "non-piano programs dropped"}),
+    "multi_instrument.kar": ("warning", {"drums left out", "non-piano programs dropped"}),
     "good/joplin_maple_leaf_rag.mid": ("ok", set()),
     "good/mozart_k545_mvt1_exposition.mid": ("ok", set()),
     "good/schoenberg_op19_no2.mid": ("ok", set()),
@@ -48,7 +48,7 @@ def test_every_file_once_with_its_status_and_reasons():
     assert sorted(records) == sorted(EXPECTED)  # notes.txt is not scanned; .MIDI and .kar are
     for name, (status, categories) in EXPECTED.items():
         record = records[name]
-        found = {reason.split(":", 1)[0] for reason in record.reasons}
+        found = {reason.split(":", 1)[0] for reason in record.reasons + record.notes}  # notes: drums left out
         assert record.status == status, (name, record.reasons)
         assert categories <= found, (name, record.reasons)
         assert (status == "ok") == (record.reasons == [])
@@ -61,7 +61,7 @@ def test_report_schema_and_summary(tmp_path):
     data = json.loads(path.read_text())
     assert set(data) == {"files", "summary"}
     for record in data["files"]:
-        assert set(record) == {"path", "status", "reasons", "stats"}
+        assert set(record) == {"path", "status", "reasons", "notes", "stats"}
         assert record["status"] in ("ok", "warning", "error")
         assert all(isinstance(r, str) and r for r in record["reasons"])
     summary = data["summary"]
@@ -133,7 +133,7 @@ def test_multi_instrument_policy_all_keeps_the_violin():
     assert keyboard.stats.notes == 3 and everything.stats.notes == 5
     assert not any(r.startswith("non-piano") for r in everything.reasons)
     # a misspelt policy stops the scan before any work, with one sentence
-    with pytest.raises(ValueError, match="unknown piano policy 'pianos'; use one of: keyboard, all"):
+    with pytest.raises(ValueError, match="unknown piano policy 'pianos'; use one of: auto, keyboard, all"):
         scan(folder, workers=1, policy={"piano_policy": "pianos", "tokenize": False})
 
 
@@ -280,3 +280,59 @@ def test_a_worker_that_dies_mid_file_is_reported_and_the_scan_goes_on(tmp_path):
     assert by_name["b_huge.mid"].status == "error" and by_name["b_huge.mid"].reasons[0].startswith("parser crashed")
     for name in ("a_piece.mid", "c_piece.mid"):
         assert by_name[name].status == "ok" and by_name[name].stats.tokens > 0
+
+
+def _gm_file(path, tracks):
+    """A General MIDI file written by symusic: (program, is_drum, pitches) per track."""
+    import symusic
+
+    score = symusic.Score(480)
+    for program, is_drum, pitches in tracks:
+        track = symusic.Track(f"gm{program}", program, is_drum)
+        for i, p in enumerate(pitches):
+            track.notes.append(symusic.Note(i * 480, 480, p, 80))
+        score.tracks.append(track)
+    score.dump_midi(str(path))
+    return path
+
+
+def test_the_default_policy_serves_general_midi_files(tmp_path):
+    """Issue 18 item 8: a GM band without a piano was rejected by default, dropped drums made every file a
+    warning, the rejection never named --policy all, and 'keyboard' left out organs and celesta."""
+    from engine.data.check import CheckPolicy, inspect_file
+
+    band = _gm_file(tmp_path / "band.mid", [(48, False, [60, 64, 67]), (33, False, [36, 43]), (0, True, [36, 38])])
+    record, _, _ = inspect_file(band, CheckPolicy())  # the default: auto
+    assert record.status == "warning" and record.stats.notes == 5
+    assert record.reasons == ["no piano track: merged the 2 pitched track(s) (GM program(s) 33, 48) as piano"]
+    assert record.notes == ["drums left out: 1 drum track(s), 2 notes"]
+    rejected, _, _ = inspect_file(band, CheckPolicy(piano_policy="keyboard"))
+    assert rejected.status == "error" and "--policy all merges every pitched track" in rejected.reasons[0]
+
+    with_piano = _gm_file(tmp_path / "song.mid", [(0, False, [60, 62]), (40, False, [72]), (0, True, [36])])
+    record, _, _ = inspect_file(with_piano, CheckPolicy())
+    assert record.stats.notes == 2 and record.notes == ["drums left out: 1 drum track(s), 1 notes"]
+    assert record.reasons == ["non-piano programs dropped: 1 track(s), GM program(s) 40; --policy all merges them too"]
+
+    piano_and_drums = _gm_file(tmp_path / "pop.mid", [(0, False, [60, 64]), (0, True, [36, 38])])
+    assert inspect_file(piano_and_drums, CheckPolicy())[0].status == "ok"  # drums alone are no warning
+
+    organ_and_celesta = _gm_file(tmp_path / "chapel.mid", [(19, False, [48, 55]), (8, False, [84])])
+    record, _, _ = inspect_file(organ_and_celesta, CheckPolicy(piano_policy="keyboard"))
+    assert record.status == "ok" and record.stats.notes == 3
+
+
+def test_prepare_takes_the_same_policy_choice(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "gm"
+    folder.mkdir()
+    _gm_file(folder / "band.mid", [(48, False, [60, 64, 67, 72]), (0, True, [36, 38])])
+    cli = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "prepare", str(folder), "--workers", "1"]
+    done = subprocess.run(cli + ["--policy", "keyboard", "--out", str(tmp_path / "kb")], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 3 and "the store is empty" in done.stderr  # keyboard: no piano, nothing usable
+    done = subprocess.run(cli + ["--policy", "all", "--out", str(tmp_path / "all")], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and "1 pieces" in done.stdout, done.stderr
+    done = subprocess.run(cli + ["--policy", "pianos"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2 and "unknown piano policy 'pianos'; use one of: auto, keyboard, all" in done.stderr

@@ -148,7 +148,7 @@ def test_store_for_is_one_rule_for_equal_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("PIANOMUSE_CACHE", str(tmp_path))
     default = store_for(PIANO_DIR)
     full = PianoTokenizer().to_config()  # what a checkpoint's sidecar carries
-    assert store_for(PIANO_DIR, {"tokenizer": full}) == default == store_for(PIANO_DIR / ".." / "piano", {"check": {"piano_policy": "keyboard"}})
+    assert store_for(PIANO_DIR, {"tokenizer": full}) == default == store_for(PIANO_DIR / ".." / "piano", {"check": {"piano_policy": "auto"}})
     assert default.parent == tmp_path / "stores" and default.name.startswith("piano-REMI-")
     assert store_for(PIANO_DIR, {"tokenizer": {"tokenization": "TSD"}}) != default
     assert store_for(PIANO_DIR, {"split": {"seed": 1}}) != default

@@ -196,7 +196,10 @@ class PianoMuseApp(App):
         self._focus_pane(name)
 
     def _focus_pane(self, name: str) -> None:
-        self.pane(name).focus_main()
+        # a late request (the start-up pane's, delivered after the user pressed F3) must not pull
+        # focus into a pane that is no longer shown: TabbedContent would switch back to it
+        if self.screen_stack[0].query_one("#panes", TabbedContent).active == name:
+            self.pane(name).focus_main()
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:

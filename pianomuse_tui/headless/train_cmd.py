@@ -85,10 +85,6 @@ def immediate_stop_notice(say):
         os.close(read_fd)
 
 
-def _say_on_stderr(text: str) -> None:
-    err_console.print(f"[bold yellow]{text}[/]", soft_wrap=True, highlight=False)
-
-
 class TrainDisplay:
     """Turns metrics records into a live rich panel (TTY) or plain lines."""
 
@@ -181,6 +177,15 @@ class TrainDisplay:
         if self._live is not None:
             self._live.update(self._render())
 
+    def say(self, text: str) -> None:
+        """A notice the user must see now (any thread): above the live panel, else on stderr."""
+        from rich.text import Text
+
+        if self._live is not None:
+            self._live.console.print(Text(text, style="bold yellow"))  # a plain print would be drawn over
+        else:
+            err_console.print(Text(text, style="bold yellow"), soft_wrap=True)
+
     def _print(self, text: str) -> None:
         if self._live is not None:
             self._live.console.print(text, highlight=False, markup=False)
@@ -251,7 +256,7 @@ def run_headless(request: TrainRequest) -> None:
     if note and rank0:
         console.print(note, highlight=False, markup=False, soft_wrap=True)
     display = TrainDisplay(live=is_tty(), rank0=rank0)
-    notice = immediate_stop_notice(_say_on_stderr) if rank0 else contextlib.nullcontext()
+    notice = immediate_stop_notice(display.say) if rank0 else contextlib.nullcontext()
     try:
         with display, notice:
             result = run_training(cfg, on_metrics=display)

@@ -96,7 +96,8 @@ def _recorded_resumed_run(root):
 
     run = root / "20261206-0700-tiny"
     (run / "checkpoints" / "step-00000100").mkdir(parents=True)
-    (run / "checkpoints" / "step-00000100" / "model.pth").write_bytes(b"")
+    for name in ("model.pth", "model.json", "trainer.pt"):  # a complete checkpoint, as listings require
+        (run / "checkpoints" / "step-00000100" / name).write_bytes(b"")
     (run / "auditions").mkdir()
     shutil.copy(sorted(CORPUS_DIR.rglob("*.mid"))[0], run / "auditions" / "step-00000100.mid")
     (run / "config.toml").write_text('preset = "tiny"\n[model]\nn_layer = 2\nn_embd = 128\narch = "x070"\n'
@@ -137,6 +138,6 @@ async def test_a_resumed_runs_eta_the_checkpoint_table_and_the_cpu_memory_panel(
         assert app.screen.focused is table
         meter = pane.query_one("#tr-mem")
         # on a CPU the memory panel shows the RAM of the app and its run against the machine's
-        assert await wait_for(pilot, lambda: "RAM " in str(meter.render()), 20)
+        assert await wait_for(pilot, lambda: "GiB" in str(meter.render()), 20)  # the machine's first sample
         shown = str(meter.render())
         assert " of " in shown and "alloc -" not in shown and "░" in shown and "·" not in shown  # a real bar

@@ -145,17 +145,22 @@ def resume_note(cfg: TrainConfig) -> str:
             "so the rate goes back up; resume without --max-steps to keep the original schedule")
 
 
-# Up to this width a layer's matrices are too small to split across cores: on the CPU the tiny and
-# small presets train fastest on one intra-op thread (bench/train_cpu.py measures both counts).
+# Up to this width a layer's matrices are small: split across cores, each op waits for the other
+# cores' shares, which is cheap on an idle machine and ruinous on a busy one (bench/train_cpu.py).
 ONE_THREAD_MAX_WIDTH = 256
+# A machine counts as busy when its load average is above this many runnable processes per core.
+BUSY_LOAD_PER_CORE = 1.5
 
 
-def cpu_train_threads(cfg: TrainConfig) -> int | None:
-    """Torch intra-op threads for a run on the CPU, or None for torch's default.
+def cpu_train_threads(cfg: TrainConfig, load: float | None = None, cores: int | None = None) -> int | None:
+    """Torch intra-op threads for a run on the CPU, or None for torch's default (one per core).
 
-    With torch's default (one thread per core) each small op of a narrow model waits for the other
-    core's share; on 2 busy cores the tiny preset ran 13x slower that way. A user's own
-    OMP_NUM_THREADS is kept, and so is the default for wider models and CUDA runs.
+    Measured with the tiny preset on 2 cores (bench/results/train_cpu.md): at a load average of
+    about 2, two threads ran 5.6-6.4 steps/s and one thread 4.0-4.2; at about 10, two threads ran
+    0.11 steps/s and one thread 1.81 (with other work on every core, each small op waited for the
+    second thread's share). So a narrow model gets one thread when the machine is busy
+    (``load`` above 1.5 per core, the 1-minute load average when not given). A user's own
+    OMP_NUM_THREADS is kept, and so is torch's default for wider models and CUDA runs.
     """
     if "OMP_NUM_THREADS" in os.environ or cfg.model.n_embd > ONE_THREAD_MAX_WIDTH:
         return None
@@ -167,7 +172,9 @@ def cpu_train_threads(cfg: TrainConfig) -> int | None:
 
         if torch.cuda.is_available():
             return None
-    return 1
+    load = os.getloadavg()[0] if load is None else load
+    cores = cores or os.cpu_count() or 1
+    return 1 if load > BUSY_LOAD_PER_CORE * cores else None
 
 
 def apply_cpu_train_threads(cfg: TrainConfig) -> int | None:

@@ -71,8 +71,8 @@ def test_without_a_gpu_the_default_is_the_tiny_preset_and_it_says_so(tmp_path):
     assert first.startswith("no GPU found: using the tiny preset"), out.stdout
     (run,) = root.iterdir()
     assert load_config(run / "config.toml").preset == "tiny"
-    # one torch thread: a narrow model on 2 busy cores ran 13x slower with one thread per core
-    assert json.loads((run / "env.json").read_text())["cpu_threads"] == 1
+    threads = json.loads((run / "env.json").read_text())["cpu_threads"]
+    assert threads >= 1  # one on a busy machine, torch's default otherwise (the rule: the unit test below)
 
 
 def test_resuming_with_a_new_max_steps_says_the_schedule_is_re_stretched(tmp_path):
@@ -91,17 +91,18 @@ def test_resuming_with_a_new_max_steps_says_the_schedule_is_re_stretched(tmp_pat
     assert "resume without --max-steps to keep the original schedule" in note
 
 
-def test_cpu_runs_of_narrow_models_use_one_thread_unless_the_user_says(monkeypatch):
+def test_cpu_runs_of_narrow_models_use_one_thread_on_a_busy_machine_unless_the_user_says(monkeypatch):
     from engine.train.launch import cpu_train_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    tiny, small, base = (load_config(None, p) for p in ("tiny", "small", "base"))
-    assert cpu_train_threads(tiny.with_overrides(["train.device=cpu"])) == 1
-    assert cpu_train_threads(small.with_overrides(["train.device=cpu"])) == 1
-    assert cpu_train_threads(base.with_overrides(["train.device=cpu"])) is None  # wide enough to split
-    assert cpu_train_threads(tiny.with_overrides(["train.device=cuda"])) is None
+    tiny, small, base = (load_config(None, p).with_overrides(["train.device=cpu"]) for p in ("tiny", "small", "base"))
+    busy, idle = {"load": 10.0, "cores": 2}, {"load": 2.3, "cores": 2}  # the two loads bench/train_cpu.py met
+    assert cpu_train_threads(tiny, **busy) == 1 and cpu_train_threads(small, **busy) == 1
+    assert cpu_train_threads(tiny, **idle) is None  # two threads were faster there
+    assert cpu_train_threads(base, **busy) is None  # wide enough to split
+    assert cpu_train_threads(tiny.with_overrides(["train.device=cuda"]), **busy) is None
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert cpu_train_threads(tiny.with_overrides(["train.device=cpu"])) is None  # the user's choice stands
+    assert cpu_train_threads(tiny, **busy) is None  # the user's choice stands
 
 
 def test_the_default_preset_follows_the_device(monkeypatch):

@@ -124,7 +124,14 @@ class Performance:
 
     def telemetry(self) -> dict:
         telemetry = self.player.telemetry()
-        return telemetry.to_dict() if telemetry is not None else {}
+        values = telemetry.to_dict() if telemetry is not None else {}
+        duet = self.duet
+        if duet is not None:  # playing with the model: how fast it answered, and what it heard
+            waits = duet.latencies()
+            values.update(handovers=len(duet.handovers), notes_heard=duet.fed_notes,
+                          handover_last_ms=1000 * waits[-1] if waits else None,
+                          handover_max_ms=1000 * max(waits) if waits else None)
+        return values
 
     def music_time(self) -> float:
         """Where the playhead is, in the events' music seconds."""

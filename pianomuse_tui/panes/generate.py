@@ -481,6 +481,11 @@ class GeneratePane(PaneBase):
             k = self.performance.alternatives if self.performance is not None else 1
             if k > 1:
                 text.append(f"\nhearing alternative 1 of {k}; w saves all {k}", style="cyan")
+            if "handovers" in t:
+                answered = (f"; its first note {t['handover_last_ms']:.0f} ms after the last, at most "
+                            f"{t['handover_max_ms']:.0f} ms" if t.get("handover_last_ms") is not None else "")
+                text.append(f"\nheard {t['notes_heard']} of your notes; {t['handovers']} handovers{answered}",
+                            style="magenta")
             if t.get("falling_behind"):
                 text.append("\nthe model is falling behind: fewer alternatives or a smaller model help",
                             style="bold yellow")

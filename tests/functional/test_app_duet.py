@@ -59,6 +59,10 @@ async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
                 assert await wait_for(pilot, lambda: duet.fed_notes == len(phrase) and bool(duet.latencies())
                                       and duet.handovers[-1].at > duet.take.human[-1].time, 30), \
                     (duet.handovers, duet.fed_notes, " ".join(f"{e.time:.2f}:{e.data[0]:x}/{e.data[1]}" for e in duet.take.human))
+                # the timing panel says what the model heard and how fast it answered
+                panel = lambda: str(pane.query_one("#gen-telemetry").render())  # noqa: E731
+                assert await wait_for(pilot, lambda: f"heard {len(phrase)} of your notes" in panel()
+                                      and "ms after the last" in panel(), 10), panel()
                 roll = pane.query_one(PianoRoll)
                 yours = [n for n in roll.snapshot() if n.yours]
                 assert [n.pitch for n in yours] == [p for _, _, p, _ in phrase]

@@ -261,7 +261,8 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
     waits = sorted(duet.latencies())
     told = (f"the model's first note came {1000 * waits[len(waits) // 2]:.0f} ms (median), at most "
             f"{1000 * waits[-1]:.0f} ms after each handover" if waits else "no handover")
-    console.print(f"{len(duet.handovers)} handovers ({told}); {duet.fed_notes} of your notes fed to the model, "
+    n = len(duet.handovers)
+    console.print(f"{n} handover{'' if n == 1 else 's'} ({told}); {duet.fed_notes} of your notes fed to the model, "
                   f"{sum(e.is_note_on for e in duet.take.model)} notes from the model")
     console.print("timing: " + player.telemetry().summary())
     console.print("wrote " + ", ".join(str(p) for p in written) + " (tracks: PianoMuse, You)")

@@ -484,7 +484,8 @@ class GeneratePane(PaneBase):
             if "handovers" in t:
                 answered = (f"; its first note {t['handover_last_ms']:.0f} ms after the last, at most "
                             f"{t['handover_max_ms']:.0f} ms" if t.get("handover_last_ms") is not None else "")
-                text.append(f"\nheard {t['notes_heard']} of your notes; {t['handovers']} handovers{answered}",
+                n = t["handovers"]
+                text.append(f"\nheard {t['notes_heard']} of your notes; {n} handover{'' if n == 1 else 's'}{answered}",
                             style="magenta")
             if t.get("falling_behind"):
                 text.append("\nthe model is falling behind: fewer alternatives or a smaller model help",

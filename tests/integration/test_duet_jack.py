@@ -200,6 +200,7 @@ def test_the_headless_command_plays_with_you_and_writes_both_parts_when_stopped(
     SIGTERM (or Ctrl-C) stops it with exit 130, the summary says how fast it answered, and the take
     has both tracks."""
     import os
+    import re
     import signal
 
     from typer.testing import CliRunner
@@ -238,7 +239,7 @@ def test_the_headless_command_plays_with_you_and_writes_both_parts_when_stopped(
         torch.set_num_threads(threads)
     assert result.exit_code == 130, result.output
     text = " ".join(result.output.split())
-    assert "listening on PianoMuse:PianoMuse in" in text and "handovers (the model's first note came" in text, text
+    assert "listening on PianoMuse:PianoMuse in" in text and re.search(r"\d+ handovers? \(the model's first note came", text), text
     parts = {t.name: [m for m in t if m.type == "note_on" and m.velocity] for t in mido.MidiFile(tmp_path / "duet.mid").tracks if t.name}
     you = [m.note for m in parts["You"]]
     assert you and len(you) % len(phrase) == 0 and you == [p for _, _, p, _ in phrase] * (len(you) // len(phrase))

@@ -144,6 +144,7 @@ def test_bad_data_settings_stop_check_and_prepare_with_one_sentence(tmp_path, se
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_the_workers_never_import_the_users_own_modules(tmp_path):
     """Issue 18 item 10: a random.py or tokenize.py in the current folder broke check and prepare."""
     for name in ("random", "tokenize"):
@@ -163,6 +164,7 @@ def test_a_folder_as_report_path_is_refused_before_the_scan(tmp_path):
     assert "MIDI files" not in done.stdout  # nothing was scanned
 
 
+@pytest.mark.slow
 def test_links_pipes_and_odd_names_each_get_one_report_line(tmp_path):
     """Issue 18 item 15: dangling links and FIFOs were skipped without a line; a newline in a name split a line."""
     import os

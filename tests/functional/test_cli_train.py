@@ -75,6 +75,7 @@ def test_without_a_gpu_the_default_is_the_tiny_preset_and_it_says_so(tmp_path):
     assert threads >= 1  # one on a busy machine, torch's default otherwise (the rule: the unit test below)
 
 
+@pytest.mark.slow
 def test_resuming_with_a_new_max_steps_says_the_schedule_is_re_stretched(tmp_path):
     root = tmp_path / "runs"
     common = ["--run-dir", str(root), "--data", str(small_store()), "--device", "cpu", *_micro_args(root)]
@@ -230,6 +231,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the dead save's leftovers are gone
 
 
+@pytest.mark.slow
 def test_closing_the_terminal_saves_like_ctrl_c(tmp_path):
     """Issue 18 item 7: SIGHUP (the terminal closed) used to kill the run without saving."""
     import pty

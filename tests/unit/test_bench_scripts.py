@@ -98,6 +98,7 @@ def test_performance_round_trip_bench_prints_the_table_and_writes_the_set(tmp_pa
     assert len(list(tmp_path.glob("*.mid"))) == 2
 
 
+@pytest.mark.slow
 def test_train_cpu_bench_runs_the_real_trainer_and_prints_its_row(capsys):
     bench_module("train_cpu").main(["--steps", "4", "--skip", "1", "--threads", "1"])
     out = capsys.readouterr().out

@@ -322,6 +322,7 @@ def test_the_default_policy_serves_general_midi_files(tmp_path):
     assert record.status == "ok" and record.stats.notes == 3
 
 
+@pytest.mark.slow
 def test_prepare_takes_the_same_policy_choice(tmp_path):
     import subprocess
     import sys

@@ -84,6 +84,7 @@ def _peak_child_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+@pytest.mark.slow
 def test_no_hostile_file_takes_a_command_past_2_gb(files, tmp_path):
     """Each command in its own process; the kernel's peak resident size of the children is the measure."""
     folder = next(iter(files.values())).parent

@@ -81,3 +81,14 @@ def test_the_makefile_installs_torch_through_the_script_and_has_a_fast_target(tm
     assert "--torch cuda" in cuda
     fast = subprocess.run(["make", "-n", "test-fast"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert '-m "not slow"' in fast
+
+
+def test_the_readme_set_up_matches_ci_and_works_in_a_root_container():
+    readme = (REPO / "README.md").read_text()
+    (apt,) = [line.strip("`") for line in readme.splitlines() if "apt-get install" in line]
+    assert not apt.startswith("sudo") and "--no-install-recommends" in apt  # root containers have no sudo
+    ci = next(line for line in (REPO / ".ci" / "run").read_text().splitlines() if "apt-get install" in line)
+    packages = {w for w in apt.split()[2:] if not w.startswith("-")}
+    assert packages <= set(ci.split()), "CI installs what the README tells users to install"
+    assert "make test-fast" in readme and "about 10 minutes on 2 CPU cores" in readme
+    assert "torch==2.13.0" in readme and "TORCH=cpu" in readme

@@ -14,8 +14,10 @@ passes its whole mass to the order below. ``choose_order`` picks the order on th
 alone (a held-out share of the training pieces); ``fit_baseline`` then refits on all of them.
 
 Everything is numpy: n-grams are 64-bit polynomial hashes of their tokens (a collision is about
-1 in 10^9 at a million distinct n-grams), counted with ``np.unique`` and looked up with
-``np.searchsorted``, so a few million training tokens fit in seconds.
+1 in 10^9 at a million distinct n-grams), counted by sorting and looked up with
+``np.searchsorted``. Only the queried n-grams are looked up and each order is counted when a
+query is scored, so memory stays a few arrays the size of the (augmented) training data; all
+orders of ``choose_order`` share one pass.
 """
 from __future__ import annotations
 
@@ -39,15 +41,6 @@ def _extend(context: np.ndarray, flat: np.ndarray, piece_start: np.ndarray, k: i
         return context * _CTX_BASE + token + np.uint64(1)
 
 
-def _contexts(flat: np.ndarray, starts: np.ndarray, max_len: int) -> list[np.ndarray]:
-    """Hashes of the contexts of length 0..max_len before every position."""
-    piece_start = np.repeat(starts[:-1], np.diff(starts))
-    out = [np.zeros(len(flat), dtype=np.uint64)]
-    for k in range(1, max_len + 1):
-        out.append(_extend(out[-1], flat, piece_start, k))
-    return out
-
-
 def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct keys sorted, the position of one occurrence of each, how often each occurs)."""
     order = np.argsort(keys)
@@ -62,96 +55,96 @@ def _join(context: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return context * _TOKEN_BASE + tokens.astype(np.uint64) + np.uint64(1)
 
 
-@dataclass
-class _Level:
-    """Counts of one order: n-gram keys with their counts, context keys with their totals and N1+."""
+def _discount(runs: np.ndarray) -> float:
+    """D = n1 / (n1 + 2 n2) from how often each n-gram occurs (kept inside 0.05..0.95)."""
+    n1, n2 = int((runs == 1).sum()), int((runs == 2).sum())
+    discount = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.5
+    return min(max(discount, 0.05), 0.95)
 
-    keys: np.ndarray
-    counts: np.ndarray
-    ctx_keys: np.ndarray
-    ctx_totals: np.ndarray
-    ctx_types: np.ndarray
-    discount: float
 
-    @classmethod
-    def of(cls, keys: np.ndarray, counts: np.ndarray, ctx_of_key: np.ndarray) -> "_Level":
-        n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
-        discount = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.5
-        ctx_keys, inverse = np.unique(ctx_of_key, return_inverse=True)
-        totals = np.bincount(inverse, weights=counts, minlength=len(ctx_keys))
-        types = np.bincount(inverse, minlength=len(ctx_keys))
-        return cls(keys, counts.astype(np.float32), ctx_keys, totals.astype(np.float32), types.astype(np.float32),
-                   min(max(discount, 0.05), 0.95))
+def _count_in(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    return (np.searchsorted(sorted_keys, queries, side="right") - np.searchsorted(sorted_keys, queries, side="left")).astype(np.float64)
 
-    @staticmethod
-    def _find(sorted_keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        if len(sorted_keys) == 0:
-            return np.zeros(len(queries))
-        at = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
-        return np.where(sorted_keys[at] == queries, values[at], 0.0)
 
-    def lookup(self, ngram: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (self._find(self.keys, self.counts, ngram), self._find(self.ctx_keys, self.ctx_totals, context),
-                self._find(self.ctx_keys, self.ctx_types, context))
+def _lookup(distinct: np.ndarray, runs: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    if len(distinct) == 0:
+        return np.zeros(len(queries))
+    at = np.minimum(np.searchsorted(distinct, queries), len(distinct) - 1)
+    return np.where(distinct[at] == queries, runs[at], 0).astype(np.float64)
+
+
+def _raw_stats(t_full, t_ctx, q_full, q_ctx) -> tuple:
+    """(count of each query n-gram, total after its context, distinct tokens after it, discount)."""
+    distinct, reps, runs = _group(t_full)
+    return (_lookup(distinct, runs, q_full), _count_in(np.sort(t_ctx), q_ctx),
+            _count_in(np.sort(t_ctx[reps]), q_ctx), _discount(runs))
+
+
+def _continuation_stats(t_full, t_ctx, t_full_longer, q_full, q_ctx) -> tuple:
+    """The same with continuation counts: an n-gram counts the distinct tokens seen before it."""
+    _, reps, _ = _group(t_full_longer)  # one position per distinct (n+1)-gram
+    distinct, reps2, runs = _group(t_full[reps])
+    contexts = t_ctx[reps]
+    return (_lookup(distinct, runs, q_full), _count_in(np.sort(contexts), q_ctx),
+            _count_in(np.sort(contexts[reps2]), q_ctx), _discount(runs))
+
+
+def _mix(stats: tuple, lower: np.ndarray) -> np.ndarray:
+    count, total, types, discount = stats
+    seen = total > 0
+    safe = np.where(seen, total, 1.0)
+    return np.where(seen, np.maximum(count - discount, 0.0) / safe + discount * types / safe * lower, lower)
 
 
 class KneserNey:
-    def __init__(self, vocab_size: int, order: int, raw: dict[int, _Level], continuation: list[_Level]) -> None:
+    """The training tokens, and the interpolated Kneser-Ney probabilities of any query under them.
+
+    Only the n-grams a query needs are looked up; each order's counts are built from the training
+    tokens when a query is scored (sorting a few arrays the size of the training data), so memory
+    stays a few such arrays whatever the order and the data.
+    """
+
+    def __init__(self, flat: np.ndarray, starts: np.ndarray, vocab_size: int, order: int) -> None:
+        self.flat, self.starts = flat, starts
         self.vocab_size = vocab_size
         self.order = order
-        self._raw = raw  # raw[n]: n-grams of length n with raw counts (the top order of an order-n model)
-        self._cont = continuation  # continuation[k]: n-grams of length k + 1 with continuation counts
 
     @classmethod
-    def fit(cls, sequences: Sequence[Sequence[int]], vocab_size: int, order: int,
-            raw_orders: Sequence[int] | None = None) -> "KneserNey":
-        """Count every n-gram up to ``order`` in the sequences (each one piece). ``raw_orders``:
-        the lower orders this model will also be asked for (``token_bits(order=n)``)."""
+    def fit(cls, sequences: Sequence[Sequence[int]], vocab_size: int, order: int) -> "KneserNey":
+        """A model of ``order`` over the sequences (each one piece)."""
         if order < 1:
             raise ValueError("an n-gram model needs order 1 or more")
         flat, starts = _flatten(sequences)
-        piece_start = np.repeat(starts[:-1], np.diff(starts))
-        raw_orders = set(raw_orders or ()) | {order}
-        raw: dict[int, _Level] = {}
-        cont: list[_Level] = []
-        # two context lengths at a time: memory stays a few arrays whatever the order
-        context = np.zeros(len(flat), dtype=np.uint64)
-        for k in range(order):  # n-grams of length k + 1: a context of k tokens
-            longer = _extend(context, flat, piece_start, k + 1)
-            full = _join(context, flat)
-            if k + 1 in raw_orders:
-                keys, at, counts = _group(full)
-                raw[k + 1] = _Level.of(keys, counts, context[at])
-            if k + 1 < order:
-                # continuation count of (context, w): how many distinct (k + 2)-grams end in it
-                _, at_longer, _ = _group(_join(longer, flat))
-                keys, at, counts = _group(full[at_longer])
-                cont.append(_Level.of(keys, counts, context[at_longer][at]))
-            context = longer
-        return cls(vocab_size, order, raw, cont)
+        return cls(flat, starts, vocab_size, order)
 
     def token_bits(self, sequences: Sequence[Sequence[int]], order: int | None = None) -> list[np.ndarray]:
         """Bits of each token of each sequence given its prefix (the first token of a piece is
         context only, as in the model's likelihood: each result has len(sequence) - 1 entries)."""
         order = self.order if order is None else order
-        if order not in self._raw:
-            raise ValueError(f"this model was not fitted for order {order} (orders: {sorted(self._raw)})")
-        flat, starts = _flatten(sequences)
-        if len(flat) == 0:
-            return [np.zeros(0) for _ in sequences]
-        contexts = _contexts(flat, starts, order - 1)
-        p = np.full(len(flat), 1.0 / self.vocab_size)
-        for k in range(order):
-            level = self._raw[order] if k == order - 1 else self._cont[k]
-            count, total, types = level.lookup(_join(contexts[k], flat), contexts[k])
-            seen = total > 0
-            safe = np.where(seen, total, 1.0)
-            mixed = np.maximum(count - level.discount, 0.0) / safe + level.discount * types / safe * p
-            p = np.where(seen, mixed, p)
-        bits = -np.log2(p)
-        out = []
-        for a, b in zip(starts[:-1], starts[1:]):
-            out.append(bits[a + 1:b])
+        return self.token_bits_by_order(sequences, [order])[order]
+
+    def token_bits_by_order(self, sequences: Sequence[Sequence[int]], orders: Sequence[int]) -> dict[int, list[np.ndarray]]:
+        """``token_bits`` for several orders in one pass (the lower orders are shared)."""
+        orders = sorted(set(int(n) for n in orders))
+        if not orders or orders[0] < 1 or orders[-1] > self.order:
+            raise ValueError(f"orders must lie in 1..{self.order}, not {orders}")
+        q_flat, q_starts = _flatten(sequences)
+        t_flat = self.flat
+        t_piece = np.repeat(self.starts[:-1], np.diff(self.starts))
+        q_piece = np.repeat(q_starts[:-1], np.diff(q_starts))
+        t_ctx = np.zeros(len(t_flat), dtype=np.uint64)
+        q_ctx = np.zeros(len(q_flat), dtype=np.uint64)
+        lower = np.full(len(q_flat), 1.0 / self.vocab_size)
+        out: dict[int, list[np.ndarray]] = {}
+        for k in range(orders[-1]):  # n-grams of length k + 1: a context of k tokens
+            t_full, q_full = _join(t_ctx, t_flat), _join(q_ctx, q_flat)
+            if k + 1 in orders:
+                bits = -np.log2(_mix(_raw_stats(t_full, t_ctx, q_full, q_ctx), lower))
+                out[k + 1] = [bits[a + 1:b] for a, b in zip(q_starts[:-1], q_starts[1:])]
+            if k + 1 < orders[-1]:
+                t_longer = _extend(t_ctx, t_flat, t_piece, k + 1)
+                lower = _mix(_continuation_stats(t_full, t_ctx, _join(t_longer, t_flat), q_full, q_ctx), lower)
+                t_ctx, q_ctx = t_longer, _extend(q_ctx, q_flat, q_piece, k + 1)
         return out
 
 
@@ -194,10 +187,10 @@ def choose_order(training: Sequence[Sequence[int]], tokenizer, transpose_range: 
     n_held = max(1, int(round(held_out_share * len(pieces))))
     held = [pieces[i] for i in order_of[:n_held]]
     rest = [pieces[i] for i in order_of[n_held:]]
-    model = KneserNey.fit(augmented(rest, tokenizer, transpose_range), tokenizer.vocab_size, max(orders), raw_orders=orders)
+    model = KneserNey.fit(augmented(rest, tokenizer, transpose_range), tokenizer.vocab_size, max(orders))
     scores = {}
-    for n in orders:
-        bits = np.concatenate(model.token_bits(held, n))
+    for n, per_piece in model.token_bits_by_order(held, orders).items():
+        bits = np.concatenate(per_piece)
         scores[n] = float(bits.mean()) if len(bits) else math.inf
     return min(scores, key=scores.get), scores
 

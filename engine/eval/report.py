@@ -7,6 +7,7 @@ against a corpus profile.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -29,7 +30,7 @@ from .continuations import (
     generate_continuations,
 )
 from .likelihood import LN2, bits_breakdown, evaluate_likelihood, style_of
-from .ngram import fit_baseline
+from .ngram import ORDERS, fit_baseline
 from .overlap import NgramIndex, note_symbols
 from .structure import BarNotes, in_key_share, key_correlation, self_reuse
 from .validity import check_continuation
@@ -127,20 +128,9 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
     baseline = None
     if options.baseline and data.training:
         progress("baseline", 0, 2)
-        fitted = fit_baseline([tokens for _, tokens in data.training], tok, options.transpose_range,
-                              on_stage=lambda stage: progress("baseline", 1 if stage == "fitting" else 0, 2))
-        ngram_bits = fitted.model.token_bits(likelihood.scored)
-        total = float(sum(b.sum() for b in ngram_bits))
-        baseline = {
-            "kind": "interpolated Kneser-Ney n-gram",
-            "order": fitted.order,
-            "transpose_range": fitted.transpose_range,
-            "held_out_bits_per_token": {str(k): v for k, v in fitted.held_out_bits_per_token.items()},
-            "bits_per_token": total / likelihood.tokens if likelihood.tokens else math.nan,
-            "bits_per_note": total / likelihood.notes if likelihood.notes else math.nan,
-            "bits_per_second": total / likelihood.seconds if likelihood.seconds > 0 else math.nan,
-        }
-        baseline["model_over_baseline"] = likelihood.bits_per_note / baseline["bits_per_note"] if total else math.nan
+        baseline, ngram_bits = _baseline(data, tok, likelihood, options, progress)
+        baseline["model_over_baseline"] = likelihood.bits_per_note / baseline["bits_per_note"] \
+            if baseline["bits_per_note"] else math.nan
         breakdown["baseline"] = bits_breakdown(likelihood.scored, scored_names, ngram_bits, tok)
         progress("baseline", 2, 2)
 
@@ -264,6 +254,51 @@ def evaluate(model, data: EvalData, options: EvalOptions | None = None, on_progr
         "samples": samples,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _baseline(data: EvalData, tok, likelihood, options: EvalOptions, progress: Progress) -> tuple[dict, list[np.ndarray]]:
+    """The n-gram baseline's report entry and its bits per scored target. It depends only on the
+    data and the augmentation, never on the model, so it is kept in the cache and fitted once
+    (``cached`` says whether this report read it from there)."""
+    from engine.data.store import cache_dir
+
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps([REPORT_FORMAT, tok.vocab_size, options.transpose_range, list(ORDERS)]).encode())
+    for group in ([t for _, t in data.training], likelihood.scored):
+        for tokens in group:
+            digest.update(np.asarray(tokens, dtype=np.int32).tobytes() + b"|")
+        digest.update(b"#")
+    path = cache_dir() / "ngram" / f"{digest.hexdigest()}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                entry = json.loads(str(saved["entry"]))
+                bits = np.split(saved["bits"], saved["cuts"])
+            return {**entry, "cached": True}, bits
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable cache entry is fitted again
+    fitted = fit_baseline([tokens for _, tokens in data.training], tok, options.transpose_range,
+                          on_stage=lambda stage: progress("baseline", 1 if stage == "fitting" else 0, 2))
+    bits = fitted.model.token_bits(likelihood.scored)
+    total = float(sum(b.sum() for b in bits))
+    entry = {
+        "kind": "interpolated Kneser-Ney n-gram",
+        "order": fitted.order,
+        "transpose_range": fitted.transpose_range,
+        "held_out_bits_per_token": {str(k): v for k, v in fitted.held_out_bits_per_token.items()},
+        "bits_per_token": total / likelihood.tokens if likelihood.tokens else math.nan,
+        "bits_per_note": total / likelihood.notes if likelihood.notes else math.nan,
+        "bits_per_second": total / likelihood.seconds if likelihood.seconds > 0 else math.nan,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, entry=json.dumps(_json_safe(entry)), bits=np.concatenate(bits) if bits else np.zeros(0),
+                 cuts=np.cumsum([len(b) for b in bits])[:-1])
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no cache: the next report fits again
+    return {**entry, "cached": False}, bits
 
 
 def _structure(tokenizer, prompt: Sequence[int], continuation: Sequence[int], bars: int) -> dict:

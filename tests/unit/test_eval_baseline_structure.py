@@ -120,3 +120,25 @@ def test_the_any_key_copy_check_catches_a_transposed_copy():
     assert exact.longest_copied(note_symbols(moved)).notes <= 3  # chance agreements only
     run = any_key.longest_copied(note_symbols(moved, any_key=True))
     assert run.notes == 19 and run.source == "source"  # every note but the first (no interval before it)
+
+
+def test_the_baseline_is_fitted_once_per_data_and_augmentation(tmp_path, monkeypatch):
+    from engine.data.tokenizer import PianoTokenizer
+    from engine.eval.likelihood import LikelihoodResult
+    from engine.eval.report import EvalData, EvalOptions, _baseline
+
+    monkeypatch.setenv("PIANOMUSE_CACHE", str(tmp_path))
+    tok = PianoTokenizer()
+    rng = np.random.default_rng(0)
+    pitches = [tok.token_id(f"Pitch_{p}") for p in range(55, 75)]
+    pieces = [[tok.bos_id, *rng.choice(pitches, 30).tolist()] for _ in range(12)]
+    data = EvalData(tok, [("val", pieces[0], None)], [(f"p{i}", p) for i, p in enumerate(pieces[1:])])
+    scored = LikelihoodResult(nats=1.0, tokens=30, notes=30, seconds=10.0, pieces=1, scored=[pieces[0]])
+    fitted, bits = _baseline(data, tok, scored, EvalOptions(transpose_range=1), lambda *a: None)
+    again, bits_again = _baseline(data, tok, scored, EvalOptions(transpose_range=1), lambda *a: None)
+    assert not fitted["cached"] and again["cached"]
+    assert {k: v for k, v in again.items() if k != "cached"} == {k: v for k, v in fitted.items() if k != "cached"}
+    assert [b.tolist() for b in bits_again] == [b.tolist() for b in bits] and len(bits[0]) == 30
+    assert fitted["bits_per_note"] == pytest.approx(sum(b.sum() for b in bits) / 30)
+    other, _ = _baseline(data, tok, scored, EvalOptions(transpose_range=0), lambda *a: None)
+    assert not other["cached"]  # another augmentation is another baseline

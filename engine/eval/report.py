@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.atomic import write_atomic
+from engine.atomic import write_atomic, write_with
 from engine.generate.defaults import SamplingConfig
 
 from . import metrics as m
@@ -292,11 +291,9 @@ def _baseline(data: EvalData, tok, likelihood, options: EvalOptions, progress: P
         "bits_per_second": total / likelihood.seconds if likelihood.seconds > 0 else math.nan,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, entry=json.dumps(_json_safe(entry)), bits=np.concatenate(bits) if bits else np.zeros(0),
-                 cuts=np.cumsum([len(b) for b in bits])[:-1])
-        os.replace(tmp, path)
+        write_with(path, lambda tmp: np.savez(tmp, entry=json.dumps(_json_safe(entry)),
+                                              bits=np.concatenate(bits) if bits else np.zeros(0),
+                                              cuts=np.cumsum([len(b) for b in bits])[:-1]))
     except OSError:
         pass  # no cache: the next report fits again
     return {**entry, "cached": False}, bits

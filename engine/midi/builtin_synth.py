@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from engine.atomic import write_with
+
 from .events import CONTROL_CHANGE, NOTE_OFF, NOTE_ON, PROGRAM_CHANGE, MidiEvent
 from .ports import PortError
 
@@ -289,16 +291,14 @@ def render_wav(events: Iterable[MidiEvent], path: str | Path, soundfont: str | P
                sample_rate: int = SAMPLE_RATE) -> Path:
     """Write timed events as a 16-bit stereo WAV rendered by the built-in piano (written atomically)."""
     samples = render(events, soundfont, sample_rate)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with wave.open(str(tmp), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(samples.astype("<i2").tobytes())
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with wave.open(str(tmp), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(sample_rate)
+            out.writeframes(samples.astype("<i2").tobytes())
+
+    return write_with(Path(path), write)
 
 
 def onsets(audio, sample_rate: int = SAMPLE_RATE, window: float = 0.002, rise: float = 8.0, floor: float = 1e-3,

@@ -297,7 +297,8 @@ async def test_no_gpu_and_a_crashed_training_process_are_one_sentence_and_the_ap
         assert await wait_for(pilot, lambda: len(ended()) == 1, 90, 0.1)
         error = ended()[0].error
         assert error and "CUDA" in error and "--device cpu" in error and "\n" not in error
-        assert any(n.message == error for n in app._notifications)
+        # the hook sees RunEnded as it is posted: the pane's notification follows it through the queue
+        assert await wait_for(pilot, lambda: any(n.message == error for n in app._notifications), 10, 0.05)
         assert str(pane.query_one("#tr-status").render()) == f"run failed: {error}"
         assert app.is_running and not pane.owns_active_run
 

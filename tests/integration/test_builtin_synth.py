@@ -2,6 +2,7 @@
 offline and live (capture mode, paced like a sound card), `--out take.wav`, and the one-sentence hint."""
 from __future__ import annotations
 
+import time
 import wave
 
 import numpy as np
@@ -58,15 +59,19 @@ def test_live_through_the_player_renders_notes_where_the_scheduler_put_them():
     player.scheduler.record = True
     try:
         assert player.play([(events, times[-1] + 0.2, 0)]) == "finished"
+        time.sleep(0.3)  # the last attack's blocks
         first_sample_at, mono = player.synth.captured()
         sent = [target for target, _, data in player.scheduler.sent_log if data[0] & 0xF0 == 0x90]
     finally:
         player.close()
+    assert len(sent) == len(times)
     found = [first_sample_at + t for t in onsets(mono)]
-    assert len(found) >= len(sent) == len(times)
-    errors = _errors(found, sent)
-    # one audio block (5.8 ms) + the sender's lateness + the attack; a loaded CI machine gets slack
-    assert np.median(np.abs(errors)) < 0.02, errors
+    heard = [e for e in _errors(found, sent) if abs(e) < 0.05]
+    # every note sounds where it was sent: one audio block (5.8 ms) + the sender's lateness + the
+    # attack. A starved capture thread can render a block late enough that a short note's on and off
+    # fall into one block and the detector misses it (seen at load 7 on 2 cores): one such miss is allowed.
+    assert len(heard) >= len(sent) - 1, (found, sent)
+    assert np.median(np.abs(heard)) < 0.02, heard
 
 
 def test_headless_out_wav_writes_the_take_and_its_rendering(tmp_path):

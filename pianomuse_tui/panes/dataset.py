@@ -16,10 +16,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
 from engine.data.check import FileRecord, ScanReport, ScanSummary
+from engine.data.piano_policy import DEFAULT_PIANO_POLICY, PIANO_POLICIES
 from engine.data.store import PrepareSummary
 
 from ..messages import PrepareFinished, PrepareProgress, ScanFinished, ScanProgress
@@ -83,6 +84,10 @@ class DatasetPane(PaneBase):
         with Horizontal(classes="toolbar"):
             yield Label("Folder", classes="field-label")
             yield Input(str(self.start_folder), id="ds-folder", placeholder="folder of .mid files")
+            # which tracks become the piano part, for the scan and the prepare alike (check --policy)
+            yield Select([(f"policy: {name}", name) for name in PIANO_POLICIES], allow_blank=False,
+                         value=self.args.policy or DEFAULT_PIANO_POLICY, id="ds-policy",
+                         tooltip="\n".join(f"{name}: {text}" for name, text in PIANO_POLICIES.items()))
             yield Button("Scan", id="ds-scan", variant="primary")
             yield Button("Prepare store", id="ds-prepare")
             yield Button("Cancel", id="ds-cancel", disabled=True)
@@ -113,6 +118,11 @@ class DatasetPane(PaneBase):
     def busy(self) -> bool:
         # pending counts too: a cancel pressed right after "scan" must reach the scan
         return any(w.group == "dataset" and not w.is_finished for w in self.app.workers)
+
+    @property
+    def policy(self) -> str:
+        """The piano policy chosen in the toolbar (read on the UI thread, handed to the workers)."""
+        return str(self.query_one("#ds-policy", Select).value)
 
     @property
     def folder(self) -> Path:
@@ -147,7 +157,7 @@ class DatasetPane(PaneBase):
             return
         self._cancel.clear()
         self._set_running(True, "scanning…")
-        self._scan(self.folder)
+        self._scan(self.folder, self.policy)
 
     @on(Button.Pressed, "#ds-cancel")
     def action_cancel(self) -> None:
@@ -162,7 +172,7 @@ class DatasetPane(PaneBase):
             return
         self._cancel.clear()
         self._set_running(True, "preparing…")
-        self._prepare(self.folder, Path(self.args.store) if self.args.store else None)
+        self._prepare(self.folder, Path(self.args.store) if self.args.store else None, self.policy)
 
     def shutdown(self) -> None:
         self._cancel.set()
@@ -191,7 +201,7 @@ class DatasetPane(PaneBase):
         return on_progress
 
     @work(thread=True, exclusive=True, group="dataset", exit_on_error=False, name="scan")
-    def _scan(self, folder: Path) -> None:
+    def _scan(self, folder: Path, piano_policy: str) -> None:
         from engine.data import check
 
         # the disk is looked at here, never on the UI thread: the folder check and the names shown
@@ -199,9 +209,8 @@ class DatasetPane(PaneBase):
             self.post_message(ScanFinished(folder, None, error=_not_a_folder(folder)))
             return
         callback = self._progress_callback(lambda d, t, c, r: ScanProgress(d, t, c, r))
-        policy = {"piano_policy": self.args.policy} if self.args.policy else None
         try:
-            report = check.scan(folder, workers=self.args.workers, policy=policy, on_progress=callback)
+            report = check.scan(folder, workers=self.args.workers, policy={"piano_policy": piano_policy}, on_progress=callback)
             if self.args.report_json:
                 report.write(self.args.report_json)
         except Cancelled:
@@ -215,15 +224,15 @@ class DatasetPane(PaneBase):
         self.post_message(ScanFinished(folder, report, names=names))
 
     @work(thread=True, exclusive=True, group="dataset", exit_on_error=False, name="prepare")
-    def _prepare(self, folder: Path, out: Path | None) -> None:
+    def _prepare(self, folder: Path, out: Path | None, piano_policy: str) -> None:
         from engine.data import store
 
         if not folder.is_dir():
             self.post_message(PrepareFinished(None, error=_not_a_folder(folder)))
             return
         callback = self._progress_callback(lambda d, t, c, r: PrepareProgress(d, t, c))
-        # the pane's policy (`check DIR --policy all` opened it) holds for its prepare too
-        config = {"tokenizer": {"piano_policy": self.args.policy}} if self.args.policy else None
+        # the toolbar's policy (`check DIR --policy all` sets it at start) holds for the prepare too
+        config = {"tokenizer": {"piano_policy": piano_policy}}
         try:
             out = out or store.store_for(folder, config)
             result = store.prepare(folder, out, config, on_progress=callback)

@@ -171,3 +171,38 @@ async def test_a_cancelled_prepare_keeps_the_files_done_as_the_pane_says(tmp_pat
     assert 3 <= kept < total and not (store / "index.json").exists()
     again = prepare(midi, store, {"workers": 1})
     assert again.resumed == kept and again.reused == 0 and again.tokenized <= total - kept and again.pieces > 0
+
+
+def _strings_only_file(path):
+    """A real MIDI file of one string-ensemble track (GM 48): no piano, no keyboard."""
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack([mido.Message("program_change", program=48, channel=0, time=0)])
+    for i, pitch in enumerate([60, 64, 67, 72] * 4):
+        track.append(mido.Message("note_on", note=pitch, velocity=70, channel=0, time=0 if i == 0 else 240))
+        track.append(mido.Message("note_off", note=pitch, velocity=0, channel=0, time=240))
+    mid.tracks.append(track)
+    mid.save(str(path))
+
+
+async def test_the_policy_chosen_in_the_toolbar_is_the_one_the_scan_uses(tmp_path):
+    from textual.widgets import Select
+
+    _strings_only_file(tmp_path / "strings.mid")
+    seen: list = []
+    app = PianoMuseApp(pane="dataset", args=DatasetArgs(folder=str(tmp_path), scan=False))
+    async with app.run_test(size=(140, 40), message_hook=seen.append) as pilot:
+        await pilot.pause(0.3)
+        select = app.query_one("#ds-policy", Select)
+        assert select.value == "auto"  # the default: piano tracks, else every pitched track
+        for policy, status in (("auto", "warning"), ("keyboard", "error"), ("all", "ok")):
+            seen.clear()
+            select.value = policy
+            await pilot.pause(0.1)
+            await pilot.press("s")
+            assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 60)
+            finished = next(m for m in seen if isinstance(m, ScanFinished))
+            assert finished.error is None, finished.error
+            assert finished.report.summary.piano_policy == policy
+            assert finished.report.files[0].status == status, (policy, finished.report.files[0].reasons)

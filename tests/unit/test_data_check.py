@@ -144,7 +144,8 @@ def test_a_hanging_parse_times_out_and_the_scan_goes_on():
     _huge_file(folder / "a_huge.mid")  # ~600k notes: seconds of parsing and tokenizing, against a 1 s timeout
     for name in ("mozart_k545_mvt1_exposition.mid", "schoenberg_op19_no6.mid"):
         shutil.copy(PIANO_DIR / name, folder / name)
-    report = scan(folder, workers=1, policy={"timeout_s": 1.0})
+    # the token limit (checked before any expansion) would refuse it first: lift it so the timeout is what acts
+    report = scan(folder, workers=1, policy={"timeout_s": 1.0, "limit_tokens": 10_000_000})
     by_name = {r.path.rsplit("/", 1)[1]: r for r in report.files}
     assert by_name["a_huge.mid"].status == "error"
     assert by_name["a_huge.mid"].reasons[0].startswith("timed out")

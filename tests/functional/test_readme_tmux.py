@@ -134,8 +134,9 @@ def test_the_readme_quick_start_and_tour_in_a_real_terminal(tmp_path):
         app.wait(lambda s: re.search(r"loss \d+\.\d+", s) is not None, 240, "a loss")
         # quitting while it runs asks, with the keys on screen; enter is the safe answer
         app.keys("C-q")
-        app.see("y: stop and quit", 20)
-        assert "n, esc or enter: keep going" in app.screen()
+        # both key lines on one captured screen (a second capture can land mid-repaint)
+        app.wait(lambda s: "y: stop and quit" in s and "n, esc or enter: keep going" in s, 20,
+                 "the quit dialog with its keys")
         app.keys("Enter")
         app.wait(lambda s: "y: stop and quit" not in s, 20, "the dialog gone")
         # x stops and saves: said as such, not as an exit code

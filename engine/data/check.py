@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from engine.atomic import write_atomic
+
 from .piano_policy import DEFAULT_PIANO_POLICY, PIANO_PROGRAMS, check_piano_policy
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
@@ -209,11 +211,7 @@ class ScanReport:
         return f'{{"files": {files},\n"summary": {json.dumps(self.summary.to_dict(), indent=1)}}}\n'
 
     def write(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, self.to_json())
 
     @classmethod
     def read(cls, path: str | Path) -> "ScanReport":

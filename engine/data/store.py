@@ -19,7 +19,6 @@ and no window of a validation piece can reach training.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -143,13 +142,21 @@ class PrepareSummary:
 # ---- locking: prepare writes under an exclusive lock, open reads under a shared one ---------------
 @contextmanager
 def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
+    """``filelock``'s reader/writer lock on ``folder/.lock`` (released by the OS if its holder dies).
+
+    Readers share it, so DDP ranks and the app open a store at once; a prepare waits for them and
+    they wait for it, so nobody reads a store while its files are being replaced. One lock object
+    per hold: filelock's per-path singleton would refuse a reader while a thread of this process writes.
+    """
+    from filelock import ReadWriteLock
+
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
+    lock = ReadWriteLock(folder / ".lock", is_singleton=False)
+    try:
+        with lock.write_lock() if exclusive else lock.read_lock():
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.close()  # its SQLite connection, now rather than whenever it is collected
 
 
 def split_of(note_hash: str, val_fraction: float, seed: int) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.atomic import write_atomic
 from engine.paths import CONFIGS_DIR
 
 PRESETS = ("tiny", "small", "base")
@@ -187,7 +188,8 @@ class TrainConfig:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml())
+        """Written atomically: the app reads a run's config.toml while the trainer may be writing it."""
+        write_atomic(path, self.to_toml())
 
     # ---- checks --------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":

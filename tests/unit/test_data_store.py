@@ -153,3 +153,40 @@ def test_store_for_is_one_rule_for_equal_settings(monkeypatch, tmp_path):
     assert store_for(PIANO_DIR, {"tokenizer": {"tokenization": "TSD"}}) != default
     assert store_for(PIANO_DIR, {"split": {"seed": 1}}) != default
     assert store_for(CHORALE_DIR) != default
+
+
+def test_the_store_lock_is_filelocks_reader_writer_lock():
+    """A prepare holds ``.lock`` as filelock's writer, an open as a reader (one locking library for
+    runs and stores): an open waits for a writer and readers share, whichever process holds it."""
+    import threading
+    import time
+
+    from filelock import ReadWriteLock
+
+    folder = scratch("lock-corpus")
+    for f in sorted(PIANO_DIR.glob("*.mid"))[:2]:
+        shutil.copy(f, folder / f.name)
+    out = scratch("lock-store") / "store"
+    prepare(folder, out, {"workers": 1})
+
+    def open_in_thread() -> tuple[threading.Thread, list]:
+        opened: list = []
+        thread = threading.Thread(target=lambda: opened.append(TokenStore.open(out)), daemon=True)
+        thread.start()
+        return thread, opened
+
+    writer = ReadWriteLock(out / ".lock", is_singleton=False)
+    with writer.write_lock():
+        thread, opened = open_in_thread()
+        time.sleep(0.5)
+        assert opened == [] and thread.is_alive()  # a prepare is replacing the files: the open waits
+    thread.join(30)
+    assert len(opened) == 1 and len(opened[0].pieces()) == 2
+    writer.close()
+
+    reader = ReadWriteLock(out / ".lock", is_singleton=False)
+    with reader.read_lock():
+        thread, opened = open_in_thread()
+        thread.join(30)
+        assert len(opened) == 1  # another reader: no wait
+    reader.close()

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 ARCHS = ("x070", "x080")
+LOW_RANK = ("dim_w", "dim_a", "dim_v", "dim_g")  # None picks the released-model default for the width
 
 # (dim_w, dim_a, dim_v, dim_g) of released RWKV-7 models, by width
 RELEASED_LOW_RANK = {768: (64, 64, 32, 128), 2048: (96, 96, 64, 256)}
@@ -51,7 +52,7 @@ def check_head_size_env(head_size: int) -> None:
 @dataclass
 class ModelConfig:
     arch: str = "x070"
-    n_layer: int = 4
+    n_layer: int = 6
     n_embd: int = 256
     vocab_size: int = 512
     head_size: int = 64
@@ -72,7 +73,7 @@ class ModelConfig:
                 f"head_size {self.head_size} does not divide n_embd {self.n_embd}; pick a width that is a multiple of the head size (e.g. {self.head_size * max(1, round(self.n_embd / self.head_size))})"
             )
         defaults = default_low_rank(self.n_embd)
-        for name, default in zip(("dim_w", "dim_a", "dim_v", "dim_g"), defaults):
+        for name, default in zip(LOW_RANK, defaults):
             value = getattr(self, name)
             if value is None:
                 setattr(self, name, default)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import write_atomic
+from engine.model.config import LOW_RANK, ConfigError as ModelConfigError, ModelConfig
 from engine.paths import CONFIGS_DIR
 
 PRESETS = ("tiny", "small", "base")
@@ -26,29 +27,30 @@ class ConfigError(ValueError):
     """A configuration mistake, explained in one sentence that says what to do."""
 
 
-@dataclass
-class ModelSection:
-    """The [model] table: ``engine.model.ModelConfig`` as TOML spells it. The vocabulary comes from
-    the tokenizer, and TOML has no null, so 0 stands for ModelConfig's None (the released default
-    for the width); ``model_config`` is the one translation."""
-
-    arch: str = "x070"  # "x070" (RWKV-7) or "x080" (v8 DeepEmbed)
-    n_layer: int = 6
-    n_embd: int = 256
-    head_size: int = 64
-    # low-rank sizes; 0 lets the model pick the released-model default for this width
-    dim_w: int = 0
-    dim_a: int = 0
-    dim_v: int = 0
-    dim_g: int = 0
-
-    def model_config(self, vocab_size: int):
+class _ModelSectionMethods:
+    def model_config(self, vocab_size: int) -> ModelConfig:
         """The ModelConfig this section describes, for a tokenizer of ``vocab_size`` tokens."""
-        from engine.model.config import ModelConfig
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update({name: values[name] or None for name in LOW_RANK})  # TOML's 0 is ModelConfig's None
+        return ModelConfig(vocab_size=vocab_size, **values)
 
-        return ModelConfig(arch=self.arch, n_layer=self.n_layer, n_embd=self.n_embd, vocab_size=vocab_size,
-                           head_size=self.head_size, dim_w=self.dim_w or None, dim_a=self.dim_a or None,
-                           dim_v=self.dim_v or None, dim_g=self.dim_g or None)
+
+def _model_section_fields() -> list[tuple[str, Any, Any]]:
+    out = []
+    for f in fields(ModelConfig):
+        if f.name == "vocab_size":  # the tokenizer's, never the user's
+            continue
+        out.append((f.name, int, field(default=0)) if f.name in LOW_RANK else (f.name, f.type, field(default=f.default)))
+    return out
+
+
+# The [model] table is ModelConfig (engine.model.config owns the fields, their defaults and their
+# rules) as TOML spells it: without vocab_size, and with 0 for a low-rank size's None (the released
+# default for the width), because TOML has no null. ``model_config`` is the one translation.
+ModelSection = dataclasses.make_dataclass(
+    "ModelSection", _model_section_fields(), bases=(_ModelSectionMethods,),
+    namespace={"__module__": __name__, "__doc__": "The [model] table: ModelConfig's fields, 0 for a low-rank default."},
+)
 
 
 @dataclass
@@ -195,12 +197,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ConfigError for values that cannot train; returns self so calls chain."""
         m, d, o, t, e, r = self.model, self.data, self.optim, self.train, self.eval, self.run
-        _choice("model.arch", m.arch, ("x070", "x080"))
-        _positive("model.n_layer", m.n_layer)
-        _positive("model.n_embd", m.n_embd)
-        _positive("model.head_size", m.head_size)
-        if m.n_embd % m.head_size:
-            raise ConfigError(f"model.n_embd ({m.n_embd}) must be a multiple of model.head_size ({m.head_size}); change one of them")
+        try:  # a model's shape follows ModelConfig's own rules
+            m.model_config(vocab_size=1)
+        except ModelConfigError as exc:
+            raise ConfigError(f"[model]: {exc}") from None
         _choice("data.objective", d.objective, ("completion", "lm"))
         _positive("data.ctx_len", d.ctx_len)
         _positive("data.completion_bars", d.completion_bars)

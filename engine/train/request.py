@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class TrainRequest:
     """None means "not asked for": the preset's, the config file's or the default value holds."""
 
-    preset: str | None = None  # tiny | small | base; None with no config: the default for the device
+    preset: str | None = None  # one of config.PRESETS; None with no config: the default for the device
     config: str | None = None  # a TOML file applied over the preset
     data: str | None = None  # a MIDI folder or a prepared token store; None: the bundled corpus
     run_root: str | None = None  # the folder that holds run directories; None: runs/

@@ -195,6 +195,7 @@ class TrainDisplay:
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    from engine.train.config import PRESETS  # the one list (torch-free), also the Train pane's
 
     @app.command(
         "train",
@@ -206,7 +207,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         config: Optional[Path] = typer.Option(None, "--config", help="TOML config file (applied over the preset)."),
         data: Optional[str] = typer.Option(None, "--data", help="MIDI folder or prepared token store (default: bundled corpus)."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="tiny | small | base (default when no --config: small on a GPU, tiny on a CPU)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help=f"{' | '.join(PRESETS)} (default when no --config: small on a GPU, tiny on a CPU)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder that holds run directories (default runs/)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train for."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),

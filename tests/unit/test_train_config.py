@@ -55,7 +55,9 @@ def test_cli_override_words():
         ("train.max_steps=1.5", "needs a int value"),
         ("train.l2wrap=maybe", "needs a bool value"),
         ("optim.lr=nan", "needs a float value"),
-        ("model.n_embd=100", "multiple of model.head_size"),
+        ("model.n_embd=100", "[model]: head_size 64 does not divide n_embd 100"),
+        ("model.dim_w=-3", "[model]: dim_w must be a positive integer"),
+        ("model.arch=x060", "[model]: unknown architecture 'x060'"),
         ("data.objective=chat", "data.objective must be one of"),
         ("optim.beta2=1.0", "optim.beta2 must be in [0, 1)"),
         ("train.device=tpu", "train.device must be"),
@@ -137,3 +139,36 @@ def test_the_model_section_is_one_translation_to_model_config():
     section.n_embd = 100  # not a multiple of the head size: ModelConfig's own sentence
     with pytest.raises(ModelConfigError, match="head_size"):
         section.model_config(300)
+
+
+def test_the_model_section_is_model_config_with_toml_spelling():
+    """One owner for a model's shape: the [model] table has ModelConfig's fields (less vocab_size),
+    their defaults, and 0 where ModelConfig has None; nothing declares them a second time."""
+    from dataclasses import fields
+
+    from engine.model.config import LOW_RANK, ModelConfig
+    from engine.train.config import ModelSection
+
+    section = {f.name: f.default for f in fields(ModelSection)}
+    model = {f.name: f.default for f in fields(ModelConfig) if f.name != "vocab_size"}
+    assert section == {**model, **dict.fromkeys(LOW_RANK, 0)}
+    assert ModelSection().model_config(300) == ModelConfig(vocab_size=300)
+
+
+def test_the_train_help_lists_the_presets_from_the_one_list(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from engine.train import config
+    from pianomuse_tui.headless import train_cmd
+
+    monkeypatch.setattr(config, "PRESETS", (*config.PRESETS, "huge"))
+    app = typer.Typer()
+    train_cmd.register(app)
+
+    @app.command("other")  # two commands, so typer keeps "train" as a subcommand
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "tiny | small | base | huge" in result.output

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine.generate.defaults import DEFAULT_BARS, SamplingConfig
+from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig
 
 
 @dataclass
@@ -52,7 +52,7 @@ class PerformanceSettings:
     fluidsynth: bool = False
     builtin: bool = False  # the built-in piano (no MIDI system needed)
     midi_in: str | None = None  # play with the model: an input port's name, or "virtual" ('PianoMuse in')
-    mode: str = "continue"  # with midi_in: continue | call-and-response | accompany
+    duet: DuetConfig | None = None  # with midi_in: the mode and its knobs (None: the engine's defaults)
     midi_file: Path | None = None  # play this file instead of generating
     lookahead: float = 0.5
 
@@ -178,7 +178,7 @@ class Performance:
     def _duet_events(self) -> Iterator[tuple[list, float, int]]:
         import torch
 
-        from engine.generate.duet import Duet, DuetConfig
+        from engine.generate.duet import Duet
         from engine.generate.live import build_session, load_generator
 
         torch.set_num_threads(1)
@@ -186,7 +186,7 @@ class Performance:
         model, tokenizer, _ = load_generator(self.settings.checkpoint)
         sampling = SamplingConfig(temperature=knobs["temperature"], top_p=knobs["top_p"], seed=knobs["seed"])
         self.session = build_session(model, tokenizer, sampling=sampling)
-        self.duet = Duet(self.session, DuetConfig(mode=self.settings.mode), self.player, self.listening.messages,
+        self.duet = Duet(self.session, self.settings.duet or DuetConfig(), self.player, self.listening.messages,
                          on_human=self._roll_event, stop=self.player.stop_event, knobs=self.knobs.snapshot)
         yield from self.duet.chunks()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.generate.defaults import DuetConfig
 from engine.train.request import TrainRequest
 
 
@@ -41,7 +42,7 @@ class GenerateArgs:
     port: str | None = None  # an existing MIDI port to play to
     synth: str | None = None  # "fluidsynth" or "builtin": start that synth instead of a port
     midi_in: str | None = None  # a MIDI input port to play with (a keyboard)
-    mode: str | None = None  # how the model plays with you (engine.generate.defaults.MODES)
+    duet: DuetConfig | None = None  # how the model plays with you (mode and its knobs); None: the engine's defaults
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,12 @@ def pianist(notes, transpose: int = 0) -> None:
 async def shoot(mode: str, out: Path, size: tuple[int, int]) -> Path:
     from pianomuse_tui.app import PianoMuseApp
     from pianomuse_tui.messages import PortsListed
+    from engine.generate.defaults import DuetConfig
     from pianomuse_tui.requests import GenerateArgs
 
     seen: list = []
     checkpoint = Path("assets/models/pianomuse-v8-small.pth")  # project-relative on screen
-    app = PianoMuseApp(pane="generate", args=GenerateArgs(checkpoint=str(checkpoint), midi_api="jack", midi_in="virtual", mode=mode))
+    app = PianoMuseApp(pane="generate", args=GenerateArgs(checkpoint=str(checkpoint), midi_api="jack", midi_in="virtual", duet=DuetConfig(mode=mode)))
     async with app.run_test(size=size, message_hook=seen.append) as pilot:
         pane = app.generate
         for _ in range(100):

@@ -26,6 +26,7 @@ from .ports import PortError, open_output
 from .scheduler import LookaheadScheduler
 
 RECONNECT_WAIT_S = 60.0
+SOON_S = 0.002  # "at once" for an event queued late: just ahead of the playhead, so it is not an underrun
 SYNTHS = (None, "builtin", "fluidsynth")
 Chunk = tuple[list, float, int]  # (events, horizon in music seconds, tokens generated for them)
 
@@ -218,6 +219,20 @@ class LivePlayer:
         self.scheduler.submit(events, horizon)
         if n_tokens:
             self.scheduler.note_tokens(n_tokens)
+        with self._lock:
+            self.played.extend(events)
+        if self.on_event is not None:
+            for event in events:
+                self.on_event(event)
+
+    def play_now_or_later(self, events: list[MidiEvent]) -> None:
+        """Events decided after their chunk (a take-back's releases) join the queue without moving the
+        source's horizon; those already due go out at once, after anything due before them that the
+        sender has not sent yet (so a release never overtakes its note-on). The take and ``on_event``
+        see them at their own times."""
+        sched = self.scheduler
+        soon = sched.music_time() + SOON_S
+        sched.submit([e if e.time > soon else MidiEvent(soon, e.order, e.data) for e in events], horizon=0.0)
         with self._lock:
             self.played.extend(events)
         if self.on_event is not None:

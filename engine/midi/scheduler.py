@@ -280,9 +280,10 @@ class LookaheadScheduler:
         except Exception:  # noqa: BLE001
             pass
 
-    def cancel_from(self, music_time: float, channel: int | None = None) -> list[MidiEvent]:
+    def cancel_from(self, music_time: float, channel: int | None = None, release: bool = True) -> list[MidiEvent]:
         """Drop queued events due at or after ``music_time`` (of ``channel``, or all), release the notes
-        of that channel still sounding, and return what was dropped (it will never play)."""
+        of that channel still sounding (unless ``release`` is False: the caller times their ends), and
+        return what was dropped (it will never play)."""
         with self._lock:
             keep, dropped = [], []
             for item in self._heap:
@@ -292,6 +293,8 @@ class LookaheadScheduler:
             self._heap = keep
             if self._finished and not self._heap:
                 self._done.set()
+        if not release:
+            return [item[3] for item in dropped]
         with self._send_lock:
             sounding = [(ch, pitch) for ch, pitch in self._tracker.sounding() if channel is None or ch == channel]
         for ch, pitch in sounding:

@@ -334,7 +334,7 @@ def run_ports(midi_api: str) -> int:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     # the defaults shown in --help are the engine's, the ones the Generate pane starts from
-    from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig
+    from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig, duet_config
     from engine.midi.player import OutputChoice
 
     SAMPLING = SamplingConfig()
@@ -369,16 +369,18 @@ def register(app: typer.Typer) -> None:
         lookahead: float = typer.Option(0.5, "--lookahead", help="Seconds of music generated ahead of the playhead."),
         threads: int = typer.Option(1, "--threads", help="CPU threads for the model (1 keeps per-token latency steady)."),
         midi_in: Optional[str] = typer.Option(None, "--in", help="Play with the model: listen to this MIDI input (name or part of it; 'virtual' makes the port 'PianoMuse in')."),
-        mode: str = typer.Option(DUET.mode, "--mode", help="With --in: continue (it takes over when you pause), call-and-response (turns of --turn-bars) or accompany (it plays below --split)."),
-        takeover_cc: int = typer.Option(DUET.takeover_cc, "--takeover-cc", help="With --in: this controller (pressed) hands over at once (67 = the soft pedal)."),
-        pause: float = typer.Option(DUET.pause, "--pause", help="With --mode continue: seconds of silence before the model takes over."),
-        turn_bars: int = typer.Option(DUET.turn_bars, "--turn-bars", help="With --mode call-and-response: bars per turn."),
-        count_in: int = typer.Option(DUET.count_in, "--count-in", help="With --mode call-and-response: bars of click before your first turn."),
-        click: bool = typer.Option(DUET.click, "--click/--no-click", help="With --mode call-and-response: a metronome click."),
-        split: int = typer.Option(DUET.split, "--split", help="With --mode accompany: the model plays below this MIDI pitch (60 = middle C)."),
-        tempo: float = typer.Option(DUET.tempo, "--tempo", help="With --in: the session's tempo in quarter notes per minute."),
-        tap_tempo: bool = typer.Option(DUET.tap_tempo, "--tap-tempo", help="With --in: tap four beats (keys or the takeover pedal) to set the tempo; the music starts a beat after the fourth."),
-        thru: bool = typer.Option(DUET.thru, "--thru/--no-thru", help="With --in: your notes also sound through PianoMuse's output."),
+        mode: str = typer.Option(DUET.mode, "--mode", help=DuetConfig.help("mode")),
+        takeover_cc: int = typer.Option(DUET.takeover_cc, "--takeover-cc", help=DuetConfig.help("takeover_cc")),
+        pause: float = typer.Option(DUET.pause, "--pause", help=DuetConfig.help("pause")),
+        takeback: str = typer.Option(DUET.takeback, "--takeback", help=DuetConfig.help("takeback")),
+        turn_bars: int = typer.Option(DUET.turn_bars, "--turn-bars", help=DuetConfig.help("turn_bars")),
+        count_in: int = typer.Option(DUET.count_in, "--count-in", help=DuetConfig.help("count_in")),
+        click: bool = typer.Option(DUET.click, "--click/--no-click", help=DuetConfig.help("click")),
+        split: int = typer.Option(DUET.split, "--split", help=DuetConfig.help("split")),
+        tempo: float = typer.Option(DUET.tempo, "--tempo", help=DuetConfig.help("tempo")),
+        tap_tempo: bool = typer.Option(DUET.tap_tempo, "--tap-tempo", help=DuetConfig.help("tap_tempo")),
+        lead: float = typer.Option(DUET.lead, "--lead", help=DuetConfig.help("lead")),
+        thru: bool = typer.Option(DUET.thru, "--thru/--no-thru", help=DuetConfig.help("thru")),
     ) -> None:
         """Continue a MIDI prompt with a model: write files, or play live to a MIDI port or FluidSynth."""
         from ..cli import open_app, wants_app  # cli imports this module
@@ -386,19 +388,23 @@ def register(app: typer.Typer) -> None:
 
         if fluidsynth:
             synth = "fluidsynth"
+        try:  # the same DuetConfig the Generate pane builds from its fields
+            duet = duet_config(mode=mode, takeover_cc=takeover_cc, pause=pause, takeback=takeback, turn_bars=turn_bars,
+                               count_in=count_in, click=click, split=split, tempo=tempo, tap_tempo=tap_tempo,
+                               lead=lead, thru=thru)
+        except ValueError as err:
+            fail(str(err))
         if wants_app(ctx):
             open_app("generate", GenerateArgs(
                 checkpoint=str(checkpoint) if checkpoint else None, prompt=str(prompt) if prompt else None,
                 prompt_bars=prompt_bars, bars=bars or DEFAULT_BARS, alternatives=alternatives, temperature=temperature,
-                top_p=top_p, seed=seed, midi_api=midi_api, port=port, synth=synth, midi_in=midi_in, mode=mode,
+                top_p=top_p, seed=seed, midi_api=midi_api, port=port, synth=synth, midi_in=midi_in, duet=duet,
             ))
             return
         sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                     "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
                     "penalty_window": penalty_window, "seed": seed}
         choice = OutputChoice(api=midi_api, port=port, virtual=virtual, synth=synth, soundfont=soundfont, lookahead=lookahead)
-        duet = DuetConfig(mode=mode, takeover_cc=takeover_cc, pause=pause, turn_bars=turn_bars, count_in=count_in,
-                          click=click, split=split, tempo=tempo, thru=thru, tap_tempo=tap_tempo)
         code = run_generate(checkpoint, prompt, prompt_bars, bars, max_tokens, alternatives, sampling, out, play,
                             choice, threads, allow_early_end, midi_in, duet)
         if code:

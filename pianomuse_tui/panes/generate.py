@@ -16,10 +16,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from engine.generate.defaults import HUMAN_CHANNEL, MODES
+from engine.generate.defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, duet_config, tempo_from_taps
 
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
 from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
@@ -38,6 +38,7 @@ OWN_INPUTS = [("no input (the model plays alone)", NO_INPUT), ("virtual input 'P
 OWN_OUTPUTS = [("virtual port 'PianoMuse'", VIRTUAL), ("built-in piano", BUILTIN), ("start FluidSynth", FLUIDSYNTH)]
 # what the knob fields accept; the +/- and [/] nudges stay inside the same bounds
 KNOB_RANGES = {"temperature": (0.05, 3.0), "top_p": (0.05, 1.0)}
+TAP_RESET_S = 3.0  # a tap this long after the last one starts a new tempo (20 quarter notes per minute)
 
 
 def _bounded(text: str, name: str, low: float, high: float, kind: type = float) -> Any:
@@ -61,6 +62,7 @@ class GeneratePane(PaneBase):
         Binding("f", "fluidsynth", "FluidSynth"),
         Binding("R", "refresh_ports", "Ports"),
         Binding("w", "save", "Save MIDI"),
+        Binding("t", "tap_tempo", "Tap tempo", show=False),
         Binding("plus", "nudge('temperature', 0.05)", "Temp+", show=False),
         Binding("minus", "nudge('temperature', -0.05)", "Temp-", show=False),
         Binding("right_square_bracket", "nudge('top_p', 0.02)", "top-p+", show=False),
@@ -72,6 +74,7 @@ class GeneratePane(PaneBase):
         ("Start FluidSynth", "Launch FluidSynth with the GM soundfont and play through it", "fluidsynth"),
         ("Refresh MIDI ports", "List the output ports of the chosen MIDI API again", "refresh_ports"),
         ("Save session as MIDI", "Write what was played to a .mid file (every alternative, one file each)", "save"),
+        ("Tap tempo", "Press t a few times on the beat: the duet's tempo field shows the tempo you tapped", "tap_tempo"),
         ("Temperature up", "Hotter sampling from the next token on", "nudge('temperature', 0.05)"),
         ("Temperature down", "Cooler sampling from the next token on", "nudge('temperature', -0.05)"),
         ("Top-p up", "Sample from more of the distribution from the next token on", "nudge('top_p', 0.02)"),
@@ -88,6 +91,7 @@ class GeneratePane(PaneBase):
         self.telemetry: dict[str, Any] = {}
         self._ports_listed = False
         self._pending_port: str | None = None
+        self.taps: list[float] = []  # t pressed on the beat: when (monotonic seconds)
 
     def compose(self) -> ComposeResult:
         given, knobs = self.args, self.knobs
@@ -124,15 +128,37 @@ class GeneratePane(PaneBase):
             yield Label("In", classes="field-label")
             yield Select(OWN_INPUTS, value=NO_INPUT, allow_blank=False, id="gen-in")
             yield Label("Mode", classes="field-label")
-            yield Select([(m, m) for m in MODES], value=str(arg(given.mode, MODES[0])), allow_blank=False, id="gen-mode")
+            duet = given.duet or DuetConfig()
+            yield Select([(m, m) for m in MODES], value=duet.mode, allow_blank=False, id="gen-mode")
             yield Button("Play", id="gen-play", variant="success")
             yield Button("Panic", id="gen-panic", variant="error")
             yield Button("Save", id="gen-save")
+        with Horizontal(classes="toolbar hidden", id="gen-duet"):  # shown with an input, each knob where its mode uses it
+            for name in DuetConfig.knobs():
+                with Horizontal(classes="duet-knob", id=f"gen-knob-{name}"):
+                    yield from self._duet_knob(name, getattr(duet, name))
         yield Static("", id="gen-message")
         yield PianoRoll(id="gen-roll", classes="panel", yours_channel=HUMAN_CHANNEL)
         with Horizontal(id="gen-bottom"):
             yield Static("", id="gen-knobs", classes="panel")
             yield Static("", id="gen-telemetry", classes="panel")
+
+    @staticmethod
+    def _duet_knob(name: str, value: Any) -> ComposeResult:
+        """A duet setting's field: a check box (on/off), a choice (takeback) or a text field (a number)."""
+        ident, about = f"gen-duet-{name}", DuetConfig.about(name)
+        if isinstance(value, bool):
+            box = Checkbox(DuetConfig.label(name), value, id=ident, compact=True)
+            box.tooltip = about
+            yield box
+            return
+        yield Label(DuetConfig.label(name), classes="field-label")
+        if name == "takeback":
+            field = Select([(t, t) for t in TAKEBACKS], value=value, allow_blank=False, id=ident)
+        else:
+            field = Input(f"{value:g}" if name == "tempo" else str(value), id=ident)
+        field.tooltip = about + (" Press t a few times on the beat to tap it." if name == "tempo" else "")
+        yield field
 
     def on_mount(self) -> None:
         self.query_one("#gen-roll").border_title = "Piano roll (┃ now, ▒ buffered ahead, [magenta]█[/] you)"
@@ -147,6 +173,7 @@ class GeneratePane(PaneBase):
         self.set_interval(1 / 15, self._tick)
         if self.args.port:
             self._pending_port = self.args.port
+        self._show_duet_knobs()
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "toggle_play":
@@ -193,6 +220,12 @@ class GeneratePane(PaneBase):
     @on(Input.Submitted)
     @on(Input.Blurred)
     def _knob_edited(self, event: Input.Submitted | Input.Blurred) -> None:
+        if (event.input.id or "").startswith("gen-duet-"):
+            try:
+                self.duet_settings()
+            except ValueError as exc:
+                self.tell(f"{exc}; fix the field before playing.", severity="error")
+            return
         if event.input.id in ("gen-temperature", "gen-top-p", "gen-alternatives", "gen-bars", "gen-seed"):
             try:
                 self._read_knobs()
@@ -215,6 +248,38 @@ class GeneratePane(PaneBase):
         text.append(f"bars {k.bars}  alts {k.alternatives}  seed {k.seed if k.seed is not None else 'random'}\n")
         text.append("changes apply to the next tokens", style="dim")
         self.query_one("#gen-knobs", Static).update(text)
+
+    # ---- playing with the model: the duet's knobs -------------------------------------------------
+
+    @on(Select.Changed, "#gen-in")
+    @on(Select.Changed, "#gen-mode")
+    def _show_duet_knobs(self) -> None:
+        """The knob row shows with an input chosen, and in it only the knobs the mode uses."""
+        listening = self.query_one("#gen-in", Select).value != NO_INPUT
+        self.query_one("#gen-duet").set_class(not listening, "hidden")
+        used = DuetConfig.knobs(str(self.query_one("#gen-mode", Select).value))
+        for name in DuetConfig.knobs():
+            self.query_one(f"#gen-knob-{name}").set_class(name not in used, "hidden")
+
+    def duet_settings(self) -> DuetConfig:
+        """The duet's settings from the fields the mode shows (the others keep the engine's defaults),
+        built as the headless command builds them; a ValueError says which field is wrong."""
+        mode = str(self.query_one("#gen-mode", Select).value)
+        values = {name: self.query_one(f"#gen-duet-{name}").value for name in DuetConfig.knobs(mode)}
+        return duet_config(mode=mode, **values)
+
+    def action_tap_tempo(self) -> None:
+        """One tap on the beat: from the second on, the tempo field shows the tempo tapped so far."""
+        now = time.monotonic()
+        if self.taps and now - self.taps[-1] > TAP_RESET_S:
+            self.taps.clear()
+        self.taps = (self.taps + [now])[-8:]
+        qpm = tempo_from_taps(self.taps)
+        if qpm is None:
+            self.notify("Tap tempo: keep tapping t on the beat.", timeout=2)
+            return
+        self.query_one("#gen-duet-tempo", Input).value = f"{qpm:.0f}"
+        self.notify(f"Tapped tempo {qpm:.0f} quarter notes per minute ({len(self.taps)} taps).", timeout=2)
 
     # ---- ports ----------------------------------------------------------------------------------
 
@@ -286,6 +351,7 @@ class GeneratePane(PaneBase):
         prompt = self.query_one("#gen-prompt", Input).value.strip()
         if midi_file is None and not ckpt:
             raise ValueError("No checkpoint: type the path of a model .pth (train one in the Train pane)")
+        midi_in = None if self.query_one("#gen-in", Select).value == NO_INPUT else str(self.query_one("#gen-in", Select).value)
         # whether the files are there is the performance worker's first question (it touches the disk)
         return PerformanceSettings(
             checkpoint=Path(ckpt) if ckpt else None,
@@ -296,8 +362,8 @@ class GeneratePane(PaneBase):
             virtual=port == VIRTUAL,
             fluidsynth=port == FLUIDSYNTH,
             builtin=port == BUILTIN,
-            midi_in=None if self.query_one("#gen-in", Select).value == NO_INPUT else str(self.query_one("#gen-in", Select).value),
-            mode=str(self.query_one("#gen-mode", Select).value),
+            midi_in=midi_in,
+            duet=self.duet_settings() if midi_in else None,
             midi_file=midi_file,
         )
 

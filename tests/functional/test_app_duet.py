@@ -85,3 +85,61 @@ async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
             assert sounding_after([d for _, d in receiver.received()]) == {}
         finally:
             receiver.close()
+
+
+@pytest.mark.slow
+async def test_the_panes_duet_knobs_reach_the_engine(tmp_path, monkeypatch):
+    """Call-and-response set up in the pane (tempo, a two-bar count-in, one-bar turns, no click, no
+    pass-through, release): the engine's duet runs with exactly those settings, answers on the bar
+    line they give, plays no click and does not pass your notes through."""
+    from textual.widgets import Input, Select
+
+    from engine.generate.defaults import DuetConfig
+    from engine.rundir import bundled_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    with JackServer():
+        receiver = MidiReceiver()
+        try:
+            seen: list = []
+            args = GenerateArgs(checkpoint=str(bundled_checkpoint()), midi_api="jack", port="pm-test-recv",
+                                midi_in="virtual", duet=DuetConfig(mode="call-and-response"))
+            app = PianoMuseApp(pane="generate", args=args)
+            async with app.run_test(size=(140, 44), message_hook=seen.append) as pilot:
+                pane = app.generate
+                assert await wait_for(pilot, lambda: any(isinstance(m, PortsListed) for m in seen), 30)
+                await pilot.pause(0.2)
+                assert pane.query_one("#gen-in", Select).value == "virtual"  # from the command line's --in
+                for name, value in (("tempo", "150"), ("count_in", "2"), ("turn_bars", "1")):
+                    pane.query_one(f"#gen-duet-{name}", Input).value = value
+                pane.query_one("#gen-duet-click").value = False
+                pane.query_one("#gen-duet-thru").value = False
+                pane.query_one("#gen-duet-takeback", Select).value = "release"
+                pane.focus_main()
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: pane.performance is not None and pane.performance.duet is not None, 60), \
+                    [n.message for n in app._notifications]
+                duet = pane.performance.duet
+                assert duet.config == DuetConfig(mode="call-and-response", tempo=150.0, count_in=2, turn_bars=1,
+                                                 click=False, thru=False, takeback="release")
+                bar = duet.seconds_per_bar
+                assert bar == pytest.approx(1.6, abs=0.05)  # 150 quarter notes per minute (the nearest Tempo token)
+                pianist = ScriptedPianist()
+                # your turn is the third bar (after the two-bar count-in); the model answers in the fourth
+                wait = 2 * bar + 0.1 - pane.performance.music_time()
+                phrase = [(max(0.0, wait) + t, d, p, v) for t, d, p, v in phrase_from_file(4, speed=2.0)]
+                thread = threading.Thread(target=pianist.phrase, args=(phrase,), daemon=True)
+                thread.start()
+                assert await wait_for(pilot, lambda: bool(duet.handovers) and duet.handovers[0].first_note is not None, 30)
+                assert duet.handovers[0].at == pytest.approx(3 * bar, abs=1e-6)
+                await pilot.press("space")
+                assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceEnded) for m in seen), 30)
+                thread.join(5)
+                pianist.close()
+            got = [d for _, d in receiver.received()]
+            assert duet.fed_notes == 4 and all(e.channel == HUMAN_CHANNEL for e in duet.take.human)
+            # no click and your notes not passed through (the panic at the end speaks on every channel)
+            assert not [d for d in got if d[0] & 0x0F in (9, HUMAN_CHANNEL) and d[0] & 0xF0 in (0x80, 0x90)]
+            assert [d for d in got if d[0] == 0x90 and d[2] > 0]  # the model played
+        finally:
+            receiver.close()

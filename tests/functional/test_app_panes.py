@@ -88,3 +88,52 @@ async def test_bad_knob_and_override_input_get_one_sentence(tmp_path):
         await pilot.pause(0.1)
         assert any("is not section.key=value" in n.message for n in app._notifications)
         assert app.train.proc is None and app.is_running
+
+
+@pytest.mark.slow
+async def test_generate_pane_shows_each_modes_duet_knobs_at_80x24_checks_them_and_taps_the_tempo():
+    """With an input chosen, the Generate pane shows the knobs the chosen mode uses (and only those),
+    each inside an 80x24 screen; a bad value gets one sentence and nothing plays; t taps the tempo."""
+    from textual.widgets import Input, Select
+
+    from engine.generate.defaults import MODES, DuetConfig
+    from pianomuse_tui.requests import GenerateArgs
+
+    args = GenerateArgs(midi_api="alsa", duet=DuetConfig(mode="accompany", split=48, lead=0.05))
+    app = PianoMuseApp(pane="generate", args=args)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.generate
+        await pilot.pause(0.3)
+        assert not pane.query_one("#gen-duet").display  # no input chosen: the model plays alone, no duet knobs
+        # the command line's settings are in the fields
+        assert pane.query_one("#gen-mode", Select).value == "accompany"
+        assert pane.query_one("#gen-duet-split", Input).value == "48" and pane.query_one("#gen-duet-lead", Input).value == "0.05"
+        pane.query_one("#gen-in", Select).value = "virtual"
+        for mode in MODES:
+            pane.query_one("#gen-mode", Select).value = mode
+            await pilot.pause(0.2)
+            shown = [name for name in DuetConfig.knobs() if pane.query_one(f"#gen-knob-{name}").display]
+            assert shown == DuetConfig.knobs(mode)
+            for name in shown:
+                region = pane.query_one(f"#gen-duet-{name}").region
+                assert region.area and region.right <= 80 and region.bottom <= 24, (mode, name, region)
+        # call-and-response's knobs, as text; the pane builds the same DuetConfig the command line does
+        pane.query_one("#gen-mode", Select).value = "call-and-response"
+        pane.query_one("#gen-duet-split", Input).value = "x"  # a knob the mode does not use is not read
+        pane.query_one("#gen-duet-turn_bars", Input).value = "0"
+        pane.query_one("#gen-play").focus()
+        await pilot.press("space")
+        await pilot.pause(0.2)
+        message = str(pane.query_one("#gen-message").render())
+        assert "turns must be at least 1 bar and the count-in 0 bars or more." in message and pane.performance is None
+        pane.query_one("#gen-duet-turn_bars", Input).value = "3"
+        pane.query_one("#gen-duet-takeback", Select).value = "release"
+        pane.query_one("#gen-duet-click").value = False
+        assert pane.duet_settings() == DuetConfig(mode="call-and-response", turn_bars=3, takeback="release", click=False)
+        # tap tempo: t on the beat; from the second tap on the tempo field shows the estimate
+        for _ in range(4):
+            await pilot.press("t")
+            await pilot.pause(0.5)
+        tapped = float(pane.query_one("#gen-duet-tempo", Input).value)
+        assert 60 <= tapped <= 125, tapped  # 0.5 s pauses and the keys' own time: at most 120
+        assert pane.duet_settings().tempo == tapped

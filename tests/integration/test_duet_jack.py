@@ -281,3 +281,75 @@ def test_with_no_output_given_you_hear_it_on_the_built_in_piano_or_are_told_why_
     assert result.exit_code == 130, text
     assert seen["piano"] != seen["virtual"], seen  # one of them, never both
     assert ("Playing to the virtual port 'PianoMuse' instead" in text) == seen["virtual"], text
+
+
+@pytest.mark.parametrize("takeback", ["finish", "release"])
+def test_when_you_play_again_the_models_held_notes_end_as_the_takeback_says(bundled, receiver, takeback):
+    """The pianist plays while the model holds a note; "release" ends the model's notes at once,
+    "finish" where the model wrote them (at most a bar later), its pedal up by then; the pianist
+    then holds a key (so the model keeps listening) past that bar: nothing of the model's sounds."""
+    player, listening, duet = _duet(bundled, receiver, "continue", pause=0.6, takeback=takeback)
+    bar = duet.seconds_per_bar
+    marks: dict[str, int] = {}
+
+    def model_sounding() -> bool:
+        got = [d for _, d in receiver.received()[marks["start"]:]]
+        return any(ch == MODEL_CHANNEL for ch, _ in sounding_after(got))
+
+    def play(pianist) -> None:
+        time.sleep(0.3)
+        for _ in range(4):  # a model may rest where the pianist comes back: try again then
+            pianist.phrase(phrase_from_file(6))
+            deadline = time.monotonic() + 8
+            while not (duet.model_has_floor and model_sounding()) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            pianist.send((0x90, 72, 80))  # in while a model note sounds; held past the model's last bar
+            time.sleep(bar + 0.6)
+            if any(held_at(cut) for cut, _ in duet.takebacks):
+                break
+            pianist.send((0x80, 72, 0))
+        marks["stop"] = len(receiver.received())
+        player.stop()
+        pianist.send((0x80, 72, 0))
+
+    def held_at(cut: float) -> list:
+        """The model's notes sounding at ``cut`` in the take: (note-on, its release)."""
+        ons = [e for e in duet.take.model if e.is_note_on and e.time < cut]
+        pairs = []
+        for on in ons:
+            off = next((e for e in duet.take.model if e.is_note_off and e.data[1] == on.data[1] and e.time >= on.time
+                        and e is not on), None)
+            if off is not None and off.time >= cut:
+                pairs.append((on, off))
+        return pairs
+
+    marks["start"] = len(receiver.received())
+    _play_along(player, listening, duet, play)
+    cut = next(c for c, _ in duet.takebacks if held_at(c))
+    held = held_at(cut)
+    assert held, (duet.takebacks, duet.take.model)
+    got = receiver.received()[marks["start"]:marks["stop"]]
+    # the receiver's clock (JACK's) against the music's: where the model's note-ons were heard
+    sent_ons = sorted(e.time for e in duet.take.model if e.is_note_on)
+    heard_ons = [t for t, d in got if d[0] == 0x90 | MODEL_CHANNEL and d[2] > 0]
+    assert len(sent_ons) == len(heard_ons)
+    offset = sorted(h - s for h, s in zip(heard_ons, sent_ons))[len(sent_ons) // 2]
+    decoder = duet.row.decoder
+    for on, off in held:
+        if takeback == "release":
+            assert off.time == pytest.approx(cut, abs=1e-9)
+        else:  # where the model wrote the note's end, but never more than a bar after the cut
+            written = [decoder._time(n.onset + n.duration) for n in decoder.notes
+                       if n.pitch == on.data[1] and decoder._time(n.onset) == pytest.approx(on.time, abs=1e-6)]
+            assert written, (on, decoder.notes[-10:])
+            assert off.time == pytest.approx(min(written[-1], cut + bar), abs=1e-6)
+        # and the receiver heard it then
+        heard = [t - offset for t, d in got if d[0] in (0x80 | MODEL_CHANNEL, 0x90 | MODEL_CHANNEL)
+                 and d[1] == on.data[1] and (d[0] & 0xF0 == 0x80 or d[2] == 0) and t - offset > on.time]
+        assert heard and heard[0] == pytest.approx(off.time, abs=0.04), (heard, off.time, cut)
+    # the model's sustain pedal came up by the last release, and nothing of the model's sounds
+    # before the stop (the pianist's key still down)
+    model = [d for _, d in got if d[0] & 0x0F == MODEL_CHANNEL]
+    assert not [k for k in sounding_after(model)]
+    pedal = [d[2] for d in model if d[0] & 0xF0 == 0xB0 and d[1] == 64]
+    assert not pedal or pedal[-1] < 64

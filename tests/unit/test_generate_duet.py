@@ -133,3 +133,88 @@ def test_four_taps_set_the_tempo_and_the_first_bar_line(tiny):
     position = next(int(tables.value[i]) for i in reversed(forced[:pitch_at]) if tables.kind[i] == "Position")
     per_beat = tables.tpb_per_ts[4] // tables.ticks_per_pos(tables.tpb_per_ts[4])
     assert abs(position - per_beat) <= 1  # on beat 2 of the first bar
+
+
+# ---- the take-back: how the model's held notes end -------------------------------------------------
+
+def _model_part():
+    """A model part on channel 0: C4 0.0-0.9, E4 0.2-3.5 (its note-off made), G4 from 0.4 (its
+    note-off not made yet: ends at 1.2 by its tokens), A4 1.1-1.3 (after the cut: dropped), pedal
+    down at 0.1 and up at 1.4."""
+    from engine.midi.events import CC_SUSTAIN, control_change, note_off, note_on
+
+    return [note_on(0.0, 60, 80), control_change(0.1, CC_SUSTAIN, 127), note_on(0.2, 64, 70), note_on(0.4, 67, 70),
+            note_off(0.9, 60), note_on(1.1, 69, 60), note_off(1.3, 69), control_change(1.4, CC_SUSTAIN, 0),
+            note_off(3.5, 64)]
+
+
+def _ends(releases):
+    from engine.midi.events import CC_SUSTAIN
+
+    notes = {e.data[1]: round(e.time, 6) for e in releases if e.is_note_off}
+    pedal = [round(e.time, 6) for e in releases if e.status == 0xB0 and e.data[1] == CC_SUSTAIN and e.data[2] < 64]
+    return notes, pedal
+
+
+def test_finish_ends_each_held_note_where_the_model_wrote_it_capped_and_the_pedal_at_its_own_lift():
+    from engine.generate.duet import takeback_releases
+
+    releases = takeback_releases(_model_part(), cut=0.5, takeback="finish", limit=2.0, unmade={67: 1.2})
+    # C4 ends at its note-off, G4 at its unmade end, E4 (3.5) at the cap 0.5 + 2.0; A4 never started
+    assert _ends(releases) == ({60: 0.9, 67: 1.2, 64: 2.5}, [1.4])
+    assert [e.time for e in releases] == sorted(e.time for e in releases)
+
+
+def test_finish_lifts_the_pedal_at_the_cut_when_the_model_has_not_lifted_it_within_the_limit():
+    from engine.generate.duet import takeback_releases
+
+    releases = takeback_releases(_model_part(), cut=0.5, takeback="finish", limit=0.6, unmade={67: 1.2})
+    assert _ends(releases) == ({60: 0.9, 67: 1.1, 64: 1.1}, [0.5])  # the pedal-up at 1.4 is past 0.5 + 0.6
+    no_lift = [e for e in _model_part() if not (e.status == 0xB0 and e.data[2] == 0)]
+    assert _ends(takeback_releases(no_lift, 0.5, "finish", 2.0, {67: 1.2}))[1] == [0.5]
+
+
+def test_release_ends_every_held_note_and_the_pedal_at_the_cut_and_nothing_is_left_sounding():
+    from engine.generate.duet import takeback_releases
+
+    part = _model_part()
+    for takeback in ("release", "finish"):
+        releases = takeback_releases(part, 0.5, takeback, 2.0, {67: 1.2})
+        if takeback == "release":
+            assert _ends(releases) == ({60: 0.5, 64: 0.5, 67: 0.5}, [0.5])
+        tracker = NoteTracker()
+        for event in sorted([e for e in part if e.time < 0.5] + releases, key=lambda e: (e.time, e.order)):
+            tracker.observe(event.data, event.time)
+        assert tracker.count == 0 and not tracker.sustain_down
+    # with nothing sounding there is nothing to end
+    assert takeback_releases([], 0.5, "finish", 2.0) == []
+    with pytest.raises(ValueError, match="unknown takeback 'fade'; use one of: finish, release"):
+        takeback_releases(part, 0.5, "fade", 2.0)
+
+
+def test_both_faces_build_the_duet_settings_the_same_way_with_one_sentence_per_bad_value():
+    from engine.generate.defaults import DuetConfig, duet_config, tempo_from_taps
+
+    # the pane's text fields and the command line's typed values give the same settings
+    typed = duet_config(mode="call-and-response", turn_bars=1, count_in=2, click=False, tempo=96.0, takeback="release")
+    text = duet_config(mode="call-and-response", turn_bars="1", count_in=" 2", click=False, tempo="96", takeback="release")
+    assert typed == text and typed.turn_bars == 1 and typed.tempo == 96.0
+    bad = {"pause": ("x", "the pause must be a number, e.g. 1.0; got 'x'"),
+           "turn_bars": ("1.5", "the turn bars must be a whole number, e.g. 2; got '1.5'"),
+           "tempo": ("400", "the tempo must be between 20 and 300 quarter notes per minute"),
+           "split": ("200", "the split point must be a MIDI pitch 0-127 (60 = middle C)"),
+           "takeback": ("fade", "unknown takeback 'fade'; use one of: finish, release"),
+           "lead": ("-0.1", "the lead must be between 0 and 1 second, e.g. 0.03")}
+    for name, (value, sentence) in bad.items():
+        with pytest.raises(ValueError) as err:
+            duet_config(**{name: value})
+        assert str(err.value) == sentence
+    # each knob says which modes use it: the pane shows it there, --help says so
+    assert DuetConfig.knobs("accompany") == ["tempo", "tap_tempo", "split", "lead", "thru"]
+    assert "takeback" in DuetConfig.knobs("continue") and "takeback" in DuetConfig.knobs("call-and-response")
+    assert DuetConfig.help("split").startswith("With --mode accompany: ")
+    # tapping: the median spacing is the beat, one stray tap does not move it
+    assert tempo_from_taps([0.0]) is None
+    assert tempo_from_taps([0.0, 0.5, 1.0, 1.5]) == pytest.approx(120.0)
+    assert tempo_from_taps([0.0, 0.5, 1.3, 1.8, 2.3]) == pytest.approx(120.0)
+    assert tempo_from_taps([0.0, 10.0]) == pytest.approx(20.0)  # kept within 20-300

@@ -55,6 +55,8 @@ def test_a_note_never_goes_before_what_the_sequence_holds_and_the_pedal_only_cha
 @pytest.mark.parametrize("args, words", [
     (["--mode", "jam"], "unknown mode 'jam'"),
     (["--takeover-cc", "200"], "takeover CC"),
+    (["--takeback", "fade"], "unknown takeback 'fade'; use one of: finish, release"),
+    (["--lead", "2"], "the lead must be between 0 and 1 second"),
     (["--prompt", "x.mid"], "leave out --prompt"),
     (["--alternatives", "2"], "one alternative"),
 ])

@@ -97,10 +97,10 @@ def _train_process(rank: int, world: int, port: int, cfg_dict: dict, vocab_size:
     cfg = TrainConfig.from_dict(cfg_dict).validate()
     marks: list[dict] = []
 
-    def on_metrics(record: dict) -> None:
-        if record["kind"] == "train":
-            marks.append({"step": record["step"], "tokens": record["tokens"], "t": time.perf_counter(),
-                          "mem_peak": record.get("mem_peak"), "loss": record.get("loss")})
+    def on_metrics(record) -> None:  # engine.train.records' typed records
+        if record.kind == "train":
+            marks.append({"step": record.step, "tokens": record.tokens, "t": time.perf_counter(),
+                          "mem_peak": record.mem_peak, "loss": record.loss})
 
     # the 1-process CPU run happens in the calling process: put back what is changed here
     real_open_feed, threads_before = trainer_module.open_feed, torch.get_num_threads()

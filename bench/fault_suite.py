@@ -159,7 +159,7 @@ def corrupt_checkpoints(store: Path, work: Path, kinds: tuple[str, ...] = tuple(
         damage(newest)
         resumed = subprocess.run(CLI + args + ["--resume", "auto", "--max-steps", "8"], capture_output=True, text=True, timeout=300)
         intact_left = [p.name for p in rundir.list_checkpoints(run) if rundir.checkpoint_problem(p) is None]
-        resumed_from = [r.get("checkpoint") or "" for r in rundir.read_metrics(run) if r.resumed_at is not None]
+        resumed_from = [r.checkpoint or "" for r in rundir.read_metrics(run) if r.resumed_at is not None]
         expected_from = "step-00000006" if "marker" in name else "step-00000004"  # the newest intact one
         played, peak = peak_run(CLI + ["generate", "--checkpoint", str(run), "--bars", "1", "--max-tokens", "16",
                                        "--out", str(root / "take.mid")])

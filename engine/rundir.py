@@ -32,13 +32,14 @@ import socket
 import time
 import tomllib
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from engine.atomic import file_sha256, fsync_dir, fsync_file, write_atomic
 from engine import paths
+from engine.train.records import MetricRecord, StatusRecord, TrainRecord, parse_record
 
 CONFIG = "config.toml"
 ENV = "env.json"
@@ -514,58 +515,6 @@ def clear_stop(run_dir: Path) -> None:
 # ---- metrics ---------------------------------------------------------------------------------------------------
 
 ARTIFACT_KINDS = ("checkpoint", "audition")
-_COMMON = ("kind", "step", "tokens", "time", "elapsed_s")
-
-
-@dataclass(frozen=True)
-class MetricRecord:
-    """One line of metrics.jsonl: the fields every record has, and the kind's own ``values``
-    (docs/training.md has the table: "train" loss/lr/grad_norm/tokens_per_s/mem_*, "val"
-    val_loss/bits_per_note, "audition" path and scores, "checkpoint" path, "status" state/message)."""
-
-    kind: str
-    step: int
-    tokens: int = 0
-    time: float = 0.0
-    elapsed_s: float = 0.0
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, obj: Any) -> "MetricRecord | None":
-        if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or not isinstance(obj.get("step"), int):
-            return None
-        common = {k: obj[k] for k in ("tokens", "time", "elapsed_s") if isinstance(obj.get(k), (int, float))}
-        values = {k: v for k, v in obj.items() if k not in _COMMON}
-        return cls(obj["kind"], obj["step"], values=values, **common)
-
-    def __getitem__(self, name: str) -> Any:
-        """``record["loss"]`` reads like the JSON line; a missing field is a KeyError."""
-        if name in _COMMON:
-            return getattr(self, name)
-        return self.values[name]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name) if name in _COMMON else self.values.get(name, default)
-
-    def keys(self):
-        return self.to_json().keys()
-
-    def __contains__(self, name: object) -> bool:
-        return name in _COMMON or name in self.values
-
-    def number(self, name: str) -> float | None:
-        """A numeric value, or None when it is absent, null or not a number."""
-        value = self.values.get(name)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-    @property
-    def resumed_at(self) -> int | None:
-        """For the record a resumed trainer writes first: the step it continues from."""
-        return self.step if self.kind == "status" and self.values.get("state") == "resumed" else None
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "step": self.step, "tokens": self.tokens, "time": self.time,
-                "elapsed_s": self.elapsed_s, **self.values}
 
 
 def drop_redone(records: Iterable[MetricRecord]) -> list[MetricRecord]:
@@ -590,7 +539,7 @@ def _parse_lines(lines: Iterable[bytes | str]) -> tuple[list[MetricRecord], int]
         if not line.strip():
             continue
         try:
-            rec = MetricRecord.from_json(json.loads(line))
+            rec = parse_record(json.loads(line))
         except ValueError:
             rec = None
         if rec is None:
@@ -668,25 +617,22 @@ class EtaClock:
 
     A resumed run logs steps from where it left off while its ``elapsed_s`` starts again at 0, so
     the rate is measured from the last ``started``/``resumed`` status record, never from step 0.
-    Both faces feed it the records they read (the headless display its dicts, the Train pane
-    ``MetricRecord``s; both answer ``get``).
+    Both faces feed it the records they read.
     """
 
     def __init__(self) -> None:
         self.origin: tuple[int, float] | None = None  # (step, elapsed_s) where this session began
         self.latest: tuple[int, float] | None = None
 
-    def feed(self, record: "dict | MetricRecord") -> None:
-        step, elapsed = record.get("step"), record.get("elapsed_s")
-        if not isinstance(step, int) or not isinstance(elapsed, (int, float)):
-            return
-        if record.get("kind") == "status" and record.get("state") in ("started", "resumed"):
-            self.origin = (step, float(elapsed))
+    def feed(self, record: MetricRecord) -> None:
+        step, elapsed = record.step, record.elapsed_s
+        if isinstance(record, StatusRecord) and record.began:
+            self.origin = (step, elapsed)
             self.latest = None
-        elif record.get("kind") == "train":
+        elif isinstance(record, TrainRecord):
             if self.origin is None:  # a log read from its middle: measure from the first step seen
-                self.origin = (step, float(elapsed))
-            self.latest = (step, float(elapsed))
+                self.origin = (step, elapsed)
+            self.latest = (step, elapsed)
 
     def eta_s(self, max_steps: int | None) -> float | None:
         """Seconds until ``max_steps`` at this session's pace; None until two points are known."""
@@ -738,9 +684,14 @@ def read_config(run_dir: Path) -> dict:
         return {}
 
 
+def audition_step(path: Path) -> int | None:
+    """The step of an audition file (``auditions/step-XXXXXXXX.mid``), or None for another name."""
+    return checkpoint_step(Path(path).with_suffix(""))
+
+
 def list_auditions(run_dir: Path) -> list[Path]:
     files = (Path(run_dir) / AUDITIONS).glob("*.mid")
-    return sorted(files, key=lambda p: (checkpoint_step(p.with_suffix("")) or -1, p.name), reverse=True)
+    return sorted(files, key=lambda p: (audition_step(p) or -1, p.name), reverse=True)
 
 
 def read_run_files(run_dir: Path) -> RunFiles:

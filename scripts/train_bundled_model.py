@@ -55,9 +55,9 @@ def main() -> int:
 
     run_dir = Path(result.run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
-    vals = [r for r in records if r.kind == "val" and r.number("val_loss") is not None]
+    vals = [r for r in records if r.kind == "val" and r.val_loss is not None]
     ckpts = {int(p.name.split("-")[1]): p for p in list_checkpoints(run_dir)}  # complete ones only
-    scored = [(r.number("val_loss"), r.step, r) for r in vals if r.step in ckpts]
+    scored = [(r.val_loss, r.step, r) for r in vals if r.step in ckpts]
     if not scored:
         print("no validated checkpoint to export", file=sys.stderr)
         return 1
@@ -77,7 +77,7 @@ def main() -> int:
         "step": best_step,
         "tokens": best.tokens,
         "val_loss": best_loss,
-        "bits_per_note": best.get("bits_per_note"),
+        "bits_per_note": best.bits_per_note,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "stopped": result.status,
         "last_step": result.step,

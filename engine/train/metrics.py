@@ -1,27 +1,22 @@
 """metrics.jsonl: one JSON object per line, append-only, so anyone can tail a run.
 
-Every record has ``kind`` ("train" | "val" | "audition" | "checkpoint" | "status"), ``step``
-(optimizer steps done), ``tokens`` (training tokens seen), ``time`` (Unix seconds) and
-``elapsed_s``. The remaining fields depend on the kind; see docs/training.md for the table.
-Readers use ``engine.rundir`` (``MetricsTail``, ``read_metrics``), which types the records.
-Only rank 0 writes; the optional ``on_metrics`` callback sees every record it writes.
+The lines are the typed records of ``engine.train.records`` (one dataclass per kind: "train",
+"val", "audition", "checkpoint", "status"); docs/training.md has the table. Readers use
+``engine.rundir`` (``MetricsTail``, ``read_metrics``), which gives the same records back. Only
+rank 0 writes; the optional ``on_metrics`` callback sees every record as a reader would read it.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-MetricsCallback = Callable[[dict], None]
+from .records import COMMON_FIELDS, MetricRecord, parse_record
 
-
-def _clean(value: Any) -> Any:
-    # JSON has no NaN/inf; a non-finite loss is reported as null plus the "finite": false flag
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+MetricsCallback = Callable[[MetricRecord], None]
 
 
 class MetricsLog:
@@ -37,20 +32,21 @@ class MetricsLog:
 
         self._tb = SummaryWriter(log_dir=str(log_dir))
 
-    def write(self, kind: str, step: int, tokens: int, **fields: Any) -> dict:
+    def write(self, record: MetricRecord) -> MetricRecord:
+        """Stamp ``record`` with the time, append its line; returns it as a reader will read it."""
         now = time.time()
-        record = {"kind": kind, "step": step, "tokens": tokens, "time": round(now, 3), "elapsed_s": round(now - self.start, 3)}
-        record.update({k: _clean(v) for k, v in fields.items()})
+        line = replace(record, time=round(now, 3), elapsed_s=round(now - self.start, 3)).to_json()
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(line) + "\n")
             self._file.flush()
-        if self._tb is not None and kind in ("train", "val"):
-            for key, value in fields.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+        if self._tb is not None and record.kind in ("train", "val"):
+            for key, value in line.items():
+                if key not in COMMON_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(f"{record.kind}/{key}", value, record.step)
+        written = parse_record(line)
         if self.on_metrics is not None:
-            self.on_metrics(record)
-        return record
+            self.on_metrics(written)
+        return written
 
     def close(self) -> None:
         if self._file is not None:
@@ -59,4 +55,3 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-

@@ -43,6 +43,7 @@ from .distributed import (
 )
 from .feed import open_feed
 from .metrics import MetricsCallback, MetricsLog
+from .records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
 from .objective import TrainingObjective, enable_activation_checkpointing
 from .optim import build_optimizer, set_learning_rate
 from .schedule import CosineTokenSchedule
@@ -298,7 +299,8 @@ class Trainer:
                     status, message = "stopped", f"stopped at step {s.step} ({self._stop_reason(self.run_dir)})"
                     break
         except TrainingAborted as exc:
-            self.log.write("status", s.step, s.tokens, state="aborted", message=str(exc), checkpoint=_text(s.last_checkpoint))
+            self.log.write(StatusRecord(step=s.step, tokens=s.tokens, state="aborted", message=str(exc),
+                                        checkpoint=_text(s.last_checkpoint)))
             return self._result("aborted", s, str(exc))
         except KeyboardInterrupt:
             return self._interrupted(s)
@@ -391,20 +393,20 @@ class Trainer:
             # larger --max-steps stretches the remaining cosine over the new length
             _set_rng_state(state["rng"], self.device)
         cfg, model, feed = self.cfg, self.model, self.feed
-        self.log.write(
-            "status", s.step, s.tokens, state="resumed" if self.resume_from else "started", run_dir=str(self.run_dir),
+        self.log.write(StatusRecord(
+            step=s.step, tokens=s.tokens, state="resumed" if self.resume_from else "started", run_dir=str(self.run_dir),
             checkpoint=_text(self.resume_from), device=str(self.device), world_size=self.dist.world_size,
             wkv_backend=self.backend, parameters=model.parameter_count(), frozen=self.frozen, max_steps=cfg.train.max_steps,
             total_tokens=self.schedule.total_tokens, train_samples=len(feed.train), val_samples=len(feed.val),
             vocab_size=model.config.vocab_size, precision=str(self.autocast_dtype or torch.float32).replace("torch.", ""),
             init_from=cfg.init_from or None, lr=self.lr, lr_final=self.lr_final,
-        )
+        ))
         notes = list(getattr(self, "notes", []))  # what resuming or tidying the runs folder did
         if self.dist.is_main and len(feed.val) == 0 and cfg.eval.val_every:
             notes.append(f"the data has no validation samples ({len(feed.train)} training samples), so no validation loss "
                          "is measured and no checkpoint can be judged by it; prepare more pieces or raise split.val_fraction")
         for note in notes:
-            self.log.write("status", s.step, s.tokens, state="note", message=note)
+            self.log.write(StatusRecord(step=s.step, tokens=s.tokens, state="note", message=note))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         s.window_start = time.perf_counter()
@@ -432,8 +434,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             s.consecutive_bad += 1
             s.bad_steps_total += 1
-            self.log.write("status", s.step, s.tokens, state="bad_step", loss=loss, grad_norm=grad_val,
-                           consecutive=s.consecutive_bad, bad_steps_total=s.bad_steps_total)
+            self.log.write(StatusRecord(step=s.step, tokens=s.tokens, state="bad_step", loss=loss, grad_norm=grad_val,
+                                        consecutive=s.consecutive_bad, bad_steps_total=s.bad_steps_total))
             if s.consecutive_bad >= cfg.run.max_bad_steps:
                 raise TrainingAborted(
                     f"{s.consecutive_bad} consecutive steps had a non-finite loss or gradient; the last good checkpoint is "
@@ -449,9 +451,9 @@ class Trainer:
         if s.step % cfg.run.log_every == 0 or s.step == 1 or s.step == cfg.train.max_steps:
             now = time.perf_counter()
             group = optimizer.param_groups[0]
-            self.log.write("train", s.step, s.tokens, loss=loss, lr=group["lr"] / group["lr_scale"], grad_norm=grad_val,
-                           tokens_per_s=s.window_tokens / max(now - s.window_start, 1e-9),
-                           bad_steps_total=s.bad_steps_total, **self._memory(device))
+            self.log.write(TrainRecord(step=s.step, tokens=s.tokens, loss=loss, lr=group["lr"] / group["lr_scale"],
+                                       grad_norm=grad_val, tokens_per_s=s.window_tokens / max(now - s.window_start, 1e-9),
+                                       bad_steps_total=s.bad_steps_total, **self._memory(device)))
             s.window_tokens, s.window_start = 0, now
         return True, stop_flag > 0
 
@@ -485,7 +487,7 @@ class Trainer:
                                                    extra={"step": s.step, "tokens": s.tokens, "run_dir": str(run_dir)}, sums=sums),
                 trainer_state, keep=self.cfg.run.keep_checkpoints, pause_s=self.cfg.debug.save_pause_s,
             )
-            self.log.write("checkpoint", s.step, s.tokens, path=str(s.last_checkpoint), reason=reason)
+            self.log.write(CheckpointRecord(step=s.step, tokens=s.tokens, path=str(s.last_checkpoint), reason=reason))
         barrier(dist)
         return s.last_checkpoint
 
@@ -506,14 +508,15 @@ class Trainer:
         if self.dist.is_main:
             rundir.clear_stop(self.run_dir)
         message = message or f"finished {s.step} steps"
-        self.log.write("status", s.step, s.tokens, state=status, message=message, checkpoint=str(s.last_checkpoint),
-                       bad_steps_total=s.bad_steps_total)
+        self.log.write(StatusRecord(step=s.step, tokens=s.tokens, state=status, message=message,
+                                    checkpoint=str(s.last_checkpoint), bad_steps_total=s.bad_steps_total))
         return self._result(status, s, "" if status == "finished" else message)
 
     def _interrupted(self, s: LoopState) -> TrainResult:
         """A second signal: stop at once, write nothing more than a status line."""
         message = f"interrupted twice: stopped at once without saving; the last checkpoint is {s.last_checkpoint or 'none'}"
-        self.log.write("status", s.step, s.tokens, state="interrupted", message=message, checkpoint=_text(s.last_checkpoint))
+        self.log.write(StatusRecord(step=s.step, tokens=s.tokens, state="interrupted", message=message,
+                                    checkpoint=_text(s.last_checkpoint)))
         return self._result("interrupted", s, message)
 
     def _result(self, status: str, s: LoopState, message: str) -> TrainResult:
@@ -542,8 +545,8 @@ class Trainer:
     def _prepare_progress(self, done: int, total: int, record: dict) -> None:
         """Data preparation runs before the run directory exists: report it to the callback only."""
         if self.on_metrics is not None and (done == 1 or done == total):
-            self.on_metrics({"kind": "status", "state": "preparing", "step": 0, "tokens": 0, "time": round(time.time(), 3),
-                             "done": done, "total": total, "message": f"preparing data: {done}/{total} files"})
+            self.on_metrics(StatusRecord(step=0, time=round(time.time(), 3), state="preparing", done=done, total=total,
+                                         message=f"preparing data: {done}/{total} files"))
 
     def _stop_requested(self, run_dir: Path) -> bool:
         return (
@@ -621,7 +624,7 @@ class Trainer:
             "val_tokens": int(n_targets),
             "val_notes": int(n_notes),
         }
-        self.log.write("val", step, tokens, **result)
+        self.log.write(ValRecord(step=step, tokens=tokens, **result))
         return result
 
     def _audition(self, step: int, tokens: int) -> None:
@@ -645,15 +648,17 @@ class Trainer:
                                         temperature=cfg.audition_temperature, top_p=cfg.audition_top_p,
                                         seed=self.cfg.train.seed + step)
         except Exception as exc:  # noqa: BLE001 (a sample that does not decode must not end the run)
-            self.log.write("audition", step, tokens, path=None, error=f"{type(exc).__name__}: {exc}")
+            self.log.write(AuditionRecord(step=step, tokens=tokens, error=f"{type(exc).__name__}: {exc}"))
         else:
-            self.log.write("audition", step, tokens, path=str(result.path), prompt_tokens=result.prompt_tokens,
-                           new_tokens=result.new_tokens, notes=result.notes, **self._audition_scores(result.path))
+            scores, scores_error = self._audition_scores(result.path)
+            self.log.write(AuditionRecord(step=step, tokens=tokens, path=str(result.path), prompt_tokens=result.prompt_tokens,
+                                          new_tokens=result.new_tokens, notes=result.notes, scores=scores,
+                                          metrics_error=scores_error))
         finally:
             self.model.train()  # (a gathered copy needs no reset; the live model does)
 
-    def _audition_scores(self, path: Path) -> dict:
-        """The evaluation's musical metrics for one audition, against the run's training pieces."""
+    def _audition_scores(self, path: Path) -> tuple[dict, str | None]:
+        """The evaluation's musical metrics for one audition, against the run's training pieces (or why not)."""
         try:
             from engine.data.store import TokenStore
             from engine.eval.report import CorpusProfile, audition_metrics, audition_summary
@@ -662,9 +667,9 @@ class Trainer:
                 self._corpus_profile = CorpusProfile.from_store(TokenStore.open(self.feed.source), "train")
             scores = audition_summary(audition_metrics(path, self._corpus_profile))
             scores.pop("notes", None)  # already logged from the decoded sample itself
-            return scores
+            return scores, None
         except Exception as exc:  # noqa: BLE001 (scoring is a bonus; it must never end a run)
-            return {"metrics_error": f"{type(exc).__name__}: {exc}"}
+            return {}, f"{type(exc).__name__}: {exc}"
 
 
 def run_training(config: TrainConfig, on_metrics: MetricsCallback | None = None, stop_event: threading.Event | None = None) -> TrainResult:

@@ -22,12 +22,17 @@ from .console import console, err_console, is_tty
 from .console import fail as console_fail
 
 if TYPE_CHECKING:
+    from engine.train.records import MetricRecord, TrainRecord, ValRecord
     from engine.train.request import TrainRequest
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """One sentence on stderr, never wrapped (logs and tests read it as one line), then exit."""
     console_fail(message, code, soft_wrap=True)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _fmt_bytes(n) -> str:
@@ -86,14 +91,16 @@ def immediate_stop_notice(say):
 
 
 class TrainDisplay:
-    """Turns metrics records into a live rich panel (TTY) or plain lines."""
+    """Turns the trainer's typed metrics records into a live rich panel (TTY) or plain lines."""
 
     def __init__(self, live: bool, rank0: bool = True):
         self.live_mode = live and rank0
         self.rank0 = rank0
         self.max_steps = 0
-        self.last: dict = {}
-        self.val: dict = {}
+        self.step = 0
+        self.tokens = 0
+        self.last: TrainRecord | None = None
+        self.val: ValRecord | None = None
         self.clock = None  # the engine's EtaClock, made on the first record (engine imports stay lazy)
         self._live = None
 
@@ -119,61 +126,55 @@ class TrainDisplay:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        r = self.last
+        r, v = self.last, self.val
         table = Table.grid(padding=(0, 2))
         for _ in range(4):
             table.add_column()
-        loss = r.get("loss")
-        table.add_row("step", f"{r.get('step', 0)}/{self.max_steps}", "loss", f"{loss:.4f}" if loss is not None else "-")
-        val = self.val.get("val_loss")
-        bpn = self.val.get("bits_per_note")
-        table.add_row("val loss", f"{val:.4f}" if val is not None else "-", "bits/note", f"{bpn:.3f}" if bpn is not None else "-")
-        lr = r.get("lr")
-        tps = r.get("tokens_per_s")
-        table.add_row("lr", f"{lr:.2e}" if lr is not None else "-", "tokens/s", f"{tps:,.0f}" if tps is not None else "-")
-        gn = r.get("grad_norm")
-        table.add_row("grad norm", f"{gn:.3f}" if gn is not None else "-", "memory", f"{_fmt_bytes(r.get('mem_alloc'))} (peak {_fmt_bytes(r.get('mem_peak'))})")
-        table.add_row("ETA", _fmt_eta(self.eta()), "tokens", f"{r.get('tokens', 0):,}")
-        bar = ProgressBar(total=max(self.max_steps, 1), completed=r.get("step", 0))
+        table.add_row("step", f"{self.step}/{self.max_steps}", "loss", _fmt(r and r.loss, ".4f"))
+        table.add_row("val loss", _fmt(v and v.val_loss, ".4f"), "bits/note", _fmt(v and v.bits_per_note, ".3f"))
+        table.add_row("lr", _fmt(r and r.lr, ".2e"), "tokens/s", _fmt(r and r.tokens_per_s, ",.0f"))
+        table.add_row("grad norm", _fmt(r and r.grad_norm, ".3f"), "memory",
+                      f"{_fmt_bytes(r and r.mem_alloc)} (peak {_fmt_bytes(r and r.mem_peak)})")
+        table.add_row("ETA", _fmt_eta(self.eta()), "tokens", f"{self.tokens:,}")
+        bar = ProgressBar(total=max(self.max_steps, 1), completed=self.step)
         grid = Table.grid()
         grid.add_row(bar)
         grid.add_row(table)
         return Panel(grid, title="training", border_style="cyan")
 
-    def __call__(self, record: dict) -> None:
+    def __call__(self, record: MetricRecord) -> None:
+        from engine.train.records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
+
         if self.clock is None:
             from engine.rundir import EtaClock
 
             self.clock = EtaClock()
         self.clock.feed(record)
-        kind = record.get("kind")
-        if kind == "status" and record.get("state") in ("started", "resumed"):
-            self.max_steps = record.get("max_steps", 0)
-            self.last = {"step": record.get("step", 0), "tokens": record.get("tokens", 0)}
-            self._print(
-                f"{record['state']} run {record.get('run_dir')} on {record.get('device')} "
-                f"({record.get('parameters', 0):,} parameters, wkv {record.get('wkv_backend')}, {record.get('precision')}, "
-                f"{record.get('train_samples')} train / {record.get('val_samples')} val samples)"
-            )
-        elif kind == "train":
-            self.last = record
-            if not self.live_mode:
-                lr, gn, tps = record.get("lr"), record.get("grad_norm"), record.get("tokens_per_s")
+        match record:
+            case StatusRecord(state="started" | "resumed"):
+                self.max_steps, self.step, self.tokens = record.max_steps or 0, record.step, record.tokens
                 self._print(
-                    f"step {record['step']}/{self.max_steps} loss {record['loss']:.4f} lr {lr:.2e} grad_norm {gn:.3f} "
-                    f"tokens/s {tps:,.0f} mem {_fmt_bytes(record.get('mem_alloc'))} eta {_fmt_eta(self.eta())}"
+                    f"{record.state} run {record.run_dir} on {record.device} ({record.parameters or 0:,} parameters, "
+                    f"wkv {record.wkv_backend}, {record.precision}, {record.train_samples} train / {record.val_samples} val samples)"
                 )
-        elif kind == "val":
-            self.val = record
-            bpn = record.get("bits_per_note")
-            self._print(f"step {record['step']} val_loss {record['val_loss']:.4f} bits/note {bpn:.3f}" if bpn is not None else f"step {record['step']} val_loss {record['val_loss']:.4f}")
-        elif kind == "audition":
-            self._print(f"step {record['step']} audition {record.get('path') or 'failed: ' + str(record.get('error'))}")
-        elif kind == "checkpoint":
-            self._print(f"step {record['step']} checkpoint {record['path']}")
-        elif kind == "status":
-            msg = record.get("message") or ""
-            self._print(f"{record.get('state')}: {msg}".rstrip(": "))
+            case TrainRecord():
+                self.last, self.step, self.tokens = record, record.step, record.tokens
+                if not self.live_mode:
+                    self._print(
+                        f"step {record.step}/{self.max_steps} loss {_fmt(record.loss, '.4f')} lr {_fmt(record.lr, '.2e')} "
+                        f"grad_norm {_fmt(record.grad_norm, '.3f')} tokens/s {_fmt(record.tokens_per_s, ',.0f')} "
+                        f"mem {_fmt_bytes(record.mem_alloc)} eta {_fmt_eta(self.eta())}"
+                    )
+            case ValRecord():
+                self.val = record
+                bpn = f" bits/note {record.bits_per_note:.3f}" if record.bits_per_note is not None else ""
+                self._print(f"step {record.step} val_loss {_fmt(record.val_loss, '.4f')}{bpn}")
+            case AuditionRecord():
+                self._print(f"step {record.step} audition {record.path or f'failed: {record.error}'}")
+            case CheckpointRecord():
+                self._print(f"step {record.step} checkpoint {record.path}")
+            case StatusRecord():
+                self._print(f"{record.state}: {record.message or ''}".rstrip(": "))
         if self._live is not None:
             self._live.update(self._render())
 

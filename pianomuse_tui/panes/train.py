@@ -21,7 +21,10 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from engine.rundir import EtaClock, MetricsTail, RunFiles, is_run_dir, newest_run, read_run_files, request_stop
+from engine.rundir import (
+    EtaClock, MetricsTail, RunFiles, audition_step, is_run_dir, newest_run, read_run_files, request_stop,
+)
+from engine.train.records import AuditionRecord, StatusRecord, TrainRecord, ValRecord
 from engine.train.config import PRESETS
 from engine.train.request import TrainRequest
 
@@ -96,7 +99,8 @@ class TrainPane(PaneBase):
         self.attached = False
         self.tail: MetricsTail | None = None
         self.run_files: RunFiles | None = None  # the watcher's latest reading of the run's folder
-        self.latest: dict[str, Any] = {}
+        self.last_train: TrainRecord | None = None  # the newest training step, and validation
+        self.last_val: ValRecord | None = None
         self.max_steps: int | None = None
         self.records_seen = 0
         self.last_status = ""
@@ -417,37 +421,32 @@ class TrainPane(PaneBase):
         plot = self.query_one(LossPlot)
         for rec in records:
             self.eta_clock.feed(rec)
-            kind, step = rec.kind, rec.step
             if rec.resumed_at is not None:  # the steps after it will be trained again: drop them
                 plot.add(train_pts, val_pts)
                 train_pts, val_pts = [], []
                 plot.cut_after(rec.resumed_at)
                 self.val_by_step = {s: v for s, v in self.val_by_step.items() if s <= rec.resumed_at}
-            if kind == "train" and (loss := rec.number("loss")) is not None:
-                train_pts.append((step, loss))
-                self.latest.update({k: v for k, v in rec.values.items() if v is not None})
-                self.latest.update(step=step, tokens=rec.tokens, elapsed_s=rec.elapsed_s)
-            elif kind == "val":
-                value = rec.number("val_loss")
-                if value is not None:
-                    val_pts.append((step, value))
-                    self.val_by_step[step] = value
-                self.latest.update({"val_loss": value, "bits_per_note": rec.get("bits_per_note"),
-                                    "val_step": step})
-            elif kind == "audition":
-                if (overlap := rec.number("pitch_class_oa")) is not None:
-                    reuse = rec.number("self_reuse")
-                    self.audition_scores[step] = (f"pc OA {overlap:.2f}, copy {rec.get('copied_notes', '-')}"
-                                                  + (f", reuse {reuse:.2f}" if reuse is not None else ""))
-            elif kind == "status":
-                self.last_status = str(rec.get("state") or "")
-                if rec.get("message"):
-                    self.notify(str(rec.get("message")), title="trainer")
+            match rec:
+                case TrainRecord() if rec.loss is not None:
+                    train_pts.append((rec.step, rec.loss))
+                    self.last_train = rec
+                case ValRecord():
+                    if rec.val_loss is not None:
+                        val_pts.append((rec.step, rec.val_loss))
+                        self.val_by_step[rec.step] = rec.val_loss
+                    self.last_val = rec
+                case AuditionRecord() if rec.pitch_class_oa is not None:
+                    copied = rec.copied_notes if rec.copied_notes is not None else "-"
+                    reuse = f", reuse {rec.self_reuse:.2f}" if rec.self_reuse is not None else ""
+                    self.audition_scores[rec.step] = f"pc OA {rec.pitch_class_oa:.2f}, copy {copied}{reuse}"
+                case StatusRecord():
+                    self.last_status = rec.state
+                    if rec.message:
+                        self.notify(rec.message, title="trainer")
         plot.add(train_pts, val_pts)
         self._render_now()
-        mem = self.query_one(MemoryMeter)
-        mem.update_trainer(self.latest.get("mem_alloc"), self.latest.get("mem_reserved"),
-                           self.latest.get("mem_peak"))
+        last = self.last_train
+        self.query_one(MemoryMeter).update_trainer(*((last.mem_alloc, last.mem_reserved, last.mem_peak) if last else (None,) * 3))
         # a checkpoint or audition record brings a RunFilesRead right behind it: the table is
         # refreshed there, from the watcher's listing
 
@@ -477,7 +476,7 @@ class TrainPane(PaneBase):
     # ---- drawing --------------------------------------------------------------------------------
 
     def _reset_view(self) -> None:
-        self.latest = {}
+        self.last_train = self.last_val = None
         self.eta_clock = EtaClock()
         self.val_by_step = {}
         self.audition_scores = {}
@@ -498,26 +497,23 @@ class TrainPane(PaneBase):
         self.query_one("#tr-status", Static).update(text)
 
     def _render_now(self) -> None:
-        m = self.latest
+        t, v = self.last_train, self.last_val
         text = Text()
-        step = m.get("step")
         total = f" / {self.max_steps:,}" if self.max_steps else ""
-        text.append(f"step {step if step is not None else '-'}{total}\n", style="bold")
-        loss, val = m.get("loss"), m.get("val_loss")
-        text.append(f"loss {_num(loss)}   val {_num(val)}\n")
-        if m.get("bits_per_note") is not None:
-            text.append(f"bits/note {_num(m.get('bits_per_note'))}\n")
-        text.append(f"lr {_sci(m.get('lr'))}   grad {_num(m.get('grad_norm'))}\n")
-        tps = m.get("tokens_per_s")
-        text.append(f"{fmt_count(tps)} tok/s   ETA {self._eta()}\n")
-        if m.get("tokens") is not None:
-            text.append(f"tokens seen {fmt_count(m.get('tokens'))}\n", style="dim")
+        text.append(f"step {t.step if t else '-'}{total}\n", style="bold")
+        text.append(f"loss {_num(t and t.loss)}   val {_num(v and v.val_loss)}\n")
+        if v and v.bits_per_note is not None:
+            text.append(f"bits/note {_num(v.bits_per_note)}\n")
+        text.append(f"lr {_sci(t and t.lr)}   grad {_num(t and t.grad_norm)}\n")
+        text.append(f"{fmt_count(t and t.tokens_per_s)} tok/s   ETA {self._eta()}\n")
+        if t:
+            text.append(f"tokens seen {fmt_count(t.tokens)}\n", style="dim")
         if self.last_status:
             text.append(f"trainer: {self.last_status}", style="dim")
         self.query_one("#tr-now", Static).update(text)
 
     def _eta(self) -> str:
-        if self.last_status in ("stopped", "finished", "aborted", "interrupted"):
+        if self.last_status in StatusRecord.ENDED:
             return "-"
         eta = self.eta_clock.eta_s(self.max_steps)
         return fmt_duration(eta) if eta is not None and math.isfinite(eta) else "-"
@@ -534,9 +530,9 @@ class TrainPane(PaneBase):
             rows.append((str(ckpt.path), ("checkpoint", ckpt.step if ckpt.step is not None else "-",
                                           f"{val:.3f}" if val is not None else "", "", ckpt.name)))
         for audition in files.auditions:
-            step = "".join(ch for ch in audition.stem if ch.isdigit())
-            score = self.audition_scores.get(int(step), "") if step else ""
-            rows.append((str(audition), ("audition ▶", int(step) if step else "-", "", score, audition.name)))
+            step = audition_step(audition)
+            rows.append((str(audition), ("audition ▶", step if step is not None else "-", "",
+                                         self.audition_scores.get(step, ""), audition.name)))
         fill_table(table, ARTIFACT_COLUMNS, rows)
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))

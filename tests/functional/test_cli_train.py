@@ -155,7 +155,7 @@ def _wait_for(predicate, proc, timeout=180.0):
 
 def _train_records(run_root: Path) -> list[dict]:
     runs = list(run_root.glob("*/metrics.jsonl"))
-    return [r for r in read_metrics(runs[0]) if r["kind"] == "train"] if runs else []
+    return [r for r in read_metrics(runs[0]) if r.kind == "train"] if runs else []
 
 
 @pytest.mark.slow
@@ -170,10 +170,10 @@ def test_sigint_saves_and_exits_130(tmp_path):
     assert proc.returncode == 130
     (run,) = root.iterdir()
     last = ckpt.latest_checkpoint(run)
-    step = max(r["step"] for r in _train_records(root))
+    step = max(r.step for r in _train_records(root))
     assert last.name == ckpt.checkpoint_name(step) and ckpt.is_complete(last)
     assert "resume with: pianomuse-tui --headless train --run-dir" in stdout
-    states = [r.get("state") for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "status"]
+    states = [r.state for r in read_metrics(run / "metrics.jsonl") if r.kind == "status"]
     assert states == ["started", "stopped"]
 
 
@@ -203,7 +203,7 @@ def test_second_sigint_stops_at_once_without_saving(tmp_path):
     (run,) = root.iterdir()
     assert ckpt.latest_checkpoint(run) is None and not list((run / "checkpoints").glob(".tmp-*"))
     last = read_metrics(run / "metrics.jsonl")[-1]
-    assert last["state"] == "interrupted" and "without saving" in last["message"]
+    assert last.state == "interrupted" and "without saving" in last.message
     assert "aborting now without saving" in stderr and "interrupted:" in stderr
 
 
@@ -268,7 +268,7 @@ def test_closing_the_terminal_saves_like_ctrl_c(tmp_path):
     assert os.waitstatus_to_exitcode(done[1]) == 130
     (run,) = root.iterdir()
     last = ckpt.latest_checkpoint(run)
-    step = max(r["step"] for r in _train_records(root))
+    step = max(r.step for r in _train_records(root))
     assert last is not None and last.name == ckpt.checkpoint_name(step) and ckpt.checkpoint_problem(last) is None
-    stopped = [r for r in read_metrics(run) if r.get("state") == "stopped"]
-    assert len(stopped) == 1 and "SIGHUP" in stopped[0]["message"]
+    stopped = [r for r in read_metrics(run) if r.kind == "status" and r.state == "stopped"]
+    assert len(stopped) == 1 and "SIGHUP" in stopped[0].message

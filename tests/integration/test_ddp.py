@@ -39,7 +39,7 @@ def _torchrun_train(run_root: Path, settings: dict) -> subprocess.CompletedProce
 
 
 def _train_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+    return {r.step: r.loss for r in read_metrics(run_dir / "metrics.jsonl") if r.kind == "train"}
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
@@ -51,16 +51,16 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     (run,) = (tmp_path / "two").iterdir()  # only rank 0 created a run directory
     records = read_metrics(run / "metrics.jsonl")
-    started = next(r for r in records if r.get("state") == "started")
-    assert started["world_size"] == 2
+    started = next(r for r in records if r.kind == "status" and r.state == "started")
+    assert started.world_size == 2
     assert out.stdout.count("started run") == 1  # only rank 0 prints
 
     one, two = _train_losses(single.run_dir), _train_losses(run)
     assert sorted(one) == sorted(two) == [1, 2]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4)
-    val_one = [r["val_loss"] for r in read_metrics(single.run_dir / "metrics.jsonl") if r["kind"] == "val"]
-    val_two = [r["val_loss"] for r in records if r["kind"] == "val"]
+    val_one = [r.val_loss for r in read_metrics(single.run_dir / "metrics.jsonl") if r.kind == "val"]
+    val_two = [r.val_loss for r in records if r.kind == "val"]
     assert val_two == pytest.approx(val_one, rel=1e-4)
 
     # a checkpoint written by 2 processes resumes on 1 (the data position is global)
@@ -84,10 +84,10 @@ def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_pa
     assert sorted(one) == sorted(two) == [1, 2]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4)
-    val_one = [r["val_loss"] for r in read_metrics(single.run_dir / "metrics.jsonl") if r["kind"] == "val"]
-    assert [r["val_loss"] for r in records if r["kind"] == "val"] == pytest.approx(val_one, rel=1e-4)
-    audition = [r for r in records if r["kind"] == "audition"]
-    assert audition and audition[0]["path"] and Path(audition[0]["path"]).is_file()
+    val_one = [r.val_loss for r in read_metrics(single.run_dir / "metrics.jsonl") if r.kind == "val"]
+    assert [r.val_loss for r in records if r.kind == "val"] == pytest.approx(val_one, rel=1e-4)
+    audition = [r for r in records if r.kind == "audition"]
+    assert audition and audition[0].path and Path(audition[0].path).is_file()
 
     # the checkpoint holds full tensors: the same shapes as the single-process one, and the
     # weights after 2 sharded steps match the single process's

@@ -26,10 +26,10 @@ def test_bf16_training_on_cuda(tmp_path):
     result = run_training(cfg)
     assert result.status == "finished"
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    started = next(r for r in records if r.get("state") == "started")
-    assert started["precision"] == "bfloat16" and started["device"].startswith("cuda")
-    train = [r for r in records if r["kind"] == "train"]
-    assert all(math.isfinite(r["loss"]) and r["mem_alloc"] > 0 and r["mem_peak"] >= r["mem_alloc"] for r in train)
-    assert train[-1]["loss"] < train[0]["loss"]
+    started = next(r for r in records if r.kind == "status" and r.state == "started")
+    assert started.precision == "bfloat16" and started.device.startswith("cuda")
+    train = [r for r in records if r.kind == "train"]
+    assert all(math.isfinite(r.loss) and r.mem_alloc > 0 and r.mem_peak >= r.mem_alloc for r in train)
+    assert train[-1].loss < train[0].loss
     model, _ = load_checkpoint(result.checkpoint)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights were saved

@@ -14,7 +14,8 @@ import pytest
 
 from engine import rundir
 from engine.model import CheckpointError, load_checkpoint
-from engine.rundir import MetricRecord, MetricsTail, RunBusy, RunError, read_metrics
+from engine.rundir import MetricsTail, RunBusy, RunError, read_metrics
+from engine.train.records import parse_record
 from engine.train.config import load_config
 from engine.train.launch import resolve_config
 from engine.train.trainer import run_training
@@ -33,7 +34,7 @@ class Killed(Exception):
 
 def _killed_at(step: int):
     def on_metrics(record: dict) -> None:
-        if record["kind"] == "train" and record["step"] == step:
+        if record.kind == "train" and record.step == step:
             raise Killed
 
     return on_metrics
@@ -81,9 +82,9 @@ def test_a_bit_flip_is_caught_the_intact_checkpoint_is_resumed_and_never_pruned(
     assert point.checkpoint.name == "step-00000002" and "step-00000003: its model.pth does not match" in point.note
     resumed = run_training(resolve_config(None, None, [], resume=str(run)))
     assert resumed.status == "finished" and resumed.step == 3
-    losses = {r.step: r["loss"] for r in read_metrics(run) if r.kind == "train"}
-    assert losses == {r.step: r["loss"] for r in read_metrics(straight.run_dir) if r.kind == "train"}  # exact: continued from step 2
-    notes = [r["message"] for r in read_metrics(run) if r.get("state") == "note"]
+    losses = {r.step: r.loss for r in read_metrics(run) if r.kind == "train"}
+    assert losses == {r.step: r.loss for r in read_metrics(straight.run_dir) if r.kind == "train"}  # exact: continued from step 2
+    notes = [r.message for r in read_metrics(run) if r.kind == "status" and r.state == "note"]
     assert len(notes) == 1 and "set aside as .damaged-step-00000003" in notes[0]
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == [".damaged-step-00000003", "latest", "step-00000002", "step-00000003"]
@@ -146,7 +147,7 @@ def test_a_new_run_cleans_what_killed_saves_left_beside_it(tmp_path):
     fresh = run_training(_config(root, **{"train.max_steps": 1, "run.name": "fresh"}))
     assert not leftover.exists() and rundir.latest_checkpoint(kept).name == "step-00000001"
     assert not orphan.exists() and (mine / "notes.txt").exists()
-    notes = [r["message"] for r in read_metrics(fresh.run_dir) if r.get("state") == "note"]
+    notes = [r.message for r in read_metrics(fresh.run_dir) if r.kind == "status" and r.state == "note"]
     assert any(f"removed run folder {orphan}" in n for n in notes) and any("unfinished save" in n for n in notes)
 
 
@@ -156,7 +157,7 @@ def test_steps_redone_after_a_kill_are_dropped_by_every_reader(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     tail = MetricsTail(run)
     tail.poll()
-    drawn = [(r.step, r["loss"]) for r in tail.drain() if r.kind == "train"]
+    drawn = [(r.step, r.loss) for r in tail.drain() if r.kind == "train"]
     assert [s for s, _ in drawn] == [1, 2, 3]
     resumed = run_training(resolve_config(None, None, [], resume="auto", run_root=tmp_path / "runs", max_steps=4))
     assert resumed.step == 4
@@ -172,10 +173,10 @@ def test_steps_redone_after_a_kill_are_dropped_by_every_reader(tmp_path):
 def test_the_tail_drops_redone_records_still_pending():
     lines = [{"kind": "train", "step": s, "loss": 1.0} for s in (1, 2, 3)]
     lines += [{"kind": "status", "step": 2, "state": "resumed"}, {"kind": "train", "step": 3, "loss": 0.5}]
-    records = [MetricRecord.from_json(x) for x in lines]
+    records = [parse_record(x) for x in lines]
     assert [(r.kind, r.step) for r in rundir.drop_redone(records)] == [
         ("train", 1), ("train", 2), ("status", 2), ("train", 3)]
-    assert MetricRecord.from_json({"kind": "train"}) is None and MetricRecord.from_json([1]) is None
+    assert parse_record({"kind": "train"}) is None and parse_record([1]) is None
 
 
 def test_a_store_without_validation_pieces_is_said_before_training(tmp_path):
@@ -189,5 +190,5 @@ def test_a_store_without_validation_pieces_is_said_before_training(tmp_path):
     prepare(midi, tmp_path / "store", PrepareConfig(val_fraction=0.0, workers=1))
     overrides = micro_overrides(tmp_path / "store", tmp_path / "runs", **{"train.max_steps": 1, "eval.val_every": 1})
     result = run_training(load_config(preset="tiny", overrides=overrides))
-    notes = [r["message"] for r in read_metrics(result.run_dir) if r.get("state") == "note"]
+    notes = [r.message for r in read_metrics(result.run_dir) if r.kind == "status" and r.state == "note"]
     assert result.status == "finished" and any("no validation samples" in n for n in notes), notes

@@ -14,6 +14,7 @@ from engine.model import load_checkpoint
 from engine import rundir as ckpt
 from engine.train.config import load_config
 from engine.rundir import read_metrics
+from engine.train.records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
 from engine.train.trainer import run_training
 from train_helpers import micro_overrides, small_store
 
@@ -23,7 +24,7 @@ def _config(tmp_path, **extra):
 
 
 def _losses(run_dir, kind="train"):
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == kind}
+    return {r.step: r.loss for r in read_metrics(run_dir / "metrics.jsonl") if r.kind == kind}
 
 
 COMMON = {"kind", "step", "tokens", "time", "elapsed_s"}
@@ -41,23 +42,26 @@ def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
     assert losses[10] < 0.6 * losses[1], losses  # the same 4 windows every step: the loss must fall
 
     records = read_metrics(run / "metrics.jsonl")
-    assert [r.to_json() for r in records] == seen  # the callback sees exactly what the file holds
+    assert records == seen  # the callback sees exactly the typed records the file gives back
     by_kind = {}
     for r in records:
-        assert COMMON <= r.to_json().keys()
-        by_kind.setdefault(r["kind"], []).append(r)
-    assert set(by_kind) == {"status", "train", "val", "audition", "checkpoint"}
-    for r in by_kind["train"]:
-        assert {"loss", "lr", "tokens_per_s", "grad_norm", "mem_alloc", "mem_reserved", "mem_peak"} <= r.keys()
-        assert r["loss"] > 0 and r["lr"] > 0 and r["grad_norm"] > 0 and r["tokens_per_s"] > 0
-    steps = [r["step"] for r in by_kind["train"]]
+        assert COMMON <= r.to_json().keys() and r.time > 0
+        # every field the trainer writes is one its record type declares: no reader guesses a name
+        assert r.extra == {}, (r.kind, r.extra)
+        by_kind.setdefault(type(r), []).append(r)
+    assert set(by_kind) == {StatusRecord, TrainRecord, ValRecord, AuditionRecord, CheckpointRecord}
+    for r in by_kind[TrainRecord]:
+        assert r.loss > 0 and r.lr > 0 and r.grad_norm > 0 and r.tokens_per_s > 0 and r.mem_alloc is None  # a CPU run
+    steps = [r.step for r in by_kind[TrainRecord]]
     assert steps == sorted(steps) and all(b > a for a, b in zip([0] + steps, steps))
-    val = by_kind["val"]
-    assert [v["step"] for v in val] == [5, 10]
-    assert all(v["val_loss"] > 0 and v["bits_per_note"] > 0 and v["val_notes"] > 0 for v in val)
+    val = by_kind[ValRecord]
+    assert [v.step for v in val] == [5, 10]
+    assert all(v.val_loss > 0 and v.bits_per_note > 0 and v.val_notes > 0 for v in val)
     # bits per note is the validation targets' total bits over the notes among them
-    assert val[0]["bits_per_note"] == pytest.approx(val[0]["val_loss"] * val[0]["val_tokens"] / math.log(2) / val[0]["val_notes"])
-    assert [s["state"] for s in by_kind["status"]] == ["started", "finished"]
+    assert val[0].bits_per_note == pytest.approx(val[0].val_loss * val[0].val_tokens / math.log(2) / val[0].val_notes)
+    assert [s.state for s in by_kind[StatusRecord]] == ["started", "finished"]
+    started = by_kind[StatusRecord][0]
+    assert started.max_steps == 10 and started.parameters > 0 and started.device == "cpu" and started.train_samples == 4
 
     # the resolved config, the environment, checkpoints and the audition are all there
     assert load_config(run / "config.toml").train.max_steps == 10
@@ -67,13 +71,13 @@ def test_overfits_a_fixed_batch_and_writes_a_complete_run(tmp_path):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000010"
     model, sidecar = load_checkpoint(run / "checkpoints" / "step-00000010")
     assert sidecar["tokenizer"]["format"].startswith("pianomuse-tokenizer") and model.config.n_layer == 1
-    audition = by_kind["audition"][0]
-    assert audition["path"].endswith("auditions/step-00000010.mid")
-    score = symusic.Score(audition["path"])  # a real MIDI file that decodes
-    assert sum(len(t.notes) for t in score.tracks) == audition["notes"] > 0
+    audition = by_kind[AuditionRecord][0]
+    assert audition.path.endswith("auditions/step-00000010.mid")
+    score = symusic.Score(audition.path)  # a real MIDI file that decodes
+    assert sum(len(t.notes) for t in score.tracks) == audition.notes > 0
     # the audition carries the evaluation's musical metrics against the run's training pieces
-    assert "metrics_error" not in audition, audition.get("metrics_error")
-    assert audition["copied_notes"] >= 0 and 0.0 <= audition["pitch_class_oa"] <= 1.0
+    assert audition.metrics_error is None, audition.metrics_error
+    assert audition.copied_notes >= 0 and 0.0 <= audition.pitch_class_oa <= 1.0 and len(audition.scores) > 5
 
 
 @pytest.mark.slow
@@ -82,13 +86,13 @@ def test_resume_continues_exactly(tmp_path):
     straight = run_training(_config(tmp_path / "a", **settings))
     event = threading.Event()
     first = run_training(_config(tmp_path / "b", **settings), stop_event=event,
-                         on_metrics=lambda r: event.set() if r["kind"] == "train" and r["step"] == 1 else None)
+                         on_metrics=lambda r: event.set() if r.kind == "train" and r.step == 1 else None)
     assert first.status == "stopped" and first.step == 2
     resumed = run_training(load_config(first.run_dir / "config.toml").with_overrides([f"run.resume={first.run_dir}"]))
     assert resumed.run_dir == first.run_dir and resumed.step == 4
     a, b = _losses(straight.run_dir), _losses(first.run_dir)
     assert [b[s] for s in (3, 4)] == [a[s] for s in (3, 4)]  # bit-for-bit on CPU
-    states = [r["state"] for r in read_metrics(first.run_dir / "metrics.jsonl") if r["kind"] == "status"]
+    states = [r.state for r in read_metrics(first.run_dir / "metrics.jsonl") if r.kind == "status"]
     assert states == ["started", "stopped", "resumed", "finished"]
 
 
@@ -100,11 +104,11 @@ def test_nan_guard_skips_a_bad_step_and_aborts_after_k(tmp_path):
     assert result.status == "aborted" and result.exit_code == 3 and result.step == 2 and result.bad_steps == 4
     assert "3 consecutive steps" in result.message and "step-00000002" in result.message
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    bad = [r for r in records if r.get("state") == "bad_step"]
-    assert [(r["step"], r["consecutive"]) for r in bad] == [(1, 1), (2, 1), (2, 2), (2, 3)]
-    assert bad[0]["loss"] is None  # JSON null, not NaN
-    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]  # the run went on after one bad step
-    assert records[-1]["state"] == "aborted"
+    bad = [r for r in records if r.kind == "status" and r.state == "bad_step"]
+    assert [(r.step, r.consecutive) for r in bad] == [(1, 1), (2, 1), (2, 2), (2, 3)]
+    assert bad[0].loss is None  # JSON null, not NaN
+    assert [r.step for r in records if r.kind == "train"] == [1, 2]  # the run went on after one bad step
+    assert records[-1].state == "aborted"
     assert ckpt.latest_checkpoint(result.run_dir).name == "step-00000002"
     model, _ = load_checkpoint(ckpt.latest_checkpoint(result.run_dir))
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no poisoned update was applied
@@ -112,7 +116,7 @@ def test_nan_guard_skips_a_bad_step_and_aborts_after_k(tmp_path):
 
 def test_control_file_and_stop_event_save_and_stop(tmp_path):
     def stop_by_file(record):
-        if record["kind"] == "train" and record["step"] == 1:
+        if record.kind == "train" and record.step == 1:
             run_dir = next((tmp_path / "file" / "runs").iterdir())
             (run_dir / "control" / "stop").touch()
 
@@ -123,7 +127,7 @@ def test_control_file_and_stop_event_save_and_stop(tmp_path):
 
     event = threading.Event()
     by_event = run_training(_config(tmp_path / "event", **{"train.max_steps": 50}),
-                            on_metrics=lambda r: event.set() if r["kind"] == "train" else None, stop_event=event)
+                            on_metrics=lambda r: event.set() if r.kind == "train" else None, stop_event=event)
     assert by_event.status == "stopped" and by_event.step == 2  # the step after the request finishes
     assert ckpt.latest_checkpoint(by_event.run_dir).name == "step-00000002"
 
@@ -142,10 +146,10 @@ def test_init_from_a_foreign_checkpoint_resizes_the_vocabulary(tmp_path):
     source = save_checkpoint(text_model, tmp_path / "text")
     cfg = _config(tmp_path, **{"train.max_steps": 1, "init_from": str(source), "optim.finetune_lr": 2e-5})
     result = run_training(cfg)
-    started = next(r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.get("state") == "started")
+    started = next(r for r in read_metrics(result.run_dir / "metrics.jsonl") if r.kind == "status" and r.state == "started")
     model, sidecar = load_checkpoint(result.checkpoint)
-    assert model.config.vocab_size == started["vocab_size"] != 1000  # the music tokenizer's vocabulary
-    assert sidecar["tokenizer"] is not None and started["lr"] == 2e-5 and started["init_from"] == str(source)
+    assert model.config.vocab_size == started.vocab_size != 1000  # the music tokenizer's vocabulary
+    assert sidecar["tokenizer"] is not None and started.lr == 2e-5 and started.init_from == str(source)
     # the body came from the source checkpoint (one tiny fine-tuning step moves it only slightly)
     delta = (model.blocks[0].att.key.weight - text_model.blocks[0].att.key.weight).abs().max()
     assert delta < 1e-3
@@ -155,12 +159,12 @@ def test_packed_lm_objective_trains_and_validates(tmp_path):
     result = run_training(_config(tmp_path, **{"data.objective": "lm", "data.ctx_len": 64, "train.max_steps": 2,
                                                "eval.val_every": 2, "data.augment": "true"}))
     records = read_metrics(result.run_dir / "metrics.jsonl")
-    train = [r for r in records if r["kind"] == "train"]
-    val = [r for r in records if r["kind"] == "val"]
+    train = [r for r in records if r.kind == "train"]
+    val = [r for r in records if r.kind == "val"]
     assert result.status == "finished" and len(train) == 2 and len(val) == 1
     # packed chunks carry no padding: every input token counts, 4 chunks of 64 per step
-    assert train[-1]["tokens"] == 2 * 4 * 64
-    assert val[0]["val_loss"] > 0 and val[0]["val_tokens"] > 0
+    assert train[-1].tokens == 2 * 4 * 64
+    assert val[0].val_loss > 0 and val[0].val_tokens > 0
 
 
 @pytest.mark.slow
@@ -198,7 +202,7 @@ def test_fused_head_trains_the_same_losses_and_validation(tmp_path):
     assert a.keys() == b.keys() == {1, 2, 3}
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
-    val = lambda run: [r["val_loss"] for r in read_metrics(run.run_dir / "metrics.jsonl") if r["kind"] == "val"]  # noqa: E731
+    val = lambda run: [r.val_loss for r in read_metrics(run.run_dir / "metrics.jsonl") if r.kind == "val"]  # noqa: E731
     assert val(fused) == pytest.approx(val(plain), rel=1e-5) and len(val(plain)) == 1
 
 

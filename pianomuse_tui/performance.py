@@ -9,36 +9,33 @@ file (an audition).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig
+from engine.generate.defaults import DuetConfig, KnobSettings, SamplingConfig
 
 
-@dataclass
 class Knobs:
-    """Sampling knobs shared between the UI thread (writes) and the performance thread (reads);
-    they start from the engine's generation defaults, as `--headless generate` does."""
+    """The live knobs, shared between the UI thread (``update``) and the performance thread, which
+    reads an immutable ``KnobSettings`` before every step; they start from the engine's generation
+    defaults, as `--headless generate` does. ``knobs.temperature`` reads the latest value."""
 
-    temperature: float = SamplingConfig.temperature
-    top_p: float = SamplingConfig.top_p
-    alternatives: int = 1
-    bars: int = DEFAULT_BARS
-    seed: int | None = None
-    version: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings = KnobSettings()
 
     def update(self, **values: Any) -> None:
         with self._lock:
-            for key, value in values.items():
-                setattr(self, key, value)
-            self.version += 1
+            self._settings = replace(self._settings, version=self._settings.version + 1, **values)
 
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"temperature": self.temperature, "top_p": self.top_p, "alternatives": self.alternatives,
-                    "bars": self.bars, "seed": self.seed, "version": self.version}
+    def snapshot(self) -> KnobSettings:
+        return self._settings  # immutable: a new object on every update
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not a knob (and no recursion before __init__ ran)
+            raise AttributeError(name)
+        return getattr(self._settings, name)
 
 
 @dataclass
@@ -184,7 +181,7 @@ class Performance:
         torch.set_num_threads(1)
         knobs = self.knobs.snapshot()
         model, tokenizer, _ = load_generator(self.settings.checkpoint)
-        sampling = SamplingConfig(temperature=knobs["temperature"], top_p=knobs["top_p"], seed=knobs["seed"])
+        sampling = SamplingConfig(temperature=knobs.temperature, top_p=knobs.top_p, seed=knobs.seed)
         self.session = build_session(model, tokenizer, sampling=sampling)
         self.duet = Duet(self.session, self.settings.duet or DuetConfig(), self.player, self.listening.messages,
                          on_human=self._roll_event, stop=self.player.stop_event, knobs=self.knobs.snapshot)

@@ -89,6 +89,20 @@ class PrepareConfig:
         CheckPolicy.from_dict(out.check)  # validate early, before any work
         return out
 
+    def check_policy(self, **overrides: Any) -> CheckPolicy:
+        """The checks this config asks for, with a command's flags (``overrides``, None = not given) on
+        top. The piano policy is [check]'s, else the tokenizer's (a saved tokenizer config, e.g. a
+        checkpoint's, brings its own), else the default: one rule for `check` and `prepare`."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return CheckPolicy.from_dict({"piano_policy": self.tokenizer.get("piano_policy", DEFAULT_PIANO_POLICY),
+                                      **self.check, **given})
+
+    def tokenizer_for(self, policy: CheckPolicy):
+        """The tokenizer of this config that extracts the piano the way ``policy``'s checks do."""
+        from .tokenizer import PianoTokenizer
+
+        return PianoTokenizer.from_config({**self.tokenizer, "piano_policy": policy.piano_policy})
+
     @classmethod
     def load(cls, path: str | Path) -> "PrepareConfig":
         import tomllib
@@ -299,13 +313,9 @@ def prepare(
 
 
 def _policy_and_tokenizer(config: PrepareConfig):
-    """(check policy, tokenizer) of a prepare config. The policy's piano policy is the tokenizer's
-    unless [check] names one (a saved tokenizer config, e.g. a checkpoint's, brings its own); the
-    tokenizer then extracts the piano the same way the checks do."""
-    from .tokenizer import PianoTokenizer
-
-    policy = CheckPolicy.from_dict({"piano_policy": config.tokenizer.get("piano_policy", DEFAULT_PIANO_POLICY), **config.check})
-    return policy, PianoTokenizer.from_config({**config.tokenizer, "piano_policy": policy.piano_policy})
+    """(check policy, tokenizer) of a prepare config (``PrepareConfig.check_policy``'s rule)."""
+    policy = config.check_policy()
+    return policy, config.tokenizer_for(policy)
 
 
 def _ensure_validation_piece(pieces: list[dict], config: PrepareConfig) -> None:

@@ -10,6 +10,7 @@ from engine import lazy_exports
 _EXPORTS = {
     "DEFAULT_BARS": "engine.generate.defaults",
     "SamplingConfig": "engine.generate.defaults",
+    "KnobSettings": "engine.generate.defaults",
     "StreamDecoder": "engine.generate.decoder",
     "GrammarMask": "engine.generate.grammar",
     "filter_logits": "engine.generate.sampling",

@@ -49,6 +49,20 @@ def _knob(default, help: str, modes: tuple[str, ...] = MODES, label: str = ""):
     return field(default=default, metadata={"help": help, "modes": modes, "label": label})
 
 
+@dataclass(frozen=True)
+class KnobSettings:
+    """The live knobs at one moment, as a performance reads them before every step (the Generate
+    pane's ``Knobs.snapshot()``): a session starts from them and follows temperature, top-p and
+    bars while it plays; ``version`` changes whenever a knob does."""
+
+    temperature: float = SamplingConfig.temperature
+    top_p: float = SamplingConfig.top_p
+    alternatives: int = 1
+    bars: int = DEFAULT_BARS
+    seed: int | None = None
+    version: int = 0
+
+
 @dataclass
 class DuetConfig:
     """How a duet with a pianist runs (``engine.generate.duet``). Both faces build it with ``duet_config``."""

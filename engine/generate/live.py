@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 
 from engine.rundir import resolve_checkpoint
 
-from .sampling import DEFAULT_BARS, SamplingConfig
+from .defaults import KnobSettings
+from .sampling import SamplingConfig
 from .session import GenerationSession, prompt_from_file
 from .timeline import GenerationError
 
@@ -50,20 +51,17 @@ def build_session(model, tokenizer, *, prompt: str | Path | None = None, prompt_
     return session
 
 
-def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], dict] | None = None,
+def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], KnobSettings] | None = None,
            stop: threading.Event | None = None, model=None, tokenizer=None, row: int = 0,
            max_tokens: int | None = None,
            on_session: Callable[[GenerationSession], None] | None = None) -> Iterator[tuple[list, float, int]]:
     """Build a session from the knobs, then yield its ``chunks`` for alternative ``row``."""
     if model is None or tokenizer is None:
         model, tokenizer, _ = load_generator(checkpoint)
-    current = dict(knobs() if knobs else {})
-    defaults = SamplingConfig()
-    sampling = SamplingConfig(temperature=current.get("temperature", defaults.temperature),
-                              top_p=current.get("top_p", defaults.top_p), seed=current.get("seed"))
+    current = knobs() if knobs else KnobSettings()
+    sampling = SamplingConfig(temperature=current.temperature, top_p=current.top_p, seed=current.seed)
     session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
-                            alternatives=int(current.get("alternatives", 1)), bars=current.get("bars", DEFAULT_BARS),
-                            max_tokens=max_tokens or HARD_TOKEN_CAP)
+                            alternatives=current.alternatives, bars=current.bars, max_tokens=max_tokens or HARD_TOKEN_CAP)
     if on_session is not None:
         on_session(session)
     yield from chunks(session, row=row, knobs=knobs, stop=stop)
@@ -73,25 +71,24 @@ class KnobFollower:
     """Applies the UI's knobs to a session when they change (call before each step): temperature,
     top-p and, unless ``bars`` is False, the number of bars."""
 
-    def __init__(self, session: GenerationSession, knobs: Callable[[], dict] | None, bars: bool = True) -> None:
+    def __init__(self, session: GenerationSession, knobs: Callable[[], KnobSettings] | None, bars: bool = True) -> None:
         self.session, self.knobs, self.bars = session, knobs, bars
-        self.version = knobs().get("version") if knobs is not None else None
+        self.version = knobs().version if knobs is not None else None
 
     def __call__(self) -> None:
         if self.knobs is None:
             return
         latest = self.knobs()
-        if latest.get("version") == self.version:
+        if latest.version == self.version:
             return
-        self.version = latest.get("version")
-        sampling = self.session.sampling
-        sampling.temperature = float(latest.get("temperature", sampling.temperature))
-        sampling.top_p = float(latest.get("top_p", sampling.top_p))
-        if self.bars and latest.get("bars"):
-            self.session.bars = int(latest["bars"])
+        self.version = latest.version
+        self.session.sampling.temperature = latest.temperature
+        self.session.sampling.top_p = latest.top_p
+        if self.bars and latest.bars:
+            self.session.bars = latest.bars
 
 
-def chunks(session: GenerationSession, row: int = 0, knobs: Callable[[], dict] | None = None,
+def chunks(session: GenerationSession, row: int = 0, knobs: Callable[[], KnobSettings] | None = None,
            stop: threading.Event | None = None) -> Iterator[tuple[list, float, int]]:
     """Step ``session`` and yield ``(events, horizon, n_tokens)`` of row ``row`` until done or ``stop``;
     the last item releases what still sounds. Knobs are read before every step."""

@@ -124,19 +124,12 @@ def run_check(folder: Path, report: Optional[Path], workers: Optional[int], poli
     if report is not None and report.is_dir():  # said before the scan, not after it
         fail(f"the report path {report} is a folder; give a file name such as {report / 'report.json'}")
     prep = _load_prepare_config(config)
-    check_settings = {**prep.check, **({"piano_policy": policy} if policy else {}), **({"timeout_s": timeout} if timeout else {})}
-    tokenizer_config = None
     try:
-        from engine.data.tokenizer import PianoTokenizer
-
-        from engine.data.piano_policy import DEFAULT_PIANO_POLICY
-
-        piano_policy = check_settings.get("piano_policy") or prep.tokenizer.get("piano_policy", DEFAULT_PIANO_POLICY)
-        check_settings["piano_policy"] = piano_policy
-        if check_settings.get("tokenize", True):  # MidiTok (and the torch it imports) only when tokens are counted
-            tokenizer_config = PianoTokenizer.from_config({**prep.tokenizer, "piano_policy": piano_policy}).to_config()
+        checks = prep.check_policy(piano_policy=policy or None, timeout_s=timeout or None)  # prepare's rule too
+        # MidiTok (and the torch it imports) only when tokens are counted
+        tokenizer_config = prep.tokenizer_for(checks).to_config() if checks.tokenize else None
         with _Progress("check") as progress:
-            result = scan(folder, workers=workers or prep.workers, policy=check_settings, on_progress=progress,
+            result = scan(folder, workers=workers or prep.workers, policy=checks, on_progress=progress,
                           tokenizer_config=tokenizer_config, paths=files)
     except (ScanError, TokenizerConfigError, ValueError) as exc:
         fail(str(exc))

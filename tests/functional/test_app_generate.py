@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from jack_server import JackServer, MidiReceiver, sounding_after, tiny_checkpoint  # noqa: F401 (fixture)
 
 from app_helpers import wait_for
+from engine.generate.defaults import KnobSettings
 from pianomuse_tui.app import PianoMuseApp
 from pianomuse_tui.messages import PerformanceEnded, PerformanceStarted, PortsListed
 from pianomuse_tui.requests import GenerateArgs
@@ -96,10 +97,10 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
                 assert not pane.performing and app.is_running
 
                 # the generation thread reads the knobs before each step: spy on what it reads
-                reads: list[tuple[dict, threading.Thread]] = []
+                reads: list[tuple[KnobSettings, threading.Thread]] = []
                 real_snapshot = pane.knobs.snapshot
 
-                def snapshot() -> dict:
+                def snapshot() -> KnobSettings:
                     values = real_snapshot()
                     reads.append((values, threading.current_thread()))
                     return values
@@ -121,7 +122,7 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
                 await pilot.press("plus")
                 assert pane.knobs.version == version + 1 and pane.knobs.temperature == pytest.approx(1.05)
                 assert await wait_for(pilot, lambda: any(
-                    values["version"] == version + 1 and values["temperature"] == pytest.approx(1.05)
+                    values.version == version + 1 and values.temperature == pytest.approx(1.05)
                     and thread is not threading.main_thread() for values, thread in reads), 30)
 
                 # panic: All Notes Off goes out on every channel at once, the performance goes on

@@ -190,3 +190,17 @@ def test_the_store_lock_is_filelocks_reader_writer_lock():
         thread.join(30)
         assert len(opened) == 1  # another reader: no wait
     reader.close()
+
+
+def test_check_and_prepare_read_the_piano_policy_by_one_rule():
+    """[check] names the piano policy, else the tokenizer does, else the default; a command's flag wins."""
+    from engine.data.piano_policy import DEFAULT_PIANO_POLICY
+
+    assert PrepareConfig().check_policy().piano_policy == DEFAULT_PIANO_POLICY
+    from_tokenizer = PrepareConfig.from_dict({"tokenizer": {"piano_policy": "all"}})
+    assert from_tokenizer.check_policy().piano_policy == "all"
+    both = PrepareConfig.from_dict({"tokenizer": {"piano_policy": "all"}, "check": {"piano_policy": "keyboard", "timeout_s": 5}})
+    assert (both.check_policy().piano_policy, both.check_policy().timeout_s) == ("keyboard", 5)
+    flagged = both.check_policy(piano_policy="auto", timeout_s=None)  # None: the flag was not given
+    assert (flagged.piano_policy, flagged.timeout_s) == ("auto", 5)
+    assert both.tokenizer_for(flagged).to_config()["piano_policy"] == "auto"

@@ -1,11 +1,14 @@
 """`pianomuse-tui --headless generate` and `ports` through the real CLI, on a tiny checkpoint."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mido
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from engine.generate.defaults import KnobSettings
 from engine.data.tokenizer import PianoTokenizer
 from engine.model import RWKV7, ModelConfig, save_checkpoint
 from engine.paths import CORPUS_DIR
@@ -92,16 +95,16 @@ def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_pat
     from engine.generate import live
     from engine.midi import NoteTracker, write_midi_file
 
-    knobs = {"temperature": 1.0, "top_p": 0.95, "alternatives": 2, "bars": 3, "seed": 4, "version": 0}
+    knobs = [KnobSettings(temperature=1.0, top_p=0.95, alternatives=2, bars=3, seed=4)]
     stop = threading.Event()
     played, steps = [], 0
     horizons = []
-    for events, horizon, n_tokens in live.stream(checkpoint=checkpoint, prompt=PROMPT, prompt_bars="1", knobs=lambda: dict(knobs), stop=stop):
+    for events, horizon, n_tokens in live.stream(checkpoint=checkpoint, prompt=PROMPT, prompt_bars="1", knobs=lambda: knobs[0], stop=stop):
         played += events
         horizons.append(horizon)
         steps += 1
         if steps == 5:
-            knobs.update(temperature=0.0, version=1)  # the UI turns the knob mid-performance
+            knobs[0] = replace(knobs[0], temperature=0.0, version=1)  # the UI turns the knob mid-performance
     assert horizons == sorted(horizons) and steps > 5
     tracker = NoteTracker()
     for e in played:
@@ -110,7 +113,7 @@ def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_pat
     assert all(e.time <= horizons[-1] + 1e-9 for e in played)
     write_midi_file(played, tmp_path / "played.mid")
     stop.set()
-    assert list(live.stream(checkpoint=checkpoint, knobs=lambda: dict(knobs), stop=stop))[-1][2] == 0  # stop ends at once
+    assert list(live.stream(checkpoint=checkpoint, knobs=lambda: knobs[0], stop=stop))[-1][2] == 0  # stop ends at once
 
 
 def test_a_model_slower_than_the_music_is_reported_while_it_plays(checkpoint, capsys):

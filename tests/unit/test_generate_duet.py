@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import queue
+from dataclasses import replace
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from midi_helpers import FakeOutput
 
+from engine.generate.defaults import KnobSettings
 from engine.data.tokenizer import PianoTokenizer
 from engine.generate.duet import HUMAN_CHANNEL, Duet, DuetConfig
 from engine.generate.live import build_session
@@ -29,8 +31,8 @@ def _rig(tiny, **config):
     sched = LookaheadScheduler(out, lookahead=0.2, port_check_interval=0, realtime=False)
     player = LivePlayer(scheduler=sched)
     messages: queue.Queue = queue.Queue()
-    knobs = {"temperature": 1.0, "top_p": 0.95, "version": 0}
-    duet = Duet(build_session(model, tok), DuetConfig(**config), player, messages, knobs=lambda: dict(knobs))
+    knobs = [KnobSettings(temperature=1.0, top_p=0.95)]  # what the pane's Knobs.snapshot() hands over
+    duet = Duet(build_session(model, tok), DuetConfig(**config), player, messages, knobs=lambda: knobs[0])
     return out, player, messages, duet, knobs
 
 
@@ -65,7 +67,7 @@ def test_a_key_held_through_the_handover_still_sounds_its_release_and_the_knobs_
         press((0xB0, 67, 127))
         until(lambda: len(duet.handovers) == 2)
         time.sleep(0.6)
-        knobs.update(temperature=0.0, version=1)  # turned while the model plays
+        knobs[0] = replace(knobs[0], temperature=0.0, version=1)  # turned while the model plays
         time.sleep(0.3)
         press((0x80, 48, 0))
         until(lambda: duet.session.sampling.temperature == 0.0)  # read before its next step (it may rest a bar)

@@ -5,6 +5,7 @@ import mido
 import pytest
 import torch
 
+from engine.generate.defaults import KnobSettings
 from engine.data.tokenizer import PianoTokenizer
 from engine.generate import live
 from engine.model import RWKV7, ModelConfig
@@ -20,9 +21,9 @@ def tiny_model():
 def test_stream_hands_over_its_session_with_every_alternative(tiny_model, tmp_path):
     model, tok = tiny_model
     sessions = []
-    knobs = {"temperature": 1.0, "top_p": 0.95, "alternatives": 2, "bars": 2, "seed": 7, "version": 0}
+    knobs = KnobSettings(temperature=1.0, top_p=0.95, alternatives=2, bars=2, seed=7)
     streamed = []
-    for events, _, _ in live.stream(model=model, tokenizer=tok, knobs=lambda: dict(knobs), max_tokens=400,
+    for events, _, _ in live.stream(model=model, tokenizer=tok, knobs=lambda: knobs, max_tokens=400,
                                     on_session=sessions.append):
         assert len(sessions) == 1  # given before the first step, once
         streamed += events
@@ -33,3 +34,22 @@ def test_stream_hands_over_its_session_with_every_alternative(tiny_model, tmp_pa
     assert session.events(1) and session.tokens(1) != session.tokens(0)
     written = session.write_midi(1, tmp_path / "alt-2.mid")
     assert any(m.type == "note_on" and m.velocity for m in mido.MidiFile(written))
+
+
+def test_the_knobs_are_a_typed_snapshot_the_session_follows(tiny_model):
+    """The pane hands the performance a KnobSettings (no dict keys to guess); a session follows a new
+    version's temperature, top-p and bars, and ignores a snapshot whose version it has seen."""
+    from pianomuse_tui.performance import Knobs
+
+    model, tok = tiny_model
+    knobs = Knobs()
+    assert knobs.snapshot() == KnobSettings() and knobs.temperature == KnobSettings.temperature
+    session = live.build_session(model, tok, bars=4)
+    follow = live.KnobFollower(session, knobs.snapshot)
+    knobs.update(temperature=0.3, top_p=0.5, bars=7)
+    assert isinstance(knobs.snapshot(), KnobSettings) and knobs.version == 1
+    follow()
+    assert (session.sampling.temperature, session.sampling.top_p, session.bars) == (0.3, 0.5, 7)
+    session.sampling.temperature = 2.0  # the same version again: nothing is re-applied
+    follow()
+    assert session.sampling.temperature == 2.0

@@ -19,7 +19,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from engine.generate.defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, duet_config, tempo_from_taps
+from engine.generate.defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, KnobSettings, duet_config, tempo_from_taps
 
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
 from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
@@ -490,7 +490,7 @@ class GeneratePane(PaneBase):
                         timeout=5)
 
     @work(thread=True, exclusive=True, group="perform", exit_on_error=False, name="take writer")
-    def _write_take(self, settings: PerformanceSettings, knobs: dict, out: Path) -> None:
+    def _write_take(self, settings: PerformanceSettings, knobs: KnobSettings, out: Path) -> None:
         from engine.generate import GenerationError, SamplingConfig
         from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
         from engine.midi import take_paths
@@ -501,9 +501,9 @@ class GeneratePane(PaneBase):
             return
         try:
             model, tokenizer, _ = load_generator(settings.checkpoint)
-            sampling = SamplingConfig(temperature=knobs["temperature"], top_p=knobs["top_p"], seed=knobs["seed"])
+            sampling = SamplingConfig(temperature=knobs.temperature, top_p=knobs.top_p, seed=knobs.seed)
             session = build_session(model, tokenizer, prompt=settings.prompt, prompt_bars=settings.prompt_bars,
-                                    sampling=sampling, alternatives=knobs["alternatives"], bars=knobs["bars"],
+                                    sampling=sampling, alternatives=knobs.alternatives, bars=knobs.bars,
                                     max_tokens=HARD_TOKEN_CAP)
             session.run()
             session.finish()

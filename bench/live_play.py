@@ -6,6 +6,9 @@
    their monotonic arrival times, as the rtmidi callback does) plays a short phrase, then either
    pauses (--pause 0.6 s) or presses the takeover CC; from that moment to the model's first note
    leaving the scheduler (wall clock, ``sent_log``), and to the note's scheduled time (music clock).
+1b. Take-back (--takeback release and finish): in the same script each phrase after the first takes
+   the floor back; per model note held at that moment, its note-off's send time against when it was
+   due (at once, or the model's written end capped at a bar) and against the pianist's key.
 2. Feed rate: a 20 notes/s passage (a two-octave scale, 25 ms gaps) for ``--feed-seconds``; per
    note, the delay from its release to its tokens being in the RNN state; the backlog must not grow
    (second half vs first half).
@@ -60,8 +63,9 @@ def run_along(player, duet, script):
     player.close()
 
 
-def handover_latency(n: int, pause: float) -> dict:
-    player, sched, duet, messages = duet_rig(pause=pause)
+def handover_pianist(n: int, pause: float, player, messages):
+    """Six notes, then a pause or the takeover CC (alternately), n times; each phrase after the
+    first takes the floor back from the model."""
     press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
 
     def pianist():
@@ -81,7 +85,12 @@ def handover_latency(n: int, pause: float) -> dict:
                 time.sleep(pause + 0.6)
         player.stop()
 
-    run_along(player, duet, pianist)
+    return pianist
+
+
+def handover_latency(n: int, pause: float) -> dict:
+    player, sched, duet, messages = duet_rig(pause=pause)
+    run_along(player, duet, handover_pianist(n, pause, player, messages))
     origin = sched._origin
     sent_on = [(sent, target) for target, sent, data in sched.sent_log if data[0] == 0x90 and data[2] > 0]
     wall, scheduled = [], []
@@ -96,6 +105,40 @@ def handover_latency(n: int, pause: float) -> dict:
     return {"handovers": len(duet.handovers), "measured": len(wall), "reasons": sorted({h.reason for h in duet.handovers}),
             "wall_p50": pct(wall, 0.5), "wall_p99": pct(wall, 0.99), "wall_max": max(wall, default=float("nan")),
             "sched_p50": pct(scheduled, 0.5), "sched_p99": pct(scheduled, 0.99)}
+
+
+def takeback_timing(n: int, pause: float, takeback: str) -> dict:
+    """Each time the pianist plays again (the handover script: n take-backs), per model note held at
+    the cut: when its note-off left the scheduler against when it was due (the model's written end,
+    capped at a bar, for "finish"; the cut for "release"), and from the pianist's key to it."""
+    player, sched, duet, messages = duet_rig(pause=pause, takeback=takeback)
+    run_along(player, duet, handover_pianist(n, pause, player, messages))
+    origin = sched._origin
+    late, from_key, rang, capped, pedals, cut_short = [], [], [], 0, 0, 0
+    for cut, _ in duet.takebacks:
+        key = max((e.time for e in duet.take.human if e.is_note_on and e.time <= cut + 1e-9), default=None)
+        before = [e for e in duet.take.model if e.time < cut]
+        pedal = [e.data[2] for e in before if e.status == 0xB0 and e.data[1] == 64]
+        pedals += bool(pedal) and pedal[-1] >= 64
+        for on in (e for e in before if e.is_note_on):
+            off = next((e for e in duet.take.model if e.is_note_off and e.data[1] == on.data[1] and e.time >= on.time), None)
+            if off is None or off.time < cut or key is None:
+                continue
+            due = max(off.time, cut)
+            # the queued release (a release due at once is queued just ahead of the playhead)
+            sent = next((s for target, s, data in sched.sent_log if data[:2] == (0x80, on.data[1])
+                         and origin + cut - 1e-3 <= target <= origin + due + 0.05), None)
+            if sent is None:  # the model took the floor again first: its last notes ended then, at once
+                cut_short += 1
+                continue
+            late.append(sent - (origin + due))
+            from_key.append(sent - (origin + key))
+            rang.append(off.time - cut)
+            capped += off.time >= cut + duet.seconds_per_bar - 1e-6
+    return {"takeback": takeback, "takebacks": len(duet.takebacks), "held": len(late), "capped": capped, "pedal_down": pedals,
+            "cut_short": cut_short, "late_p50": pct(late, 0.5), "late_p99": pct(late, 0.99), "late_max": max(late, default=float("nan")),
+            "key_p50": pct(from_key, 0.5), "key_p99": pct(from_key, 0.99),
+            "rang_p50": pct(rang, 0.5), "rang_max": max(rang, default=float("nan"))}
 
 
 def feed_rate(seconds: float) -> dict:
@@ -214,6 +257,13 @@ def main() -> None:
     print(f"handover -> first model note ({h['measured']} of {h['handovers']} handovers, {', '.join(h['reasons'])}): "
           f"sent p50 {h['wall_p50'] * 1e3:.1f} ms, p99 {h['wall_p99'] * 1e3:.1f} ms, max {h['wall_max'] * 1e3:.1f} ms; "
           f"scheduled p50 {h['sched_p50'] * 1e3:.1f} ms, p99 {h['sched_p99'] * 1e3:.1f} ms")
+    for takeback in ("release", "finish"):
+        t = takeback_timing(args.handovers, args.pause, takeback)
+        print(f"take-back --takeback {takeback} ({t['takebacks']} take-backs, {t['held']} model notes held at the cut, "
+              f"{t['capped']} capped at a bar, {t['cut_short']} ended early by the next handover, the model's pedal down at "
+              f"{t['pedal_down']}): note-off sent vs due p50 {t['late_p50'] * 1e3:.1f} ms, p99 {t['late_p99'] * 1e3:.1f} ms, "
+              f"max {t['late_max'] * 1e3:.1f} ms; from your key p50 {t['key_p50'] * 1e3:.1f} ms, p99 {t['key_p99'] * 1e3:.1f} ms; "
+              f"rang on after the cut p50 {t['rang_p50'] * 1e3:.0f} ms, max {t['rang_max'] * 1e3:.0f} ms")
     f = feed_rate(args.feed_seconds)
     print(f"feed, 20 notes/s for {args.feed_seconds:g} s: {f['fed']} of {f['played']} notes fed ({f['tokens']} tokens); "
           f"release -> in the state p50 {f['delay_p50'] * 1e3:.1f} ms, p99 {f['delay_p99'] * 1e3:.1f} ms, "

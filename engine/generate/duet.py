@@ -3,8 +3,8 @@
 - continue: you play; when you stop for ``pause`` seconds, or press the takeover pedal/CC (CC67, the
   soft pedal, by default), the model continues from exactly what you played, its first note on the
   next grid step after ``lead`` seconds (the time to generate it); when you play again it stops at
-  once and listens, its held notes ending as ``takeback`` says (``takeback_releases``: "finish",
-  each where the model wrote it, at most a bar later, the pedal up by then; "release": at once).
+  once and listens, its held notes ending as ``takeback`` says ("finish": each where the model
+  wrote it, at most a bar later, the pedal up by then; "release": at once; ``LivePlayer.take_back``).
 - call-and-response: a click counts in ``count_in`` bars, then you play ``turn_bars`` bars and the
   model answers ``turn_bars`` bars, starting on the bar line, and so on; its last held notes end as
   ``takeback`` says.
@@ -33,14 +33,13 @@ from engine.midi.events import (
     NOTE_OFF,
     NOTE_ON,
     MidiEvent,
-    NoteTracker,
     control_change,
     note_off,
     note_on,
     take_until,
 )
 
-from .defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, tempo_from_taps  # noqa: F401  (re-exported)
+from .defaults import HUMAN_CHANNEL, MODES, DuetConfig, tempo_from_taps  # noqa: F401  (re-exported)
 from .listen import LiveEncoder
 from .live import KnobFollower
 from .timeline import GenerationError
@@ -75,37 +74,6 @@ class PlayedNote:
 class DuetTake:
     model: list[MidiEvent] = field(default_factory=list)  # what the model played (sent, never the cancelled rest)
     human: list[MidiEvent] = field(default_factory=list)  # your notes and pedal, on HUMAN_CHANNEL
-
-
-def takeback_releases(played: list[MidiEvent], cut: float, takeback: str, limit: float,
-                      unmade: dict[int, float] | None = None) -> list[MidiEvent]:
-    """How the model's part ends when the floor is taken back at ``cut`` (music seconds).
-
-    ``played``: the model's events so far (any after ``cut`` are being dropped); ``unmade``: pitch ->
-    the end of its sounding note where the note-off is not made yet. Every note sounding at ``cut``
-    gets a note-off: "release" at ``cut``; "finish" at its own end (its note-off in ``played``, else
-    in ``unmade``), never more than ``limit`` seconds after ``cut``. A sustain pedal down at ``cut``
-    comes up at the model's own pedal-up when that is already made and within the limit ("finish"),
-    else at ``cut``; so nothing of the model's sounds past ``cut + limit``.
-    """
-    if takeback not in TAKEBACKS:
-        raise ValueError(f"unknown takeback {takeback!r}; use one of: {', '.join(TAKEBACKS)}")
-    before = sorted((e for e in played if e.time < cut), key=lambda e: (e.time, e.order))
-    after = sorted((e for e in played if e.time >= cut), key=lambda e: (e.time, e.order))
-    tracker = NoteTracker()
-    for event in before:
-        tracker.observe(event.data, event.time)
-    latest = cut + limit if takeback == "finish" else cut
-    releases = []
-    for channel, pitch in tracker.sounding():
-        end = next((e.time for e in after if e.is_note_off and e.data[1] == pitch and e.channel == channel),
-                   (unmade or {}).get(pitch, cut))
-        releases.append(note_off(min(max(end, cut), latest), pitch, channel))
-    for channel in sorted(tracker.sustain_down):
-        lifted = next((e.time for e in after if e.channel == channel and (e.data[0] & 0xF0) == CONTROL_CHANGE
-                       and e.data[1] == CC_SUSTAIN and e.data[2] < 64), None)
-        releases.append(control_change(lifted if lifted is not None and lifted <= latest else cut, CC_SUSTAIN, 0, channel))
-    return sorted(releases, key=lambda e: (e.time, e.order))
 
 
 class Duet:
@@ -366,33 +334,31 @@ class Duet:
 
     def _take_floor_back(self, sched, now: float, at: float | None = None) -> None:
         """You play again (or the model's turn ends): drop what the model has not played yet (from
-        the output and from its state); its held notes end as ``takeback`` says (``takeback_releases``)."""
+        the output and from its state); its held notes end as ``takeback`` says (by the cut, or
+        where it wrote them but at most a bar later)."""
         cut = now if at is None else at
         decoder = self.row.decoder
         # where the notes sounding now end, as the model wrote them (their note-offs not yet made)
-        unmade = {pitch: decoder._time(end) for pitch, (_, end) in decoder._sounding.items()}
-        releases = takeback_releases(self.take.model, cut, self.config.takeback, self.seconds_per_bar, unmade)
+        unmade = {(MODEL_CHANNEL, pitch): decoder._time(end) for pitch, (_, end) in decoder._sounding.items()}
+        self._end_model_part(cut, cut + self.seconds_per_bar if self.config.takeback == "finish" else cut, unmade)
         self._forget_unplayed(cut)
         self.takebacks.append((cut, self.timeline.seconds(self.timeline.tick) + self.t0))
-        sched.cancel_from(cut, channel=MODEL_CHANNEL, release=False)
-        self.take.model = [e for e in self.take.model if e.time < cut] + releases
-        self.player.play_now_or_later(releases)
-        self._tail_end = max((e.time for e in releases), default=cut)
         decoder._pending_offs.clear()  # ended by the releases; the tokens keep their durations
         decoder._sounding.clear()
         self.model_has_floor = False
 
     _tail_end = 0.0  # music seconds: where the last release of the latest take-back falls
 
+    def _end_model_part(self, cut: float, latest: float, unmade: dict | None = None) -> None:
+        """The model's part stops at ``cut``: on the output and in the take, its notes end by ``latest``."""
+        releases = self.player.take_back(MODEL_CHANNEL, cut, latest, self.take.model, unmade)
+        self.take.model = [e for e in self.take.model if e.time < cut] + releases
+        self._tail_end = max((e.time for e in releases), default=cut)
+
     def _end_tail(self, now: float) -> None:
         """The model takes the floor while its last notes are still finishing: they end now."""
-        if self._tail_end <= now:
-            return
-        sched = self.player.scheduler
-        sched.cancel_from(now, channel=MODEL_CHANNEL)  # the queued releases go, the notes end at once
-        sched.send_now(control_change(0.0, CC_SUSTAIN, 0, MODEL_CHANNEL).data)
-        self.take.model = take_until(self.take.model, now)
-        self._tail_end = now
+        if self._tail_end > now:
+            self._end_model_part(now, now)
 
     def _model_may_play(self) -> bool:
         return self._turn_end is None or self.row.decoder.horizon < self._turn_end

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .events import MidiEvent, note_off, note_on
+from .events import MidiEvent, held_note_releases, note_off, note_on
 from .ports import PortError, open_output
 from .scheduler import LookaheadScheduler
 
@@ -224,6 +224,16 @@ class LivePlayer:
         if self.on_event is not None:
             for event in events:
                 self.on_event(event)
+
+    def take_back(self, channel: int, cut: float, latest: float, played: list[MidiEvent],
+                  unmade: dict[tuple[int, int], float] | None = None) -> list[MidiEvent]:
+        """Stop a part (one channel) at ``cut`` (music seconds): its queued events from there on are
+        dropped and its sounding notes end by ``latest`` (``held_note_releases``: at their own ends,
+        or all at ``cut`` when ``latest == cut``; the pedal up as well). Returns those releases."""
+        self.scheduler.cancel_from(cut, channel=channel, release=False)
+        releases = held_note_releases([e for e in played if e.channel == channel], cut, latest, unmade)
+        self.play_now_or_later(releases)
+        return releases
 
     def play_now_or_later(self, events: list[MidiEvent]) -> None:
         """Events decided after their chunk (a take-back's releases) join the queue without moving the

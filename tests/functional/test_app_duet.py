@@ -132,6 +132,8 @@ async def test_the_panes_duet_knobs_reach_the_engine(tmp_path, monkeypatch):
                 thread.start()
                 assert await wait_for(pilot, lambda: bool(duet.handovers) and duet.handovers[0].first_note is not None, 30)
                 assert duet.handovers[0].at == pytest.approx(3 * bar, abs=1e-6)
+                # the model's first note is made ahead of time: stop once it has sounded
+                assert await wait_for(pilot, lambda: pane.performance.music_time() > duet.handovers[0].first_note + 0.2, 10)
                 await pilot.press("space")
                 assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceEnded) for m in seen), 30)
                 thread.join(5)

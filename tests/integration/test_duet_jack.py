@@ -353,3 +353,48 @@ def test_when_you_play_again_the_models_held_notes_end_as_the_takeback_says(bund
     assert not [k for k in sounding_after(model)]
     pedal = [d[2] for d in model if d[0] & 0xF0 == 0xB0 and d[1] == 64]
     assert not pedal or pedal[-1] < 64
+
+
+@pytest.mark.parametrize("takeback", ["finish", "release"])
+def test_a_part_taken_back_with_its_sustain_pedal_down_ends_on_time_at_the_port(receiver, takeback):
+    """``LivePlayer.take_back`` (what a duet's take-back calls) on a part with the pedal down: "finish"
+    ends each held note at its own end (G4's from ``unmade``: its note-off not made yet), E4 at the
+    cap, and the pedal at its own pedal-up; "release" ends them all and the pedal at the cut. The
+    receiver hears each release then, the note after the cut never, and nothing is left sounding."""
+    from engine.midi.events import CC_SUSTAIN, control_change, note_off, note_on
+
+    part = [note_on(0.0, 60, 80), control_change(0.1, CC_SUSTAIN, 127), note_on(0.2, 64, 70), note_on(0.4, 67, 70),
+            note_off(0.7, 60), note_on(1.1, 69, 60), control_change(1.2, CC_SUSTAIN, 0), note_off(1.3, 69),
+            note_off(1.6, 64)]
+    player = LivePlayer(OutputChoice(api="jack", port=receiver.port_name, lookahead=0.25))
+    player.open()
+    taken: dict = {}
+
+    def source():
+        yield part, 0.6, 0
+        while player.music_time() < 0.5:
+            time.sleep(0.002)
+        cut = taken["cut"] = player.music_time()
+        taken["releases"] = player.take_back(0, cut, cut + 1.0 if takeback == "finish" else cut, part, {(0, 67): 1.0})
+        yield [], cut + 1.2, 0
+
+    already = len(receiver.received())
+    try:
+        assert player.play(source()) == "finished"
+        got = receiver.received()[already:]
+    finally:
+        player.close()
+    cut, releases = taken["cut"], taken["releases"]
+    ends = {("pedal" if e.status == 0xB0 else e.data[1]): e.time for e in releases}
+    if takeback == "finish":
+        assert ends == {60: 0.7, 67: 1.0, 64: pytest.approx(cut + 1.0), "pedal": 1.2}
+    else:
+        assert ends == {60: cut, 64: cut, 67: cut, "pedal": cut}
+    first_on = next(t for t, d in got if d[:2] == (0x90, 60))
+    heard = {("pedal" if d[0] == 0xB0 else d[1]): t - first_on for t, d in got
+             if (d[0] == 0x80 or (d[0] == 0xB0 and d[1] == CC_SUSTAIN and d[2] < 64))}
+    for key, at in ends.items():
+        assert heard[key] == pytest.approx(at, abs=0.03), (key, heard, ends)
+    assert not [d for _, d in got if d[:2] == (0x90, 69)]  # after the cut: never played
+    assert sounding_after([d for _, d in got]) == {}
+    assert [d[2] for _, d in got if d[0] == 0xB0 and d[1] == CC_SUSTAIN][-1] == 0

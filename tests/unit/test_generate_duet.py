@@ -159,39 +159,36 @@ def _ends(releases):
 
 
 def test_finish_ends_each_held_note_where_the_model_wrote_it_capped_and_the_pedal_at_its_own_lift():
-    from engine.generate.duet import takeback_releases
+    from engine.midi.events import held_note_releases
 
-    releases = takeback_releases(_model_part(), cut=0.5, takeback="finish", limit=2.0, unmade={67: 1.2})
+    releases = held_note_releases(_model_part(), cut=0.5, latest=2.5, unmade={(0, 67): 1.2})
     # C4 ends at its note-off, G4 at its unmade end, E4 (3.5) at the cap 0.5 + 2.0; A4 never started
     assert _ends(releases) == ({60: 0.9, 67: 1.2, 64: 2.5}, [1.4])
     assert [e.time for e in releases] == sorted(e.time for e in releases)
 
 
 def test_finish_lifts_the_pedal_at_the_cut_when_the_model_has_not_lifted_it_within_the_limit():
-    from engine.generate.duet import takeback_releases
+    from engine.midi.events import held_note_releases
 
-    releases = takeback_releases(_model_part(), cut=0.5, takeback="finish", limit=0.6, unmade={67: 1.2})
-    assert _ends(releases) == ({60: 0.9, 67: 1.1, 64: 1.1}, [0.5])  # the pedal-up at 1.4 is past 0.5 + 0.6
+    releases = held_note_releases(_model_part(), cut=0.5, latest=1.1, unmade={(0, 67): 1.2})
+    assert _ends(releases) == ({60: 0.9, 67: 1.1, 64: 1.1}, [0.5])  # the pedal-up at 1.4 is past 1.1
     no_lift = [e for e in _model_part() if not (e.status == 0xB0 and e.data[2] == 0)]
-    assert _ends(takeback_releases(no_lift, 0.5, "finish", 2.0, {67: 1.2}))[1] == [0.5]
+    assert _ends(held_note_releases(no_lift, 0.5, 2.5, {(0, 67): 1.2}))[1] == [0.5]
 
 
 def test_release_ends_every_held_note_and_the_pedal_at_the_cut_and_nothing_is_left_sounding():
-    from engine.generate.duet import takeback_releases
+    from engine.midi.events import held_note_releases
 
     part = _model_part()
-    for takeback in ("release", "finish"):
-        releases = takeback_releases(part, 0.5, takeback, 2.0, {67: 1.2})
-        if takeback == "release":
+    for latest in (0.5, 2.5):  # release, finish
+        releases = held_note_releases(part, 0.5, latest, {(0, 67): 1.2})
+        if latest == 0.5:
             assert _ends(releases) == ({60: 0.5, 64: 0.5, 67: 0.5}, [0.5])
         tracker = NoteTracker()
         for event in sorted([e for e in part if e.time < 0.5] + releases, key=lambda e: (e.time, e.order)):
             tracker.observe(event.data, event.time)
         assert tracker.count == 0 and not tracker.sustain_down
-    # with nothing sounding there is nothing to end
-    assert takeback_releases([], 0.5, "finish", 2.0) == []
-    with pytest.raises(ValueError, match="unknown takeback 'fade'; use one of: finish, release"):
-        takeback_releases(part, 0.5, "fade", 2.0)
+    assert held_note_releases([], 0.5, 2.5) == []  # nothing sounding, nothing to end
 
 
 def test_both_faces_build_the_duet_settings_the_same_way_with_one_sentence_per_bad_value():

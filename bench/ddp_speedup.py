@@ -97,7 +97,7 @@ def _train_process(rank: int, world: int, port: int, cfg_dict: dict, vocab_size:
     cfg = TrainConfig.from_dict(cfg_dict).validate()
     marks: list[dict] = []
 
-    def on_metrics(record) -> None:  # engine.train.records' typed records
+    def on_metrics(record) -> None:  # engine.metric_records' typed records
         if record.kind == "train":
             marks.append({"step": record.step, "tokens": record.tokens, "t": time.perf_counter(),
                           "mem_peak": record.mem_peak, "loss": record.loss})

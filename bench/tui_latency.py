@@ -147,13 +147,13 @@ async def run(presses: int) -> list[tuple[str, str, list[float], list[float]]]:
                     raise SystemExit("the performance sent no note: " + "; ".join(n.message for n in app._notifications))
                 note("busy presses")
                 rows += await measure_both_panes(pilot, app, action_times, presses, "training + performance")
-                telemetry = gen.performance.telemetry() if gen.performance else {}
+                telemetry = gen.performance.telemetry() if gen.performance else None
                 notes = len([m for _, m in receiver.received() if m[0] & 0xF0 == 0x90 and m[2]])
                 steps = len(plot.train_points)
                 await app.stop_everything()
             rows.append(("context", f"{steps} train points plotted, {notes} notes played, "
-                         f"lateness p99 {telemetry.get('lateness_p99_ms', 0):.2f} ms, "
-                         f"underruns {telemetry.get('underruns', 0)}", [], []))
+                         f"lateness p99 {telemetry.scheduler.lateness_p99_ms if telemetry else 0:.2f} ms, "
+                         f"underruns {telemetry.scheduler.underruns if telemetry else 0}", [], []))
         finally:
             receiver.close()
     return rows

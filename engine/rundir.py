@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 
 from engine.atomic import file_sha256, fsync_dir, fsync_file, write_atomic
 from engine import paths
-from engine.train.records import MetricRecord, StatusRecord, TrainRecord, parse_record
+from engine.metric_records import MetricRecord, StatusRecord, TrainRecord, parse_record
 
 CONFIG = "config.toml"
 ENV = "env.json"

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from engine.data.check import ScanReport
     from engine.train.request import TrainRequest
 
+    from .performance import PerformanceTelemetry
+
 
 class Coalescing(Message):
     """A state update: a newer message of the same type supersedes a queued older one."""
@@ -139,7 +141,7 @@ class PerformanceStarted(Message):
 class PerformanceProgress(Coalescing):
     """Latest telemetry of the running performance; notes go through the piano roll's buffer."""
 
-    telemetry: dict = field(default_factory=dict)
+    telemetry: PerformanceTelemetry | None = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.generate.defaults import DuetConfig, KnobSettings, SamplingConfig
+from engine.midi.scheduler import SchedulerTelemetry
 
 
 class Knobs:
@@ -36,6 +37,24 @@ class Knobs:
         if name.startswith("_"):  # not a knob (and no recursion before __init__ ran)
             raise AttributeError(name)
         return getattr(self._settings, name)
+
+
+@dataclass(frozen=True)
+class DuetTiming:
+    """Playing with the model: the handovers so far and how fast the model answered."""
+
+    handovers: int
+    notes_heard: int  # your notes the model was fed
+    last_answer_ms: float | None  # from the handover to the model's first note, the latest one
+    slowest_answer_ms: float | None
+
+
+@dataclass(frozen=True)
+class PerformanceTelemetry:
+    """What the Timing panel shows: the engine's scheduler telemetry, and the duet's when there is one."""
+
+    scheduler: SchedulerTelemetry
+    duet: DuetTiming | None = None
 
 
 @dataclass
@@ -119,16 +138,18 @@ class Performance:
     def output_name(self) -> str:
         return self.player.output_name
 
-    def telemetry(self) -> dict:
-        telemetry = self.player.telemetry()
-        values = telemetry.to_dict() if telemetry is not None else {}
-        duet = self.duet
+    def telemetry(self) -> PerformanceTelemetry | None:
+        """The scheduler's timing and, playing with the model, the duet's; None before the output opens."""
+        scheduler = self.player.telemetry()
+        if scheduler is None:
+            return None
+        duet, timing = self.duet, None
         if duet is not None:  # playing with the model: how fast it answered, and what it heard
             waits = duet.latencies()
-            values.update(handovers=len(duet.handovers), notes_heard=duet.fed_notes,
-                          handover_last_ms=1000 * waits[-1] if waits else None,
-                          handover_max_ms=1000 * max(waits) if waits else None)
-        return values
+            timing = DuetTiming(handovers=len(duet.handovers), notes_heard=duet.fed_notes,
+                                last_answer_ms=1000 * waits[-1] if waits else None,
+                                slowest_answer_ms=1000 * max(waits) if waits else None)
+        return PerformanceTelemetry(scheduler, timing)
 
     def music_time(self) -> float:
         """Where the playhead is, in the events' music seconds."""

@@ -1,6 +1,6 @@
 """metrics.jsonl: one JSON object per line, append-only, so anyone can tail a run.
 
-The lines are the typed records of ``engine.train.records`` (one dataclass per kind: "train",
+The lines are the typed records of ``engine.metric_records`` (one dataclass per kind: "train",
 "val", "audition", "checkpoint", "status"); docs/training.md has the table. Readers use
 ``engine.rundir`` (``MetricsTail``, ``read_metrics``), which gives the same records back. Only
 rank 0 writes; the optional ``on_metrics`` callback sees every record as a reader would read it.
@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .records import COMMON_FIELDS, MetricRecord, parse_record
+from engine.metric_records import COMMON_FIELDS, MetricRecord, parse_record
 
 MetricsCallback = Callable[[MetricRecord], None]
 

@@ -31,6 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import rundir
+from engine.metric_records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
 from engine.atomic import write_atomic
 from engine.model import RWKV7, ModelConfig, load_checkpoint, save_checkpoint
 from engine.paths import REPO_ROOT
@@ -43,7 +44,6 @@ from .distributed import (
 )
 from .feed import open_feed
 from .metrics import MetricsCallback, MetricsLog
-from .records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
 from .objective import TrainingObjective, enable_activation_checkpointing
 from .optim import build_optimizer, set_learning_rate
 from .schedule import CosineTokenSchedule

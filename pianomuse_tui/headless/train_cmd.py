@@ -22,7 +22,7 @@ from .console import console, err_console, is_tty
 from .console import fail as console_fail
 
 if TYPE_CHECKING:
-    from engine.train.records import MetricRecord, TrainRecord, ValRecord
+    from engine.metric_records import MetricRecord, TrainRecord, ValRecord
     from engine.train.request import TrainRequest
 
 
@@ -143,7 +143,7 @@ class TrainDisplay:
         return Panel(grid, title="training", border_style="cyan")
 
     def __call__(self, record: MetricRecord) -> None:
-        from engine.train.records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
+        from engine.metric_records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
 
         if self.clock is None:
             from engine.rundir import EtaClock

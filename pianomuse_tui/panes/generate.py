@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 from engine.generate.defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, KnobSettings, duet_config, tempo_from_taps
 
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
-from ..performance import Knobs, Performance, PerformanceSettings, default_checkpoint
+from ..performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry, default_checkpoint
 from ..requests import GenerateArgs
 from ..widgets.meters import bar
 from ..widgets.piano_roll import PianoRoll
@@ -88,7 +88,7 @@ class GeneratePane(PaneBase):
         self.performance: Performance | None = None
         self.last_saved: Path | None = None
         self.last_saved_all: list[Path] = []  # one file per alternative
-        self.telemetry: dict[str, Any] = {}
+        self.telemetry: PerformanceTelemetry | None = None
         self._ports_listed = False
         self._pending_port: str | None = None
         self.taps: list[float] = []  # t pressed on the beat: when (monotonic seconds)
@@ -533,31 +533,31 @@ class GeneratePane(PaneBase):
         self.post_message(PerformanceProgress(perf.telemetry()))
 
     def _render_telemetry(self, ended: str | None = None) -> None:
-        t = self.telemetry
         text = Text()
-        if not t:
+        if self.telemetry is None:
             text.append("not playing: space plays, ! panics", style="dim")
         else:
-            text.append(f"lateness p50 {t.get('lateness_p50_ms', 0):.2f} ms  p99 {t.get('lateness_p99_ms', 0):.2f} ms"
-                        f"  max {t.get('lateness_max_ms', 0):.1f} ms  underruns {t.get('underruns', 0)}\n")
-            ahead, look = t.get("buffer_s", 0.0), t.get("lookahead_s", 0.5) or 0.5
-            text.append(f"buffer {ahead:.2f}/{look:.2f} s ")
-            text.append_text(bar(ahead / look, 12))
-            text.append(f"  {t.get('tokens_per_s', 0):.0f} tok/s  notes on {t.get('notes_sounding', 0)}")
+            t, duet = self.telemetry.scheduler, self.telemetry.duet
+            text.append(f"lateness p50 {t.lateness_p50_ms:.2f} ms  p99 {t.lateness_p99_ms:.2f} ms"
+                        f"  max {t.lateness_max_ms:.1f} ms  underruns {t.underruns}\n")
+            look = t.lookahead_s or 0.5
+            text.append(f"buffer {t.buffer_s:.2f}/{look:.2f} s ")
+            text.append_text(bar(t.buffer_s / look, 12))
+            text.append(f"  {t.tokens_per_s:.0f} tok/s  notes on {t.notes_sounding}")
             k = self.performance.alternatives if self.performance is not None else 1
             if k > 1:
                 text.append(f"\nhearing alternative 1 of {k}; w saves all {k}", style="cyan")
-            if "handovers" in t:
-                answered = (f"; its first note {t['handover_last_ms']:.0f} ms after the last, at most "
-                            f"{t['handover_max_ms']:.0f} ms" if t.get("handover_last_ms") is not None else "")
-                n = t["handovers"]
-                text.append(f"\nheard {t['notes_heard']} of your notes; {n} handover{'' if n == 1 else 's'}{answered}",
+            if duet is not None:
+                answered = (f"; its first note {duet.last_answer_ms:.0f} ms after the last, at most "
+                            f"{duet.slowest_answer_ms:.0f} ms" if duet.last_answer_ms is not None else "")
+                n = duet.handovers
+                text.append(f"\nheard {duet.notes_heard} of your notes; {n} handover{'' if n == 1 else 's'}{answered}",
                             style="magenta")
-            if t.get("falling_behind"):
+            if t.falling_behind:
                 text.append("\nthe model is falling behind: fewer alternatives or a smaller model help",
                             style="bold yellow")
-            if t.get("port_state") not in (None, "ok", "stopped"):
-                text.append(f"\nport {t.get('port_state')}", style="bold red")
+            if t.port_state not in ("ok", "stopped"):
+                text.append(f"\nport {t.port_state}", style="bold red")
         if ended:
             text.append(f"\nended: {ended}", style="dim")
         self.query_one("#gen-telemetry", Static).update(text)

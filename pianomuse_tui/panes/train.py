@@ -24,7 +24,7 @@ from textual.worker import get_current_worker
 from engine.rundir import (
     EtaClock, MetricsTail, RunFiles, audition_step, is_run_dir, newest_run, read_run_files, request_stop,
 )
-from engine.train.records import AuditionRecord, StatusRecord, TrainRecord, ValRecord
+from engine.metric_records import AuditionRecord, StatusRecord, TrainRecord, ValRecord
 from engine.train.config import PRESETS
 from engine.train.request import TrainRequest
 

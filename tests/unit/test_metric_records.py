@@ -7,7 +7,7 @@ import math
 
 from engine.rundir import read_metrics
 from engine.train.metrics import MetricsLog
-from engine.train.records import (
+from engine.metric_records import (
     AuditionRecord, CheckpointRecord, OtherRecord, StatusRecord, TrainRecord, ValRecord, parse_record,
 )
 

@@ -156,3 +156,17 @@ def test_the_app_does_not_import_the_headless_command_modules():
     code = "import sys, pianomuse_tui.performance, pianomuse_tui.panes.generate; print('generate_cmd' in ' '.join(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-500:]
+
+
+def test_the_timing_panel_reads_a_typed_telemetry_record():
+    """The Generate pane's Timing panel gets the engine's SchedulerTelemetry (and the duet's timing)
+    as a typed record, not a dict it has to guess keys in."""
+    from engine.midi.scheduler import SchedulerTelemetry
+    from pianomuse_tui.performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry
+
+    performance = Performance(PerformanceSettings(checkpoint=None), Knobs())
+    assert performance.telemetry() is None  # nothing opened yet: the panel says "not playing"
+    performance.player.scheduler = LookaheadScheduler(FakeOutput(), clock=FastClock(1.0), realtime=False)
+    telemetry = performance.telemetry()
+    assert isinstance(telemetry, PerformanceTelemetry) and isinstance(telemetry.scheduler, SchedulerTelemetry)
+    assert telemetry.duet is None and telemetry.scheduler.port_state == "ok"

@@ -15,7 +15,7 @@ import pytest
 from engine import rundir
 from engine.model import CheckpointError, load_checkpoint
 from engine.rundir import MetricsTail, RunBusy, RunError, read_metrics
-from engine.train.records import parse_record
+from engine.metric_records import parse_record
 from engine.train.config import load_config
 from engine.train.launch import resolve_config
 from engine.train.trainer import run_training

@@ -14,7 +14,7 @@ from engine.model import load_checkpoint
 from engine import rundir as ckpt
 from engine.train.config import load_config
 from engine.rundir import read_metrics
-from engine.train.records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
+from engine.metric_records import AuditionRecord, CheckpointRecord, StatusRecord, TrainRecord, ValRecord
 from engine.train.trainer import run_training
 from train_helpers import micro_overrides, small_store
 

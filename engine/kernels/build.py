@@ -6,24 +6,22 @@ reason a build cannot happen is one sentence (``BuildError.reason``), and ``load
 failure into a loud warning plus ``False`` so callers fall back to the PyTorch path.
 
 torch guards a build directory with a file named ``lock`` that a killed build leaves behind, after
-which every later build waits forever. We record who holds it (``lock.owner``) and, before
-building, detect a lock whose owner is gone (or that is older than ``STALE_LOCK_S`` with no owner
-record), explain it and remove it.
+which every later build waits forever. Our builds hold ``build.lock`` (``filelock``, released by
+the OS when its holder dies), so a torch ``lock`` found under it is a dead build's: explained and
+removed (``build_lock``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import warnings
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -34,7 +32,6 @@ SOURCES = ("wkv7.cu", "wkv7_binding.cpp")
 EXTENSION_NAME = "pianomuse_wkv7"
 # Used when no GPU can be asked (ahead-of-time builds): Ampere, Ada, Hopper, plus PTX for newer.
 FALLBACK_ARCHS = ("8.0", "8.6", "8.9", "9.0")
-STALE_LOCK_S = 600.0  # a lock with no owner record older than this is from a dead build
 LOCK_WAIT_S = 900.0  # how long to wait on a live build by another process
 
 
@@ -158,74 +155,34 @@ def build_dir(archs: list[str] | None = None) -> Path:
 # the build lock
 
 
-@dataclass
-class LockState:
-    path: Path
-    held: bool
-    stale: bool
-    explanation: str = ""
+@contextmanager
+def build_lock(directory: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold our build lock on ``directory`` (``filelock``'s, released by the OS if its holder dies).
 
+    torch guards a build directory with its own file ``lock``, which a killed build leaves behind
+    and every later build then waits on forever. Only one of our builds holds ``build.lock`` at a
+    time, so a torch ``lock`` found while we hold ours was left by a build that is gone: it is
+    removed, loudly. A live build elsewhere is waited for, at most ``wait_s`` seconds.
+    """
+    from filelock import FileLock, Timeout
 
-def _pid_alive(pid: int) -> bool:
+    ours = FileLock(str(Path(directory) / "build.lock"))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def inspect_lock(directory: Path, now: float | None = None) -> LockState:
-    """Is torch's build lock in ``directory`` held, and is its holder gone?"""
-    lock = Path(directory) / "lock"
-    if not lock.exists():
-        return LockState(lock, held=False, stale=False)
-    now = time.time() if now is None else now
+        ours.acquire(timeout=wait_s)
+    except Timeout:
+        raise BuildError(f"another kernel build has held {ours.lock_file} for over {max(wait_s / 60, 1):.0f} minute(s); "
+                         "let it finish (or stop it) and try again.") from None
     try:
-        age = now - lock.stat().st_mtime
-    except FileNotFoundError:
-        return LockState(lock, held=False, stale=False)
-    owner = {}
-    owner_file = lock.with_name("lock.owner")
-    if owner_file.exists():
-        try:
-            owner = json.loads(owner_file.read_text())
-        except (OSError, ValueError):
-            owner = {}
-    pid, host = owner.get("pid"), owner.get("host")
-    if isinstance(pid, int) and host == socket.gethostname():
-        if _pid_alive(pid):
-            return LockState(lock, held=True, stale=False,
-                             explanation=f"kernel build in progress by process {pid} (lock {lock})")
-        return LockState(lock, held=True, stale=True, explanation=(
-            f"the build lock {lock} was left by process {pid}, which no longer runs (a killed build); "
-            "it is removed and the kernels are rebuilt."))
-    if age > STALE_LOCK_S:
-        return LockState(lock, held=True, stale=True, explanation=(
-            f"the build lock {lock} is {age / 60:.0f} minutes old with no live owner (a killed build); "
-            "it is removed and the kernels are rebuilt."))
-    return LockState(lock, held=True, stale=False,
-                     explanation=f"another kernel build holds {lock} ({age:.0f} s old)")
-
-
-def clear_stale_lock(directory: Path, wait_s: float = LOCK_WAIT_S, poll_s: float = 2.0) -> None:
-    """Remove a dead build's lock (loudly); wait a bounded time for a live one, then fail clearly."""
-    deadline = time.time() + wait_s
-    while True:
-        state = inspect_lock(directory)
-        if not state.held:
-            return
-        if state.stale:
-            warnings.warn(f"WKV7 kernels: {state.explanation}", RuntimeWarning, stacklevel=3)
-            log.warning("WKV7 kernels: %s", state.explanation)
-            for p in (state.path, state.path.with_name("lock.owner")):
-                p.unlink(missing_ok=True)
-            return
-        if time.time() >= deadline:
-            raise BuildError(f"{state.explanation} for over {wait_s / 60:.0f} minutes; if no build is running, "
-                             f"delete {state.path} and try again.")
-        time.sleep(poll_s)
+        left = Path(directory) / "lock"
+        if left.exists():
+            explanation = (f"the build lock {left} was left by a build that no longer runs (a killed build); "
+                           "it is removed and the kernels are rebuilt.")
+            warnings.warn(f"WKV7 kernels: {explanation}", RuntimeWarning, stacklevel=3)
+            log.warning("WKV7 kernels: %s", explanation)
+            left.unlink(missing_ok=True)
+        yield
+    finally:
+        ours.release()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,29 +206,27 @@ def build(verbose: bool = False, archs: list[str] | None = None) -> Path:
     archs = archs or target_archs()
     directory = build_dir(archs)
     directory.mkdir(parents=True, exist_ok=True)
-    clear_stale_lock(directory)
-    owner = directory / "lock.owner"
-    owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}))
     log_path = directory / "build.log"
     try:
-        cpp_extension.load(
-            name=EXTENSION_NAME,
-            sources=[str(CSRC / s) for s in SOURCES],
-            extra_cflags=["-O3", "-std=c++17"],
-            extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", *gencode_flags(archs)],
-            extra_include_paths=[str(CSRC)],
-            build_directory=str(directory),
-            is_python_module=False,
-            verbose=verbose,
-        )
+        with build_lock(directory):
+            cpp_extension.load(
+                name=EXTENSION_NAME,
+                sources=[str(CSRC / s) for s in SOURCES],
+                extra_cflags=["-O3", "-std=c++17"],
+                extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", *gencode_flags(archs)],
+                extra_include_paths=[str(CSRC)],
+                build_directory=str(directory),
+                is_python_module=False,
+                verbose=verbose,
+            )
+    except BuildError:
+        raise
     except Exception as exc:  # compiler failures arrive as several exception types
         text = str(exc)
         log_path.write_text(text)
         first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.strip()[:200])
         raise BuildError(f"compiling the WKV7 kernels failed ({first}); the full log is in {log_path}.",
                          log_path) from exc
-    finally:
-        owner.unlink(missing_ok=True)
     _LOADED["dir"] = directory
     return directory
 

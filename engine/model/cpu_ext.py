@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import logging
 import os
 import platform
-import socket
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -84,7 +81,7 @@ def extension_name() -> str:
 
 def _build() -> ctypes.CDLL:
     """Compile (or reuse this exact build) and load the library; raises RuntimeError with one sentence."""
-    from engine.kernels.build import BuildError, clear_stale_lock, find_cxx
+    from engine.kernels.build import BuildError, build_lock, find_cxx
 
     if not SOURCE.exists():
         raise RuntimeError(f"the C++ source {SOURCE} is missing; reinstall from the repository.")
@@ -96,23 +93,18 @@ def _build() -> ctypes.CDLL:
     directory = cache_dir() / name
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        clear_stale_lock(directory, wait_s=120.0)  # a killed build's lock would block every later one
+        with build_lock(directory, wait_s=120.0):  # one build at a time; a killed build's lock is cleared
+            path = cpp_extension.load(
+                name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                build_directory=str(directory), is_python_module=False, verbose=False,
+            )  # fmt: skip
     except BuildError as exc:
         raise RuntimeError(exc.reason) from exc
-    owner = directory / "lock.owner"
-    owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}))
-    try:
-        path = cpp_extension.load(
-            name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-            build_directory=str(directory), is_python_module=False, verbose=False,
-        )  # fmt: skip
     except Exception as exc:  # compiler failures arrive as several exception types
         text = str(exc)
         (directory / "build.log").write_text(text)
         first = next((ln.strip() for ln in text.splitlines() if "error" in ln.lower()), text.strip()[:200])
         raise RuntimeError(f"compiling {SOURCE.name} failed ({first}); the full log is in {directory / 'build.log'}.") from exc
-    finally:
-        owner.unlink(missing_ok=True)
     lib = ctypes.CDLL(str(path))
     fn = lib.pianomuse_rwkv7_step
     fn.restype = ctypes.c_int

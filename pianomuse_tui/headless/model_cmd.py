@@ -94,10 +94,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _describe_tokenizer(tokenizer: dict) -> str:
-    """One line for the table (the full config is in the sidecar and in --json)."""
-    parts = [str(tokenizer.get(k)) for k in ("tokenization", "kind") if tokenizer.get(k)]
-    if tokenizer.get("vocab_size"):
-        parts.append(f"vocab {tokenizer['vocab_size']}")
-    if tokenizer.get("miditok_version"):
-        parts.append(f"MidiTok {tokenizer['miditok_version']}")
+    """One line for the table from the sidecar's tokenizer config (``PianoTokenizer.to_config``'s
+    fields; the full config is in the sidecar and in --json)."""
+    labels = {"tokenization": "{}", "piano_policy": "piano policy {}", "vocab_size": "vocab {}", "miditok_version": "MidiTok {}"}
+    parts = [label.format(tokenizer[key]) for key, label in labels.items() if tokenizer.get(key) is not None]
     return ", ".join(parts) or json.dumps(tokenizer)

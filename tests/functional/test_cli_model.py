@@ -10,13 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from engine.data.tokenizer import PianoTokenizer
 from engine.model import RWKV7, ModelConfig, save_checkpoint
 from pianomuse_tui.cli import app
 
 
 def make_checkpoint(tmp_path, arch="x070"):
-    config = ModelConfig(arch=arch, n_layer=2, n_embd=128, vocab_size=300, head_size=64)
-    return save_checkpoint(RWKV7(config), tmp_path / "piano", tokenizer={"kind": "REMI", "vocab_size": 300}), config
+    tokenizer = PianoTokenizer("REMI")
+    config = ModelConfig(arch=arch, n_layer=2, n_embd=128, vocab_size=tokenizer.vocab_size, head_size=64)
+    return save_checkpoint(RWKV7(config), tmp_path / "piano", tokenizer=tokenizer.to_config()), config
 
 
 def test_model_info_json_and_table(tmp_path):
@@ -26,16 +28,17 @@ def test_model_info_json_and_table(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["architecture"] == "x080" and info["layers"] == 2 and info["width"] == 128
-    assert info["heads"] == 2 and info["head_size"] == 64 and info["vocab_size"] == 300
+    assert info["heads"] == 2 and info["head_size"] == 64 and info["vocab_size"] == config.vocab_size
     assert info["low_rank"] == {"w": config.dim_w, "a": config.dim_a, "v": config.dim_v, "g": config.dim_g}
     assert info["parameters"] == config.parameter_count()
     assert info["dtype"] == "float32" and info["file_bytes"] == path.stat().st_size
-    assert info["tokenizer"]["kind"] == "REMI"
+    assert info["tokenizer"]["tokenization"] == "REMI"
     assert info["wkv_backend"] == ("cuda" if torch.cuda.is_available() else "chunked")
     table = runner.invoke(app, ["--headless", "model", "info", str(path.with_suffix(""))])
     assert table.exit_code == 0
-    for text in ("x080", "v8 (x070 + DeepEmbed)", "2 x 64", "300", f"{config.parameter_count():,}", "chunked"):
-        assert text in table.stdout
+    for text in ("x080", "v8 (x070 + DeepEmbed)", "2 x 64", str(config.vocab_size), f"{config.parameter_count():,}", "chunked",
+                 f"REMI, piano policy auto, vocab {config.vocab_size}, MidiTok"):
+        assert text in " ".join(table.stdout.split()), table.stdout
 
 
 @pytest.mark.slow

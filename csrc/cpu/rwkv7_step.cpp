@@ -6,7 +6,8 @@
 // No torch headers: it is called through ctypes with raw pointers, which keeps the JIT build to
 // seconds. IEEE semantics (no -ffast-math) so exp/tanh/sigmoid match PyTorch to ~1e-7.
 //
-// Weight pointers per layer, in this order (shapes as the engine's packed RNN cache lays them out):
+// Weight pointers per layer, in this order (as engine/model/cpu_ext.py FusedStep passes them from the
+// RNN weight cache; the low-rank matrices unpadded, copied out of its stacks):
 //   0 ln1_w [C]  1 ln1_b  2 ln2_w  3 ln2_b  4 mix [6, C] (r, k, v, a, g, w)  5 RKV [3, C, C]
 //   6 w0 [C]  7 w1 [C, Dw]  8 w2 [Dw, C]  9 a0  10 a1 [C, Da]  11 a2 [Da, C]
 //   12 v0  13 v1 [C, Dv]  14 v2 [Dv, C]  15 g1 [C, Dg]  16 g2 [Dg, C]

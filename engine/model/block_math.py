@@ -74,29 +74,41 @@ def last_token(x: torch.Tensor, prev: torch.Tensor | None, cu_seqlens: torch.Ten
 # products (pre-transposed contiguous matrices, flat vectors). Same functions, same numbers.
 
 
+# the four low-rank ("LoRA") projections, stacked in the order their token-shift inputs have in
+# ``mix`` rows 2..5: value residual (v), in-context learning rate (a), output gate (g), decay (w)
+LOW_RANK_ORDER = ("v", "a", "g", "w")
+
+
 @dataclass(slots=True)
 class TimeMixWeights:
     mix: torch.Tensor  # [6, C]: mu for r, k, v, a, g, w in that order
     RKV: torch.Tensor  # [3, C, C]: receptance, key, value, applied as x @ W (transposed Linear weights)
-    w0: torch.Tensor  # [C]
-    w1: torch.Tensor  # [C, Dw]
-    w2: torch.Tensor  # [Dw, C]
-    a0: torch.Tensor
-    a1: torch.Tensor
-    a2: torch.Tensor
-    v0: torch.Tensor
-    v1: torch.Tensor
-    v2: torch.Tensor
-    g1: torch.Tensor
-    g2: torch.Tensor
+    w0: torch.Tensor  # [C] (kept fp32: the decay pre-activation is formed in fp32)
+    # v1, a1, g1, w1 as [4, C, R] and v2, a2, g2, w2 as [4, R, C], zero-padded to the largest rank R
+    # (the padding adds exact zeros): each set is one batched product. Layer 0 holds zeros for v
+    # (it defines v_first; its v0/v1/v2 stay out of the graph, as in the official model).
+    lora_down: torch.Tensor
+    lora_up: torch.Tensor
+    lora_bias: torch.Tensor  # [4, 1, C]: v0, a0, 0, 0, added by the up-projection
     k_k: torch.Tensor  # [C]
     k_a: torch.Tensor  # [C]
     one_minus_k_a: torch.Tensor  # [C]
-    r_k: torch.Tensor  # [C] (the [H, N] parameter, flat)
+    r_k: torch.Tensor  # [H, N, 1] (the [H, N] parameter, one column per head)
     O: torch.Tensor  # [C, C]
     ln_w: torch.Tensor
     ln_b: torch.Tensor
+    lora_ranks: tuple[int, int, int, int] = (0, 0, 0, 0)  # the unpadded ranks, in LOW_RANK_ORDER
 
+
+def stack_low_rank(downs, ups, biases, ranks=None):
+    """(lora_down, lora_up, lora_bias) from per-projection [C, D] / [D, C] matrices and [C] biases
+    (None for no bias), in LOW_RANK_ORDER. Views of parameters stay in the autograd graph."""
+    R = max(d.shape[-1] for d in downs)
+    down = torch.stack([F.pad(d, (0, R - d.shape[-1])) if d.shape[-1] < R else d for d in downs])
+    up = torch.stack([F.pad(u, (0, 0, 0, R - u.shape[0])) if u.shape[0] < R else u for u in ups])
+    ref = next(b for b in biases if b is not None)
+    bias = torch.stack([b if b is not None else torch.zeros_like(ref) for b in biases]).unsqueeze(1)
+    return down, up, bias
 
 @dataclass(slots=True)
 class ChannelMixWeights:
@@ -125,23 +137,41 @@ def layer_norm(x, w, b):
     return torch.layer_norm(x, (x.shape[-1],), w, b, LN_EPS)
 
 
+def _low_rank_activations(low: torch.Tensor) -> torch.Tensor:
+    """The down-projections' activations, rows v, a, g, w: none, none, sigmoid, tanh. Without
+    autograd in place (two ops, no copy); with it out of place (autograd allows one in-place op
+    per tensor whose result a backward needs, not two on views of one base)."""
+    if low.requires_grad and torch.is_grad_enabled():
+        return torch.cat((low[:2], torch.sigmoid(low[2:3]), torch.tanh(low[3:])))
+    low[2].sigmoid_()
+    low[3].tanh_()
+    return low
+
+
 def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: int, N: int):
     """Everything before the recurrence. x, x_prev [..., C]: LN1 output and its token shift.
 
     Returns (r, z, k, v, kappa_hat, b, g, v_first), all [..., C], where the kernel arguments are
     a = -kappa_hat and b = kappa_hat * iclr; z (decay pre-activation) is fp32.
+
+    Few, batched ops (at one token each op is a kernel launch, which is what a GPU step costs):
+    the six token-shift mixes are one lerp, r/k/v one batched product, the four low-rank
+    projections two more (down, activations in place, up with its biases) and their two
+    sigmoid gates one op.
     """
     shape = x.shape
     C = shape[-1]
-    # the six token-shift mixes in one op: [6, ..., C], rows r, k, v, a, g, w (each contiguous)
-    mixed = torch.addcmul(x, x_prev - x, W.mix.view((6,) + (1,) * (x.dim() - 1) + (C,)))
-    # receptance, key and value in one batched product
-    r, k, v = torch.matmul(mixed[:3].view(3, -1, C), W.RKV).view((3,) + shape).unbind(0)
-    _, _, xv, xa, xg, xw = mixed.unbind(0)
+    # the six token-shift mixes x + mu (x_prev - x) in one op: [6, ..., C], rows r, k, v, a, g, w
+    mixed = torch.lerp(x, x_prev, W.mix.view((6,) + (1,) * (x.dim() - 1) + (C,))).view(6, -1, C)
+    r, k, v = torch.bmm(mixed[:3], W.RKV).view((3,) + shape).unbind(0)
+    # low rank, rows v, a, g, w (mix rows 2..5): xv @ v1, xa @ a1, sigmoid(xg @ g1), tanh(xw @ w1)
+    low = _low_rank_activations(torch.bmm(mixed[2:], W.lora_down))
+    # ... then @ v2, a2, g2, w2 plus v0, a0 (v and a rows) in one product
+    up = torch.baddbmm(W.lora_bias, low, W.lora_up)
     # the decay sits close to 1 and is compounded over many steps: keep it in fp32
-    z = _as_dtype(W.w0 + torch.tanh(xw @ W.w1) @ W.w2, torch.float32)
-    iclr = torch.sigmoid(W.a0 + (xa @ W.a1) @ W.a2)  # in-context learning rate a
-    g = torch.sigmoid(xg @ W.g1) @ W.g2
+    z = _as_dtype(W.w0 + up[3].view(shape), torch.float32)
+    g = up[2].view(shape)
+    vgate, iclr = torch.sigmoid(up[:2]).view((2,) + shape).unbind(0)  # value residual gate, in-context learning rate a
     kk = (k * W.k_k).view(shape[:-1] + (H, N))
     kappa = (kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)).view(shape)
     k = k * torch.addcmul(W.one_minus_k_a, iclr, W.k_a)  # k * (1 + (a - 1) * k_a)
@@ -149,18 +179,21 @@ def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: in
         v_first = v
     else:
         # under autocast the gate comes out fp32 while v is bf16; lerp needs one dtype
-        v = torch.lerp(v, v_first, _as_dtype(torch.sigmoid(W.v0 + (xv @ W.v1) @ W.v2), v.dtype))
+        v = torch.lerp(v, v_first, _as_dtype(vgate, v.dtype))
     return r, z, k, v, kappa, kappa * iclr, g, v_first
 
 
-def time_mix_finish(W: TimeMixWeights, y, r, k, v, g, H: int, N: int):
-    """Everything after the recurrence: GroupNorm per head, bonus term, gate, output projection."""
+def time_mix_finish(W: TimeMixWeights, x, y, r, k, v, g, H: int, N: int):
+    """Everything after the recurrence: GroupNorm per head, bonus term, gate, output projection,
+    added to the residual stream ``x`` (one addmm)."""
     shape = y.shape
-    heads = shape[:-1] + (H, N)
-    y = torch.group_norm(y.reshape(-1, shape[-1]), H, W.ln_w, W.ln_b, LN_X_EPS).view(heads)
-    # bonus: y_h += (sum_j r_hj k_hj r_k[h, j]) v_h
-    bonus_weight = (r * k * W.r_k).view(heads).sum(dim=-1, keepdim=True)
-    return (torch.addcmul(y, bonus_weight, v.view(heads)).view(shape) * g) @ W.O
+    C = shape[-1]
+    rows = y.numel() // C
+    y = torch.group_norm(y.reshape(rows, C), H, W.ln_w, W.ln_b, LN_X_EPS).view(rows, H, N)
+    # bonus: y_h += (sum_j r_hj k_hj r_k[h, j]) v_h, the per-head sums as one [H] batch of products
+    bonus_weight = torch.bmm((r * k).view(rows, H, N).transpose(0, 1), W.r_k).transpose(0, 1)
+    gated = torch.addcmul(y, bonus_weight, v.reshape(rows, H, N)).view(rows, C) * g.reshape(rows, C)
+    return torch.addmm(x.reshape(rows, C), gated, W.O).view(x.shape)
 
 
 def relu_square_mlp(k, K, V):
@@ -190,16 +223,26 @@ class _ReluSquareMLP(torch.autograd.Function):
         return grad_k, grad_K, grad_V
 
 
-def channel_mix(W: ChannelMixWeights, x, x_prev, idx):
-    """ChannelMix: W_v relu(W_k mix(x))^2, times the token's DeepEmbed row for "v8"."""
-    k = torch.addcmul(x, x_prev - x, W.x_k)
+def deep_embed_rows(W: ChannelMixWeights, idx):
+    """The tokens' DeepEmbed rows ("v8"), or None (x070)."""
+    return F.embedding(idx, W.enn) if W.enn is not None else None
+
+
+def channel_mix(W: ChannelMixWeights, residual, x, x_prev, scale):
+    """``residual`` + ChannelMix: W_v relu(W_k mix(x))^2, times the token's DeepEmbed row
+    ``scale`` for "v8" (None for x070); the residual add is fused into the last op."""
+    k = torch.lerp(x, x_prev, W.x_k)
     if torch.is_grad_enabled() and (k.requires_grad or W.K.requires_grad or W.V.requires_grad):
         out = _ReluSquareMLP.apply(k, W.K, W.V)
+    elif scale is None:
+        C = x.shape[-1]
+        hidden = torch.relu(k @ W.K).square()
+        return torch.addmm(residual.reshape(-1, C), hidden.view(-1, hidden.shape[-1]), W.V).view(residual.shape)
     else:
         out = relu_square_mlp(k, W.K, W.V)
-    if W.enn is not None:
-        out = out * F.embedding(idx, W.enn)
-    return out
+    if scale is None:
+        return residual + out
+    return torch.addcmul(residual, out, scale)
 
 
 def block_time_mix_in(W: BlockWeights, x, att_prev, v_first, plan, first_layer: bool, H: int, N: int):
@@ -218,9 +261,9 @@ def block_finish(W: BlockWeights, x, y, r, k, v, g, idx, ffn_prev, plan, H: int,
 
     Returns (the block's output, LN2 output).
     """
-    x = x + time_mix_finish(W.att, y.to(x.dtype), r, k, v, g, H, N)
+    x = time_mix_finish(W.att, x, y.to(x.dtype), r, k, v, g, H, N)
     xf = layer_norm(x, W.ln2_w, W.ln2_b)
-    x = x + channel_mix(W.ffn, xf, token_shift(xf, ffn_prev, None, plan), idx)
+    x = channel_mix(W.ffn, x, xf, token_shift(xf, ffn_prev, None, plan), deep_embed_rows(W.ffn, idx))
     return x, xf
 
 

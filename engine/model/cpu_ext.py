@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .block_math import LOW_RANK_ORDER
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cpu" / "rwkv7_step.cpp"
@@ -135,13 +137,17 @@ class FusedStep:
     """The C++ step bound to one RNN weight cache (``RWKV7._rnn_weights``); holds its tensors alive."""
 
     def __init__(self, lib: ctypes.CDLL, pack, n_head: int, head_size: int):
-        emb, blocks, ln_out_w, ln_out_b, head = pack
+        emb, blocks, ln_out_w, ln_out_b, head = pack[:5]
         C = emb.shape[1]
         tensors = []
         for W in blocks:
             att, ffn = W.att, W.ffn
-            tensors += [W.ln1_w, W.ln1_b, W.ln2_w, W.ln2_b, att.mix, att.RKV, att.w0, att.w1, att.w2,
-                        att.a0, att.a1, att.a2, att.v0, att.v1, att.v2, att.g1, att.g2,
+            # the C++ reads each low-rank matrix unpadded: contiguous copies of the cache's stacks
+            low = {}
+            for i, (name, rank) in enumerate(zip(LOW_RANK_ORDER, att.lora_ranks)):
+                low[name] = (att.lora_down[i, :, :rank].contiguous(), att.lora_up[i, :rank].contiguous())
+            tensors += [W.ln1_w, W.ln1_b, W.ln2_w, W.ln2_b, att.mix, att.RKV, att.w0, *low["w"],
+                        att.lora_bias[1, 0], *low["a"], att.lora_bias[0, 0], *low["v"], *low["g"],
                         att.k_k, att.k_a, att.one_minus_k_a, att.r_k, att.O, att.ln_w, att.ln_b,
                         ffn.x_k, ffn.K, ffn.V, ffn.enn]
         tensors += [emb, ln_out_w, ln_out_b, head]
@@ -150,9 +156,8 @@ class FusedStep:
                 raise ValueError("the fused CPU step needs contiguous fp32 CPU weights")
         self._tensors = tensors  # keeps every buffer alive as long as the pointers below
         self._pointers = (ctypes.c_void_p * len(tensors))(*(t.data_ptr() if t is not None else None for t in tensors))
-        att0 = blocks[0].att
-        dims = [len(blocks), C, n_head, head_size, emb.shape[0], att0.w1.shape[1], att0.a1.shape[1],
-                att0.v1.shape[1], att0.g1.shape[1], blocks[0].ffn.K.shape[1]]
+        v_rank, a_rank, g_rank, w_rank = blocks[0].att.lora_ranks
+        dims = [len(blocks), C, n_head, head_size, emb.shape[0], w_rank, a_rank, v_rank, g_rank, blocks[0].ffn.K.shape[1]]
         self._dims = (ctypes.c_int64 * len(dims))(*dims)
         self._fn = lib.pianomuse_rwkv7_step
         self.vocab_size = emb.shape[0]

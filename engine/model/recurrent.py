@@ -30,8 +30,9 @@ class RecurrentMode:
         p = self.emb.weight
         return RWKVState.zeros(self.config.n_layer, batch_size, self.config.n_embd, self.config.head_size, dtype=p.dtype, device=p.device)
 
-    def _rnn_weights(self) -> tuple[torch.Tensor, list[BlockWeights], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(LN0-folded embedding, per-block weights, ln_out w, ln_out b, head as [C, V]).
+    def _rnn_weights(self) -> tuple[torch.Tensor, list[BlockWeights], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(LN0-folded embedding, per-block weights, ln_out w, ln_out b, head as [C, V], DeepEmbed
+        table [V, L * C] of all layers or None): the step's weights.
 
         Without autograd they are a cached copy laid out for matrix-vector products; any
         in-place update of a parameter (optimizer step, load_state_dict) bumps its version and
@@ -42,7 +43,7 @@ class RecurrentMode:
             return (
                 layer_norm(self.emb.weight, ln0.weight, ln0.bias),
                 [b.weights() for b in self.blocks],
-                self.ln_out.weight, self.ln_out.bias, self.head.weight.t(),
+                self.ln_out.weight, self.ln_out.bias, self.head.weight.t(), self._deep_embed_table(),
             )  # fmt: skip
         params = self._param_list
         if params is None:
@@ -54,11 +55,19 @@ class RecurrentMode:
                     layer_norm(self.emb.weight, ln0.weight, ln0.bias),  # LN0 folded into the table
                     [b.weights(packed=True) for b in self.blocks],
                     self.ln_out.weight.detach(), self.ln_out.bias.detach(), self.head.weight.t().contiguous(),
+                    self._deep_embed_table(),
                 )  # fmt: skip
             self._rnn_cache = (key, pack)
             self._rnn_traces = {}
             self._rnn_fused = None
         return self._rnn_cache[1]
+
+    def _deep_embed_table(self) -> torch.Tensor | None:
+        """Every layer's DeepEmbed rows side by side, [V, L * C] ("v8"; None for x070): the step
+        looks up a token's rows for all layers in one op instead of one per layer."""
+        if not self.config.deep_embed:
+            return None
+        return torch.cat([b.ffn.enn.weight for b in self.blocks], dim=1)
 
     def step(self, tokens, state: RWKVState):
         """RNN mode: tokens [B] -> (logits [B, V], new state). ``state`` itself is not modified.
@@ -101,17 +110,19 @@ class RecurrentMode:
 
     def _step_layers(self, pack, tokens, att_shift, wkv, ffn_shift):
         """The recurrent step over all layers on plain tensors: (logits, att_shift, wkv, ffn_shift)."""
-        emb, weights, ln_out_w, ln_out_b, head = pack
+        emb, weights, ln_out_w, ln_out_b, head, deep_embed = pack
         x = F.embedding(tokens, emb)
+        L = len(weights)
+        scales = F.embedding(tokens, deep_embed).view(tokens.shape[0], L, -1).unbind(1) if deep_embed is not None else (None,) * L
         v_first = None
         att, new_wkv, ffn = [], [], []
         # without autograd every layer writes its new WKV state straight into its slot of one
         # [L, B, H, N, N] tensor: no stack copy of the largest part of the state at the end
         wkv_all = None if torch.is_grad_enabled() else torch.empty_like(wkv)
-        wkv_out = wkv_all.unbind(0) if wkv_all is not None else (None,) * len(weights)
-        layers = zip(self.blocks, weights, att_shift.unbind(0), wkv.unbind(0), ffn_shift.unbind(0), wkv_out)
-        for block, W, att_prev, wkv_prev, ffn_prev, out in layers:
-            x, v_first, a_s, S, f_s = block.step(W, x, tokens, v_first, att_prev, wkv_prev, ffn_prev, out)
+        wkv_out = wkv_all.unbind(0) if wkv_all is not None else (None,) * L
+        layers = zip(self.blocks, weights, scales, att_shift.unbind(0), wkv.unbind(0), ffn_shift.unbind(0), wkv_out)
+        for block, W, scale, att_prev, wkv_prev, ffn_prev, out in layers:
+            x, v_first, a_s, S, f_s = block.step(W, x, scale, v_first, att_prev, wkv_prev, ffn_prev, out)
             att.append(a_s)
             new_wkv.append(S)
             ffn.append(f_s)

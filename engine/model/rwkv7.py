@@ -29,6 +29,7 @@ from .block_math import (
     block_time_mix_in,
     channel_mix,
     last_token,
+    stack_low_rank,
     layer_norm,
     shift_plan,
     time_mix_finish,
@@ -47,6 +48,7 @@ class TimeMix(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
         C, H, N = config.n_embd, config.n_head, config.head_size
+        self.layer_id = layer_id
 
         def vec():
             return nn.Parameter(torch.empty(1, 1, C))
@@ -72,21 +74,26 @@ class TimeMix(nn.Module):
         through; RNN mode (``packed=True``) gets contiguous copies laid out for [B, C] inputs.
         """
         C = self.x_r.shape[-1]
+        H, N = self.r_k.shape
         mix = torch.cat([self.x_r, self.x_k, self.x_v, self.x_a, self.x_g, self.x_w]).view(6, C)
         RKV = torch.stack([self.receptance.weight.t(), self.key.weight.t(), self.value.weight.t()])
+        # layer 0 defines v_first: its v0/v1/v2 stay out of the graph (zeros in their rows)
+        v1, v2, v0 = (self.v1, self.v2, self.v0.reshape(C)) if self.layer_id else (
+            self.v1.new_zeros(self.v1.shape), self.v2.new_zeros(self.v2.shape), None)
+        down, up, bias = stack_low_rank((v1, self.a1, self.g1, self.w1), (v2, self.a2, self.g2, self.w2),
+                                        (v0, self.a0.reshape(C), None, None))
         k_a = self.k_a.reshape(C)
         W = TimeMixWeights(
-            mix=mix, RKV=RKV,
-            w0=self.w0.reshape(C), w1=self.w1, w2=self.w2,
-            a0=self.a0.reshape(C), a1=self.a1, a2=self.a2,
-            v0=self.v0.reshape(C), v1=self.v1, v2=self.v2,
-            g1=self.g1, g2=self.g2,
-            k_k=self.k_k.reshape(C), k_a=k_a, one_minus_k_a=1 - k_a, r_k=self.r_k.reshape(C),
+            mix=mix, RKV=RKV, w0=self.w0.reshape(C), lora_down=down, lora_up=up, lora_bias=bias,
+            k_k=self.k_k.reshape(C), k_a=k_a, one_minus_k_a=1 - k_a, r_k=self.r_k.view(H, N, 1),
             O=self.output.weight.t(), ln_w=self.ln_x.weight, ln_b=self.ln_x.bias,
+            lora_ranks=(self.v1.shape[1], self.a1.shape[1], self.g1.shape[1], self.w1.shape[1]),
         )  # fmt: skip
         if packed:
             for name in TimeMixWeights.__slots__:
-                setattr(W, name, getattr(W, name).contiguous().clone())
+                t = getattr(W, name)
+                if isinstance(t, torch.Tensor):
+                    setattr(W, name, t.detach().contiguous().clone())
         return W
 
 
@@ -179,16 +186,16 @@ class Block(nn.Module):
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
 
-    def step(self, W: BlockWeights, x, idx, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None):
-        """Recurrent mode: the same math on x [B, C] for one token per sequence (new WKV state into ``wkv_out``)."""
-        B, C = x.shape
+    def step(self, W: BlockWeights, x, deep_embed, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None):
+        """Recurrent mode: the same math on x [B, C] for one token per sequence (new WKV state into
+        ``wkv_out``). ``deep_embed`` is the tokens' DeepEmbed rows for this layer ("v8") or None."""
         H, N = self.n_head, self.head_size
         xa = layer_norm(x, W.ln1_w, W.ln1_b)
         r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
         y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N, wkv_out)
-        x = x + time_mix_finish(W.att, _as_dtype(y, x.dtype), r, k, v, g, H, N)
+        x = time_mix_finish(W.att, x, _as_dtype(y, x.dtype), r, k, v, g, H, N)
         xf = layer_norm(x, W.ln2_w, W.ln2_b)
-        x = x + channel_mix(W.ffn, xf, ffn_prev, idx)
+        x = channel_mix(W.ffn, x, xf, ffn_prev, deep_embed)
         return x, v_first, xa, wkv_state, xf
 
 

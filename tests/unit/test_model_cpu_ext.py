@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fused_model(arch):
-    # backend "auto": the "reference" backend pins a model to the PyTorch step
-    return perturbed_model(arch=arch, n_layer=3, n_embd=128, vocab_size=97, head_size=32, backend="auto", seed=3)
+    # backend "auto": the "reference" backend pins a model to the PyTorch step; unequal low ranks:
+    # the C++ reads each low-rank matrix unpadded out of the step's zero-padded stacks
+    return perturbed_model(arch=arch, n_layer=3, n_embd=128, vocab_size=97, head_size=32, backend="auto", seed=3,
+                           dim_w=32, dim_a=16, dim_v=8, dim_g=48)
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +87,7 @@ def test_switched_off_by_env_keeps_the_traced_step(monkeypatch):
         model.rnn_trace = False
         eager, _ = model.step(tokens, model.init_state(1))
     assert model._rnn_fused is None and model._rnn_traces, "PIANOMUSE_CPU_EXT=0 should leave the traced step"
-    assert rel_err(logits, eager) < 1e-6
+    assert rel_err(logits, eager) < 1e-5  # TorchScript runs addmm as mm + add: one more rounding
 
 
 @pytest.mark.slow

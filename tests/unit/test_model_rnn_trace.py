@@ -20,10 +20,11 @@ def test_traced_step_equals_eager_step(arch, batch):
             traced_logits, traced_state = model.step(row, traced_state)
             model.rnn_trace = False
             eager_logits, eager_state = model.step(row, eager_state)
-            torch.testing.assert_close(traced_logits, eager_logits, rtol=1e-6, atol=1e-6)
+            # TorchScript runs addmm as mm + add (its DecomposeOps pass): one more rounding
+            torch.testing.assert_close(traced_logits, eager_logits, rtol=1e-5, atol=1e-5)
     assert model._rnn_traces, "the no-autograd step should have run as a trace"
     for traced, eager in zip(traced_state.layer(0), eager_state.layer(0)):
-        torch.testing.assert_close(traced, eager, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -36,7 +37,7 @@ def test_trace_is_dropped_when_the_weights_change():
         after, _ = model.step(tokens, model.init_state(2))
         model.rnn_trace = False
         eager, _ = model.step(tokens, model.init_state(2))
-    torch.testing.assert_close(after, eager, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after, eager, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(before, after)
 
 

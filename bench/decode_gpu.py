@@ -1,6 +1,7 @@
 """Per-token latency of the RNN step on a CUDA GPU (issue 5: p99 < 1 ms per token at batch 1).
 
-    python3 bench/decode_gpu.py [--sizes 12x768] [--batches 1,8] [--steps 500] [--out FILE]
+    python3 bench/decode_gpu.py [--sizes 12x768,6x256] [--batches 1,8,32] [--modes graphed,traced]
+                                [--compiled] [--peer-cuda] [--steps 500] [--out FILE] [--json FILE]
 
 A random-weight model (V = 512, as in rwkv7-spec.md section 9's table) runs ``RWKV7.step`` under
 ``torch.inference_mode`` one token at a time, and every step ends with the logits on the host
@@ -11,8 +12,11 @@ A random-weight model (V = 512, as in rwkv7-spec.md section 9's table) runs ``RW
 - rwkv package (the peer, when ``rwkv`` is importable): ``RWKV.forward([token], state)`` on the
   same weights (saved as an official checkpoint), strategy ``--peer-strategy`` (default
   "cuda fp16"); it has no batch, so batch B is B calls per step. ``--peer-cuda`` turns its own
-  CUDA kernel on (RWKV_CUDA_ON=1, built at load).
-Reported per mode and batch: median and p99 milliseconds per step (all rows of the batch at
+  CUDA kernel on (RWKV_CUDA_ON=1, JIT-built at import into a fresh build folder, so a stale or
+  locked build of an earlier run is never picked up). Batch B costs B calls a step, so the peer
+  runs ``--peer-steps`` / B steps (at least 20) after 5 warm-up steps.
+``--engine DIR --label old`` times another checkout's engine (e.g. the tree before a change)
+with this script. Reported per mode and batch: median and p99 milliseconds per step (all rows of the batch at
 once). rwkv7-spec.md section 9 lists the package on an H200 (L12-D768, "cuda fp16", its CUDA
 kernel on: 12.6 ms median, 15.1 ms p99 per token at batch 1).
 """
@@ -26,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--engine" in sys.argv[:-1]:  # another checkout's engine package first on the path (read before importing it)
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--engine") + 1]).resolve()))
 
 import torch
 
@@ -35,6 +41,7 @@ from engine.model.pianomuse import sample_logits
 
 MODES = ("graphed", "traced", "eager")
 OPT_IN_MODES = ("compiled",)  # --compiled: the graphed step over a torch.compile'd step (model.rnn_compile)
+PEER = "rwkv package"
 
 
 def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dict:
@@ -60,12 +67,15 @@ def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dic
             "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps}
 
 
-def load_peer(model: RWKV7, strategy: str, cuda_kernel: bool, folder: str):
+def load_peer(model: RWKV7, strategy: str, cuda_kernel: bool, folder: str, build_dir: str | None = None):
     """The public rwkv package on ``model``'s weights, or None when it is not installed."""
-    # the package reads its switches at import; RWKV_CUDA_ON also steers our operator, so it is
-    # put back right after
-    saved = {k: os.environ.get(k) for k in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
-    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="1" if cuda_kernel else "0")
+    # the package reads its switches at import (and builds its CUDA kernel then, through
+    # torch.utils.cpp_extension into TORCH_EXTENSIONS_DIR: a fresh folder here); RWKV_CUDA_ON also
+    # steers our operator, so every switch is put back right after
+    keys = ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON", "TORCH_EXTENSIONS_DIR")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="1" if cuda_kernel else "0",
+                      TORCH_EXTENSIONS_DIR=build_dir or str(Path(folder) / "torch_extensions"))
     try:
         from rwkv.model import RWKV
     except ImportError:
@@ -94,7 +104,7 @@ def measure_peer(peer, vocab: int, batch: int, steps: int, warmup: int) -> dict:
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    return {"mode": "rwkv package", "batch": batch, "median_ms": statistics.median(times),
+    return {"mode": PEER, "batch": batch, "median_ms": statistics.median(times),
             "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps}
 
 
@@ -107,18 +117,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--peer-strategy", default="cuda fp16", help="the rwkv package's strategy string")
     ap.add_argument("--peer-cuda", action="store_true", help="the rwkv package with its CUDA kernel (built at load)")
+    ap.add_argument("--peer-build-dir", default=None, help="where the package builds its CUDA kernel (default: a fresh folder)")
+    ap.add_argument("--peer-steps", type=int, default=200, help="the peer's timed steps at batch 1 (this / B at batch B, at least 20)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"our step's modes, of {', '.join(MODES + OPT_IN_MODES)}")
     ap.add_argument("--compiled", action="store_true", help="also the graphed step over a torch.compile'd step (model.rnn_compile)")
+    ap.add_argument("--compiled-batches", default=None, help="the batches for --compiled (default: all; each batch size compiles anew)")
+    ap.add_argument("--engine", default=None, help="import the engine package from this checkout instead "
+                    "(e.g. the tree before a change, for a before/after from one device call)")
+    ap.add_argument("--label", default="", help="a tag for every row (e.g. the tree measured), kept in the JSON")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = set(modes) - set(MODES + OPT_IN_MODES)
+    if unknown:
+        raise BenchError(f"unknown mode(s) {', '.join(sorted(unknown))}; use {', '.join(MODES + OPT_IN_MODES)}")
+    if args.compiled and "compiled" not in modes:
+        modes += ("compiled",)
+    compiled_batches = {int(b) for b in args.compiled_batches.split(",")} if args.compiled_batches else None
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("this benchmark needs a CUDA GPU; bench/decode.py measures the CPU step (--device cpu is a smoke run)")
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     header = run_header(device, f"RWKV7.step, random weights, V=512, weights {args.dtype}, fp32 state; "
-                                f"median of {args.steps} steps after {args.warmup}, logits copied to the host and sampled (temperature 1, top-p 0.95) each step")
+                                f"median of {args.steps} steps after {args.warmup}, logits copied to the host and sampled (temperature 1, top-p 0.95) each step"
+                                + (f"; engine imported from {args.engine}" if args.engine else ""))
     rows, results = [], []
     for size in args.sizes.split(","):
         L, D = (int(x) for x in size.lower().split("x"))
@@ -133,19 +158,22 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
 
             strategy = args.peer_strategy if device.type == "cuda" else "cpu fp32"
-            peer = load_peer(model, strategy, args.peer_cuda, tempfile.mkdtemp(prefix="pianomuse-peer-"))
+            peer = load_peer(model, strategy, args.peer_cuda, tempfile.mkdtemp(prefix="pianomuse-peer-"), args.peer_build_dir)
             model = model.to(device=device, dtype=dtype)
         for batch in (int(b) for b in args.batches.split(",")):
-            modes = (MODES + (OPT_IN_MODES if args.compiled else ())) if device.type == "cuda" else ("traced", "eager")
-            for mode in modes + (("rwkv package",) if peer is not None else ()):
-                if mode == "rwkv package":
-                    r = measure_peer(peer, 512, batch, args.steps, args.warmup)
+            ours = modes if device.type == "cuda" else tuple(m for m in modes if m in ("traced", "eager"))
+            if compiled_batches is not None and batch not in compiled_batches:
+                ours = tuple(m for m in ours if m != "compiled")
+            for mode in ours + ((PEER,) if peer is not None else ()):
+                if mode == PEER:
+                    r = measure_peer(peer, 512, batch, max(20, args.peer_steps // batch), min(args.warmup, 5))
                 else:
                     r = measure(model, mode, batch, args.steps, args.warmup)
                 r["size"] = f"L{L}-D{D}"
+                r["label"] = args.label
                 results.append(r)
-                rows.append([r["size"], str(batch), mode, f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                             f"{batch / r['median_ms'] * 1e3:.0f}"])
+                rows.append([r["size"], str(batch), mode + (f" ({args.label})" if args.label else ""),
+                             f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{batch / r['median_ms'] * 1e3:.0f}"])
                 print("| " + " | ".join(rows[-1]) + " |", flush=True)
     cmd = " ".join(sys.argv[1:] if argv is None else argv)
     markdown = f"`python3 bench/decode_gpu.py {cmd}`\n\n{header}\n\n" + markdown_table(

@@ -54,16 +54,35 @@ def count_step_ops(model, batch: int = 1) -> collections.Counter:
     return counter.counts
 
 
-def _measure(sizes: list[tuple[int, int]], arch: str, batch: int) -> list[dict]:
+def count_cuda_kernels(model, batch: int = 1) -> collections.Counter:
+    """The CUDA kernels one eager RNN step of ``model`` (on a GPU) launches, by kernel name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.rnn_trace = False
+    device = next(model.parameters()).device
+    tokens = (torch.arange(batch) % model.config.vocab_size).to(device)
+    with torch.no_grad():
+        state = model.init_state(batch)
+        for _ in range(2):
+            _, state = model.step(tokens, state)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model.step(tokens, state)
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return collections.Counter(e.name[:60] for e in kernels)
+
+
+def _measure(sizes: list[tuple[int, int]], arch: str, batch: int, device: str) -> list[dict]:
     from engine.model import RWKV7, ModelConfig
 
     rows = []
     for L, D in sizes:
         torch.manual_seed(0)
-        model = RWKV7(ModelConfig(arch=arch, n_layer=L, n_embd=D, vocab_size=512, head_size=64)).eval()
-        counts = count_step_ops(model, batch)
+        model = RWKV7(ModelConfig(arch=arch, n_layer=L, n_embd=D, vocab_size=512, head_size=64)).to(device).eval()
+        counts = count_step_ops(model, batch) if device == "cpu" else count_cuda_kernels(model, batch)
         total = sum(counts.values())
-        rows.append({"size": f"L{L}-D{D}", "arch": arch, "batch": batch, "ops": total,
+        rows.append({"size": f"L{L}-D{D}", "arch": arch, "batch": batch, "device": device, "ops": total,
                      "ops_per_layer": total / L, "by_op": dict(counts.most_common())})
     return rows
 
@@ -73,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="12x768,6x256", help="LAYERSxWIDTH list")
     ap.add_argument("--arch", default="x080", choices=("x070", "x080"))
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cpu: aten ops dispatched; cuda: CUDA kernels launched (torch.profiler)")
     ap.add_argument("--old", default=None, help="another checkout whose engine is counted too (before/after)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     ap.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # the child process of --old
     args = ap.parse_args(argv)
     sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
-    rows = _measure(sizes, args.arch, args.batch)
+    rows = _measure(sizes, args.arch, args.batch, args.device)
     if args.rows_only:
         print(json.dumps(rows))
         return 0
@@ -86,14 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         r["tree"] = "this"
     if args.old:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--sizes", args.sizes, "--arch", args.arch,
-               "--batch", str(args.batch), "--rows-only"]
+               "--batch", str(args.batch), "--device", args.device, "--rows-only"]
         env = dict(os.environ, PYTHONPATH=str(Path(args.old).resolve()))
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=args.old, check=True)
         old = json.loads(done.stdout.strip().splitlines()[-1])
         for r in old:
             r["tree"] = f"old ({args.old})"
         rows = old + rows
-    print("| tree | model | arch | batch | ops per step | ops per layer | most frequent |")
+    what = "aten ops" if args.device == "cpu" else "CUDA kernels"
+    print(f"| tree | model | arch | batch | {what} per step | per layer | most frequent |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         top = ", ".join(f"{k} {v}" for k, v in list(r["by_op"].items())[:6])

@@ -105,3 +105,29 @@ def test_train_cpu_bench_runs_the_real_trainer_and_prints_its_row(capsys):
     row = next(line for line in out.splitlines() if line.startswith("| tiny |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "1" and float(cells[2]) > 0 and float(cells[3]) > 0  # one torch thread, steps/s, tokens
+
+
+@pytest.mark.timeout(120)
+def test_decode_gpu_cpu_smoke_writes_one_json_with_every_batch(tmp_path, capsys):
+    bench = bench_module("decode_gpu")
+    out_json = tmp_path / "decode.json"
+    rc = bench.main(["--device", "cpu", "--sizes", "2x64", "--batches", "1,3", "--steps", "4", "--warmup", "1",
+                     "--modes", "traced", "--no-peer", "--label", "smoke", "--json", str(out_json)])
+    assert rc == 0
+    rows = json.loads(out_json.read_text())["results"]
+    assert [(r["size"], r["batch"], r["mode"], r["label"]) for r in rows] == [("L2-D64", 1, "traced", "smoke"), ("L2-D64", 3, "traced", "smoke")]
+    assert all(r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] for r in rows)
+    with pytest.raises(bench.BenchError):
+        bench.main(["--device", "cpu", "--modes", "graphd", "--no-peer"])
+    assert "unknown mode(s) graphd" in capsys.readouterr().err
+
+
+def test_rnn_step_ops_counts_per_layer(tmp_path):
+    bench = bench_module("rnn_step_ops")
+    out_json = tmp_path / "ops.json"
+    assert bench.main(["--sizes", "2x64,3x64", "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())
+    assert [r["size"] for r in rows] == ["L2-D64", "L3-D64"]
+    # the per-layer count does not depend on depth, and the step's products are batched
+    assert abs(rows[0]["ops_per_layer"] - rows[1]["ops_per_layer"]) < 3
+    assert rows[1]["by_op"]["bmm"] >= 5 * 3

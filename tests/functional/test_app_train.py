@@ -310,7 +310,7 @@ async def test_no_gpu_and_a_crashed_training_process_are_one_sentence_and_the_ap
         assert await wait_for(pilot, lambda: len(ended()) == 2, 30, 0.1)
         error = ended()[1].error
         assert "exited with code -9" in error and str(pane.proc.log_path) in error
-        assert any(n.message == error for n in app._notifications)
+        assert await wait_for(pilot, lambda: any(n.message == error for n in app._notifications), 10, 0.05)
         assert app.is_running and not pane.owns_active_run
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from engine.train.request import TrainRequest
 
     from .performance import PerformanceTelemetry
+    from .training_process import TrainingProcess
 
 
 class Coalescing(Message):
@@ -85,7 +86,7 @@ class RunLaunched(Message):
     """The launcher's answer to "start a run": the spawned process, or the sentence saying why not."""
 
     spec: TrainRequest
-    process: Any = None
+    process: TrainingProcess | None = None
     error: str | None = None
 
 

@@ -445,8 +445,7 @@ class TrainPane(PaneBase):
                         self.notify(rec.message, title="trainer")
         plot.add(train_pts, val_pts)
         self._render_now()
-        last = self.last_train
-        self.query_one(MemoryMeter).update_trainer(*((last.mem_alloc, last.mem_reserved, last.mem_peak) if last else (None,) * 3))
+        self.query_one(MemoryMeter).update_trainer(self.last_train)
         # a checkpoint or audition record brings a RunFilesRead right behind it: the table is
         # refreshed there, from the watcher's listing
 
@@ -469,9 +468,7 @@ class TrainPane(PaneBase):
         meters = self.query(MemoryMeter)  # empty while the app is closing
         if not meters:
             return
-        meters.first().update_machine(
-            gpu_util=sample.gpu_util, gpu_mem_used=sample.gpu_mem_used, gpu_mem_total=sample.gpu_mem_total,
-            ram_rss=sample.ram_rss, ram_total=sample.ram_total, source=sample.source)
+        meters.first().update_machine(sample)
 
     # ---- drawing --------------------------------------------------------------------------------
 

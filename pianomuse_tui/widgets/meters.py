@@ -1,8 +1,15 @@
 """Memory and utilisation meters: the trainer's own numbers plus NVML (GPU) or psutil (CPU)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 from textual.widgets import Static
+
+from ..messages import ResourceSample
+
+if TYPE_CHECKING:
+    from engine.metric_records import TrainRecord
 
 GIB = 1024**3
 
@@ -29,14 +36,14 @@ class MemoryMeter(Static):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", **kwargs)
-        self.trainer_mem: dict[str, float | None] = {}
-        self.machine: dict[str, float | str | None] = {}
+        self.trainer: TrainRecord | None = None  # the newest training step (its memory is None on a CPU)
+        self.machine = ResourceSample()
 
-    def update_trainer(self, alloc: float | None, reserved: float | None, peak: float | None) -> None:
-        self.trainer_mem = {"alloc": alloc, "reserved": reserved, "peak": peak}
+    def update_trainer(self, record: TrainRecord | None) -> None:
+        self.trainer = record
         self.refresh_text()
 
-    def update_machine(self, **sample) -> None:
+    def update_machine(self, sample: ResourceSample) -> None:
         self.machine = sample
         self.refresh_text()
 
@@ -46,13 +53,10 @@ class MemoryMeter(Static):
     def refresh_text(self) -> None:
         width = max(10, self.content_size.width or 28)
         text = Text()
-        alloc = self.trainer_mem.get("alloc")
-        reserved = self.trainer_mem.get("reserved")
-        peak = self.trainer_mem.get("peak")
-        total = self.machine.get("gpu_mem_total")
+        t, m = self.trainer, self.machine
+        alloc, reserved, peak = (t.mem_alloc, t.mem_reserved, t.mem_peak) if t is not None else (None, None, None)
+        total, util, rss, ram_total = m.gpu_mem_total, m.gpu_util, m.ram_rss, m.ram_total
         ref = total or reserved or peak
-        util = self.machine.get("gpu_util")
-        rss, ram_total = self.machine.get("ram_rss"), self.machine.get("ram_total")
         if alloc is None and reserved is None and util is None:
             # a CPU run: torch reports no device memory, so the bar is the processes' RAM of the machine's
             text.append(f"RAM {gib(rss)} ")
@@ -65,13 +69,11 @@ class MemoryMeter(Static):
         text.append_text(bar(alloc / ref if alloc and ref else None, max(4, width - 18)))
         text.append(f"\nreserved {gib(reserved)}  peak {gib(peak)}")
         if util is not None:
-            used = self.machine.get("gpu_mem_used")
             text.append(f"\nGPU {util:.0f}% ")
             text.append_text(bar(util / 100, max(4, width - 26)))
-            text.append(f" {gib(used)}/{gib(total)}")
+            text.append(f" {gib(m.gpu_mem_used)}/{gib(total)}")
         if rss is not None:
             text.append(f"\nprocess RAM {gib(rss)}")
-        source = self.machine.get("source")
-        if source:
-            text.append(f"  ({source})", style="dim")
+        if m.source:
+            text.append(f"  ({m.source})", style="dim")
         self.update(text)

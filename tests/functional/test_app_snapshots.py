@@ -102,7 +102,7 @@ def test_train_pane_attached_to_the_bundled_models_recorded_run(snap_compare, fi
         meter = app.train.query_one(MemoryMeter)
         # and for the watcher's reading of the run folder (config and checkpoint listing)
         await _settle(pilot, lambda: app.train.records_seen == records and app.device.startswith("CPU")
-                      and meter.machine.get("ram_rss") is not None
+                      and meter.machine.ram_rss is not None
                       and app.train.run_files is not None and len(app.train.run_files.checkpoints) == 1)
         app.train.workers_cancel()  # everything is read; the app exits without waiting for a poll
 

@@ -48,7 +48,7 @@ async def test_memory_panel_shows_trainer_memory_and_nvml_and_plot_keys_redraw(t
     async with app.run_test(size=(140, 40)) as pilot:
         pane = app.train
         meter = pane.query_one("#tr-mem")
-        assert await wait_for(pilot, lambda: pane.records_seen == 41 and meter.machine.get("gpu_util") is not None,
+        assert await wait_for(pilot, lambda: pane.records_seen == 41 and meter.machine.gpu_util is not None,
                               30, 0.05)
         memory = str(meter.render())
         assert "alloc 9.10 GiB" in memory and "reserved 11.0 GiB  peak 12.3 GiB" in memory

@@ -62,6 +62,10 @@ def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dic
                 sample_logits(row, 1.0, 0.95, generator=g)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
+    if mode in ("graphed", "compiled") and not any(
+        k[0] == "graph" and k[1] == batch and k[-1] == (mode == "compiled") for k in model._rnn_traces
+    ):  # a capture that fails falls back to the traced step: never report that under this mode's name
+        raise RuntimeError(f"the {mode} step did not capture a CUDA graph at batch {batch} (see the warning above)")
     times.sort()
     return {"mode": mode, "batch": batch, "median_ms": statistics.median(times),
             "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps}

@@ -12,6 +12,10 @@ import torch
 from .defaults import DEFAULT_BARS, SamplingConfig  # noqa: F401  (re-exported: the sampler's config)
 
 
+class NonFiniteLogits(ValueError):
+    """The model's output held NaN or inf: its recurrent state overflowed (an unstable checkpoint)."""
+
+
 def row_seed(seed: int, row: int) -> int:
     """Independent, reproducible stream per alternative."""
     return (seed * 1_000_003 + row * 7919) % (2**63 - 1)
@@ -56,6 +60,10 @@ def filter_logits(logits: torch.Tensor, allowed: torch.Tensor, config: SamplingC
 
 def sample_rows(logits: torch.Tensor, allowed: torch.Tensor, config: SamplingConfig, generators: list[torch.Generator], recent: list[list[int]]) -> list[int]:
     """One token per row, never outside ``allowed``."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogits(
+            "the model's output is not finite (NaN or inf): its recurrent state overflowed, as some "
+            "checkpoints' states do on long sequences. Start again (a fresh state), or use another checkpoint")
     logits = filter_logits(apply_penalties(logits, recent, config), allowed, config)
     if config.temperature == 0:
         return logits.argmax(dim=-1).tolist()

@@ -88,3 +88,21 @@ def test_generation_auditions_and_eval_draw_with_the_one_sampler(monkeypatch):
     before = len(calls)
     _generate_free(model, Tok(), [[1, 5, 6]], 2, [3], SamplingOptions(seed=0), None)
     assert len(calls) > before
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_model_output_is_one_clear_error(bad):
+    """A checkpoint whose state overflows on a long sequence gives NaN/inf logits: the sampler says so
+    (torch.multinomial's own error names no cause), whatever the mask and the temperature."""
+    from engine.generate.sampling import NonFiniteLogits
+
+    logits = torch.randn(2, 10)
+    logits[1, 3] = bad
+    allowed = torch.ones(2, 10, dtype=torch.bool)
+    allowed[1, 3] = False  # masked away or not, the model itself has diverged
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    for temperature in (0.0, 1.0):
+        with pytest.raises(NonFiniteLogits, match="state overflowed"):
+            sample_rows(logits, allowed, SamplingConfig(temperature=temperature), gens, [[], []])
+    logits[1, 3] = 0.0
+    assert len(sample_rows(logits, allowed, SamplingConfig(), gens, [[], []])) == 2

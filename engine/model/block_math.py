@@ -83,13 +83,15 @@ LOW_RANK_ORDER = ("v", "a", "g", "w")
 class TimeMixWeights:
     mix: torch.Tensor  # [6, C]: mu for r, k, v, a, g, w in that order
     RKV: torch.Tensor  # [3, C, C]: receptance, key, value, applied as x @ W (transposed Linear weights)
-    w0: torch.Tensor  # [C] (kept fp32: the decay pre-activation is formed in fp32)
+    # [C], kept fp32 (the decay pre-activation is formed in fp32); None in the RNN cache, whose
+    # weights share one dtype: there w0 is lora_bias's w row and the up-projection adds it
+    w0: torch.Tensor | None
     # v1, a1, g1, w1 as [4, C, R] and v2, a2, g2, w2 as [4, R, C], zero-padded to the largest rank R
     # (the padding adds exact zeros): each set is one batched product. Layer 0 holds zeros for v
     # (it defines v_first; its v0/v1/v2 stay out of the graph, as in the official model).
     lora_down: torch.Tensor
     lora_up: torch.Tensor
-    lora_bias: torch.Tensor  # [4, 1, C]: v0, a0, 0, 0, added by the up-projection
+    lora_bias: torch.Tensor  # [4, 1, C]: v0, a0, 0 and w0 or 0, added by the up-projection
     k_k: torch.Tensor  # [C]
     k_a: torch.Tensor  # [C]
     one_minus_k_a: torch.Tensor  # [C]
@@ -100,7 +102,7 @@ class TimeMixWeights:
     lora_ranks: tuple[int, int, int, int] = (0, 0, 0, 0)  # the unpadded ranks, in LOW_RANK_ORDER
 
 
-def stack_low_rank(downs, ups, biases, ranks=None):
+def stack_low_rank(downs, ups, biases):
     """(lora_down, lora_up, lora_bias) from per-projection [C, D] / [D, C] matrices and [C] biases
     (None for no bias), in LOW_RANK_ORDER. Views of parameters stay in the autograd graph."""
     R = max(d.shape[-1] for d in downs)
@@ -169,7 +171,7 @@ def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: in
     # ... then @ v2, a2, g2, w2 plus v0, a0 (v and a rows) in one product
     up = torch.baddbmm(W.lora_bias, low, W.lora_up)
     # the decay sits close to 1 and is compounded over many steps: keep it in fp32
-    z = _as_dtype(W.w0 + up[3].view(shape), torch.float32)
+    z = _as_dtype(up[3].view(shape) if W.w0 is None else W.w0 + up[3].view(shape), torch.float32)
     g = up[2].view(shape)
     vgate, iclr = torch.sigmoid(up[:2]).view((2,) + shape).unbind(0)  # value residual gate, in-context learning rate a
     kk = (k * W.k_k).view(shape[:-1] + (H, N))

@@ -146,7 +146,8 @@ class FusedStep:
             low = {}
             for i, (name, rank) in enumerate(zip(LOW_RANK_ORDER, att.lora_ranks)):
                 low[name] = (att.lora_down[i, :, :rank].contiguous(), att.lora_up[i, :rank].contiguous())
-            tensors += [W.ln1_w, W.ln1_b, W.ln2_w, W.ln2_b, att.mix, att.RKV, att.w0, *low["w"],
+            w0 = att.w0 if att.w0 is not None else att.lora_bias[3, 0]
+            tensors += [W.ln1_w, W.ln1_b, W.ln2_w, W.ln2_b, att.mix, att.RKV, w0, *low["w"],
                         att.lora_bias[1, 0], *low["a"], att.lora_bias[0, 0], *low["v"], *low["g"],
                         att.k_k, att.k_a, att.one_minus_k_a, att.r_k, att.O, att.ln_w, att.ln_b,
                         ffn.x_k, ffn.K, ffn.V, ffn.enn]

@@ -80,11 +80,13 @@ class TimeMix(nn.Module):
         # layer 0 defines v_first: its v0/v1/v2 stay out of the graph (zeros in their rows)
         v1, v2, v0 = (self.v1, self.v2, self.v0.reshape(C)) if self.layer_id else (
             self.v1.new_zeros(self.v1.shape), self.v2.new_zeros(self.v2.shape), None)
+        # RNN mode's cache is in one dtype: the decay's w0 joins the biases (one op less a token)
+        w0 = self.w0.reshape(C)
         down, up, bias = stack_low_rank((v1, self.a1, self.g1, self.w1), (v2, self.a2, self.g2, self.w2),
-                                        (v0, self.a0.reshape(C), None, None))
+                                        (v0, self.a0.reshape(C), None, w0 if packed else None))
         k_a = self.k_a.reshape(C)
         W = TimeMixWeights(
-            mix=mix, RKV=RKV, w0=self.w0.reshape(C), lora_down=down, lora_up=up, lora_bias=bias,
+            mix=mix, RKV=RKV, w0=None if packed else w0, lora_down=down, lora_up=up, lora_bias=bias,
             k_k=self.k_k.reshape(C), k_a=k_a, one_minus_k_a=1 - k_a, r_k=self.r_k.view(H, N, 1),
             O=self.output.weight.t(), ln_w=self.ln_x.weight, ln_b=self.ln_x.bias,
             lora_ranks=(self.v1.shape[1], self.a1.shape[1], self.g1.shape[1], self.w1.shape[1]),

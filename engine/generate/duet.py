@@ -171,7 +171,7 @@ class Duet:
             clicks = self._clicks(now + lookahead)
             self._turns(now)
             if self.model_has_floor and self.config.mode != "call-and-response" and self._takeback_due():
-                self._take_floor_back(sched, now)
+                self._take_floor_back(now)
             elif not self.model_has_floor and self._handover_due(now):
                 self._give_floor_to_model(now, self._handover_reason)
             if self.config.mode == "accompany" or not self.model_has_floor:
@@ -332,7 +332,7 @@ class Duet:
             self.session.restore(kept[-1])
         self._marks.clear()
 
-    def _take_floor_back(self, sched, now: float, at: float | None = None) -> None:
+    def _take_floor_back(self, now: float, at: float | None = None) -> None:
         """You play again (or the model's turn ends): drop what the model has not played yet (from
         the output and from its state); its held notes end as ``takeback`` says (by the cut, or
         where it wrote them but at most a bar later)."""
@@ -391,7 +391,7 @@ class Duet:
             self._turn_start, self._turn_end = start, start + turn
             self._give_floor_to_model(now, "turn")
         elif not model_turn and self.model_has_floor and now >= start:
-            self._take_floor_back(self.player.scheduler, now, at=start)
+            self._take_floor_back(now, at=start)
             self._turn_end = None
 
     def _clicks(self, until: float) -> list[MidiEvent]:

@@ -337,10 +337,9 @@ class Duet:
         the output and from its state); its held notes end as ``takeback`` says (by the cut, or
         where it wrote them but at most a bar later)."""
         cut = now if at is None else at
+        latest = cut + self.seconds_per_bar if self.config.takeback == "finish" else cut
+        self._end_model_part(cut, latest, self._written_ends(cut))
         decoder = self.row.decoder
-        # where the notes sounding now end, as the model wrote them (their note-offs not yet made)
-        unmade = {(MODEL_CHANNEL, pitch): decoder._time(end) for pitch, (_, end) in decoder._sounding.items()}
-        self._end_model_part(cut, cut + self.seconds_per_bar if self.config.takeback == "finish" else cut, unmade)
         self._forget_unplayed(cut)
         self.takebacks.append((cut, self.timeline.seconds(self.timeline.tick) + self.t0))
         decoder._pending_offs.clear()  # ended by the releases; the tokens keep their durations
@@ -349,11 +348,26 @@ class Duet:
 
     _tail_end = 0.0  # music seconds: where the last release of the latest take-back falls
 
-    def _end_model_part(self, cut: float, latest: float, unmade: dict | None = None) -> None:
+    def _end_model_part(self, cut: float, latest: float, ends: dict | None = None) -> None:
         """The model's part stops at ``cut``: on the output and in the take, its notes end by ``latest``."""
-        releases = self.player.take_back(MODEL_CHANNEL, cut, latest, self.take.model, unmade)
+        releases = self.player.take_back(MODEL_CHANNEL, cut, latest, self.take.model, ends)
         self.take.model = [e for e in self.take.model if e.time < cut] + releases
         self._tail_end = max((e.time for e in releases), default=cut)
+
+    def _written_ends(self, cut: float) -> dict[tuple[int, int], float]:
+        """Where the model's notes sounding at ``cut`` end by their Duration tokens: per pitch, from its
+        last note-on before ``cut`` (a unison doubling merged into it may carry it further)."""
+        decoder, ends = self.row.decoder, {}
+        struck: dict[int, float] = {}
+        for e in self.take.model:
+            if e.is_note_on and e.time < cut:
+                struck[e.data[1]] = max(e.time, struck.get(e.data[1], e.time))
+        for note in decoder.notes:
+            onset = decoder._time(note.onset)
+            if note.pitch in struck and struck[note.pitch] - 1e-6 <= onset < cut:
+                end = decoder._time(note.onset + note.duration)
+                ends[(MODEL_CHANNEL, note.pitch)] = max(end, ends.get((MODEL_CHANNEL, note.pitch), end))
+        return ends
 
     def _end_tail(self, now: float) -> None:
         """The model takes the floor while its last notes are still finishing: they end now."""

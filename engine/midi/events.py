@@ -129,14 +129,15 @@ def take_until(events: Iterable[MidiEvent], time: float) -> list[MidiEvent]:
 
 
 def held_note_releases(played: Iterable[MidiEvent], cut: float, latest: float,
-                       unmade: dict[tuple[int, int], float] | None = None) -> list[MidiEvent]:
+                       ends: dict[tuple[int, int], float] | None = None) -> list[MidiEvent]:
     """How a part that stops at ``cut`` (its events from there on dropped) ends, nothing left sounding.
 
-    ``played``: the part's events (any at or after ``cut`` included: they say where its notes were to
-    end); ``unmade``: (channel, pitch) -> the end of its sounding note where that note-off is not among
-    them yet. Each note sounding at ``cut`` ends at its own end, but not before ``cut`` nor after
-    ``latest`` (``latest == cut``: all at once). A sustain pedal down at ``cut`` comes up at the part's
-    own pedal-up when that is among ``played`` and no later than ``latest``, else at ``cut``.
+    ``played``: the part's events, those at or after ``cut`` included; ``ends``: (channel, pitch) ->
+    where the note sounding at ``cut`` was written to end, when the caller knows (else its next
+    note-off in ``played``, which may be a re-strike that is now dropped). Each note sounding at
+    ``cut`` ends there, but not before ``cut`` nor after ``latest`` (``latest == cut``: all at once).
+    A sustain pedal down at ``cut`` comes up at the part's own pedal-up when that is among
+    ``played`` and no later than ``latest``, else at ``cut``.
     """
     played = sorted(played, key=lambda e: (e.time, e.order))
     after = [e for e in played if e.time >= cut]
@@ -145,8 +146,9 @@ def held_note_releases(played: Iterable[MidiEvent], cut: float, latest: float,
         tracker.observe(event.data, event.time)
     releases = []
     for channel, pitch in tracker.sounding():
-        end = next((e.time for e in after if e.is_note_off and e.data[1] == pitch and e.channel == channel),
-                   (unmade or {}).get((channel, pitch), cut))
+        end = (ends or {}).get((channel, pitch))
+        if end is None:
+            end = next((e.time for e in after if e.is_note_off and e.data[1] == pitch and e.channel == channel), cut)
         releases.append(note_off(min(max(end, cut), latest), pitch, channel))
     for channel in sorted(tracker.sustain_down):
         lifted = next((e.time for e in after if e.channel == channel and e.status == CONTROL_CHANGE

@@ -226,12 +226,12 @@ class LivePlayer:
                 self.on_event(event)
 
     def take_back(self, channel: int, cut: float, latest: float, played: list[MidiEvent],
-                  unmade: dict[tuple[int, int], float] | None = None) -> list[MidiEvent]:
+                  ends: dict[tuple[int, int], float] | None = None) -> list[MidiEvent]:
         """Stop a part (one channel) at ``cut`` (music seconds): its queued events from there on are
         dropped and its sounding notes end by ``latest`` (``held_note_releases``: at their own ends,
         or all at ``cut`` when ``latest == cut``; the pedal up as well). Returns those releases."""
         self.scheduler.cancel_from(cut, channel=channel, release=False)
-        releases = held_note_releases([e for e in played if e.channel == channel], cut, latest, unmade)
+        releases = held_note_releases([e for e in played if e.channel == channel], cut, latest, ends)
         self.play_now_or_later(releases)
         return releases
 

@@ -339,10 +339,11 @@ def test_when_you_play_again_the_models_held_notes_end_as_the_takeback_says(bund
         if takeback == "release":
             assert off.time == pytest.approx(cut, abs=1e-9)
         else:  # where the model wrote the note's end, but never more than a bar after the cut
+            # (its Duration token's end; a unison doubling merged into it, struck before the cut, counts)
             written = [decoder._time(n.onset + n.duration) for n in decoder.notes
-                       if n.pitch == on.data[1] and decoder._time(n.onset) == pytest.approx(on.time, abs=1e-6)]
+                       if n.pitch == on.data[1] and on.time - 1e-6 <= decoder._time(n.onset) < cut]
             assert written, (on, decoder.notes[-10:])
-            assert off.time == pytest.approx(min(written[-1], cut + bar), abs=1e-6)
+            assert off.time == pytest.approx(min(max(written), cut + bar), abs=1e-6)
         # and the receiver heard it then
         heard = [t - offset for t, d in got if d[0] in (0x80 | MODEL_CHANNEL, 0x90 | MODEL_CHANNEL)
                  and d[1] == on.data[1] and (d[0] & 0xF0 == 0x80 or d[2] == 0) and t - offset > on.time]
@@ -358,7 +359,7 @@ def test_when_you_play_again_the_models_held_notes_end_as_the_takeback_says(bund
 @pytest.mark.parametrize("takeback", ["finish", "release"])
 def test_a_part_taken_back_with_its_sustain_pedal_down_ends_on_time_at_the_port(receiver, takeback):
     """``LivePlayer.take_back`` (what a duet's take-back calls) on a part with the pedal down: "finish"
-    ends each held note at its own end (G4's from ``unmade``: its note-off not made yet), E4 at the
+    ends each held note at its own end (G4's from ``ends``: its note-off not made yet), E4 at the
     cap, and the pedal at its own pedal-up; "release" ends them all and the pedal at the cut. The
     receiver hears each release then, the note after the cut never, and nothing is left sounding."""
     from engine.midi.events import CC_SUSTAIN, control_change, note_off, note_on

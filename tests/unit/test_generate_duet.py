@@ -141,8 +141,8 @@ def test_four_taps_set_the_tempo_and_the_first_bar_line(tiny):
 
 def _model_part():
     """A model part on channel 0: C4 0.0-0.9, E4 0.2-3.5 (its note-off made), G4 from 0.4 (its
-    note-off not made yet: ends at 1.2 by its tokens), A4 1.1-1.3 (after the cut: dropped), pedal
-    down at 0.1 and up at 1.4."""
+    note-off not made yet: written to end at 1.2), A4 1.1-1.3 (after the cut: dropped), pedal down
+    at 0.1 and up at 1.4."""
     from engine.midi.events import CC_SUSTAIN, control_change, note_off, note_on
 
     return [note_on(0.0, 60, 80), control_change(0.1, CC_SUSTAIN, 127), note_on(0.2, 64, 70), note_on(0.4, 67, 70),
@@ -159,18 +159,22 @@ def _ends(releases):
 
 
 def test_finish_ends_each_held_note_where_the_model_wrote_it_capped_and_the_pedal_at_its_own_lift():
-    from engine.midi.events import held_note_releases
+    from engine.midi.events import held_note_releases, note_off, note_on
 
-    releases = held_note_releases(_model_part(), cut=0.5, latest=2.5, unmade={(0, 67): 1.2})
-    # C4 ends at its note-off, G4 at its unmade end, E4 (3.5) at the cap 0.5 + 2.0; A4 never started
+    releases = held_note_releases(_model_part(), cut=0.5, latest=2.5, ends={(0, 67): 1.2})
+    # C4 ends at its note-off, G4 where it was written to end, E4 (3.5) at the cap 0.5 + 2.0; A4 never started
     assert _ends(releases) == ({60: 0.9, 67: 1.2, 64: 2.5}, [1.4])
     assert [e.time for e in releases] == sorted(e.time for e in releases)
+    # a re-strike of E4 at 1.0 (made, now dropped) does not end it early when its written end is known
+    restruck = _model_part() + [note_off(1.0, 64), note_on(1.0, 64, 70)]
+    assert _ends(held_note_releases(restruck, 0.5, 2.5, {(0, 67): 1.2}))[0][64] == 1.0
+    assert _ends(held_note_releases(restruck, 0.5, 2.5, {(0, 67): 1.2, (0, 64): 3.5}))[0][64] == 2.5
 
 
 def test_finish_lifts_the_pedal_at_the_cut_when_the_model_has_not_lifted_it_within_the_limit():
     from engine.midi.events import held_note_releases
 
-    releases = held_note_releases(_model_part(), cut=0.5, latest=1.1, unmade={(0, 67): 1.2})
+    releases = held_note_releases(_model_part(), cut=0.5, latest=1.1, ends={(0, 67): 1.2})
     assert _ends(releases) == ({60: 0.9, 67: 1.1, 64: 1.1}, [0.5])  # the pedal-up at 1.4 is past 1.1
     no_lift = [e for e in _model_part() if not (e.status == 0xB0 and e.data[2] == 0)]
     assert _ends(held_note_releases(no_lift, 0.5, 2.5, {(0, 67): 1.2}))[1] == [0.5]

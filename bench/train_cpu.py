@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.rundir import read_metrics  # noqa: E402
 
 
 def run_once(preset: str, steps: int, threads: int, skip: int) -> dict:
@@ -40,12 +43,12 @@ def run_once(preset: str, steps: int, threads: int, skip: int) -> dict:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"{preset} with {threads} threads failed: {proc.stderr.read()[-2000:]}")
         (metrics,) = Path(root).glob("*/metrics.jsonl")
-        train = [json.loads(line) for line in metrics.read_text().splitlines() if '"kind": "train"' in line]
+        train = [r for r in read_metrics(metrics) if r.kind == "train"]
         env_json = json.loads(next(Path(root).glob("*/env.json")).read_text())
-    timed = [r for r in train if r["step"] > skip]
+    timed = [r for r in train if r.step > skip]
     first, last = timed[0], timed[-1]
-    rate = (last["step"] - first["step"]) / max(1e-9, last["elapsed_s"] - first["elapsed_s"])
-    tokens = (last["tokens"] - first["tokens"]) / max(1, last["step"] - first["step"])
+    rate = (last.step - first.step) / max(1e-9, last.elapsed_s - first.elapsed_s)
+    tokens = (last.tokens - first.tokens) / max(1, last.step - first.step)
     return {"preset": preset, "threads": threads, "torch_threads": env_json.get("cpu_threads"),
             "steps_per_s": rate, "tokens_per_step": tokens, "cpu_s_per_step": (usage.ru_utime + usage.ru_stime) / steps,
             "wall_s": wall, "load_before": load, "load_after": os.getloadavg()[0]}

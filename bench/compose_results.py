@@ -10,7 +10,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = ["wkv7_cpu", "forward_cpu", "generate", "data", "data_report_size", "wkv7_cuda", "train", "train_cpu",
-         "train_throughput", "gpu_2026-12-06", "tui", "eval", "live", "faults"]
+         "train_throughput", "gpu_2026-12-06", "tui", "eval", "bundled_search", "live", "faults"]
 
 
 def demote_headings(text: str) -> str:

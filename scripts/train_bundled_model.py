@@ -1,6 +1,6 @@
 """Train the bundled model, export its best-validation checkpoint in bf16, and evaluate it.
 
-    python3 scripts/train_bundled_model.py [--minutes 6] [--out assets/models] [--eval-samples 16]
+    python3 scripts/train_bundled_model.py [--minutes 6] [--out assets/models] [--eval-samples 64]
 
 Trains assets/configs/bundled.toml on the bundled corpus (GPU if present), stops when the step
 budget or the wall-clock budget is spent, then picks the checkpoint with the lowest validation
@@ -37,7 +37,7 @@ NAME = "pianomuse-v8-small"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget for training")
-    ap.add_argument("--eval-samples", type=int, default=16, help="continuations the evaluation generates (0: no evaluation)")
+    ap.add_argument("--eval-samples", type=int, default=64, help="continuations the evaluation generates (0: no evaluation)")
     ap.add_argument("--out", default=str(MODELS_DIR))
     ap.add_argument("--run-root", default="runs")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=3000")
@@ -101,6 +101,7 @@ def _corpus_summary() -> str:
 
 def _evaluate(pth: Path, samples: int, transpose_range: int) -> dict:
     """The `eval` report of the exported model on the corpus's validation split, written beside it."""
+    from engine.atomic import write_atomic
     from engine.eval.report import EvalOptions, evaluate, write_report
     from engine.eval.sources import load_eval_inputs
 
@@ -110,7 +111,9 @@ def _evaluate(pth: Path, samples: int, transpose_range: int) -> dict:
                       on_progress=lambda stage, done, total: None)
     report["checkpoint"] = str(pth.relative_to(REPO) if pth.is_relative_to(REPO) else pth)
     report["model"] = {**model.config.to_dict(), "parameters": model.parameter_count()}
-    write_report(report, pth.with_suffix(".eval.json"))
+    json_path, _ = write_report(report, pth.with_suffix(".eval.json"))
+    # the report travels with the repository: its file names are relative to the repository's root
+    write_atomic(json_path, json_path.read_text(encoding="utf-8").replace(f"{REPO}/", ""))
     lik, base = report["likelihood"], report["baseline"]
     print(f"validation: {lik['bits_per_note']:.3f} bits/note; {base['order']}-gram baseline {base['bits_per_note']:.3f} "
           f"(ratio {base['model_over_baseline']:.3f})")

@@ -58,7 +58,7 @@ def duet_rig(mode="continue", **config):
 def run_along(player, duet, script):
     thread = threading.Thread(target=script, daemon=True)
     thread.start()
-    player.play(duet.chunks())
+    duet.play()
     thread.join(30)
     player.close()
 

@@ -189,9 +189,13 @@ class Performance:
             source = self._duet_events()
         else:
             source = self._generated_events()
-        self.end_reason = self.player.play(source, cancelled)
+        self.end_reason = self.player.play(source, cancelled, pending=self._input_pending)
         if self.duet is not None:
             self.duet.finish(self.player.music_time())
+
+    def _input_pending(self) -> bool:
+        duet = self.duet  # made by the source, once the model is loaded
+        return duet is not None and duet.input_pending()
 
     def _duet_events(self) -> Iterator[tuple[list, float, int]]:
         import torch

@@ -152,6 +152,14 @@ class Duet:
 
     # ---- the source -------------------------------------------------------------------------------
 
+    def play(self, stopped: Callable[[], bool] | None = None) -> str:
+        """Play the duet through its player, pulled at once when the pianist plays (``pending``)."""
+        return self.player.play(self.chunks(), stopped, pending=self.input_pending)
+
+    def input_pending(self) -> bool:
+        """Something came in on the input that the source has not read yet."""
+        return not self.messages.empty()
+
     def chunks(self) -> Iterator[tuple[list, float, int]]:
         sched = self.player.scheduler
         sched.slip_on_underrun = False  # your notes and the model's share one clock: never shift it

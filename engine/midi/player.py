@@ -26,6 +26,7 @@ from .ports import PortError, open_output
 from .scheduler import LookaheadScheduler
 
 RECONNECT_WAIT_S = 60.0
+LISTEN_POLL_S = 0.004  # how often a full lookahead is checked for input to react to
 SOON_S = 0.002  # "at once" for an event queued late: just ahead of the playhead, so it is not an underrun
 SYNTHS = (None, "builtin", "fluidsynth")
 Chunk = tuple[list, float, int]  # (events, horizon in music seconds, tokens generated for them)
@@ -169,8 +170,12 @@ class LivePlayer:
 
     # ---- playing --------------------------------------------------------------------------------
 
-    def play(self, chunks: Iterable[Chunk], stopped: Callable[[], bool] | None = None) -> str:
-        """Play every chunk; returns "finished", "stopped" (``stop()`` or ``stopped()``) or "port lost"."""
+    def play(self, chunks: Iterable[Chunk], stopped: Callable[[], bool] | None = None,
+             pending: Callable[[], bool] | None = None) -> str:
+        """Play every chunk; returns "finished", "stopped" (``stop()`` or ``stopped()``) or "port lost".
+
+        ``pending``: the source has something to react to (a pianist's key): it is pulled then even
+        with the lookahead full, so a listening source answers within a few milliseconds."""
         sched = self.scheduler
         if sched is None:
             raise RuntimeError("open() the player before play()")
@@ -196,9 +201,9 @@ class LivePlayer:
                                            "buffered; late notes count as underruns): fewer alternatives, a longer "
                                            "lookahead or a smaller model help")
                 while started and not sched.needs_more() and not halted():
-                    if self._lost.is_set():
+                    if self._lost.is_set() or (pending is not None and pending()):
                         break
-                    sched.wait_for_room(0.02)
+                    sched.wait_for_room(0.02 if pending is None else LISTEN_POLL_S)
             if halted():
                 return "stopped"
             sched.start()

@@ -244,7 +244,7 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
     code = 0
     with signals_call(lambda signum: player.stop()):  # as in a generated take: signals ask to stop, never cut the clean-up
         try:
-            ended = player.play(duet.chunks())
+            ended = duet.play()
             code = {"finished": 0, "stopped": 130, "port lost": 3}[ended]
         except KeyboardInterrupt:
             code = 130

@@ -84,7 +84,7 @@ def _play_along(player, listening, duet, script) -> float:
     thread = threading.Thread(target=script, args=(pianist,), daemon=True)
     thread.start()
     try:
-        player.play(duet.chunks())
+        duet.play()
         return player.music_time()
     finally:
         thread.join(10)

@@ -39,7 +39,7 @@ def _rig(tiny, **config):
 def _run(player, duet, script) -> None:
     thread = threading.Thread(target=script, daemon=True)
     thread.start()
-    player.play(duet.chunks())
+    duet.play()
     thread.join(10)
     player.close()
 

@@ -170,3 +170,25 @@ def test_the_timing_panel_reads_a_typed_telemetry_record():
     telemetry = performance.telemetry()
     assert isinstance(telemetry, PerformanceTelemetry) and isinstance(telemetry.scheduler, SchedulerTelemetry)
     assert telemetry.duet is None and telemetry.scheduler.port_state == "ok"
+
+
+def test_a_source_with_something_pending_is_pulled_even_with_the_lookahead_full():
+    """A listening source (a duet) says it has input to react to: the player pulls it then, while
+    seconds of music are still buffered, instead of waiting for room."""
+    out = FakeOutput()
+    sched = LookaheadScheduler(out, lookahead=0.3, port_check_interval=0, realtime=False)
+    player = LivePlayer(scheduler=sched)
+    key = threading.Event()
+    buffered_when_pulled: list[float] = []
+
+    def listening_source():
+        threading.Timer(0.2, key.set).start()  # the pianist plays 0.2 s in
+        yield [note_on(0.0, 60, 80), note_off(4.0, 60)], 5.0, 1  # five seconds ahead: the lookahead is full
+        buffered_when_pulled.append(sched.buffered_seconds())
+        key.clear()
+        player.stop()
+        yield [], 5.0, 0
+
+    assert player.play(listening_source(), pending=key.is_set) == "stopped"
+    player.close()
+    assert buffered_when_pulled[-1] > 4.0  # pulled at the key, with over 4 s of music still ahead

@@ -112,6 +112,7 @@ def stack_low_rank(downs, ups, biases):
     bias = torch.stack([b if b is not None else torch.zeros_like(ref) for b in biases]).unsqueeze(1)
     return down, up, bias
 
+
 @dataclass(slots=True)
 class ChannelMixWeights:
     x_k: torch.Tensor  # [C]

@@ -29,9 +29,9 @@ from .block_math import (
     block_time_mix_in,
     channel_mix,
     last_token,
-    stack_low_rank,
     layer_norm,
     shift_plan,
+    stack_low_rank,
     time_mix_finish,
     time_mix_project,
 )

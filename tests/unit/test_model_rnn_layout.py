@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels.wkv7 import wkv7_reference
+from engine.model import RWKVState
 from engine.model.block_math import LOW_RANK_ORDER
 from engine.train.trainer import freeze_unused_parameters
 from model_helpers import perturbed_model, rel_err
@@ -61,23 +62,31 @@ def spec_step(model, tokens, state):
     return model.head(model.ln_out(x)), torch.stack(att_s), torch.stack(wkv_s), torch.stack(ffn_s)
 
 
+# fp64 (the state too) holds the formulations equal whatever the random draw, to the one
+# rounding the model keeps by design: the decay's z is formed in fp32 (and the step's decay is
+# fp32), 1e-9 to 1e-7 here. fp32 adds rounding that some draws' conditioning amplifies to ~1e-5 (the
+# step before the batching showed the same against an fp64 truth), so its bound is looser.
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("arch", ["x070", "x080"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_batched_step_equals_the_spec_step_and_parallel_mode(arch, batch):
-    model = perturbed_model(arch=arch, n_layer=3, n_embd=96, head_size=32, vocab_size=50, seed=torch.seed() % 2**31, **RANKS)
+def test_batched_step_equals_the_spec_step_and_parallel_mode(arch, batch, dtype, tol):
+    model = perturbed_model(arch=arch, n_layer=3, n_embd=96, head_size=32, vocab_size=50, seed=torch.seed() % 2**31,
+                            dtype=dtype, **RANKS)
     model.rnn_trace = False  # the eager step: the batched math itself, as the CUDA graph captures it
     T = 7
     idx = torch.randint(0, 50, (batch, T), generator=torch.Generator().manual_seed(torch.seed() % 2**31))
     with torch.no_grad():
         gpt, gpt_state = model(idx, return_state=True)
-        state, spec = model.init_state(batch), model.init_state(batch)
+        zeros = model.init_state(batch)
+        state = RWKVState(zeros.att_shift, zeros.wkv.to(dtype), zeros.ffn_shift)  # the WKV state in fp64 too
+        spec = state.clone()
         for t in range(T):  # the state is carried over every step, in both steps
             logits, state = model.step(idx[:, t], state)
             ref, spec.att_shift, spec.wkv, spec.ffn_shift = spec_step(model, idx[:, t], spec)
-            assert rel_err(logits, ref) < 1e-5, t
-            assert rel_err(logits, gpt[:, t]) < 1e-5, t
-    assert rel_err(state.wkv, spec.wkv) < 1e-5 and rel_err(state.wkv, gpt_state.wkv) < 1e-5
-    assert rel_err(state.att_shift, spec.att_shift) < 1e-5 and rel_err(state.ffn_shift, gpt_state.ffn_shift) < 1e-5
+            assert rel_err(logits, ref) < tol, t
+            assert rel_err(logits, gpt[:, t]) < tol, t
+    assert rel_err(state.wkv, spec.wkv) < tol and rel_err(state.wkv, gpt_state.wkv) < tol
+    assert rel_err(state.att_shift, spec.att_shift) < tol and rel_err(state.ffn_shift, gpt_state.ffn_shift) < tol
     assert gpt.std(dim=1).mean() > 1e-2  # the comparison is meaningful: logits move with the tokens
 
 

@@ -6,7 +6,7 @@
 #   1. the GPU model tests (tests/integration/test_model*gpu*.py), while the rwkv package's CUDA
 #      kernel builds on the CPU into a fresh folder;
 #   2. CUDA kernels per step counted with torch.profiler (bench/rnn_step_ops.py), this tree and .old;
-#   3. bench/decode_gpu.py at L12-D768 and L6-D256 (the bundled model's size), batches 1, 8, 32:
+#   3. bench/decode_gpu.py at L12-D768 and L8-D256 (the bundled model's size since its retraining), batches 1, 8, 32:
 #      the graphed step (the default), the compiled + graphed step (batch 1) and the rwkv package
 #      with its CUDA kernel, one JSON;
 #   4. the step before this change (graphed, the engine in .old, timed by this bench) when .old exists;
@@ -39,17 +39,17 @@ grep -q "^rc 0$" "$L/peer_build.log" || PEER_BUILD=$(mktemp -d)  # a killed buil
 
 # 2. kernels per step, as the GPU launches them
 old=(); [ -d .old/engine ] && old=(--old .old)
-TAILN=8 step kernels 40 python3 bench/rnn_step_ops.py --device cuda --sizes 12x768,6x256 "${old[@]}" --json "$L/kernels.json"
+TAILN=8 step kernels 40 python3 bench/rnn_step_ops.py --device cuda --sizes 12x768,8x256 "${old[@]}" --json "$L/kernels.json"
 
 # 3. the decode bench, one JSON
-TAILN=20 step decode "$(cap 200)" python3 bench/decode_gpu.py --sizes 12x768,6x256 --batches 1,8,32 \
+TAILN=20 step decode "$(cap 200)" python3 bench/decode_gpu.py --sizes 12x768,8x256 --batches 1,8,32 \
   --modes graphed --compiled --compiled-batches 1 --steps 300 --warmup 30 --peer-cuda --peer-build-dir "$PEER_BUILD" \
   --peer-steps 200 --json "$L/decode.json"
 
 # 4. the step before this change, same shapes, graphed: this bench over the engine in .old
 if [ -d .old/engine ] && [ "$(left)" -gt 30 ]; then
   TAILN=8 step decode_old "$(cap 60)" python3 bench/decode_gpu.py --engine .old --label old \
-    --sizes 12x768,6x256 --batches 1,8,32 --steps 300 --warmup 30 --no-peer --modes graphed --json "$L/decode_old.json"
+    --sizes 12x768,8x256 --batches 1,8,32 --steps 300 --warmup 30 --no-peer --modes graphed --json "$L/decode_old.json"
 fi
 
 # 5. the trainer's GPU test (56 s alone on an H100), if it still fits

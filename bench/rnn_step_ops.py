@@ -1,6 +1,6 @@
 """Kernels per layer in the recurrent (RNN) step: aten compute ops counted on CPU, eager step.
 
-    python3 bench/rnn_step_ops.py [--sizes 12x768,6x256] [--arch x080] [--batch 1] [--old DIR]
+    python3 bench/rnn_step_ops.py [--sizes 12x768,8x256] [--arch x080] [--batch 1] [--old DIR]
 
 At batch 1 on a GPU the step is bound by kernel launches, not by arithmetic (12 layers x a few
 dozen small kernels against ~60 us of weight reads at HBM speed), so the number of ops is the
@@ -89,7 +89,7 @@ def _measure(sizes: list[tuple[int, int]], arch: str, batch: int, device: str) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="12x768,6x256", help="LAYERSxWIDTH list")
+    ap.add_argument("--sizes", default="12x768,8x256", help="LAYERSxWIDTH list")
     ap.add_argument("--arch", default="x080", choices=("x070", "x080"))
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),

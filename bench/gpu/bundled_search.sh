@@ -4,7 +4,7 @@
 # through scripts/train_bundled_model.py; the two with the lowest best-validation loss come back
 # in 15 MB parts (one returned file's limit is 16 MiB), for the full `eval` on the CPU.
 #   bash bench/gpu/bundled_search.sh NAME="dotted overrides" [NAME="..." ...]
-# The 2026-12-06 rounds (calls 2-4 of that day's second session; results in bench/results/bundled_search.md):
+# The 2026-12-06 rounds (three calls in that day's second session; results in bench/results/bundled_search.md):
 #   A8="model.n_layer=8 train.max_steps=800"
 #   B8="model.n_layer=8 train.max_steps=1000 data.velocity_jitter=2 data.tempo_jitter=0.05"
 #   C8="model.n_layer=8 train.max_steps=1000 optim.weight_decay=0.3 data.ctx_len=2048 train.batch_size=8 train.micro_batch_size=8"

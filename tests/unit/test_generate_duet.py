@@ -10,7 +10,7 @@ import pytest
 import torch
 from midi_helpers import FakeOutput
 
-from engine.generate.defaults import KnobSettings
+from engine.generate.defaults import KnobSettings, SamplingConfig
 from engine.data.tokenizer import PianoTokenizer
 from engine.generate.duet import HUMAN_CHANNEL, Duet, DuetConfig
 from engine.generate.live import build_session
@@ -18,21 +18,33 @@ from engine.midi import LivePlayer, LookaheadScheduler, NoteTracker
 from engine.model import RWKV7, ModelConfig
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    tok = PianoTokenizer("REMI")
+def _tiny_model(tok: PianoTokenizer):
     torch.manual_seed(0)
     return RWKV7(ModelConfig(n_layer=1, n_embd=64, head_size=32, vocab_size=tok.vocab_size)).eval(), tok
 
 
-def _rig(tiny, **config):
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_model(PianoTokenizer("REMI"))
+
+
+@pytest.fixture(scope="module")
+def tiny_brisk():
+    """A random model whose vocabulary has only brisk tempos (200 and 250 qpm): whatever Tempo token it
+    draws, a bar lasts under 2 s, so it steps (and reads the knobs) within seconds. With the default
+    40-250 range it could write 40 qpm and rest a 6 s bar or more before its next step."""
+    return _tiny_model(PianoTokenizer("REMI", {"tempo_range": [200, 250], "num_tempos": 2}))
+
+
+def _rig(tiny, seed: int = 0, **config):
     model, tok = tiny
     out = FakeOutput()
     sched = LookaheadScheduler(out, lookahead=0.2, port_check_interval=0, realtime=False)
     player = LivePlayer(scheduler=sched)
     messages: queue.Queue = queue.Queue()
     knobs = [KnobSettings(temperature=1.0, top_p=0.95)]  # what the pane's Knobs.snapshot() hands over
-    duet = Duet(build_session(model, tok), DuetConfig(**config), player, messages, knobs=lambda: knobs[0])
+    session = build_session(model, tok, sampling=SamplingConfig(temperature=1.0, top_p=0.95, seed=seed))
+    duet = Duet(session, DuetConfig(**config), player, messages, knobs=lambda: knobs[0])
     return out, player, messages, duet, knobs
 
 
@@ -45,8 +57,8 @@ def _run(player, duet, script) -> None:
 
 
 @pytest.mark.slow
-def test_a_key_held_through_the_handover_still_sounds_its_release_and_the_knobs_reach_the_model(tiny):
-    out, player, messages, duet, knobs = _rig(tiny, mode="continue", pause=0.3, tempo=240)  # short bars: a random model rests less
+def test_a_key_held_through_the_handover_still_sounds_its_release_and_the_knobs_reach_the_model(tiny_brisk):
+    out, player, messages, duet, knobs = _rig(tiny_brisk, mode="continue", pause=0.3, tempo=240)  # short bars: a random model rests less
     press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
 
     def until(condition, timeout: float = 10.0) -> None:  # the test waits on the duet, not on a guess of its speed

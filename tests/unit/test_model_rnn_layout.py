@@ -5,6 +5,7 @@ time (the step's formulation before the batching), and against parallel mode; fr
 weights and tokens, x070 and x080, batch 1 and > 1, state carried over several steps."""
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -64,8 +65,11 @@ def spec_step(model, tokens, state):
 
 # fp64 (the state too) holds the formulations equal whatever the random draw, to the one
 # rounding the model keeps by design: the decay's z is formed in fp32 (and the step's decay is
-# fp32), 1e-9 to 1e-7 here. fp32 adds rounding that some draws' conditioning amplifies to ~1e-5 (the
-# step before the batching showed the same against an fp64 truth), so its bound is looser.
+# fp32), 1e-9 to 1e-7 here. fp32 adds rounding that some draws' conditioning amplifies (the step
+# before the batching showed the same against an fp64 truth): over 400 draws at most 3e-5, but one
+# CI-like run saw 1.4e-4. So in fp32 the bound is 1e-4 or, where larger, 20x this draw's own fp32
+# rounding (parallel mode in fp32 against the same weights in fp64): a draw that rounds badly
+# earns room by measurement, never by a blanket tolerance, and the fp64 case checks the math.
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("arch", ["x070", "x080"])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -77,6 +81,9 @@ def test_batched_step_equals_the_spec_step_and_parallel_mode(arch, batch, dtype,
     idx = torch.randint(0, 50, (batch, T), generator=torch.Generator().manual_seed(torch.seed() % 2**31))
     with torch.no_grad():
         gpt, gpt_state = model(idx, return_state=True)
+        if dtype == torch.float32:
+            truth = copy.deepcopy(model).double()(idx)
+            tol = max(tol, 20 * rel_err(gpt.double(), truth))
         zeros = model.init_state(batch)
         state = RWKVState(zeros.att_shift, zeros.wkv.to(dtype), zeros.ffn_shift)  # the WKV state in fp64 too
         spec = state.clone()

@@ -242,7 +242,10 @@ class PianoMuseApp(App):
         self.set_timer(event.notification.timeout + 0.2, self._repaint_screen)
 
     def _repaint_screen(self) -> None:
-        self.screen.refresh()
+        # a timer's callback runs until the app stops its timers, which is after the screens are
+        # gone when Pilot ends the app (and on a busy machine there is time for it to come due)
+        if self.screen_stack:
+            self.screen.refresh()
 
     # ---- errors from any worker: one handler, as notifications ----------------------------------
 

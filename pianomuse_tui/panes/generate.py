@@ -199,7 +199,8 @@ class GeneratePane(PaneBase):
 
     @property
     def is_on_screen(self) -> bool:
-        return self.app.screen is self.screen and self.region.area > 0
+        stack = self.app.screen_stack  # empty while the app closes
+        return bool(stack) and stack[-1] is self.screen and self.region.area > 0
 
     @property
     def performing(self) -> bool:

@@ -1,6 +1,8 @@
 """Every pane renders at 140x40 and 100x30; help, palette, pane switching, and bad input."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from textual.command import CommandPalette
 from textual.widgets import TabbedContent
@@ -137,3 +139,22 @@ async def test_generate_pane_shows_each_modes_duet_knobs_at_80x24_checks_them_an
         tapped = float(pane.query_one("#gen-duet-tempo", Input).value)
         assert 60 <= tapped <= 125, tapped  # 0.5 s pauses and the keys' own time: at most 120
         assert pane.duet_settings().tempo == tapped
+
+
+async def test_a_toast_that_expires_while_the_app_closes_is_no_crash():
+    """The app's screens go before its timers stop; on a loaded machine the repaint that follows an
+    expired toast came due in between and raised ScreenStackError as Pilot ended the app."""
+    app = PianoMuseApp(pane="generate")
+    close_screens = app._close_all
+
+    async def slowly_closing() -> None:  # what a busy machine stretches: screens gone, timers alive
+        await close_screens()
+        assert not app.screen_stack and not app.generate.is_on_screen  # (this raised too)
+        app.notify("A worker failed as the app closed.", severity="error", timeout=0.05)
+        await asyncio.sleep(1.0)  # the toast's repaint comes due 0.25 s after it is shown
+
+    app._close_all = slowly_closing
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        assert app.generate.is_on_screen
+    assert app._exception is None and app.return_code in (0, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import mido
@@ -73,7 +72,7 @@ async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
                 await pilot.press("space")
                 assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceEnded) for m in seen), 30)
                 await pilot.press("w")
-                await pilot.pause(0.3)
+                assert await wait_for(pilot, lambda: pane.last_saved is not None, 10)
                 saved = pane.last_saved
                 thread.join(5)
                 pianist.close()
@@ -81,8 +80,7 @@ async def test_continue_mode_in_the_generate_pane(tmp_path, monkeypatch):
             parts = {t.name: [m for m in t if m.type == "note_on" and m.velocity] for t in midi.tracks if t.name}
             assert [m.note for m in parts["You"]] == [p for _, _, p, _ in phrase]
             assert all(m.channel == HUMAN_CHANNEL for m in parts["You"]) and parts["PianoMuse"]
-            time.sleep(0.1)
-            assert sounding_after([d for _, d in receiver.received()]) == {}
+            assert sounding_after(receiver.received_when(lambda got: not sounding_after(got))) == {}
         finally:
             receiver.close()
 
@@ -138,7 +136,7 @@ async def test_the_panes_duet_knobs_reach_the_engine(tmp_path, monkeypatch):
                 assert await wait_for(pilot, lambda: any(isinstance(m, PerformanceEnded) for m in seen), 30)
                 thread.join(5)
                 pianist.close()
-            got = [d for _, d in receiver.received()]
+            got = receiver.received_when(lambda got: any(d[0] == 0x90 and d[2] > 0 for d in got))
             assert duet.fed_notes == 4 and all(e.channel == HUMAN_CHANNEL for e in duet.take.human)
             # no click and your notes not passed through (the panic at the end speaks on every channel)
             assert not [d for d in got if d[0] & 0x0F in (9, HUMAN_CHANNEL) and d[0] & 0xF0 in (0x80, 0x90)]

@@ -103,6 +103,14 @@ class MidiReceiver:
         with self._lock:
             return list(self.messages)
 
+    def received_when(self, done, timeout: float = 10.0) -> list[tuple[int, ...]]:
+        """The messages (data only) once ``done(messages)`` holds, or all that came within ``timeout`` s:
+        on a loaded machine a message can take longer through JACK than any fixed pause."""
+        deadline = time.monotonic() + timeout
+        while not done(got := [d for _, d in self.received()]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
     def close(self) -> None:
         if self._in is not None:
             self._stop.set()

@@ -92,7 +92,9 @@ async def test_scan_can_be_cancelled(tmp_path):
         assert await _wait_for(pilot, lambda: any(isinstance(m, ScanFinished) for m in seen), 60)
         finished = next(m for m in seen if isinstance(m, ScanFinished))
         assert finished.cancelled and finished.report is None
-        assert not app.dataset.busy and app.query_one("#ds-files").row_count == 0
+        # the worker posts ScanFinished just before it returns; it counts as finished a moment later
+        assert await _wait_for(pilot, lambda: not app.dataset.busy, 10)
+        assert app.query_one("#ds-files").row_count == 0
         assert app.query_one("#ds-folder").value == str(tmp_path)
 
 

@@ -200,16 +200,15 @@ class Performance:
     def _duet_events(self) -> Iterator[tuple[list, float, int]]:
         import torch
 
-        from engine.generate.duet import Duet
-        from engine.generate.live import build_session, load_generator
+        from engine.generate.duet import load_duet
 
         torch.set_num_threads(1)
         knobs = self.knobs.snapshot()
-        model, tokenizer, _ = load_generator(self.settings.checkpoint)
         sampling = SamplingConfig(temperature=knobs.temperature, top_p=knobs.top_p, seed=knobs.seed)
-        self.session = build_session(model, tokenizer, sampling=sampling)
-        self.duet = Duet(self.session, self.settings.duet or DuetConfig(), self.player, self.listening.messages,
-                         on_human=self._roll_event, stop=self.player.stop_event, knobs=self.knobs.snapshot)
+        self.duet, _ = load_duet(self.settings.checkpoint, sampling, self.settings.duet or DuetConfig(), self.player,
+                                 self.listening.messages, on_human=self._roll_event, stop=self.player.stop_event,
+                                 knobs=self.knobs.snapshot)
+        self.session = self.duet.session
         yield from self.duet.chunks()
 
     def _generated_events(self) -> Iterator[tuple[list, float, int]]:

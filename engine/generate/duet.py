@@ -41,7 +41,7 @@ from engine.midi.events import (
 
 from .defaults import HUMAN_CHANNEL, MODES, DuetConfig, tempo_from_taps  # noqa: F401  (re-exported)
 from .listen import LiveEncoder
-from .live import KnobFollower
+from .live import KnobFollower, build_session, load_generator
 from .timeline import GenerationError
 
 MODEL_CHANNEL = 0
@@ -446,4 +446,13 @@ class Duet:
     def latencies(self) -> list[float]:
         """Seconds from each handover to the model's first note after it."""
         return [h.latency for h in self.handovers if h.latency is not None]
+
+
+def load_duet(checkpoint, sampling, config: DuetConfig, player, messages, **options) -> tuple[Duet, Path]:
+    """The model of ``checkpoint`` (None: the bundled one) ready to play with: its session drawing
+    with ``sampling``, listening to ``messages`` and playing through ``player``; both faces start a
+    duet here. ``options`` go to ``Duet`` (on_human, stop, knobs). Returns the duet and the .pth."""
+    model, tokenizer, pth = load_generator(checkpoint)
+    session = build_session(model, tokenizer, sampling=sampling)
+    return Duet(session, config, player, messages, **options), pth
 

@@ -205,8 +205,7 @@ def _run_generate(
 def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, choice, midi_in: str, config) -> int:
     """Play with the model: listen on ``midi_in``, play on ``choice``, until Ctrl-C; write the two-track take."""
     from engine.generate import GenerationError, SamplingConfig
-    from engine.generate.duet import Duet
-    from engine.generate.live import build_session, load_generator
+    from engine.generate.duet import load_duet
     from engine.midi import LivePlayer, PortError, take_paths
     from engine.midi.ports import open_input
 
@@ -227,10 +226,8 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
             fail("interrupted while opening the MIDI ports; nothing was played.", code=130)
         fail(str(err))
     try:
-        model, tokenizer, pth = load_generator(checkpoint)
-        session = build_session(model, tokenizer, sampling=sampling)
-        duet = Duet(session, config, player, listening.messages)
-        path = take_paths(out, 1, session.seed)[0]
+        duet, pth = load_duet(checkpoint, sampling, config, player, listening.messages)
+        path = take_paths(out, 1, duet.session.seed)[0]
         problem = _unwritable(path)
         if problem:
             raise GenerationError(problem)

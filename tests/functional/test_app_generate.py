@@ -188,7 +188,7 @@ async def test_play_to_a_jack_port_shows_notes_and_telemetry_stops_clean_and_sav
                 assert isinstance(app.screen, ConfirmScreen) and "performance" in app.screen.question
                 await pilot.press("y")
                 assert await wait_for(pilot, lambda: not app.is_running, 30)
-            assert sounding_after([m for _, m in receiver.received()]) == {}
+            assert sounding_after([m for _, m in receiver.received_settled()]) == {}
         finally:
             receiver.close()
 

@@ -75,6 +75,7 @@ class MidiReceiver:
         self.messages: list[tuple[float, tuple[int, ...]]] = []
         self._lock = threading.Lock()
         self._clock = 0.0
+        self._last_pull = time.monotonic()
         self._in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, client, queue_size_limit=16384)
         self._in.ignore_types(sysex=True, timing=True, active_sense=True)
         self._in.open_virtual_port("recv")
@@ -90,6 +91,7 @@ class MidiReceiver:
         with self._lock:
             self._clock += delta if self.messages else 0.0
             self.messages.append((self._clock, tuple(data)))
+            self._last_pull = time.monotonic()
         return True
 
     def _run(self) -> None:
@@ -102,6 +104,20 @@ class MidiReceiver:
         time.sleep(0.01)  # let the drain thread catch up with the queue
         with self._lock:
             return list(self.messages)
+
+    def received_settled(self, quiet: float = 0.25, timeout: float = 10.0) -> list[tuple[float, tuple[int, ...]]]:
+        """Everything received once nothing new has arrived for ``quiet`` s (or after ``timeout`` s):
+        for reading what a sender that has just stopped sent last. On a loaded machine its final
+        messages (a panic's note-offs) can still be on their way through JACK and the drain thread
+        when the sending process has already exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = time.monotonic() - self._last_pull
+            if idle >= quiet:
+                break
+            time.sleep(0.02)
+        return self.received()
 
     def received_when(self, done, timeout: float = 10.0) -> list[tuple[int, ...]]:
         """The messages (data only) once ``done(messages)`` holds, or all that came within ``timeout`` s:

@@ -132,7 +132,7 @@ def test_continue_listens_takes_over_after_a_pause_and_a_cc_stops_when_you_play_
     assert forced_pitches == [p for _, _, p, _ in phrase] + [p for _, _, p, _ in phrase[:6]]
 
     # the model stopped when the pianist played again: no model note starts between then and the CC
-    got = receiver.received()[already:]
+    got = receiver.received_settled()[already:]
     model_ons = [d for _, d in got if d[0] == 0x90 | MODEL_CHANNEL and d[2] > 0]
     assert len(model_ons) >= 3
     resume = marks["resume"] - origin + 0.05
@@ -382,7 +382,7 @@ def test_a_part_taken_back_with_its_sustain_pedal_down_ends_on_time_at_the_port(
     already = len(receiver.received())
     try:
         assert player.play(source()) == "finished"
-        got = receiver.received()[already:]
+        got = receiver.received_settled()[already:]
     finally:
         player.close()
     cut, releases = taken["cut"], taken["releases"]

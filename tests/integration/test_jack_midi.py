@@ -89,7 +89,7 @@ def _play_phrase_and_measure(receiver, path):
         t += msg.time
         if not msg.is_meta:
             expected.append((t, tuple(msg.bytes())))
-    got = receiver.received()[already:]
+    got = receiver.received_settled()[already:]
     errors = timing_errors(got, expected)
     p99 = errors[int(0.99 * (len(errors) - 1))]
     print(f"\nJACK timing: {len(errors)} events, error p99 {p99 * 1e3:.2f} ms, max {errors[-1] * 1e3:.2f} ms; "
@@ -124,7 +124,7 @@ def test_stop_mid_phrase_leaves_no_note_sounding(receiver):
     sched.stop()
     time.sleep(0.1)
     out.close()
-    got = [d for _, d in receiver.received()]
+    got = [d for _, d in receiver.received_settled()]
     assert any(d[0] & 0xF0 == 0x90 for d in got)
     assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}  # real note-offs, not just CC123
     assert (0xB0, 64, 0) in got and (0xB0, 123, 0) in got
@@ -166,7 +166,7 @@ def test_disappearing_port_is_reported_and_reconnect_continues(jack_server):
         assert sched.wait_done(10)
         time.sleep(0.05)
         sched.stop()
-        got = [d for _, d in second.received()]
+        got = [d for _, d in second.received_settled()]
         first_part = [d for _, d in first.messages]
         assert len([d for d in got if d[0] & 0xF0 in (0x80, 0x90)]) >= queued  # the rest of the phrase played
         assert sounding_after(first_part + got) == {}
@@ -199,7 +199,7 @@ def test_ctrl_c_during_live_generation_releases_everything_and_writes_the_file(r
             proc.kill()
     assert proc.returncode == 130, output
     assert "every note was released" in output and "lateness" in output
-    got = [d for _, d in receiver.received()]
+    got = [d for _, d in receiver.received_settled()]
     note_ons = [d for d in got if d[0] & 0xF0 == 0x90 and d[2] > 0]
     assert note_ons
     assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
@@ -237,7 +237,7 @@ def test_generate_reports_a_vanished_synth_and_reconnects_when_it_returns(jack_s
     finally:
         if proc.poll() is None:
             proc.kill()
-    got = [d for _, d in second.received()]
+    got = [d for _, d in second.received_settled()]
     second.close()
     assert "disappeared" in output and "reconnected" in output, output
     assert proc.returncode == 130, output
@@ -265,7 +265,7 @@ def test_virtual_port_pianomuse_is_created_and_a_synth_connected_to_it_hears_the
         sched.stop()
     finally:
         out.close()
-    got = [d for _, d in receiver.received()]
+    got = [d for _, d in receiver.received_settled()]
     assert [d for d in got if d[0] & 0xF0 in (0x80, 0x90)] == [(0x90, 60, 90), (0x90, 64, 90), (0x80, 60, 0), (0x80, 64, 0)]
     assert "PianoMuse:PianoMuse" not in jack_ports()  # closed with the session
 
@@ -353,7 +353,7 @@ def test_signals_in_quick_succession_during_live_play_release_every_note_and_wri
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "Traceback" not in output, output
-    got = [d for _, d in receiver.received()]
+    got = [d for _, d in receiver.received_settled()]
     note_ons = [d for d in got if d[0] & 0xF0 == 0x90 and d[2] > 0]
     assert note_ons
     assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}  # each one released
@@ -393,7 +393,7 @@ def test_sigterm_during_live_generation_stops_like_ctrl_c(receiver, tiny_checkpo
     assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone again
     assert result.exit_code == 130, result.output
     assert "every note was released" in " ".join(result.output.split())
-    got = [d for _, d in receiver.received()]
+    got = [d for _, d in receiver.received_settled()]
     assert any(d[0] & 0xF0 == 0x90 for d in got)
     assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
     assert (0xB0, 123, 0) in got and (tmp_path / "killed.mid").is_file()
@@ -416,7 +416,7 @@ def test_a_program_that_exits_without_stopping_still_releases_its_notes(receiver
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    got = [d for _, d in receiver.received()]
+    got = [d for _, d in receiver.received_settled()]
     assert [d for d in got if d[0] & 0xF0 == 0x90] == [(0x90, 60 + i, 90) for i in range(4)]
     assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
     assert (0xB0, 64, 0) in got and (0xB0, 123, 0) in got

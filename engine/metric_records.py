@@ -74,13 +74,27 @@ class TrainRecord(MetricRecord):
 
 @dataclass(frozen=True, kw_only=True)
 class ValRecord(MetricRecord):
-    """A validation pass over the (capped) validation split."""
+    """A validation pass over the (capped) validation split: of the trained weights, and with
+    ``train.ema_decay`` also of their moving average (the ``ema_`` fields, None without one)."""
 
     KIND: ClassVar[str] = "val"
     val_loss: float | None = None  # nats per target token
     bits_per_note: float | None = None
     val_tokens: int = 0
     val_notes: int = 0
+    ema_val_loss: float | None = None  # the same split, the averaged weights
+    ema_bits_per_note: float | None = None
+
+    @property
+    def best_weights(self) -> str:
+        """Which weights validated better at this step: "ema" (the average) or "raw"."""
+        if self.ema_val_loss is not None and (self.val_loss is None or self.ema_val_loss < self.val_loss):
+            return "ema"
+        return "raw"
+
+    @property
+    def best_val_loss(self) -> float | None:
+        return self.ema_val_loss if self.best_weights == "ema" else self.val_loss
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,8 @@
 
 Trains assets/configs/bundled.toml on the bundled corpus (GPU if present), stops when the step
 budget or the wall-clock budget is spent, then picks the checkpoint with the lowest validation
-loss (so the exported model is the one from before validation stopped improving) and writes it
+loss (so the exported model is the one from before validation stopped improving; with
+train.ema_decay, its weights or their moving average, whichever validated better) and writes it
 to OUT/pianomuse-v8-small.pth in bf16, with its sidecar, its resolved training config and its
 metrics. Then it runs the evaluation (`eval`: likelihood beside the n-gram baseline, structure,
 validity, copies, the goals) on the exported model and writes OUT/pianomuse-v8-small.eval.json
@@ -25,10 +26,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from engine.model import load_checkpoint, save_checkpoint  # noqa: E402
+from engine.model import save_checkpoint  # noqa: E402
 from engine.paths import CONFIGS_DIR, MODELS_DIR  # noqa: E402
-from engine.rundir import list_checkpoints, read_metrics  # noqa: E402
 from engine.train.config import load_config  # noqa: E402
+from engine.train.export import best_validated_weights, load_best_weights  # noqa: E402
 from engine.train.trainer import run_training  # noqa: E402
 
 NAME = "pianomuse-v8-small"
@@ -54,17 +55,13 @@ def main() -> int:
     print(f"training {result.status} at step {result.step} ({result.tokens} tokens): {result.message}")
 
     run_dir = Path(result.run_dir)
-    records = read_metrics(run_dir / "metrics.jsonl")
-    vals = [r for r in records if r.kind == "val" and r.val_loss is not None]
-    ckpts = {int(p.name.split("-")[1]): p for p in list_checkpoints(run_dir)}  # complete ones only
-    scored = [(r.val_loss, r.step, r) for r in vals if r.step in ckpts]
-    if not scored:
+    best = best_validated_weights(run_dir)
+    if best is None:
         print("no validated checkpoint to export", file=sys.stderr)
         return 1
-    best_loss, best_step, best = min(scored, key=lambda x: x[0])
-    print(f"best validation loss {best_loss:.4f} nats/token at step {best_step} (of {len(vals)} validations)")
+    print(f"best validation loss {best.val_loss:.4f} nats/token at step {best.step}: {best.describe()}")
 
-    model, sidecar = load_checkpoint(ckpts[best_step] / "model.pth")
+    model, sidecar = load_best_weights(best)
     model = model.to(torch.bfloat16)
     out = Path(args.out)
     train_minutes = (time.monotonic() - began) / 60.0
@@ -74,10 +71,13 @@ def main() -> int:
         "data": f"assets/corpus (bundled demo corpus, {_corpus_summary()}), transposition augmentation "
                 f"+-{cfg.data.transpose_range} semitones",
         "minutes": round(train_minutes, 2),
-        "step": best_step,
-        "tokens": best.tokens,
-        "val_loss": best_loss,
+        "step": best.step,
+        "tokens": best.val.tokens,
+        "val_loss": best.val_loss,
         "bits_per_note": best.bits_per_note,
+        "weights": best.weights,  # "raw" or "ema" (the moving average of the weights)
+        "ema_decay": cfg.train.ema_decay or None,
+        "exported": best.describe(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "stopped": result.status,
         "last_step": result.step,
@@ -126,8 +126,7 @@ def _write_run_record(out: Path, extra: dict, report: dict) -> None:
     lines = [f"# {NAME}: how it was trained", "",
              f"- command: `{extra['trained_with']}`", f"- device: {extra['device']}",
              f"- training minutes: {extra['minutes']}", f"- data: {extra['data']}",
-             f"- exported step {extra['step']} of {extra['last_step']} ({extra['tokens']} tokens), "
-             f"validation loss {extra['val_loss']:.4f} nats/token", "", "| goal | value | target | met |", "|---|---|---|---|"]
+             f"- exported step {extra['step']} of {extra['last_step']} ({extra['tokens']} tokens): {extra['exported']}", "", "| goal | value | target | met |", "|---|---|---|---|"]
     for name, goal in report["goals"].items():
         lines.append(f"| {name} | {goal['value']:.3f} | {goal['goal']} | {'yes' if goal['met'] else 'no'} |")
     (out / f"{NAME}.run.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -101,6 +101,9 @@ class TrainSection:
     tbptt_len: int = 0  # >0: train sequences in chunks of this many tokens, state carried, detached between chunks
     l2wrap: bool = False
     wkv_backend: str = "auto"
+    ema_decay: float = field(default=0.0, metadata={"help": (
+        "keep an exponential moving average (EMA) of the weights with this decay per optimizer step, "
+        "e.g. 0.999 (0 = off); it is validated beside the trained weights and saved in checkpoints")})
 
 
 @dataclass
@@ -234,6 +237,8 @@ class TrainConfig:
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
         _choice("train.wkv_backend", t.wkv_backend, ("auto", "reference", "chunked", "cuda"))
+        if not 0.0 <= t.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be 0 (no weight averaging) or a decay in (0, 1) such as 0.999, got {t.ema_decay}")
         _non_negative("eval.val_every", e.val_every)
         _non_negative("eval.val_max_batches", e.val_max_batches)
         _non_negative("eval.audition_every", e.audition_every)
@@ -258,6 +263,13 @@ class TrainConfig:
                 f"({t.micro_batch_size} x {world_size}); change train.batch_size or train.micro_batch_size"
             )
         return t.batch_size // per_step
+
+
+def documented_keys() -> list[tuple[str, str]]:
+    """(dotted key, help) of every config field that carries a ``help`` text, for ``train --help``."""
+    sections = [s for s in fields(TrainConfig) if dataclasses.is_dataclass(s.default_factory)]
+    return [(f"{s.name}.{f.name}", f.metadata["help"]) for s in sections for f in fields(s.default_factory)
+            if "help" in f.metadata]
 
 
 def _deepcopy(cfg: TrainConfig) -> TrainConfig:

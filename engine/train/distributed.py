@@ -91,6 +91,17 @@ def shard_fsdp(objective: nn.Module, blocks, device: torch.device, info: DistInf
     return objective
 
 
+def reshard(objective: nn.Module) -> None:
+    """Free every gathered (unsharded) parameter copy. A forward without backward leaves the root's
+    gathered, and a later forward would use that copy even after the shards were written to
+    (validation swapping the weight average in and out does just that)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in objective.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def _is_dtensor(t) -> bool:
     from torch.distributed.tensor import DTensor
 
@@ -120,8 +131,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     process) into an optimizer whose parameters may be sharded: each per-parameter tensor the
     shape of its parameter is cut to this rank's shard, locally (every rank read the file)."""
     optimizer.load_state_dict(state)
-    from torch.distributed.tensor import distribute_tensor
-
     for group in optimizer.param_groups:
         for p in group["params"]:
             if not _is_dtensor(p) or p not in optimizer.state:
@@ -129,5 +138,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
             slots = optimizer.state[p]
             for key, value in slots.items():
                 if isinstance(value, torch.Tensor) and not _is_dtensor(value) and tuple(value.shape) == tuple(p.shape):
-                    slots[key] = distribute_tensor(value.to(p.to_local().device), p.device_mesh, p.placements,
-                                                   src_data_rank=None)
+                    slots[key] = shard_like(value, p)
+
+
+def shard_like(value: torch.Tensor, like) -> torch.Tensor:
+    """A full tensor cut the way ``like`` (a sharded parameter) is: this rank's shard, locally
+    (every rank holds the full value); for an unsharded ``like``, the value on its device."""
+    if not _is_dtensor(like):
+        return value.to(like.device)
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(like.to_local().device), like.device_mesh, like.placements, src_data_rank=None)

@@ -37,10 +37,11 @@ from engine.model import RWKV7, ModelConfig, load_checkpoint, save_checkpoint
 from engine.paths import REPO_ROOT
 
 from .audition import write_audition
+from .averaging import WeightAverage
 from .config import ConfigError, TrainConfig, compile_enabled, fused_head_enabled
 from .distributed import (
     DistInfo, all_reduce_sum, barrier, broadcast_object, full_model_state, full_optimizer_state, full_tensor,
-    init_distributed, load_optimizer_state, shard_fsdp, shutdown,
+    init_distributed, load_optimizer_state, reshard, shard_fsdp, shutdown,
 )
 from .feed import open_feed
 from .metrics import MetricsCallback, MetricsLog
@@ -331,6 +332,7 @@ class Trainer:
         self._build_model(cfg, dist)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = WeightAverage(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         total_tokens = cfg.train.max_tokens or int(cfg.train.max_steps * cfg.train.batch_size * self.feed.mean_sample_tokens)
         self.schedule = CosineTokenSchedule(self.lr, self.lr_final, cfg.optim.warmup_steps, total_tokens)
         self._open_run_files(cfg, dist)
@@ -389,6 +391,7 @@ class Trainer:
             load_optimizer_state(self.optimizer, state["optimizer"])  # full tensors: any world size, either mode
             s.step, s.tokens, s.cursor, s.attempts = state["step"], state["tokens"], state["cursor"], state["attempts"]
             s.bad_steps_total = state.get("bad_steps_total", 0)
+            self._restore_average(state.get("ema"), s.step)
             # the schedule is rebuilt from the config: the same config continues the same curve, a
             # larger --max-steps stretches the remaining cosine over the new length
             _set_rng_state(state["rng"], self.device)
@@ -411,6 +414,17 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         s.window_start = time.perf_counter()
         return s
+
+    def _restore_average(self, saved: dict | None, step: int) -> None:
+        """Continue the checkpoint's weight average, or say why it starts again or is dropped."""
+        if self.ema is not None:
+            note = self.ema.resume_note(saved, step)
+        elif saved is not None:
+            note = f"train.ema_decay is 0, so the checkpoint's weight average (decay {saved['decay']}) is not continued"
+        else:
+            note = ""
+        if note:
+            self.notes.append(note)
 
     # ---- step --------------------------------------------------------------------------------
     def _step(self, s: LoopState) -> tuple[bool, bool]:
@@ -444,6 +458,8 @@ class Trainer:
             return False, stop_flag > 0
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         s.consecutive_bad = 0
         s.step += 1
         s.tokens += plan.n_tokens
@@ -474,12 +490,13 @@ class Trainer:
         # sharded: every rank takes part in gathering the full tensors; rank 0 writes them
         model_state = full_model_state(model) if self.fsdp else None
         optimizer_state = full_optimizer_state(optimizer) if self.fsdp else None
+        ema_state = self.ema.state_dict() if self.ema is not None and (self.fsdp or dist.is_main) else None
         if dist.is_main:
             trainer_state = {
                 "optimizer": optimizer_state if self.fsdp else optimizer.state_dict(), "step": s.step, "tokens": s.tokens,
                 "cursor": s.cursor, "attempts": s.attempts, "bad_steps_total": s.bad_steps_total,
                 "schedule": self.schedule.__dict__.copy(), "rng": _rng_state(self.device), "world_size": dist.world_size,
-                "config": self.cfg.to_dict(),
+                "config": self.cfg.to_dict(), "ema": ema_state,
             }
             s.last_checkpoint = rundir.write_checkpoint(
                 run_dir, s.step,
@@ -597,8 +614,19 @@ class Trainer:
             "mem_peak": torch.cuda.max_memory_allocated(device),
         }
 
-    @torch.no_grad()
     def _validate(self, step: int, tokens: int) -> dict:
+        """Validate the weights, and their average when there is one (``ema_`` fields); logged."""
+        result = self._validation_pass()
+        if result and self.ema is not None:
+            with self.ema.swapped_in():
+                averaged = self._validation_pass()
+            result.update(ema_val_loss=averaged["val_loss"], ema_bits_per_note=averaged["bits_per_note"])
+        if result:
+            self.log.write(ValRecord(step=step, tokens=tokens, **result))
+        return result
+
+    @torch.no_grad()
+    def _validation_pass(self) -> dict:
         """Loss in nats per target token and bits per note over the (capped) validation split."""
         model, feed, dist = self.model, self.feed, self.dist
         model.eval()
@@ -615,17 +643,17 @@ class Trainer:
                                  torch.tensor(chunk.n_notes, dtype=torch.float64, device=self.device)])
         all_reduce_sum(sums, dist)
         nats, n_targets, n_notes = sums.tolist()
+        if self.fsdp:  # the next forward gathers the weights afresh (they may be swapped next)
+            reshard(self.objective)
         model.train()
         if n_targets == 0:
             return {}
-        result = {
+        return {
             "val_loss": nats / n_targets,
             "bits_per_note": (nats / math.log(2)) / n_notes if n_notes else None,
             "val_tokens": int(n_targets),
             "val_notes": int(n_notes),
         }
-        self.log.write(ValRecord(step=step, tokens=tokens, **result))
-        return result
 
     def _audition(self, step: int, tokens: int) -> None:
         # sharded: every rank helps gather the weights; rank 0 plays from an unsharded copy

@@ -131,7 +131,8 @@ class TrainDisplay:
         for _ in range(4):
             table.add_column()
         table.add_row("step", f"{self.step}/{self.max_steps}", "loss", _fmt(r and r.loss, ".4f"))
-        table.add_row("val loss", _fmt(v and v.val_loss, ".4f"), "bits/note", _fmt(v and v.bits_per_note, ".3f"))
+        ema = f" (EMA {v.ema_val_loss:.4f})" if v and v.ema_val_loss is not None else ""
+        table.add_row("val loss", _fmt(v and v.val_loss, ".4f") + ema, "bits/note", _fmt(v and v.bits_per_note, ".3f"))
         table.add_row("lr", _fmt(r and r.lr, ".2e"), "tokens/s", _fmt(r and r.tokens_per_s, ",.0f"))
         table.add_row("grad norm", _fmt(r and r.grad_norm, ".3f"), "memory",
                       f"{_fmt_bytes(r and r.mem_alloc)} (peak {_fmt_bytes(r and r.mem_peak)})")
@@ -168,6 +169,8 @@ class TrainDisplay:
             case ValRecord():
                 self.val = record
                 bpn = f" bits/note {record.bits_per_note:.3f}" if record.bits_per_note is not None else ""
+                if record.ema_val_loss is not None:  # the moving average of the weights, validated beside them
+                    bpn += f" ema_val_loss {record.ema_val_loss:.4f} ema_bits/note {_fmt(record.ema_bits_per_note, '.3f')}"
                 self._print(f"step {record.step} val_loss {_fmt(record.val_loss, '.4f')}{bpn}")
             case AuditionRecord():
                 self._print(f"step {record.step} audition {record.path or f'failed: {record.error}'}")
@@ -196,13 +199,15 @@ class TrainDisplay:
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    from engine.train.config import PRESETS  # the one list (torch-free), also the Train pane's
+    from engine.train.config import PRESETS, documented_keys  # torch-free; the Train pane uses the same
 
     @app.command(
         "train",
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
         help="Train a model (defaults: the bundled corpus, the small preset on a GPU or the tiny one on a CPU). "
              "Extra --section.key VALUE options override the config.",
+        epilog="Config keys worth knowing (set as --section.key VALUE): "
+               + "; ".join(f"--{key}: {text}" for key, text in documented_keys()) + ".",
     )
     def train(
         ctx: typer.Context,

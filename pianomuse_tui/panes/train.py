@@ -499,6 +499,8 @@ class TrainPane(PaneBase):
         total = f" / {self.max_steps:,}" if self.max_steps else ""
         text.append(f"step {t.step if t else '-'}{total}\n", style="bold")
         text.append(f"loss {_num(t and t.loss)}   val {_num(v and v.val_loss)}\n")
+        if v and v.ema_val_loss is not None:  # train.ema_decay: the averaged weights, validated beside them
+            text.append(f"val of the weight average (EMA) {_num(v.ema_val_loss)}\n")
         if v and v.bits_per_note is not None:
             text.append(f"bits/note {_num(v.bits_per_note)}\n")
         text.append(f"lr {_sci(t and t.lr)}   grad {_num(t and t.grad_norm)}\n")

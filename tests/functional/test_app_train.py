@@ -121,7 +121,8 @@ async def test_attach_to_a_run_written_by_a_headless_process(tmp_path):
 
 @pytest.mark.slow
 async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(tmp_path):
-    """A finished run's folder: the pane shows the validation bits/note and each audition's score."""
+    """A finished run's folder: the pane shows the validation bits/note, the weight average's
+    validation loss, and each audition's score."""
     import json
     import shutil
 
@@ -134,7 +135,8 @@ async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(t
     shutil.copy(next(iter(sorted(CORPUS_DIR.rglob("*.mid")))), run_dir / "auditions" / "step-00000010.mid")
     records = [{"kind": "train", "step": s, "tokens": 256 * s, "time": 0.0, "loss": 5.0 - 0.2 * s, "lr": 1e-3}
                for s in range(1, 11)]
-    records.append({"kind": "val", "step": 10, "tokens": 2560, "time": 0.0, "val_loss": 3.21, "bits_per_note": 7.77})
+    records.append({"kind": "val", "step": 10, "tokens": 2560, "time": 0.0, "val_loss": 3.21, "bits_per_note": 7.77,
+                    "ema_val_loss": 3.19, "ema_bits_per_note": 7.70})
     records.append({"kind": "audition", "step": 10, "tokens": 2560, "time": 0.0, "notes": 40,
                     "path": str(run_dir / "auditions" / "step-00000010.mid"), "pitch_class_oa": 0.91, "copied_notes": 7, "self_reuse": 0.18})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -150,6 +152,7 @@ async def test_recorded_run_shows_validation_bits_per_note_and_audition_scores(t
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
         assert ["audition ▶", "10", "", "pc OA 0.91, copy 7, reuse 0.18", "step-00000010.mid"] in rows, rows
         assert await wait_for(pilot, lambda: "bits/note 7.77" in str(pane.query_one("#tr-now").render()), 30, 0.1)
+        assert "val of the weight average (EMA) 3.1900" in str(pane.query_one("#tr-now").render())
 
 
 async def test_the_run_folder_is_read_off_the_ui_thread_and_new_checkpoints_are_listed(tmp_path, monkeypatch):

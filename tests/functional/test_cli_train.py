@@ -40,7 +40,8 @@ def test_headless_train_end_to_end(tmp_path):
     out = subprocess.run(
         CLI + ["--preset", "tiny", "--max-steps", "3", "--run-dir", str(tmp_path / "tmp"), "--data", str(small_store()),
                "--device", "cpu", "--eval.val_every", "3", "--eval.val_max_batches", "1", "--run.log_every", "1",
-               "--eval.audition_every", "0", "--train.batch_size", "4", "--train.micro_batch_size", "4"],
+               "--eval.audition_every", "0", "--train.batch_size", "4", "--train.micro_batch_size", "4",
+               "--train.ema_decay", "0.9"],
         capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stderr
@@ -48,7 +49,7 @@ def test_headless_train_end_to_end(tmp_path):
     assert run.name.endswith("-tiny")
     lines = out.stdout.splitlines()  # not a terminal: plain lines, one per event
     assert any(line.startswith("step 3/3 loss ") for line in lines), out.stdout
-    assert any("val_loss" in line and "bits/note" in line for line in lines)
+    assert any("val_loss" in line and "bits/note" in line and "ema_val_loss" in line for line in lines), out.stdout
     assert lines[-1].startswith("done: 3 steps")
     assert load_config(run / "config.toml").model.n_layer == 2  # the tiny preset, resolved
     model, _ = load_checkpoint(ckpt.latest_checkpoint(run))

@@ -44,7 +44,7 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     settings = {"train.max_steps": 2, "train.batch_size": 4, "train.micro_batch_size": 2, "data.augment": "true",
-                "eval.val_every": 2}
+                "eval.val_every": 2, "train.ema_decay": 0.5}
     single = run_training(load_config(preset="tiny", overrides=micro_overrides(small_store(), tmp_path / "one", **settings)))
 
     out = _torchrun_train(tmp_path / "two", settings)
@@ -62,6 +62,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     val_one = [r.val_loss for r in read_metrics(single.run_dir / "metrics.jsonl") if r.kind == "val"]
     val_two = [r.val_loss for r in records if r.kind == "val"]
     assert val_two == pytest.approx(val_one, rel=1e-4)
+    # the weight average: one update per step on every process, validated like the weights
+    ema_one = [r.ema_val_loss for r in read_metrics(single.run_dir / "metrics.jsonl") if r.kind == "val"]
+    assert [r.ema_val_loss for r in records if r.kind == "val"] == pytest.approx(ema_one, rel=1e-4)
 
     # a checkpoint written by 2 processes resumes on 1 (the data position is global)
     resumed = run_training(load_config(run / "config.toml").with_overrides([f"run.resume={run}", "train.max_steps=3"]))
@@ -71,9 +74,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_path):
     """train.parallel=fsdp: parameters, gradients and AdamW state sharded over 2 processes give
     the single process's losses; validation, an audition and the checkpoint (full tensors, model
-    and optimizer) work from the shards, and the run resumes on 1 process."""
-    settings = {"train.max_steps": 2, "train.batch_size": 4, "train.micro_batch_size": 1, "data.augment": "true",
-                "eval.val_every": 2, "eval.audition_every": 2, "model.n_layer": 2}
+    and optimizer) work from the shards, and the run resumes on 1 process. The weight average is
+    validated at step 2 and step 3 trains on the weights again (not on a stale gathered copy)."""
+    settings = {"train.max_steps": 3, "train.batch_size": 4, "train.micro_batch_size": 1, "data.augment": "true",
+                "eval.val_every": 2, "eval.audition_every": 2, "model.n_layer": 2, "train.ema_decay": 0.5}
     single = run_training(load_config(preset="tiny", overrides=micro_overrides(small_store(), tmp_path / "one", **settings)))
 
     out = _torchrun_train(tmp_path / "two", {**settings, "train.parallel": "fsdp"})
@@ -81,16 +85,18 @@ def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_pa
     (run,) = (tmp_path / "two").iterdir()
     records = read_metrics(run / "metrics.jsonl")
     one, two = _train_losses(single.run_dir), _train_losses(run)
-    assert sorted(one) == sorted(two) == [1, 2]
+    assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4)
     val_one = [r.val_loss for r in read_metrics(single.run_dir / "metrics.jsonl") if r.kind == "val"]
     assert [r.val_loss for r in records if r.kind == "val"] == pytest.approx(val_one, rel=1e-4)
+    ema_one = [r.ema_val_loss for r in read_metrics(single.run_dir / "metrics.jsonl") if r.kind == "val"]
+    assert [r.ema_val_loss for r in records if r.kind == "val"] == pytest.approx(ema_one, rel=1e-4)
     audition = [r for r in records if r.kind == "audition"]
     assert audition and audition[0].path and Path(audition[0].path).is_file()
 
     # the checkpoint holds full tensors: the same shapes as the single-process one, and the
-    # weights after 2 sharded steps match the single process's
+    # weights after 3 sharded steps match the single process's
     import torch
 
     from engine.model import load_checkpoint
@@ -100,11 +106,17 @@ def test_two_gloo_processes_with_fsdp_match_one_process_and_resume_on_one(tmp_pa
     m_one, _ = load_checkpoint(ckpt.latest_checkpoint(single.run_dir))
     for (name, a), (_, b) in zip(m_one.state_dict().items(), m_two.state_dict().items()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    # the weight average is saved as full tensors too (gathered from the shards)
+    ema_two = ckpt.load_trainer_state(ckpt.latest_checkpoint(run))["ema"]
+    ema_one = ckpt.load_trainer_state(ckpt.latest_checkpoint(single.run_dir))["ema"]
+    assert ema_two["updates"] == ema_one["updates"] == 3
+    for name, w in ema_one["weights"].items():
+        torch.testing.assert_close(ema_two["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
     s_two = ckpt.load_trainer_state(ckpt.latest_checkpoint(run))["optimizer"]["state"]
     s_one = ckpt.load_trainer_state(ckpt.latest_checkpoint(single.run_dir))["optimizer"]["state"]
     assert s_two.keys() == s_one.keys()
     for i in s_one:
         assert s_two[i]["exp_avg"].shape == s_one[i]["exp_avg"].shape
 
-    resumed = run_training(load_config(run / "config.toml").with_overrides([f"run.resume={run}", "train.max_steps=3"]))
-    assert resumed.status == "finished" and resumed.step == 3
+    resumed = run_training(load_config(run / "config.toml").with_overrides([f"run.resume={run}", "train.max_steps=4"]))
+    assert resumed.status == "finished" and resumed.step == 4

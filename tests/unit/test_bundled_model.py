@@ -33,11 +33,14 @@ def test_the_bundled_model_is_a_small_bf16_v8_checkpoint_with_everything_beside_
     train = tomllib.loads(pth.with_suffix(".train.toml").read_text())
     assert train["model"]["arch"] == "x080" and train["data"]["augment"] is True
 
-    # exported where validation loss was lowest, and training went on past it (it stopped improving)
+    # exported where validation loss was lowest (of the weights or, with train.ema_decay, of their
+    # moving average: the sidecar says which), and training went on past it (it stopped improving)
     records = [json.loads(line) for line in pth.with_suffix(".metrics.jsonl").read_text().splitlines() if line.strip()]
     val = [r for r in records if r.get("kind") == "val"]
-    best = min(val, key=lambda r: r["val_loss"])
-    assert best["step"] == extra["step"] and math.isclose(best["val_loss"], extra["val_loss"])
+    lowest = lambda r: min(r["val_loss"], r.get("ema_val_loss", math.inf))  # noqa: E731
+    best = min(val, key=lowest)
+    assert best["step"] == extra["step"] and math.isclose(lowest(best), extra["val_loss"])
+    assert extra.get("weights", "raw") == ("ema" if best.get("ema_val_loss", math.inf) < best["val_loss"] else "raw")
     assert max(r["step"] for r in val) > best["step"]
 
     report = json.loads(pth.with_suffix(".eval.json").read_text())

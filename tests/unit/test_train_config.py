@@ -61,6 +61,9 @@ def test_cli_override_words():
         ("data.objective=chat", "data.objective must be one of"),
         ("optim.beta2=1.0", "optim.beta2 must be in [0, 1)"),
         ("train.device=tpu", "train.device must be"),
+        ("train.ema_decay=1", "train.ema_decay must be 0 (no weight averaging) or a decay in (0, 1) such as 0.999, got 1.0"),
+        ("train.ema_decay=-0.5", "train.ema_decay must be 0 (no weight averaging) or a decay in (0, 1) such as 0.999, got -0.5"),
+        ("train.ema_decay=often", "config key 'train.ema_decay' needs a float value"),
         ("optim=3", "is a section"),
         ("lr", "section.key=value"),
     ],
@@ -172,3 +175,5 @@ def test_the_train_help_lists_the_presets_from_the_one_list(monkeypatch):
 
     result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "tiny | small | base | huge" in result.output
+    # config fields that carry a help text are listed from the config itself
+    assert "--train.ema_decay: keep an exponential moving average (EMA) of the weights" in " ".join(result.output.split())

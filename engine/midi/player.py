@@ -213,7 +213,6 @@ class LivePlayer:
                     return "stopped"
                 if self._lost.is_set() and not self._wait_for_port(halted):
                     return "stopped" if halted() else "port lost"
-            time.sleep(0.05)  # let the last note-offs leave the port before it closes
             return "finished"
         finally:
             close = getattr(source, "close", None)

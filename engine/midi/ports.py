@@ -147,6 +147,9 @@ def match_port(wanted: str, names: list[str], kind: str = "output") -> str:
     raise PortError(f"{wanted!r} matches several ports ({', '.join(repr(n) for n in hits)}); give more of the name.")
 
 
+JACK_FLUSH_S = 0.05  # seconds a JACK output stays open after its last message (see MidiOutput._let_last_messages_leave)
+
+
 @dataclass
 class MidiOutput:
     """An open output: ``send(bytes)``, ``is_alive()`` (the destination still exists), ``reopen()``, ``close()``."""
@@ -158,6 +161,7 @@ class MidiOutput:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._last_send = 0.0
         self._out = None
         self._probe = None
         self._open()
@@ -196,6 +200,7 @@ class MidiOutput:
         if out is None:
             raise PortError("The MIDI port is closed; reconnect it.")
         out.send_message(list(data))
+        self._last_send = time.monotonic()
 
     def is_alive(self) -> bool:
         """False when the destination port (e.g. the synth) is gone; a virtual port lives as long as we do."""
@@ -221,10 +226,22 @@ class MidiOutput:
         with self._lock:
             out, self._out = self._out, None
         if out is not None:
+            self._let_last_messages_leave()
             try:
                 out.close_port()
             finally:
                 out.delete()
+
+    def _let_last_messages_leave(self) -> None:
+        """On JACK, RtMidi hands messages to the server's process cycle through a ring buffer, and
+        closing the port can race a cycle that has already emptied it: a message sent within about
+        a cycle of the close (the last note-off of a panic) is then lost and the note rings on.
+        Wait until the last send is ``JACK_FLUSH_S`` old (a few periods of any usual buffer size)."""
+        if self.api != "jack":
+            return  # ALSA, CoreMIDI and WinMM deliver each message as it is sent
+        wait = self._last_send + JACK_FLUSH_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
 
     def close(self) -> None:
         self._close_out()

@@ -1,11 +1,15 @@
 """Playing with the model, measured on the CPU with the bundled model (1 thread), and the built-in synth.
 
-    python bench/live_play.py [--handovers 30] [--feed-seconds 10] [--markdown]
+    python bench/live_play.py [--handovers 30] [--feed-seconds 10] [--markdown] [--list]
 
 1. Handover latency: a scripted pianist (messages put straight into the duet's input queue with
    their monotonic arrival times, as the rtmidi callback does) plays a short phrase, then either
    pauses (--pause 0.6 s) or presses the takeover CC; from that moment to the model's first note
-   leaving the scheduler (wall clock, ``sent_log``), and to the note's scheduled time (music clock).
+   leaving the scheduler (wall clock, ``sent_log``), and to the note's scheduled time (music clock);
+   how many first notes left late (over 5 ms after their time), the duet's own report of the
+   latency (``Handover.latency``, lateness included), and the earliest time the duet found it could
+   meet (``Handover.earliest``: the lead, or the first note's tokens at the recent cost per token).
+   ``--list`` prints every handover.
 1b. Take-back (--takeback release and finish): in the same script each phrase after the first takes
    the floor back; per model note held at that moment, its note-off's send time against when it was
    due (at once, or the model's written end capped at a bar) and against the pianist's key.
@@ -88,23 +92,30 @@ def handover_pianist(n: int, pause: float, player, messages):
     return pianist
 
 
-def handover_latency(n: int, pause: float) -> dict:
+def handover_latency(n: int, pause: float, listing: bool = False) -> dict:
     player, sched, duet, messages = duet_rig(pause=pause)
     run_along(player, duet, handover_pianist(n, pause, player, messages))
     origin = sched._origin
     sent_on = [(sent, target) for target, sent, data in sched.sent_log if data[0] == 0x90 and data[2] > 0]
-    wall, scheduled = [], []
-    for h in duet.handovers:
+    wall, scheduled, reported, earliest, late = [], [], [], [], 0
+    for k, h in enumerate(duet.handovers, 1):
         if h.first_note is None:
             continue
         at = origin + h.at
-        first = next((sent for sent, target in sent_on if target >= origin + h.first_note - 1e-6), None)
+        first = next(((sent, target) for sent, target in sent_on if target >= origin + h.first_note - 1e-6), None)
         if first is not None:
-            wall.append(first - at)
-            scheduled.append(h.latency)
+            wall.append(first[0] - at)
+            scheduled.append(h.first_note - h.at)
+            reported.append(h.latency)
+            earliest.append(h.earliest - h.at)
+            late += first[0] - first[1] > 0.005
+            if listing:
+                print(f"  handover {k:2d} ({h.reason}): earliest {1e3 * earliest[-1]:5.1f} ms, scheduled "
+                      f"{1e3 * scheduled[-1]:5.1f} ms, sent {1e3 * wall[-1]:5.1f} ms ({1e3 * (first[0] - first[1]):.1f} ms after its time)")
     return {"handovers": len(duet.handovers), "measured": len(wall), "reasons": sorted({h.reason for h in duet.handovers}),
             "wall_p50": pct(wall, 0.5), "wall_p99": pct(wall, 0.99), "wall_max": max(wall, default=float("nan")),
-            "sched_p50": pct(scheduled, 0.5), "sched_p99": pct(scheduled, 0.99)}
+            "sched_p50": pct(scheduled, 0.5), "sched_p99": pct(scheduled, 0.99), "late": late,
+            "reported_p99": pct(reported, 0.99), "earliest_p50": pct(earliest, 0.5), "earliest_max": max(earliest, default=float("nan"))}
 
 
 def takeback_timing(n: int, pause: float, takeback: str) -> dict:
@@ -251,12 +262,15 @@ def main() -> None:
     ap.add_argument("--pause", type=float, default=0.6)
     ap.add_argument("--feed-seconds", type=float, default=10.0)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--list", action="store_true", help="print every handover")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    h = handover_latency(args.handovers, args.pause)
+    h = handover_latency(args.handovers, args.pause, args.list)
     print(f"handover -> first model note ({h['measured']} of {h['handovers']} handovers, {', '.join(h['reasons'])}): "
           f"sent p50 {h['wall_p50'] * 1e3:.1f} ms, p99 {h['wall_p99'] * 1e3:.1f} ms, max {h['wall_max'] * 1e3:.1f} ms; "
-          f"scheduled p50 {h['sched_p50'] * 1e3:.1f} ms, p99 {h['sched_p99'] * 1e3:.1f} ms")
+          f"scheduled p50 {h['sched_p50'] * 1e3:.1f} ms, p99 {h['sched_p99'] * 1e3:.1f} ms; {h['late']} left over 5 ms late; "
+          f"the duet reported p99 {h['reported_p99'] * 1e3:.1f} ms; earliest it could meet p50 {h['earliest_p50'] * 1e3:.1f} ms, "
+          f"max {h['earliest_max'] * 1e3:.1f} ms after the handover")
     for takeback in ("release", "finish"):
         t = takeback_timing(args.handovers, args.pause, takeback)
         print(f"take-back --takeback {takeback} ({t['takebacks']} take-backs, {t['held']} model notes held at the cut, "

@@ -2,7 +2,8 @@
 
 - continue: you play; when you stop for ``pause`` seconds, or press the takeover pedal/CC (CC67, the
   soft pedal, by default), the model continues from exactly what you played, its first note on the
-  next grid step after ``lead`` seconds (the time to generate it); when you play again it stops at
+  first grid step at least ``lead`` seconds later that it can meet (the tokens still to generate, as
+  long as that many took lately; ``Duet._first_step``); when you play again it stops at
   once and listens, its held notes ending as ``takeback`` says ("finish": each where the model
   wrote it, at most a bar later, the pedal up by then; "release": at once; ``LivePlayer.take_back``).
 - call-and-response: a click counts in ``count_in`` bars, then you play ``turn_bars`` bars and the
@@ -14,8 +15,9 @@
 ``Duet.chunks()`` is the source the live player (``engine.midi.player.LivePlayer``) plays, so
 pre-roll, back-pressure, port loss and the take work as for any live generation. Every note of
 yours is fed with ``GenerationSession.force`` (the same RNN steps a generated token takes) once it
-is released and every earlier-struck note is released too, so tokens go in onset order; at a
-handover the notes still held are closed at that moment. Your notes play through the output on
+is released and every earlier-struck note is released too, so tokens go in onset order; while
+you rest, the bar lines that pass go in as they come; at a handover the notes still held are
+closed at that moment. Your notes play through the output on
 ``HUMAN_CHANNEL`` (``thru``), are recorded on their own track and reach the piano roll in another
 colour. ``handovers`` records each takeover and the time of the model's first note after it.
 """
@@ -48,6 +50,9 @@ MODEL_CHANNEL = 0
 CLICK_CHANNEL = 9
 CLICK_HIGH, CLICK_LOW = 76, 77  # GM high and low wood block: the downbeat and the other beats
 POLL_S = 0.004  # how long the source waits for input while the pianist has the floor
+FIRST_NOTE_TOKENS = 3  # Pitch, Velocity, Duration: the decoder sends a note once its duration is drawn
+HANDOFF_S = 0.002  # from the note's last token to it leaving: the chunk's way to the scheduler, its sender waking
+BAR_SLACK_S = 0.05  # a bar line passed in silence goes into the state this long after (a key struck just before may be on its way)
 TURN_PREPARE_S = 0.2  # call-and-response: the model takes the floor this long before its bar line
 
 
@@ -55,11 +60,14 @@ TURN_PREPARE_S = 0.2  # call-and-response: the model takes the floor this long b
 class Handover:
     at: float  # music seconds: the pause ran out, the CC came, or the turn's bar line
     reason: str  # "pause" | "cc" | "turn"
+    earliest: float | None = None  # music seconds: the first note is on the first grid step at or after this
     first_note: float | None = None  # music seconds of the model's first note after it
+    late: float = 0.0  # seconds the first note was ready after its time (it then left at once, that late)
 
     @property
     def latency(self) -> float | None:
-        return None if self.first_note is None else self.first_note - self.at
+        """From the handover to the first note leaving: its time on the grid, plus any lateness."""
+        return None if self.first_note is None else self.first_note - self.at + self.late
 
 
 @dataclass
@@ -184,6 +192,8 @@ class Duet:
                 self._give_floor_to_model(now, self._handover_reason)
             if self.config.mode == "accompany" or not self.model_has_floor:
                 self._feed_played(now, close_held=False)
+            if not self.model_has_floor:
+                self._keep_time(now)
             if self.model_has_floor and self.row.decoder.horizon < now + lookahead and self._model_may_play():
                 self._follow_knobs()
                 self._mark(now)
@@ -289,6 +299,12 @@ class Duet:
             if kind == 1:
                 self.feed_delays.append(self.player.scheduler.music_time() - item.release)
 
+    def _keep_time(self, now: float) -> None:
+        """While you rest, the bar lines that pass go into the model's state as they come (once all you
+        played is in), so a handover has little left to feed before the model's first note."""
+        if not (self._held or self._done or self._pedal):
+            self.session.force(self.encoder.bar_lines(self.timeline, self._seq(now - BAR_SLACK_S)))
+
     # ---- the floor ----------------------------------------------------------------------------------
 
     _handover_reason = "pause"
@@ -309,19 +325,40 @@ class Duet:
 
     def _give_floor_to_model(self, now: float, reason: str) -> None:
         """Feed everything you played (held keys end now), move the sequence to the first grid step
-        after ``lead``, and let the model draw from there."""
+        the model can meet, at least ``lead`` after ``now`` (``_first_step``), and let it draw from there."""
         at = self._handover_at if reason in ("pause", "cc") else now
         self._end_tail(now)
         self._feed_played(now, close_held=True)
-        earliest = (self._turn_start if reason == "turn" else now + self.config.lead)
         timeline = self.timeline
-        tick = self.encoder.snap(timeline, self.encoder.tick_at(timeline, self._seq(earliest)), up=True)
+        if reason == "turn":
+            earliest = self._turn_start
+            tick = self.encoder.snap(timeline, self.encoder.tick_at(timeline, self._seq(earliest), up=True), up=True)
+        else:
+            tick, earliest = self._first_step(now + self.config.lead)
         self.session.force(self.encoder.advance(timeline, tick))
         self.session.note_now = reason != "start"  # the first note falls on that step, not later
         self.model_has_floor = True
         self._played_since_handover = False
         if reason != "start":
-            self.handovers.append(Handover(at if reason != "turn" else self._turn_start, reason))
+            self.handovers.append(Handover(at if reason != "turn" else self._turn_start, reason, earliest=earliest))
+
+    def _first_step(self, earliest: float) -> tuple[int, float]:
+        """The first grid step at or after ``earliest`` (music seconds) that the model can meet: the
+        tokens that move the sequence there and those of the note itself, as long as that many took
+        lately (``GenerationSession.seconds_for``), are done before it, counted from the clock now
+        (after feeding what you played). On a slow or busy machine the first note comes a step or
+        more later, on time. Returns the step (ticks) and the earliest time it had to be at or after."""
+        timeline, encoder = self.timeline, self.encoder
+        tick = max(timeline.tick, encoder.snap(timeline, encoder.tick_at(timeline, self._seq(earliest), up=True), up=True))
+        if self.session.seconds_for(1) is None:
+            return tick, earliest
+        ready = self.player.scheduler.music_time() + HANDOFF_S
+        last = tick + 4 * timeline.ticks_per_bar  # a token costing over a bar: the note comes late (and says so)
+        while True:
+            needed = ready + self.session.seconds_for(len(encoder.advance(timeline, tick)) + FIRST_NOTE_TOKENS)
+            if tick >= last or timeline.seconds(tick) + self.t0 >= needed:
+                return tick, max(earliest, needed)
+            tick = encoder.snap(timeline, tick + 1, up=True)
 
     def _mark(self, now: float) -> None:
         """Remember the session between notes, so a take-back can forget what was generated ahead."""
@@ -390,7 +427,9 @@ class Duet:
             events = [e for e in events if e.time < self._turn_end or e.is_note_off]
         for event in events:
             if event.is_note_on and self.handovers and self.handovers[-1].first_note is None:
-                self.handovers[-1].first_note = event.time
+                handover = self.handovers[-1]
+                handover.first_note = event.time
+                handover.late = max(0.0, self.player.scheduler.music_time() - event.time)
         self.take.model.extend(events)
         return events
 

@@ -33,10 +33,12 @@ class LiveEncoder:
 
     # ---- time ------------------------------------------------------------------------------------
 
-    def tick_at(self, timeline: TokenTimeline, seconds: float) -> int:
-        """The tick at music time ``seconds`` under the tempo in force at the timeline's end."""
+    def tick_at(self, timeline: TokenTimeline, seconds: float, up: bool = False) -> int:
+        """The tick at music time ``seconds`` under the tempo in force at the timeline's end: the
+        nearest, or with ``up`` the first at or after it (an earliest time is never rounded earlier)."""
         tick0, qpm, s0 = timeline.tempos[-1]
-        return tick0 + round((seconds - s0) * qpm * self.t.tpq / 60.0)
+        ticks = (seconds - s0) * qpm * self.t.tpq / 60.0
+        return tick0 + (math.ceil(ticks - 1e-6) if up else round(ticks))
 
     def grid(self, timeline: TokenTimeline) -> int:
         """The smallest step the tokens can place an onset on, in ticks."""
@@ -94,6 +96,18 @@ class LiveEncoder:
             step, token = next(((s, i) for s, i in shifts if s <= remaining), shifts[-1])
             feed(token)
             remaining = tick - sim.tick
+        return out
+
+    def bar_lines(self, timeline: TokenTimeline, seconds: float) -> list[int]:
+        """REMI: a Bar token for each bar line the sequence has not opened yet that falls at or before
+        ``seconds`` (music seconds), so a silence is in the state as it passes; [] otherwise (TSD
+        writes a silence as the time shift before the next note)."""
+        if self.t.tokenization != "REMI" or self.bar_id is None or timeline.bar < 0:
+            return []
+        sim, out = timeline.copy(), []
+        while sim.seconds(sim.bar_tick + sim.ticks_per_bar) <= seconds:
+            sim.feed(self.bar_id)
+            out.append(self.bar_id)
         return out
 
     def note(self, timeline: TokenTimeline, onset: float, release: float, pitch: int, velocity: int) -> list[int]:

@@ -7,8 +7,10 @@ it again; ``branch`` starts a new session of K ideas from one row's bar.
 """
 from __future__ import annotations
 
+import math
 import os
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from .decoder import StreamDecoder
 from .grammar import GrammarMask
 from .sampling import SamplingConfig, row_seed, sample_rows
 from .timeline import GenerationError, TokenTables
+
+COST_WINDOW = 64  # the recent tokens whose wall time ``seconds_for`` reads
+COST_QUANTILE = 0.9  # a busy moment shows in it; one stray stall (a GC pause) does not
 
 
 @dataclass
@@ -125,6 +130,8 @@ class GenerationSession:
         self.pitch_mask: torch.Tensor | None = None  # ``limit_pitches``
         self.note_now = False  # True: the next token drawn is a Pitch (then False again)
         self.endless = False  # True: the model never draws the end token (a duet ends when the pianist stops it)
+        self._costs: deque[float] = deque(maxlen=COST_WINDOW)  # wall seconds of recent tokens, drawn or forced
+        self._warm = False  # the first token pays one-time setup (the fused step's first call): not a cost
 
     # ----- prompt -----
     @torch.no_grad()
@@ -237,6 +244,7 @@ class GenerationSession:
         """Draw one token for every running row and advance the model one step in RNN mode."""
         if self.state is None:
             raise GenerationError("call prefill() (with or without a prompt) before step()")
+        started = time.perf_counter()
         k = self.alternatives
         allowed = torch.zeros(k, self.tables.vocab_size, dtype=torch.bool)
         # with --bars the piece ends at its last bar line, not where the model would like to stop
@@ -286,7 +294,31 @@ class GenerationSession:
         for r, row in enumerate(self.rows):
             if tokens[r] is not None and not row.done and row.decoder.timeline.bar_index > bars_before[r]:
                 self._snapshot(r, row.bars)
+        self._timed(time.perf_counter() - started)
         return StepResult(tokens, events)
+
+    def _timed(self, seconds: float) -> None:
+        if self._warm:
+            self._costs.append(seconds)
+        self._warm = True
+
+    def seconds_for(self, tokens: int) -> float | None:
+        """How long ``tokens`` tokens in a row (every row at once, drawn or forced) take on this
+        machine now: the 90th percentile of the summed wall time of each run of that many among the
+        last COST_WINDOW tokens (one slow token in a run counts once, not for every token); None
+        before any was timed. A duet sizes the time it leaves for its first note after a handover from it."""
+        costs = list(self._costs)
+        if not costs:
+            return None
+        if len(costs) < tokens:
+            return tokens * sorted(costs)[math.ceil(COST_QUANTILE * (len(costs) - 1))]
+        run = sum(costs[:tokens])
+        runs = [run]
+        for i in range(tokens, len(costs)):
+            run += costs[i] - costs[i - tokens]
+            runs.append(run)
+        runs.sort()
+        return runs[math.ceil(COST_QUANTILE * (len(runs) - 1))]
 
     def mark(self) -> Mark:
         """The session as it stands now; ``restore`` returns to it (e.g. to forget notes generated
@@ -339,10 +371,12 @@ class GenerationSession:
         step each, so the model continues from them; the timelines follow, and no event is emitted
         (those notes already sounded)."""
         for token in ids:
+            started = time.perf_counter()
             for row in self.rows:
                 row.decoder.timeline.feed(int(token))
             self.logits, self.state = self._advance([int(token)] * self.alternatives)
             self.forced.append(int(token))
+            self._timed(time.perf_counter() - started)
 
     def _advance(self, feed: list[int]):
         self.fed.append(feed[0])

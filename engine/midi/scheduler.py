@@ -283,8 +283,11 @@ class LookaheadScheduler:
     def cancel_from(self, music_time: float, channel: int | None = None, release: bool = True) -> list[MidiEvent]:
         """Drop queued events due at or after ``music_time`` (of ``channel``, or all), release the notes
         of that channel still sounding (unless ``release`` is False: the caller times their ends), and
-        return what was dropped (it will never play)."""
+        return what was dropped (it will never play). The producer's horizon comes back to
+        ``music_time`` too: what it had generated past it is void, so it is asked for more at once
+        (a stale horizon would keep it waiting, as if the lookahead were still full)."""
         with self._lock:
+            self._horizon = min(self._horizon, music_time)
             keep, dropped = [], []
             for item in self._heap:
                 event = item[3]

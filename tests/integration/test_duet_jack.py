@@ -115,10 +115,15 @@ def test_continue_listens_takes_over_after_a_pause_and_a_cc_stops_when_you_play_
     origin = player.scheduler._origin
     take = duet.finish(end)
 
-    # both takeovers happened, the first after the pause and the second on the CC, each within 100 ms
+    # both takeovers happened, the first after the pause and the second on the CC, each first note on
+    # time on the first grid step after the lead (within 100 ms), or, where the machine was too busy
+    # to generate it by then, the first it could meet (``Handover.earliest``)
     assert [h.reason for h in duet.handovers] == ["pause", "cc"], duet.handovers
     assert duet.handovers[1].at == pytest.approx(marks["cc"] - origin, abs=0.02)
-    assert all(0 <= lat <= 0.100 for lat in duet.latencies()), duet.latencies()
+    grid = duet.timeline.seconds(duet.encoder.grid(duet.timeline)) - duet.timeline.seconds(0)
+    for h in duet.handovers:
+        assert h.late < 0.01 and h.earliest <= h.first_note < h.earliest + grid + 1e-6, duet.handovers
+        assert h.first_note - h.at <= 0.100 or h.earliest - h.at > 0.100 - grid, duet.handovers
 
     # every note the pianist played reached the model's state: the fed tokens decode to those pitches
     assert duet.fed_notes == len(phrase) + 6

@@ -149,6 +149,120 @@ def test_four_taps_set_the_tempo_and_the_first_bar_line(tiny):
     assert abs(position - per_beat) <= 1  # on beat 2 of the first bar
 
 
+
+class _SlowMachine:
+    """The tiny model on a slower machine: every RNN step also costs ``delay`` seconds of wall time
+    (a sleep, as a slower CPU's step would take), which the session measures like any other cost."""
+
+    def __init__(self, model, delay: float) -> None:
+        self.model, self.delay = model, delay
+
+    def step(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return self.model.step(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def _takeover_and_stop_at_the_first_note(duet, player, press) -> None:
+    press((0xB0, 67, 127))
+    deadline = time.monotonic() + 10
+    while not (duet.handovers and duet.handovers[0].first_note is not None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    player.stop()
+
+
+def _handover_on_a_slow_machine(tiny_brisk, delay: float, delay_at_cc: float):
+    """One note, then the takeover CC; the model's step costs ``delay`` s, from the CC on ``delay_at_cc`` s.
+    Returns the handover, when its first note left the scheduler (monotonic) and the clock origin."""
+    model, tok = tiny_brisk
+    slow = _SlowMachine(model, delay)
+    out, player, messages, duet, _ = _rig((slow, tok), mode="continue", pause=5.0, tempo=240, lead=0.03)
+    player.scheduler.record = True
+    press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
+
+    def pianist() -> None:
+        time.sleep(0.3)
+        press((0x90, 60, 80))
+        time.sleep(0.1)
+        press((0x80, 60, 0))
+        time.sleep(0.3)  # the note is fed (four tokens at the slow machine's cost)
+        slow.delay = delay_at_cc
+        _takeover_and_stop_at_the_first_note(duet, player, press)
+
+    _run(player, duet, pianist)
+    sched = player.scheduler
+    assert len(duet.handovers) == 1 and duet.handovers[0].first_note is not None, duet.handovers
+    handover = duet.handovers[0]
+    sent = next(s for target, s, data in sched.sent_log
+                if data[0] == 0x90 and data[2] > 0 and target >= sched._origin + handover.first_note - 1e-6)
+    return duet, handover, sent, sched._origin
+
+
+@pytest.mark.slow
+def test_on_a_slow_machine_the_first_note_after_a_handover_waits_for_a_grid_step_it_can_meet(tiny_brisk):
+    """Each token costs 25 ms: the first note needs a Position token and its Pitch, Velocity and
+    Duration (100 ms or more), far past ``lead`` (30 ms) and the next 30 ms grid step. It is placed
+    on a later grid step the model can meet and leaves on time, instead of going out late."""
+    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.025, 0.025)
+    assert handover.reason == "cc"
+    assert sent - (origin + handover.first_note) < 0.015  # it left when it was due, not late
+    assert handover.late < 0.015 and handover.latency == pytest.approx(sent - (origin + handover.at), abs=0.015)
+    assert handover.first_note - handover.at >= 0.03  # never sooner than the lead
+    timeline, encoder = duet.timeline, duet.encoder
+    tick = encoder.tick_at(timeline, duet._seq(handover.first_note))
+    assert tick % encoder.grid(timeline) == 0  # on the grid: the first step at or after the earliest it could meet
+    grid = timeline.seconds(encoder.grid(timeline)) - timeline.seconds(0)
+    assert handover.earliest - handover.at >= 4 * 0.025 and handover.earliest <= handover.first_note < handover.earliest + grid
+
+
+@pytest.mark.slow
+def test_a_first_note_that_still_comes_late_is_reported_late(tiny_brisk):
+    """The machine turns slow at the very handover (a token takes 150 ms from the CC on, after 0 ms
+    before): the first note cannot be on time, and the handover's latency says when it really left."""
+    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.0, 0.15)
+    assert handover.late > 0.2
+    assert handover.latency == pytest.approx(sent - (origin + handover.at), abs=0.015)
+    assert duet.latencies() == [handover.latency]
+
+
+
+@pytest.mark.slow
+def test_while_you_rest_the_bar_lines_go_into_the_state_so_a_handover_feeds_only_its_position(tiny_brisk):
+    out, player, messages, duet, _ = _rig(tiny_brisk, mode="continue", pause=5.0, tempo=240)
+    press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
+    sched, kinds = player.scheduler, duet.session.tables.kind
+    seen: dict[str, object] = {}
+
+    def bars_fed() -> int:
+        forced = list(duet.session.forced)
+        last_note = max(i for i, t in enumerate(forced) if kinds[t] == "Duration")
+        return sum(kinds[t] == "Bar" for t in forced[last_note:])
+
+    def pianist() -> None:
+        time.sleep(0.3)
+        press((0x90, 60, 80))
+        time.sleep(0.1)
+        press((0x80, 60, 0))
+        bar = duet.seconds_per_bar
+        onset_bar = int((sched.music_time() - duet.t0) // bar)
+        while (sched.music_time() - duet.t0) < (onset_bar + 2.5) * bar:  # rest to the middle of the bar after next
+            time.sleep(0.01)
+        time.sleep(0.1)
+        seen["bars"], seen["passed"] = bars_fed(), int((sched.music_time() - duet.t0) // bar) - onset_bar
+        seen["forced"] = len(duet.session.forced)
+        _takeover_and_stop_at_the_first_note(duet, player, press)
+
+    _run(player, duet, pianist)
+    assert seen["passed"] == 2 and seen["bars"] == 2  # both bar lines were in the state before the CC
+    assert [kinds[t] for t in duet.session.forced[seen["forced"]:]] == ["Position"]  # all the handover fed
+    assert duet.handovers and duet.handovers[0].first_note is not None
+
+
 # ---- the take-back: how the model's held notes end -------------------------------------------------
 
 def _model_part():

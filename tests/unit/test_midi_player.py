@@ -172,13 +172,16 @@ def test_the_timing_panel_reads_a_typed_telemetry_record():
     assert telemetry.duet is None and telemetry.scheduler.port_state == "ok"
 
 
+def _listening_player():
+    """A player for a listening source, and the event that says the pianist played."""
+    sched = LookaheadScheduler(FakeOutput(), lookahead=0.3, port_check_interval=0, realtime=False)
+    return sched, LivePlayer(scheduler=sched), threading.Event()
+
+
 def test_a_source_with_something_pending_is_pulled_even_with_the_lookahead_full():
     """A listening source (a duet) says it has input to react to: the player pulls it then, while
     seconds of music are still buffered, instead of waiting for room."""
-    out = FakeOutput()
-    sched = LookaheadScheduler(out, lookahead=0.3, port_check_interval=0, realtime=False)
-    player = LivePlayer(scheduler=sched)
-    key = threading.Event()
+    sched, player, key = _listening_player()
     buffered_when_pulled: list[float] = []
 
     def listening_source():
@@ -192,3 +195,25 @@ def test_a_source_with_something_pending_is_pulled_even_with_the_lookahead_full(
     assert player.play(listening_source(), pending=key.is_set) == "stopped"
     player.close()
     assert buffered_when_pulled[-1] > 4.0  # pulled at the key, with over 4 s of music still ahead
+
+
+def test_after_a_take_back_the_source_is_pulled_again_at_once():
+    """The music a source had generated past a take-back is void: the player asks it for more at once
+    (a duet's first note after the next handover), not once the void music would have played out."""
+    sched, player, key = _listening_player()
+    waited: list[float] = []
+
+    def listening_source():
+        threading.Timer(0.2, key.set).start()  # the pianist plays 0.2 s in
+        yield [note_on(0.0, 60, 80), note_off(4.0, 60)], 5.0, 1  # five seconds generated ahead
+        key.clear()
+        cut = sched.music_time()
+        player.take_back(0, cut, cut, player.take())  # the pianist has the floor: the rest is void
+        yield [], cut + 0.05, 1  # the next handover's first token: 50 ms of music decided
+        waited.append(sched.music_time() - cut)
+        player.stop()
+        yield [], cut + 0.05, 0
+
+    assert player.play(listening_source(), pending=key.is_set) == "stopped"
+    player.close()
+    assert waited and waited[0] < 0.1, waited  # not the 4.5 s the void music would have taken

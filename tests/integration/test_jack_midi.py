@@ -9,7 +9,7 @@ import mido
 import pytest
 
 from engine.midi import LookaheadScheduler, PortError, control_change, list_ports, note_off, note_on, open_output, write_midi_file
-from jack_server import MidiReceiver, jack_server, receiver, sounding_after, tiny_checkpoint  # noqa: F401  (fixtures)
+from jack_server import MidiReceiver, jack_server, receiver, sounding_after, stuck_notes, tiny_checkpoint  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.jack
 
@@ -126,7 +126,7 @@ def test_stop_mid_phrase_leaves_no_note_sounding(receiver):
     out.close()
     got = [d for _, d in receiver.received_settled()]
     assert any(d[0] & 0xF0 == 0x90 for d in got)
-    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}  # real note-offs, not just CC123
+    assert stuck_notes(receiver, got) == {}  # real note-offs, not just CC123
     assert (0xB0, 64, 0) in got and (0xB0, 123, 0) in got
 
 
@@ -202,7 +202,7 @@ def test_ctrl_c_during_live_generation_releases_everything_and_writes_the_file(r
     got = [d for _, d in receiver.received_settled()]
     note_ons = [d for d in got if d[0] & 0xF0 == 0x90 and d[2] > 0]
     assert note_ons
-    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
+    assert stuck_notes(receiver, got) == {}
     assert (0xB0, 123, 0) in got
     written = [tuple(m.bytes()) for m in mido.MidiFile(out) if m.type == "note_on" and m.velocity > 0]
     assert written[: len(note_ons)] == note_ons  # what played is the start of what was written
@@ -242,7 +242,7 @@ def test_generate_reports_a_vanished_synth_and_reconnects_when_it_returns(jack_s
     assert "disappeared" in output and "reconnected" in output, output
     assert proc.returncode == 130, output
     assert any(d[0] & 0xF0 in (0x80, 0x90) for d in got)  # playback went on after reconnecting
-    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
+    assert stuck_notes(second, got) == {}
 
 
 def test_virtual_port_pianomuse_is_created_and_a_synth_connected_to_it_hears_the_stream(receiver, jack_server):
@@ -356,7 +356,7 @@ def test_signals_in_quick_succession_during_live_play_release_every_note_and_wri
     got = [d for _, d in receiver.received_settled()]
     note_ons = [d for d in got if d[0] & 0xF0 == 0x90 and d[2] > 0]
     assert note_ons
-    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}  # each one released
+    assert stuck_notes(receiver, got) == {}  # each one released
     assert (0xB0, 123, 0) in got
     written = [tuple(m.bytes()) for m in mido.MidiFile(out) if m.type == "note_on" and m.velocity > 0]
     assert written[: len(note_ons)] == note_ons  # the take holds what played
@@ -395,7 +395,7 @@ def test_sigterm_during_live_generation_stops_like_ctrl_c(receiver, tiny_checkpo
     assert "every note was released" in " ".join(result.output.split())
     got = [d for _, d in receiver.received_settled()]
     assert any(d[0] & 0xF0 == 0x90 for d in got)
-    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
+    assert stuck_notes(receiver, got) == {}
     assert (0xB0, 123, 0) in got and (tmp_path / "killed.mid").is_file()
 
 
@@ -418,5 +418,5 @@ def test_a_program_that_exits_without_stopping_still_releases_its_notes(receiver
     assert done.returncode == 0, done.stderr
     got = [d for _, d in receiver.received_settled()]
     assert [d for d in got if d[0] & 0xF0 == 0x90] == [(0x90, 60 + i, 90) for i in range(4)]
-    assert sounding_after([d for d in got if not (d[0] & 0xF0 == 0xB0 and d[1] in (120, 123))]) == {}
+    assert stuck_notes(receiver, got) == {}
     assert (0xB0, 64, 0) in got and (0xB0, 123, 0) in got

@@ -59,7 +59,7 @@ def main() -> int:
     if best is None:
         print("no validated checkpoint to export", file=sys.stderr)
         return 1
-    print(f"best validation loss {best.val_loss:.4f} nats/token at step {best.step}: {best.describe()}")
+    print(f"best validation: {best.describe()}")
 
     model, sidecar = load_best_weights(best)
     model = model.to(torch.bfloat16)

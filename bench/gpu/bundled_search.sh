@@ -10,6 +10,7 @@
 #   C8="model.n_layer=8 train.max_steps=1000 optim.weight_decay=0.3 data.ctx_len=2048 train.batch_size=8 train.micro_batch_size=8"
 #   D6="train.max_steps=900 data.velocity_jitter=2 data.tempo_jitter=0.05"
 #   then E8/F8/G8/H10 and I8/J8/K8/M8 (listed in the results file); G8 is today's bundled.toml.
+# Round 7 (G8 beside G8 with weight averaging, and two more): bench/gpu/round7_bundled.sh.
 set -u
 OUT=${OUT:-gpu-out}; L=$(mktemp -d); mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -27,6 +28,8 @@ wait; echo "== trainings done $((SECONDS-t0))s"
 for v in "${names[@]}"; do
   loss=$(python3 -c "import json; print(json.load(open('$L/$v/pianomuse-v8-small.json'))['extra']['val_loss'])" 2>/dev/null || echo 9)
   echo "$loss $v"; grep -E "^best|^training" "$L/bundled_$v.log"
+  # with train.ema_decay: the lowest validation loss of the trained weights and of their average, apart
+  python3 bench/gpu/val_summary.py "$L/$v/pianomuse-v8-small.metrics.jsonl" 2>/dev/null
 done | tee "$L/summary.txt"
 for v in $(grep -E "^[0-9.]+ [A-Za-z0-9]+$" "$L/summary.txt" | sort -n | head -2 | cut -d' ' -f2); do
   split -b 15M -d "$L/$v/pianomuse-v8-small.pth" "$OUT/$v.pth.part"

@@ -107,6 +107,20 @@ def test_train_cpu_bench_runs_the_real_trainer_and_prints_its_row(capsys):
     assert cells[1] == "1" and float(cells[2]) > 0 and float(cells[3]) > 0  # one torch thread, steps/s, tokens
 
 
+@pytest.mark.slow
+def test_train_ema_cpu_bench_trains_once_per_decay_and_tabulates_raw_beside_each_average(capsys):
+    bench_module("train_ema_cpu").main(["--steps", "4", "--val-every", "2", "--val-batches", "1", "--decays", "0.5,0.9",
+                                        "--set", "optim.warmup_steps=0"])
+    out = capsys.readouterr().out
+    assert "| step | raw | EMA 0.5 | EMA 0.9 |" in out and "note: the raw weights" not in out  # the same training twice
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"2", "4", "lowest (step)", "last"}
+    raw, ema_05, ema_09 = (float(c) for c in rows["4"])
+    assert len({raw, ema_05, ema_09}) == 3  # three different sets of weights scored
+    assert rows["last"] == rows["4"]
+
+
 @pytest.mark.timeout(120)
 def test_decode_gpu_cpu_smoke_writes_one_json_with_every_batch(tmp_path, capsys):
     bench = bench_module("decode_gpu")
@@ -131,3 +145,20 @@ def test_rnn_step_ops_counts_per_layer(tmp_path):
     # the per-layer count does not depend on depth, and the step's products are batched
     assert abs(rows[0]["ops_per_layer"] - rows[1]["ops_per_layer"]) < 3
     assert rows[1]["by_op"]["bmm"] >= 5 * 3
+
+
+def test_gpu_val_summary_gives_the_lowest_loss_of_the_weights_and_of_their_average(tmp_path):
+    from engine.metric_records import ValRecord
+    from engine.train.metrics import MetricsLog
+
+    sys.path.insert(0, str(REPO / "bench" / "gpu"))
+    import val_summary
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step, raw, ema in ((50, 1.0, 1.1), (100, 0.8, 0.78), (150, 0.85, 0.79)):
+        log.write(ValRecord(step=step, val_loss=raw, ema_val_loss=ema))
+    log.close()
+    assert val_summary.lowest(tmp_path / "metrics.jsonl") == [
+        "  raw: lowest val 0.8000 at step 100, last 0.8500 at step 150",
+        "  ema: lowest val 0.7800 at step 100, last 0.7900 at step 150",
+    ]

@@ -82,9 +82,10 @@ class DuetConfig:
     count_in: int = _knob(1, "bars of click before your first turn.", ("call-and-response",), "count")
     click: bool = _knob(True, "a metronome click on the GM drum channel.", ("call-and-response",), "click")
     split: int = _knob(60, "the model plays below this MIDI pitch (60 = middle C).", ("accompany",), "split")
-    lead: float = _knob(0.03, "the least seconds from a handover to the model's first note; it takes the first grid "
-                              "step after that which it can meet at its measured time per token, so a slow machine "
-                              "waits a step longer rather than playing late.", ("continue", "accompany"), "lead")
+    lead: float = _knob(0.0, "the least seconds from a handover to the model's first note (0: as soon as it can); "
+                             "it takes the first grid step after that which it can meet at its measured time per "
+                             "token, so a slow machine waits a step longer rather than playing late.",
+                        ("continue", "accompany"), "lead")
     thru: bool = _knob(True, "your notes also sound through PianoMuse's output.", label="thru")
 
     def problem(self) -> str | None:

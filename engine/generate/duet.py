@@ -2,8 +2,8 @@
 
 - continue: you play; when you stop for ``pause`` seconds, or press the takeover pedal/CC (CC67, the
   soft pedal, by default), the model continues from exactly what you played, its first note on the
-  first grid step at least ``lead`` seconds later that it can meet (the tokens still to generate, as
-  long as that many took lately; ``Duet._first_step``); when you play again it stops at
+  first grid step it can meet (the tokens still to feed and draw, as long as that many took lately;
+  ``Duet._first_step``), and at least ``lead`` seconds later (none by default); when you play again it stops at
   once and listens, its held notes ending as ``takeback`` says ("finish": each where the model
   wrote it, at most a bar later, the pedal up by then; "release": at once; ``LivePlayer.take_back``).
 - call-and-response: a click counts in ``count_in`` bars, then you play ``turn_bars`` bars and the
@@ -51,6 +51,7 @@ CLICK_CHANNEL = 9
 CLICK_HIGH, CLICK_LOW = 76, 77  # GM high and low wood block: the downbeat and the other beats
 POLL_S = 0.004  # how long the source waits for input while the pianist has the floor
 FIRST_NOTE_TOKENS = 3  # Pitch, Velocity, Duration: the decoder sends a note once its duration is drawn
+UNTIMED_TOKEN_S = 0.01  # a token's cost before the session has timed any (it times every token it feeds or draws)
 HANDOFF_S = 0.002  # from the note's last token to it leaving: the chunk's way to the scheduler, its sender waking
 BAR_SLACK_S = 0.05  # a bar line passed in silence goes into the state this long after (a key struck just before may be on its way)
 TURN_PREPARE_S = 0.2  # call-and-response: the model takes the floor this long before its bar line
@@ -350,12 +351,12 @@ class Duet:
         more later, on time. Returns the step (ticks) and the earliest time it had to be at or after."""
         timeline, encoder = self.timeline, self.encoder
         tick = max(timeline.tick, encoder.snap(timeline, encoder.tick_at(timeline, self._seq(earliest), up=True), up=True))
-        if self.session.seconds_for(1) is None:
-            return tick, earliest
         ready = self.player.scheduler.music_time() + HANDOFF_S
         last = tick + 4 * timeline.ticks_per_bar  # a token costing over a bar: the note comes late (and says so)
         while True:
-            needed = ready + self.session.seconds_for(len(encoder.advance(timeline, tick)) + FIRST_NOTE_TOKENS)
+            tokens = len(encoder.advance(timeline, tick)) + FIRST_NOTE_TOKENS
+            cost = self.session.seconds_for(tokens)
+            needed = ready + (tokens * UNTIMED_TOKEN_S if cost is None else cost)
             if tick >= last or timeline.seconds(tick) + self.t0 >= needed:
                 return tick, max(earliest, needed)
             tick = encoder.snap(timeline, tick + 1, up=True)

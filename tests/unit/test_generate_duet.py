@@ -173,15 +173,20 @@ def _takeover_and_stop_at_the_first_note(duet, player, press) -> None:
     deadline = time.monotonic() + 10
     while not (duet.handovers and duet.handovers[0].first_note is not None) and time.monotonic() < deadline:
         time.sleep(0.01)
+    sched = player.scheduler
+    while time.monotonic() < deadline and duet.handovers and not any(  # the first note has left, not just been drawn
+            data[0] == 0x90 and data[2] > 0 and target >= sched._origin + duet.handovers[0].first_note - 1e-6
+            for target, _, data in list(sched.sent_log)):
+        time.sleep(0.005)
     player.stop()
 
 
-def _handover_on_a_slow_machine(tiny_brisk, delay: float, delay_at_cc: float):
+def _handover_on_a_slow_machine(tiny_brisk, delay: float, delay_at_cc: float, **config):
     """One note, then the takeover CC; the model's step costs ``delay`` s, from the CC on ``delay_at_cc`` s.
     Returns the handover, when its first note left the scheduler (monotonic) and the clock origin."""
     model, tok = tiny_brisk
     slow = _SlowMachine(model, delay)
-    out, player, messages, duet, _ = _rig((slow, tok), mode="continue", pause=5.0, tempo=240, lead=0.03)
+    out, player, messages, duet, _ = _rig((slow, tok), mode="continue", pause=5.0, tempo=240, **config)
     player.scheduler.record = True
     press = lambda data: messages.put((time.monotonic(), data))  # noqa: E731
 
@@ -208,7 +213,7 @@ def test_on_a_slow_machine_the_first_note_after_a_handover_waits_for_a_grid_step
     """Each token costs 25 ms: the first note needs a Position token and its Pitch, Velocity and
     Duration (100 ms or more), far past ``lead`` (30 ms) and the next 30 ms grid step. It is placed
     on a later grid step the model can meet and leaves on time, instead of going out late."""
-    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.025, 0.025)
+    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.025, 0.025, lead=0.03)
     assert handover.reason == "cc"
     assert sent - (origin + handover.first_note) < 0.015  # it left when it was due, not late
     assert handover.late < 0.015 and handover.latency == pytest.approx(sent - (origin + handover.at), abs=0.015)
@@ -221,10 +226,25 @@ def test_on_a_slow_machine_the_first_note_after_a_handover_waits_for_a_grid_step
 
 
 @pytest.mark.slow
+def test_by_default_the_measured_cost_alone_decides_how_soon_the_first_note_comes(tiny_brisk):
+    """No ``lead`` given: on a fast machine (the tiny model's tokens take well under a millisecond) the
+    first note may come sooner than the 30 ms the lead used to be: on the first grid step at or after
+    the time its tokens need, and on time."""
+    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.0, 0.0)
+    assert handover.earliest - handover.at < 0.03  # the measured cost, not a 30 ms floor
+    assert DuetConfig().lead == 0.0
+    assert sent - (origin + handover.first_note) < 0.015 and handover.late < 0.015
+    timeline, encoder = duet.timeline, duet.encoder
+    assert encoder.tick_at(timeline, duet._seq(handover.first_note)) % encoder.grid(timeline) == 0
+    grid = timeline.seconds(encoder.grid(timeline)) - timeline.seconds(0)
+    assert handover.earliest <= handover.first_note < handover.earliest + grid
+
+
+@pytest.mark.slow
 def test_a_first_note_that_still_comes_late_is_reported_late(tiny_brisk):
     """The machine turns slow at the very handover (a token takes 150 ms from the CC on, after 0 ms
     before): the first note cannot be on time, and the handover's latency says when it really left."""
-    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.0, 0.15)
+    duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.0, 0.15, lead=0.03)
     assert handover.late > 0.2
     assert handover.latency == pytest.approx(sent - (origin + handover.at), abs=0.015)
     assert duet.latencies() == [handover.latency]

@@ -1,4 +1,5 @@
-"""The trainer: config, optimizer groups, schedule, loop, checkpoints, metrics log, distributed.
+"""The trainer: config, optimizer groups, schedule, loop, checkpoints, metrics log, distributed,
+weight averaging, and a run's best validated weights.
 
 See docs/training.md. ``run_training(config, on_metrics=None, stop_event=None)`` is the entry
 point for the CLI and for the app's spawned training process. ``import engine.train.config`` is
@@ -17,6 +18,10 @@ _EXPORTS = {
     "TrainResult": "engine.train.trainer",
     "TrainingAborted": "engine.train.trainer",
     "run_training": "engine.train.trainer",
+    "WeightAverage": "engine.train.averaging",
+    "BestWeights": "engine.train.export",
+    "best_validated_weights": "engine.train.export",
+    "load_best_weights": "engine.train.export",
 }
 
 __all__ = sorted(_EXPORTS)

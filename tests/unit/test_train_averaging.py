@@ -214,3 +214,19 @@ def test_swapping_the_average_in_and_out_is_exact():
             torch.testing.assert_close(p.detach(), raw[n] + 1.0 + 1.0 / 1.5)
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), raw[n] + 2.0)
+
+
+@pytest.mark.slow
+def test_turning_averaging_on_when_resuming_starts_the_average_and_says_so(tmp_path):
+    first = run_training(_config(tmp_path, **{"train.max_steps": 2, "run.checkpoint_every": 2}))
+    assert rundir.load_trainer_state(rundir.latest_checkpoint(first.run_dir))["ema"] is None
+    resumed = run_training(load_config(first.run_dir / rundir.CONFIG).with_overrides(
+        [f"run.resume={first.run_dir}", "train.max_steps=4", "train.ema_decay=0.9"]))
+    assert resumed.step == 4
+    saved = _average(rundir.latest_checkpoint(resumed.run_dir))
+    assert saved["decay"] == 0.9 and saved["updates"] == 2  # steps 3 and 4
+    raw = _raw_weights(rundir.latest_checkpoint(resumed.run_dir))
+    assert any(not torch.equal(w, raw[name]) for name, w in saved["weights"].items())
+    notes = [r.message for r in read_metrics(resumed.run_dir / rundir.METRICS) if r.kind == "status" and r.state == "note"]
+    assert notes == ["the checkpoint has no weight average (it was trained with train.ema_decay=0), so the average "
+                     "starts from the weights after step 3"]

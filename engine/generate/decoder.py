@@ -1,6 +1,9 @@
 """StreamDecoder: token ids -> timed MIDI events (absolute seconds), incrementally, as they are generated.
 
-A note-on goes out when its note is complete (Pitch, Velocity, Duration). Its note-off goes out
+A note-on goes out when its note is complete (Pitch, Velocity, Duration), or with ``strike_early``
+as soon as its Velocity is known (a live duet's first note leaves one token sooner; the events and
+their order are the same, only the Duration's feed returns the note's bookkeeping alone, and the
+grammar always draws a Duration next). Its note-off goes out
 once generation has moved past the note's end, so its time uses every tempo change up to there
 (future tempo tokens can only come later in time). Overlapping notes of one pitch follow
 ``same_pitch_rule`` (a unison doubling is one note, a re-strike releases the sounding note first),
@@ -14,7 +17,7 @@ import itertools
 
 from engine.midi.events import CC_SUSTAIN, MeterMap, MidiEvent, control_change, note_off, note_on
 
-from .timeline import MERGE, RESTRIKE, Note, TokenTables, TokenTimeline, same_pitch_rule
+from .timeline import MERGE, RESTRIKE, Note, TokenTables, TokenTimeline, same_pitch_rule, strike_action
 
 
 class StreamDecoder:
@@ -38,6 +41,7 @@ class StreamDecoder:
         self._seq = itertools.count()
         self.end_tick: int | None = None  # where the piece ends when that is a bar line, not its last note
         self._sounding: dict[int, tuple[int, int]] = {}  # pitch -> (onset, end) ticks of its sounding note
+        self.strike_early = False  # True: a note-on goes out once its Velocity is drawn, before its Duration
 
     def copy(self) -> "StreamDecoder":
         twin = StreamDecoder.__new__(StreamDecoder)
@@ -75,25 +79,32 @@ class StreamDecoder:
     def feed(self, token_id: int) -> list[MidiEvent]:
         events: list[MidiEvent] = []
         for item in self.timeline.feed(int(token_id)):
-            if item[0] == "note":
+            if item[0] == "strike" and self.strike_early:
+                _, onset, pitch, velocity = item
+                self._strike(onset, pitch, velocity, strike_action(self._sounding.get(pitch), onset), events)
+            elif item[0] == "note":
                 note: Note = item[1]
                 self.notes.append(note)
                 self._flush_offs(note.onset, events)
                 sounding = self._sounding.get(note.pitch)
                 action, end = same_pitch_rule(sounding, note)
-                if action == RESTRIKE:
-                    self._emit(events, note_off(self._time(note.onset), note.pitch, self.channel))
-                if action == MERGE:
-                    self._sounding[note.pitch] = (sounding[0], end)
-                else:
-                    self._emit(events, note_on(self._time(note.onset), note.pitch, note.velocity, self.channel))
-                    self._sounding[note.pitch] = (note.onset, end)
+                if not self.strike_early:  # else struck at its Velocity (nothing has changed since)
+                    self._strike(note.onset, note.pitch, note.velocity, action, events)
+                self._sounding[note.pitch] = (sounding[0] if action == MERGE else note.onset, end)
                 heapq.heappush(self._pending_offs, (end, next(self._seq), note.pitch))
             elif item[0] == "pedal":
                 self._flush_offs(item[1], events)
                 self._emit(events, control_change(self._time(item[1]), CC_SUSTAIN, 127 if item[2] else 0, self.channel))
         self._flush_offs(self.timeline.tick, events)
         return events
+
+    def _strike(self, onset: int, pitch: int, velocity: int, action: str, events: list[MidiEvent]) -> None:
+        """The key goes down at ``onset`` as ``same_pitch_rule`` says (a re-strike releases it first)."""
+        self._flush_offs(onset, events)
+        if action == RESTRIKE:
+            self._emit(events, note_off(self._time(onset), pitch, self.channel))
+        if action != MERGE:
+            self._emit(events, note_on(self._time(onset), pitch, velocity, self.channel))
 
     @property
     def horizon(self) -> float:

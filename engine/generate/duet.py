@@ -50,7 +50,7 @@ MODEL_CHANNEL = 0
 CLICK_CHANNEL = 9
 CLICK_HIGH, CLICK_LOW = 76, 77  # GM high and low wood block: the downbeat and the other beats
 POLL_S = 0.004  # how long the source waits for input while the pianist has the floor
-FIRST_NOTE_TOKENS = 3  # Pitch, Velocity, Duration: the decoder sends a note once its duration is drawn
+FIRST_NOTE_TOKENS = 2  # Pitch, Velocity: the duet's decoder strikes a note once its velocity is drawn (``strike_early``)
 UNTIMED_TOKEN_S = 0.01  # a token's cost before the session has timed any (it times every token it feeds or draws)
 HANDOFF_S = 0.002  # from the note's last token to it leaving: the chunk's way to the scheduler, its sender waking
 BAR_SLACK_S = 0.05  # a bar line passed in silence goes into the state this long after (a key struck just before may be on its way)
@@ -64,6 +64,7 @@ class Handover:
     earliest: float | None = None  # music seconds: the first note is on the first grid step at or after this
     first_note: float | None = None  # music seconds of the model's first note after it
     late: float = 0.0  # seconds the first note was ready after its time (it then left at once, that late)
+    drawn: int | None = None  # tokens the model drew from the handover up to its first note-on (Pitch, Velocity)
 
     @property
     def latency(self) -> float | None:
@@ -105,6 +106,7 @@ class Duet:
         self.encoder = LiveEncoder(session.tables)
         self._follow_knobs = KnobFollower(session, knobs, bars=False)  # a duet has no length
         self.row = session.rows[0]
+        self.row.decoder.strike_early = True  # a note-on leaves with its Velocity, not after its Duration
         session.endless = True
         self.t0 = 0.0  # music seconds where the sequence's time 0 (its first bar line) falls
         self.taps: list[float] = []  # tap_tempo: when the taps came
@@ -309,6 +311,7 @@ class Duet:
     # ---- the floor ----------------------------------------------------------------------------------
 
     _handover_reason = "pause"
+    _drawn_before = 0  # the session's tokens generated at the latest handover
 
     def _handover_due(self, now: float) -> bool:
         mode = self.config.mode
@@ -342,6 +345,7 @@ class Duet:
         self._played_since_handover = False
         if reason != "start":
             self.handovers.append(Handover(at if reason != "turn" else self._turn_start, reason, earliest=earliest))
+            self._drawn_before = self.session.tokens_generated
 
     def _first_step(self, earliest: float) -> tuple[int, float]:
         """The first grid step at or after ``earliest`` (music seconds) that the model can meet: the
@@ -431,6 +435,7 @@ class Duet:
                 handover = self.handovers[-1]
                 handover.first_note = event.time
                 handover.late = max(0.0, self.player.scheduler.music_time() - event.time)
+                handover.drawn = self.session.tokens_generated - self._drawn_before
         self.take.model.extend(events)
         return events
 

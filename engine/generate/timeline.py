@@ -95,11 +95,16 @@ def same_pitch_rule(sounding: tuple[int, int] | None, note: Note) -> tuple[str, 
       again, to the new note's end.
     """
     end = note.onset + max(1, note.duration)
-    if sounding is None or sounding[1] <= note.onset:
-        return STRIKE, end
-    if sounding[0] == note.onset:
-        return MERGE, max(sounding[1], end)
-    return RESTRIKE, end
+    action = strike_action(sounding, note.onset)
+    return action, max(sounding[1], end) if action == MERGE else end
+
+
+def strike_action(sounding: tuple[int, int] | None, onset: int) -> str:
+    """``same_pitch_rule``'s action for a note struck at ``onset``: it does not depend on the new
+    note's duration, so a live player can strike the key before the Duration token is drawn."""
+    if sounding is None or sounding[1] <= onset:
+        return STRIKE
+    return MERGE if sounding[0] == onset else RESTRIKE
 
 
 def sounding_notes(notes) -> list[Note]:
@@ -126,7 +131,9 @@ def sounding_notes(notes) -> list[Note]:
 class TokenTimeline:
     """Time state after each token of one sequence; ``feed`` returns what the token completed.
 
-    Returned items: ``("note", Note)``, ``("pedal", tick, down)``, ``("tempo", tick, qpm)``.
+    Returned items: ``("strike", tick, pitch, velocity)`` once a note's Velocity is known (its
+    Duration token follows), ``("note", Note)`` once it is complete, ``("pedal", tick, down)``,
+    ``("tempo", tick, qpm)``.
     """
 
     def __init__(self, tables: TokenTables) -> None:
@@ -232,6 +239,7 @@ class TokenTimeline:
         elif kind == "Velocity":
             if stage == 1:
                 self._velocity, self.note_stage = int(value), 2
+                out.append(("strike", self.tick, self._pitch, self._velocity))
         elif kind == "Duration":
             if stage == 2:
                 duration = t.duration_ticks[self.ticks_per_beat][value]

@@ -210,8 +210,8 @@ def _handover_on_a_slow_machine(tiny_brisk, delay: float, delay_at_cc: float, **
 
 @pytest.mark.slow
 def test_on_a_slow_machine_the_first_note_after_a_handover_waits_for_a_grid_step_it_can_meet(tiny_brisk):
-    """Each token costs 25 ms: the first note needs a Position token and its Pitch, Velocity and
-    Duration (100 ms or more), far past ``lead`` (30 ms) and the next 30 ms grid step. It is placed
+    """Each token costs 25 ms: the first note needs a Position token and its Pitch and Velocity
+    (75 ms or more), far past ``lead`` (30 ms) and the next 30 ms grid step. It is placed
     on a later grid step the model can meet and leaves on time, instead of going out late."""
     duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.025, 0.025, lead=0.03)
     assert handover.reason == "cc"
@@ -222,7 +222,7 @@ def test_on_a_slow_machine_the_first_note_after_a_handover_waits_for_a_grid_step
     tick = encoder.tick_at(timeline, duet._seq(handover.first_note))
     assert tick % encoder.grid(timeline) == 0  # on the grid: the first step at or after the earliest it could meet
     grid = timeline.seconds(encoder.grid(timeline)) - timeline.seconds(0)
-    assert handover.earliest - handover.at >= 4 * 0.025 and handover.earliest <= handover.first_note < handover.earliest + grid
+    assert handover.earliest - handover.at >= 3 * 0.025 and handover.drawn == 2 and handover.earliest <= handover.first_note < handover.earliest + grid
 
 
 @pytest.mark.slow
@@ -233,6 +233,7 @@ def test_by_default_the_measured_cost_alone_decides_how_soon_the_first_note_come
     duet, handover, sent, origin = _handover_on_a_slow_machine(tiny_brisk, 0.0, 0.0)
     assert handover.earliest - handover.at < 0.03  # the measured cost, not a 30 ms floor
     assert DuetConfig().lead == 0.0
+    assert handover.drawn == 2  # the note-on left with its Velocity: Pitch and Velocity drawn, not its Duration yet
     assert sent - (origin + handover.first_note) < 0.015 and handover.late < 0.015
     timeline, encoder = duet.timeline, duet.encoder
     assert encoder.tick_at(timeline, duet._seq(handover.first_note)) % encoder.grid(timeline) == 0

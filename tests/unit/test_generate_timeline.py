@@ -73,6 +73,32 @@ def test_restruck_pitch_is_released_before_it_sounds_again():
     assert kinds == [("on", 0.0), ("off", 0.5), ("on", 0.5), ("off", 1.0)]  # 120 qpm: a quarter is 0.5 s
 
 
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_striking_at_the_velocity_sends_the_same_events_one_token_sooner(tokenizer, path):
+    """``strike_early`` (a live duet): every note-on (and a re-strike's note-off) comes out of the
+    Velocity token's feed, not the Duration's; the whole stream is the same events in the same order."""
+    ids = tokenizer.encode_file(path)
+    ids += [tokenizer.token_id(name) for name in  # a unison doubling, then a re-strike of that pitch
+            ("Pitch_60", "Velocity_63", "Duration_2.0.8", "Pitch_60", "Velocity_63", "Duration_1.0.8",
+             "TimeShift_1.0.8" if tokenizer.tokenization == "TSD" else "Bar_None", "Pitch_60", "Velocity_63", "Duration_1.0.8")]
+    plain, early = StreamDecoder(TokenTables(tokenizer)), StreamDecoder(TokenTables(tokenizer))
+    early.strike_early = True
+    kinds = TokenTables(tokenizer).kind
+    streams: list[list] = [[], []]
+    for token in ids:
+        for stream, decoder in zip(streams, (plain, early)):
+            events = decoder.feed(token)
+            stream += events
+            if decoder is early and kinds[token] == "Duration":
+                assert not any(e.is_note_on for e in events)
+            if decoder is plain and kinds[token] == "Velocity":
+                assert not any(e.is_note_on for e in events)
+    streams[0] += plain.finish()
+    streams[1] += early.finish()
+    assert [(e.time, e.data) for e in streams[1]] == [(e.time, e.data) for e in streams[0]]
+    assert sum(e.is_note_on for e in streams[1]) == len(sounding_notes(early.notes)) and early.notes == plain.notes
+
+
 def pedalled_score_with_a_tempo_change():
     """Four bars at 120 then 80 qpm: a held bass note under a melody, the sustain pedal pressed four times."""
     import symusic

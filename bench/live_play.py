@@ -8,7 +8,7 @@
    leaving the scheduler (wall clock, ``sent_log``), and to the note's scheduled time (music clock);
    how many first notes left late (over 5 ms after their time), the duet's own report of the
    latency (``Handover.latency``, lateness included), and the earliest time the duet found it could
-   meet (``Handover.earliest``: the lead, or the first note's tokens at the recent cost per token).
+   meet (``Handover.earliest``: the first note's tokens at the recent cost per token, or ``--lead``).
    ``--list`` prints every handover.
 1b. Take-back (--takeback release and finish): in the same script each phrase after the first takes
    the floor back; per model note held at that moment, its note-off's send time against when it was
@@ -111,7 +111,8 @@ def handover_latency(n: int, pause: float, listing: bool = False) -> dict:
             late += first[0] - first[1] > 0.005
             if listing:
                 print(f"  handover {k:2d} ({h.reason}): earliest {1e3 * earliest[-1]:5.1f} ms, scheduled "
-                      f"{1e3 * scheduled[-1]:5.1f} ms, sent {1e3 * wall[-1]:5.1f} ms ({1e3 * (first[0] - first[1]):.1f} ms after its time)")
+                      f"{1e3 * scheduled[-1]:5.1f} ms, sent {1e3 * wall[-1]:5.1f} ms ({1e3 * (first[0] - first[1]):.1f} ms after its time), "
+                      f"{h.drawn} tokens drawn before its note-on")
     return {"handovers": len(duet.handovers), "measured": len(wall), "reasons": sorted({h.reason for h in duet.handovers}),
             "wall_p50": pct(wall, 0.5), "wall_p99": pct(wall, 0.99), "wall_max": max(wall, default=float("nan")),
             "sched_p50": pct(scheduled, 0.5), "sched_p99": pct(scheduled, 0.99), "late": late,

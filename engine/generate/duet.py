@@ -388,6 +388,7 @@ class Duet:
         where it wrote them but at most a bar later)."""
         cut = now if at is None else at
         latest = cut + self.seconds_per_bar if self.config.takeback == "finish" else cut
+        self._complete_struck_note(cut)
         self._end_model_part(cut, latest, self._written_ends(cut))
         decoder = self.row.decoder
         self._forget_unplayed(cut)
@@ -395,6 +396,18 @@ class Duet:
         decoder._pending_offs.clear()  # ended by the releases; the tokens keep their durations
         decoder._sounding.clear()
         self.model_has_floor = False
+
+    def _complete_struck_note(self, cut: float) -> None:
+        """A note struck at its Velocity whose Duration is not drawn yet: draw it (the grammar allows
+        nothing else), so the session can be marked with the note in it and a take-back after its
+        onset keeps in the state the note that sounded (and ends it where the model wrote it)."""
+        if self.timeline.note_stage != 2:
+            return
+        events = self.session.step().events[0]
+        if events:
+            self.player.play_now_or_later(events)
+            self.take.model.extend(events)
+        self._mark(cut)
 
     _tail_end = 0.0  # music seconds: where the last release of the latest take-back falls
 

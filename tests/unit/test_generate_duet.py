@@ -241,6 +241,27 @@ def test_by_default_the_measured_cost_alone_decides_how_soon_the_first_note_come
     assert handover.earliest <= handover.first_note < handover.earliest + grid
 
 
+def test_a_take_back_just_after_a_note_struck_at_its_velocity_keeps_that_note_in_the_state(tiny_brisk):
+    """The first note-on leaves with its Velocity; you play again after it sounded but before its
+    Duration was drawn: the model draws its Duration first, so its state keeps the note it played
+    (and the note ends where the model wrote it), as for any note that sounded before a take-back."""
+    out, player, messages, duet, _ = _rig(tiny_brisk, mode="continue", pause=5.0, tempo=240)
+    session, kinds = duet.session, duet.session.tables.kind
+    duet._give_floor_to_model(0.0, "cc")
+    while duet.timeline.note_stage != 2:  # draw up to the first note's Velocity
+        duet._mark(0.0)
+        duet._model_events(session.step().events[0])
+    onset = duet.handovers[-1].first_note
+    assert onset is not None and [e.data[1] for e in duet.take.model if e.is_note_on] == [duet.timeline._pitch]
+    duet._take_floor_back(onset + 0.01)
+    tokens = session.rows[0].tokens
+    assert [kinds[t] for t in tokens[-3:]] == ["Pitch", "Velocity", "Duration"]  # the note stayed in the state
+    note = duet.row.decoder.notes[-1]
+    assert duet.row.decoder._time(note.onset) == pytest.approx(onset) and duet.timeline.note_stage == 0
+    assert sum(e.is_note_off for e in duet.take.model) == 1
+    player.close()
+
+
 @pytest.mark.slow
 def test_a_first_note_that_still_comes_late_is_reported_late(tiny_brisk):
     """The machine turns slow at the very handover (a token takes 150 ms from the CC on, after 0 ms

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from engine.data.check import ScanReport
     from engine.train.request import TrainRequest
 
-    from .performance import PerformanceTelemetry
+    from engine.generate.performance import PerformanceTelemetry
     from .training_process import TrainingProcess
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 async def shoot(run: Path, checkpoint: Path | None, out: Path, size: tuple[int, int]) -> list[Path]:
     from pianomuse_tui.app import PianoMuseApp
     from pianomuse_tui.messages import ScanFinished
-    from pianomuse_tui.performance import default_checkpoint
+    from engine.generate.performance import default_checkpoint
 
     seen: list = []
     files = []

@@ -241,8 +241,7 @@ def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, ch
     code = 0
     with signals_call(lambda signum: player.stop()):  # as in a generated take: signals ask to stop, never cut the clean-up
         try:
-            ended = duet.play()
-            code = {"finished": 0, "stopped": 130, "port lost": 3}[ended]
+            code = EXIT_CODES[duet.play()]
         except KeyboardInterrupt:
             code = 130
         finally:
@@ -295,12 +294,14 @@ def _print_notice(notice) -> None:
         err_console.print(f"[{colour}]{notice.text}[/]")
 
 
+EXIT_CODES = {"finished": 0, "stopped": 130, "port lost": 3}  # what LivePlayer.play returns -> exit status
+
+
 def _perform(session, player) -> int:
     """Play alternative 1 of ``session`` through ``player`` (the engine's live player); the exit status."""
     from engine.generate.live import chunks
 
-    ended = player.play(chunks(session))
-    return {"finished": 0, "stopped": 130, "port lost": 3}[ended]
+    return EXIT_CODES[player.play(chunks(session))]
 
 
 def run_ports(midi_api: str) -> int:

@@ -20,9 +20,9 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from engine.generate.defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, KnobSettings, duet_config, tempo_from_taps
+from engine.generate.performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry, default_checkpoint
 
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
-from ..performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry, default_checkpoint
 from ..requests import GenerateArgs
 from ..widgets.meters import bar
 from ..widgets.piano_roll import PianoRoll
@@ -492,24 +492,15 @@ class GeneratePane(PaneBase):
 
     @work(thread=True, exclusive=True, group="perform", exit_on_error=False, name="take writer")
     def _write_take(self, settings: PerformanceSettings, knobs: KnobSettings, out: Path) -> None:
-        from engine.generate import GenerationError, SamplingConfig
-        from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
-        from engine.midi import take_paths
+        from engine.generate import GenerationError
+        from engine.generate.performance import write_take
 
         problem = settings.problem()
         if problem is not None:
             self.post_message(TakeWritten([], error=problem))
             return
         try:
-            model, tokenizer, _ = load_generator(settings.checkpoint)
-            sampling = SamplingConfig(temperature=knobs.temperature, top_p=knobs.top_p, seed=knobs.seed)
-            session = build_session(model, tokenizer, prompt=settings.prompt, prompt_bars=settings.prompt_bars,
-                                    sampling=sampling, alternatives=knobs.alternatives, bars=knobs.bars,
-                                    max_tokens=HARD_TOKEN_CAP)
-            session.run()
-            session.finish()
-            paths = take_paths(out, session.alternatives, session.seed)
-            written = [session.write_midi(row, path) for row, path in enumerate(paths)]
+            written = write_take(settings, knobs, out)
         except (GenerationError, OSError) as exc:
             self.post_message(TakeWritten([], error=one_sentence(exc)))
             return

@@ -21,7 +21,7 @@ from app_helpers import wait_for
 from engine.paths import CORPUS_DIR, MODELS_DIR, REPO_ROOT
 from pianomuse_tui import resources
 from pianomuse_tui.app import PianoMuseApp
-from pianomuse_tui.performance import default_checkpoint
+from engine.generate.performance import default_checkpoint
 from pianomuse_tui.requests import DatasetArgs, GenerateArgs
 
 SIZE = (120, 36)

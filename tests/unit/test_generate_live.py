@@ -39,7 +39,7 @@ def test_stream_hands_over_its_session_with_every_alternative(tiny_model, tmp_pa
 def test_the_knobs_are_a_typed_snapshot_the_session_follows(tiny_model):
     """The pane hands the performance a KnobSettings (no dict keys to guess); a session follows a new
     version's temperature, top-p and bars, and ignores a snapshot whose version it has seen."""
-    from pianomuse_tui.performance import Knobs
+    from engine.generate.performance import Knobs
 
     model, tok = tiny_model
     knobs = Knobs()

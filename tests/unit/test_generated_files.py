@@ -107,7 +107,7 @@ def test_the_generate_pane_saves_a_running_take_up_to_the_playhead(tmp_path):
     from engine.generate import GenerationSession, SamplingConfig
     from engine.midi.scheduler import LookaheadScheduler
     from engine.model import RWKV7, ModelConfig
-    from pianomuse_tui.performance import Knobs, Performance, PerformanceSettings
+    from engine.generate.performance import Knobs, Performance, PerformanceSettings
     from tests.unit.midi_helpers import FakeClock, FakeOutput
 
     tok = PianoTokenizer("REMI")

@@ -139,7 +139,7 @@ def test_both_faces_start_from_the_engine_generation_defaults():
 
     from engine.generate import DEFAULT_BARS, SamplingConfig
     from pianomuse_tui.cli import app
-    from pianomuse_tui.performance import Knobs
+    from engine.generate.performance import Knobs
 
     defaults = SamplingConfig()
     knobs = Knobs()
@@ -153,7 +153,7 @@ def test_the_app_does_not_import_the_headless_command_modules():
     import subprocess
     import sys
 
-    code = "import sys, pianomuse_tui.performance, pianomuse_tui.panes.generate; print('generate_cmd' in ' '.join(sys.modules))"
+    code = "import sys, engine.generate.performance, pianomuse_tui.panes.generate; print('generate_cmd' in ' '.join(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-500:]
 
@@ -162,7 +162,7 @@ def test_the_timing_panel_reads_a_typed_telemetry_record():
     """The Generate pane's Timing panel gets the engine's SchedulerTelemetry (and the duet's timing)
     as a typed record, not a dict it has to guess keys in."""
     from engine.midi.scheduler import SchedulerTelemetry
-    from pianomuse_tui.performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry
+    from engine.generate.performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry
 
     performance = Performance(PerformanceSettings(checkpoint=None), Knobs())
     assert performance.telemetry() is None  # nothing opened yet: the panel says "not playing"

@@ -1,10 +1,11 @@
-"""One live performance, run from the Generate pane's worker thread.
+"""One take: a live performance (generated, a duet with a pianist, or a MIDI file played back) and
+the take written without playing. The app's Generate pane runs these from its worker threads and
+only draws what they report (the piano-roll callback, the typed telemetry records).
 
 This is plumbing between engine parts, not music logic: the engine's generation stream makes
 timed MIDI events, the engine's ``LivePlayer`` (the same one `--headless generate` plays through)
-plays them, and this object only connects the two, passes the knobs (read before every step, so a
-change takes effect on the next tokens) and feeds the piano roll. The same player plays a MIDI
-file (an audition).
+plays them, and ``Performance`` connects the two, passes the knobs (read before every step, so a
+change takes effect on the next tokens) and saves the take.
 """
 from __future__ import annotations
 
@@ -267,3 +268,20 @@ class Performance:
         paths = [Path(path)] if session.alternatives == 1 else take_paths(Path(path), session.alternatives, session.seed)
         # the session copies each row's events, so generation may go on while the files are written
         return [session.write_midi(row, out, until=until) for row, out in enumerate(paths)]
+
+
+def write_take(settings: PerformanceSettings, knobs: KnobSettings, out: Path) -> list[Path]:
+    """Generate a take with these settings and knobs without playing it, and write it as ``out``
+    (with K alternatives, the names `take_paths` gives). Raises GenerationError or OSError."""
+    from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
+    from engine.midi.player import take_paths
+
+    model, tokenizer, _ = load_generator(settings.checkpoint)
+    sampling = SamplingConfig(temperature=knobs.temperature, top_p=knobs.top_p, seed=knobs.seed)
+    session = build_session(model, tokenizer, prompt=settings.prompt, prompt_bars=settings.prompt_bars,
+                            sampling=sampling, alternatives=knobs.alternatives, bars=knobs.bars,
+                            max_tokens=HARD_TOKEN_CAP)
+    session.run()
+    session.finish()
+    paths = take_paths(out, session.alternatives, session.seed)
+    return [session.write_midi(row, path) for row, path in enumerate(paths)]

@@ -151,6 +151,20 @@ def _low_rank_activations(low: torch.Tensor) -> torch.Tensor:
     return low
 
 
+def time_mix_products(W: TimeMixWeights, x, x_prev):
+    """The TimeMix's products over x, x_prev [..., C]: (rkv [3, rows, C]: receptance, key, value;
+    up [4, rows, C]: the low-rank up-projections with their biases, rows value gate, in-context
+    rate, output gate, decay z), before any element-wise work on them."""
+    C = x.shape[-1]
+    # the six token-shift mixes x + mu (x_prev - x) in one op: [6, ..., C], rows r, k, v, a, g, w
+    mixed = torch.lerp(x, x_prev, W.mix.view((6,) + (1,) * (x.dim() - 1) + (C,))).view(6, -1, C)
+    rkv = torch.bmm(mixed[:3], W.RKV)
+    # low rank, rows v, a, g, w (mix rows 2..5): xv @ v1, xa @ a1, sigmoid(xg @ g1), tanh(xw @ w1)
+    low = _low_rank_activations(torch.bmm(mixed[2:], W.lora_down))
+    # ... then @ v2, a2, g2, w2 plus v0, a0 (v and a rows) in one product
+    return rkv, torch.baddbmm(W.lora_bias, low, W.lora_up)
+
+
 def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: int, N: int):
     """Everything before the recurrence. x, x_prev [..., C]: LN1 output and its token shift.
 
@@ -163,14 +177,8 @@ def time_mix_project(W: TimeMixWeights, x, x_prev, v_first, layer_id: int, H: in
     sigmoid gates one op.
     """
     shape = x.shape
-    C = shape[-1]
-    # the six token-shift mixes x + mu (x_prev - x) in one op: [6, ..., C], rows r, k, v, a, g, w
-    mixed = torch.lerp(x, x_prev, W.mix.view((6,) + (1,) * (x.dim() - 1) + (C,))).view(6, -1, C)
-    r, k, v = torch.bmm(mixed[:3], W.RKV).view((3,) + shape).unbind(0)
-    # low rank, rows v, a, g, w (mix rows 2..5): xv @ v1, xa @ a1, sigmoid(xg @ g1), tanh(xw @ w1)
-    low = _low_rank_activations(torch.bmm(mixed[2:], W.lora_down))
-    # ... then @ v2, a2, g2, w2 plus v0, a0 (v and a rows) in one product
-    up = torch.baddbmm(W.lora_bias, low, W.lora_up)
+    rkv, up = time_mix_products(W, x, x_prev)
+    r, k, v = rkv.view((3,) + shape).unbind(0)
     # the decay sits close to 1 and is compounded over many steps: keep it in fp32
     z = _as_dtype(up[3].view(shape) if W.w0 is None else W.w0 + up[3].view(shape), torch.float32)
     g = up[2].view(shape)
@@ -196,7 +204,26 @@ def time_mix_finish(W: TimeMixWeights, x, y, r, k, v, g, H: int, N: int):
     # bonus: y_h += (sum_j r_hj k_hj r_k[h, j]) v_h, the per-head sums as one [H] batch of products
     bonus_weight = torch.bmm((r * k).view(rows, H, N).transpose(0, 1), W.r_k).transpose(0, 1)
     gated = torch.addcmul(y, bonus_weight, v.reshape(rows, H, N)).view(rows, C) * g.reshape(rows, C)
-    return torch.addmm(x.reshape(rows, C), gated, W.O).view(x.shape)
+    return time_mix_output(W, x, gated)
+
+
+def time_mix_output(W: TimeMixWeights, x, gated):
+    """The residual stream ``x`` plus the output projection of the gated TimeMix output (one addmm)."""
+    C = x.shape[-1]
+    return torch.addmm(x.reshape(-1, C), gated.reshape(-1, C), W.O).view(x.shape)
+
+
+def time_mix_step_fused(W: TimeMixWeights, x, xa, xa_prev, v_first, S, H: int, N: int, S_out=None):
+    """Recurrent mode's TimeMix on the LN1 output xa and its shift xa_prev [B, C], added to the
+    residual x, with the element-wise tail and the WKV step as one kernel
+    (engine.kernels.time_mix_tail; CUDA with Triton): the same math as ``time_mix_project`` +
+    ``wkv7_step`` + ``time_mix_finish``. ``v_first`` is None in layer 0. Returns (x plus the
+    TimeMix output, v_first, the new state S)."""
+    from engine.kernels.time_mix_tail import time_mix_tail
+
+    rkv, up = time_mix_products(W, xa, xa_prev)
+    gated, S = time_mix_tail(rkv, up, v_first, S, W, H, N, LN_X_EPS, S_out)
+    return time_mix_output(W, x, gated), rkv[2] if v_first is None else v_first, S
 
 
 def relu_square_mlp(k, K, V):

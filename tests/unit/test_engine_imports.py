@@ -51,4 +51,4 @@ def test_import_engine_is_cheap_and_public_names_load_lazily(loaded):
 
 
 def test_model_and_kernels_import_with_torch_alone(loaded):
-    assert not loaded["model+kernels"] & {"miditok", "symusic", "mido", "rtmidi", "textual", "pianomuse_tui", "typer", "rich", "rwkv"}
+    assert not loaded["model+kernels"] & {"miditok", "symusic", "mido", "rtmidi", "textual", "pianomuse_tui", "typer", "rich", "rwkv", "triton"}

@@ -1,0 +1,49 @@
+"""The Triton source of engine.kernels.time_mix_tail's kernel (imported only where Triton is
+installed; Triton reads TRITON_INTERPRET when this module is imported)."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def time_mix_tail_kernel(
+    rkv, up, v_first, s_in, s_out, out,
+    k_k, k_a, one_minus_k_a, r_k, ln_w, ln_b,
+    plane, log2_decay_base, eps,
+    H: tl.constexpr, N: tl.constexpr, FIRST: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)  # one program per (sequence b, head h)
+    b = pid // H
+    h = pid % H
+    C = H * N
+    i = tl.arange(0, N)
+    row = b * C + h * N + i  # this head's slice of a [B, C] row
+    col = h * N + i  # ... of a [C] weight
+    r = tl.load(rkv + row).to(tl.float32)
+    k = tl.load(rkv + plane + row).to(tl.float32)
+    v = tl.load(rkv + 2 * plane + row).to(tl.float32)
+    vgate = tl.load(up + row).to(tl.float32)
+    iclr = tl.sigmoid(tl.load(up + plane + row).to(tl.float32))
+    g = tl.load(up + 2 * plane + row).to(tl.float32)
+    z = tl.load(up + 3 * plane + row).to(tl.float32)
+    # kappa = normalised k * k_k; the removal key k * (1 - k_a + iclr k_a)
+    kk = k * tl.load(k_k + col).to(tl.float32)
+    kappa = kk / tl.maximum(tl.sqrt(tl.sum(kk * kk, axis=0)), 1e-12)
+    k = k * (tl.load(one_minus_k_a + col).to(tl.float32) + iclr * tl.load(k_a + col).to(tl.float32))
+    if not FIRST:  # the value residual: v lerped toward layer 0's value by sigmoid(gate)
+        vf = tl.load(v_first + row).to(tl.float32)
+        v = v + tl.sigmoid(vgate) * (vf - v)
+    d = tl.exp2(log2_decay_base * tl.sigmoid(z))  # DECAY_BASE ** sigmoid(z)
+    # S [N, N] (rows: value i, columns: key j): S diag(d) - (S kappa) (kappa iclr)^T + v k^T
+    ij = (pid * N + i)[:, None] * N + i[None, :]
+    S = tl.load(s_in + ij)
+    s_kappa = tl.sum(S * kappa[None, :], axis=1)
+    S = S * d[None, :] - s_kappa[:, None] * (kappa * iclr)[None, :] + v[:, None] * k[None, :]
+    tl.store(s_out + ij, S)
+    y = tl.sum(S * r[None, :], axis=1)
+    # GroupNorm over the head, the bonus (sum_j r_j k_j r_k[h, j]) v, the gate
+    mean = tl.sum(y, axis=0) / N
+    centred = y - mean
+    var = tl.sum(centred * centred, axis=0) / N
+    y = centred / tl.sqrt(var + eps) * tl.load(ln_w + col).to(tl.float32) + tl.load(ln_b + col).to(tl.float32)
+    bonus = tl.sum(r * k * tl.load(r_k + col).to(tl.float32), axis=0)
+    tl.store(out + row, ((y + bonus * v) * g).to(out.dtype.element_ty))

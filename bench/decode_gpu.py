@@ -39,36 +39,53 @@ from bench._train_bench import BenchError, markdown_table, run_header, write_out
 from engine.model import RWKV7, ModelConfig, save_checkpoint
 from engine.model.pianomuse import sample_logits
 
+try:  # the engine's sampler (an --engine checkout from before it existed: the host sampler only)
+    from engine.generate.sampling import SamplingConfig, sample_rows
+except ImportError:  # pragma: no cover
+    SamplingConfig = sample_rows = None
+
 MODES = ("graphed", "traced", "eager")
 OPT_IN_MODES = ("compiled",)  # --compiled: the graphed step over a torch.compile'd step (model.rnn_compile)
 PEER = "rwkv package"
 
 
-def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int) -> dict:
+def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int, sampler: str = "device") -> dict:
     model.rnn_trace = mode != "eager"
     model.rnn_cuda_graph = mode in ("graphed", "compiled")
     model.rnn_compile = mode == "compiled"
     device = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(batch)
     tokens = torch.randint(3, model.config.vocab_size, (warmup + steps, batch), generator=g).to(device)
+    gens = [torch.Generator(device="cpu").manual_seed(batch * 1000 + r) for r in range(batch)]
+    allowed = torch.ones(batch, model.config.vocab_size, dtype=torch.bool, device=device)
+    config = SamplingConfig(temperature=1.0, top_p=0.95)
     times = []
     with torch.inference_mode():
         state = model.init_state(batch)
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             logits, state = model.step(tokens[i], state)
-            scores = logits.float().cpu()
-            for row in scores:  # what a live player does with each row: temperature + nucleus sampling
-                sample_logits(row, 1.0, 0.95, generator=g)
+            if sampler == "host":
+                scores = logits.float().cpu()
+                for row in scores:  # the logits to the host, each row sampled there (temperature + nucleus)
+                    sample_logits(row, 1.0, 0.95, generator=g)
+            else:  # the engine's sampler on the logits' device: only the ids come back
+                sample_rows(logits, allowed, config, gens, [[]] * batch)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     if mode in ("graphed", "compiled") and not any(
         k[0] == "graph" and k[1] == batch and k[-1] == (mode == "compiled") for k in model._rnn_traces
     ):  # a capture that fails falls back to the traced step: never report that under this mode's name
         raise RuntimeError(f"the {mode} step did not capture a CUDA graph at batch {batch} (see the warning above)")
+    with torch.no_grad():
+        weight_dtype = str(model._rnn_weights()[0].dtype).replace("torch.", "")
     times.sort()
+    graphs = [k for k in model._rnn_traces if k[0] == "graph" and k[1] == batch]
     return {"mode": mode, "batch": batch, "median_ms": statistics.median(times),
-            "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps}
+            "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps, "sampler": sampler,
+            # what the step really ran (a lever that could not engage must not be reported as on)
+            "fused_tail": bool(graphs and len(graphs[-1]) == 7 and graphs[-1][5]) if mode != "eager" else None,
+            "weight_dtype": weight_dtype}
 
 
 def load_peer(model: RWKV7, strategy: str, cuda_kernel: bool, folder: str, build_dir: str | None = None):
@@ -129,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compiled-batches", default=None, help="the batches for --compiled (default: all; each batch size compiles anew)")
     ap.add_argument("--engine", default=None, help="import the engine package from this checkout instead "
                     "(e.g. the tree before a change, for a before/after from one device call)")
+    ap.add_argument("--sampler", default="device", choices=("device", "host"),
+                    help="device: the engine's sampler on the GPU (only ids come back; the default); host: the logits copied to the host and sampled there")
+    ap.add_argument("--no-triton", action="store_true", help="the step's time-mix tail in PyTorch, not the fused Triton kernel (model.rnn_triton = False)")
+    ap.add_argument("--rnn-dtype", default=None, choices=("bf16", "fp16"), help="RNN mode's weight cache in this dtype over the weights (model.rnn_weight_dtype)")
     ap.add_argument("--label", default="", help="a tag for every row (e.g. the tree measured), kept in the JSON")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     ap.add_argument("--out", default=None)
@@ -146,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     header = run_header(device, f"RWKV7.step, random weights, V=512, weights {args.dtype}, fp32 state; "
-                                f"median of {args.steps} steps after {args.warmup}, logits copied to the host and sampled (temperature 1, top-p 0.95) each step"
+                                f"median of {args.steps} steps after {args.warmup}, each step sampled (temperature 1, top-p 0.95) "
+                                + ("on the GPU, the ids to the host" if args.sampler == "device" else "on the host, the logits copied there")
                                 + (f"; engine imported from {args.engine}" if args.engine else ""))
     rows, results = [], []
     for size in args.sizes.split(","):
@@ -157,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
         model = model.to(device=device, dtype=dtype).eval()
+        model.rnn_triton = not args.no_triton
+        model.rnn_weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.rnn_dtype)
         peer = None
         if not args.no_peer:
             import tempfile
@@ -172,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == PEER:
                     r = measure_peer(peer, 512, batch, max(20, args.peer_steps // batch), min(args.warmup, 5))
                 else:
-                    r = measure(model, mode, batch, args.steps, args.warmup)
+                    r = measure(model, mode, batch, args.steps, args.warmup, args.sampler)
                 r["size"] = f"L{L}-D{D}"
                 r["label"] = args.label
                 results.append(r)
-                rows.append([r["size"], str(batch), mode + (f" ({args.label})" if args.label else ""),
+                how = "" if mode == PEER else (f" [tail {'triton' if r['fused_tail'] else 'pytorch'}, weights {r['weight_dtype']}, "
+                                                f"{r['sampler']} sampler]")
+                rows.append([r["size"], str(batch), mode + how + (f" ({args.label})" if args.label else ""),
                              f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{batch / r['median_ms'] * 1e3:.0f}"])
                 print("| " + " | ".join(rows[-1]) + " |", flush=True)
     cmd = " ".join(sys.argv[1:] if argv is None else argv)

@@ -51,15 +51,18 @@ class RecurrentMode:
         params = self._param_list
         if params is None:
             params = self._param_list = list(self.parameters())
-        key = (sum(map(_VERSION, params)), params[0].data_ptr(), params[0].dtype, params[0].device)
+        cast = self.rnn_weight_dtype
+        key = (sum(map(_VERSION, params)), params[0].data_ptr(), params[0].dtype, params[0].device, cast)
         if self._rnn_cache is None or self._rnn_cache[0] != key:
             with torch.no_grad():
                 pack = (
                     layer_norm(self.emb.weight, ln0.weight, ln0.bias),  # LN0 folded into the table
-                    [b.weights(packed=True) for b in self.blocks],
+                    [b.weights(packed=True, dtype=cast) for b in self.blocks],
                     self.ln_out.weight.detach(), self.ln_out.bias.detach(), self.head.weight.t().contiguous(),
                     self._deep_embed_table(),
                 )  # fmt: skip
+                if cast is not None:
+                    pack = (pack[0].to(cast), pack[1], *(None if t is None else t.to(cast) for t in pack[2:]))
             self._rnn_cache = (key, pack)
             self._rnn_traces = {}
             self._rnn_fused = None
@@ -91,6 +94,8 @@ class RecurrentMode:
                 return self.step(tokens, state.to(dtype=emb.dtype))
         pack = self._rnn_weights()
         emb = pack[0]
+        if state.att_shift.dtype != emb.dtype:  # a weight cache in another dtype (rnn_weight_dtype)
+            state = state.to(dtype=emb.dtype)
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=emb.device).view(-1)
         B = tokens.shape[0]
         if state.batch_size != B:

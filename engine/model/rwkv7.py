@@ -235,6 +235,10 @@ class RWKV7(RecurrentMode, nn.Module):
         # the graphed step built from a torch.compile'd step (element-wise work fused: fewer,
         # larger kernels per replay); opt-in: its first use compiles for tens of seconds
         self.rnn_compile = False
+        # RNN mode's weight cache in another dtype (e.g. torch.bfloat16 over fp32 parameters: half
+        # the weight bytes a step reads); the WKV state stays fp32, the shift states and logits
+        # take this dtype. None: the parameters' dtype. bench/decode_gpu.py --rnn-dtype measures it
+        self.rnn_weight_dtype = None
         self._param_list = None
         if init:
             from .init import init_parameters

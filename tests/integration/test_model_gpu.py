@@ -1,6 +1,8 @@
 """The model's CUDA paths against the plain ones, fresh random weights and tokens (needs a GPU):
-the CUDA-graph RNN step against the eager step, and the compiled block parts against eager ones
-under bf16 autocast (the trainer's default on CUDA), values and every gradient."""
+the CUDA-graph RNN step (with its fused Triton time-mix tail where Triton imports) against the
+plain eager PyTorch step, the GPU sampler against the reference sampler, the bf16 weight cache
+against fp32, and the compiled block parts against eager ones under bf16 autocast (the trainer's
+default on CUDA), values and every gradient."""
 from __future__ import annotations
 
 import copy
@@ -23,6 +25,7 @@ def test_graphed_step_equals_eager_step_and_keeps_caller_states(batch):
     model = _model().eval()
     eager = copy.deepcopy(model)
     eager.rnn_trace = False
+    eager.rnn_triton = False  # the plain PyTorch step: the reference for the graphed (and fused) one
     tokens = torch.randint(0, 300, (12, batch), device="cuda")
     with torch.inference_mode():
         s_graph, s_eager = model.init_state(batch), eager.init_state(batch)
@@ -50,6 +53,7 @@ def test_graphed_step_over_the_batched_layout_equals_eager(arch, dtype, tol, com
     model.rnn_compile = compiled
     eager = copy.deepcopy(model)
     eager.rnn_trace = False
+    eager.rnn_triton = False  # the plain PyTorch step: the reference for the graphed (and fused) one
     tokens = torch.randint(0, 300, (6, 3), device="cuda")
     with torch.inference_mode():
         s_graph, s_eager = model.init_state(3), eager.init_state(3)
@@ -106,3 +110,81 @@ def test_bf16_autocast_forward_stays_close_to_fp32():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             low = model(idx).float()
     assert ((low - ref).norm() / ref.norm()) < 3e-2
+
+
+def _triton_or_skip():
+    from engine.kernels import time_mix_tail
+
+    if not time_mix_tail.available("cuda"):
+        pytest.skip("triton is not installed: the step keeps its PyTorch tail")
+
+
+@pytest.mark.parametrize("arch", ["x070", "x080"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fused_time_mix_tail_equals_the_pytorch_step(arch, batch):
+    """The Triton kernel compiled for the GPU, eager and inside the captured graph, against the
+    PyTorch step from a random carried state (the CPU interpreter test's cases, on the device)."""
+    _triton_or_skip()
+    model = _model(arch=arch, L=3, C=256)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    plain = copy.deepcopy(model)
+    plain.rnn_trace, plain.rnn_triton = False, False
+    eager_fused = copy.deepcopy(model)
+    eager_fused.rnn_trace = False
+    tokens = torch.randint(0, 300, (8, batch), device="cuda")
+    with torch.inference_mode():
+        start = model.init_state(batch)
+        start.wkv.normal_(0, 0.5)
+        states = [start] * 3
+        for t in tokens:
+            outs = [m.step(t, s) for m, s in zip((plain, eager_fused, model), states)]
+            states = [o[1] for o in outs]
+            for logits, state in outs[1:]:
+                torch.testing.assert_close(logits, outs[0][0], rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(state.wkv, outs[0][1].wkv, rtol=1e-4, atol=1e-5)
+    assert any(k[0] == "graph" and k[5] for k in model._rnn_traces), "the graphed step did not use the fused tail"
+
+
+def test_gpu_sampler_picks_the_reference_token():
+    """sample_rows on CUDA (pick_tokens replayed from a captured graph) against pick_tokens run
+    eagerly on the GPU (equal) and the reference (filter_logits and the inverse CDF on the CPU
+    copy, equal but for rare rows whose uniform falls within rounding of a CDF step)."""
+    from engine.generate.sampling import SamplingConfig, filter_logits, inverse_cdf, pick_tokens, row_uniforms, sample_rows, sampling_knobs
+
+    settings = [SamplingConfig(), SamplingConfig(temperature=0.7, top_k=20, top_p=0.9), SamplingConfig(temperature=1.3, top_p=0.5, min_p=0.05),
+                SamplingConfig(temperature=0), SamplingConfig(temperature=1e-4, top_p=1.0)]
+    total = same_as_cpu = 0
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        logits = (torch.randn(8, 512, generator=g) * 3).cuda()
+        allowed = (torch.rand(8, 512, generator=g) < 0.7).cuda()
+        allowed[:, 0] = True
+        config = settings[seed % len(settings)]
+        gens = [torch.Generator().manual_seed(seed * 10 + r) for r in range(8)]
+        u = row_uniforms([torch.Generator().manual_seed(seed * 10 + r) for r in range(8)], config)
+        got = sample_rows(logits, allowed, config, gens, [[]] * 8)
+        assert got == pick_tokens(logits, allowed, u.cuda(), sampling_knobs(config, "cuda")).tolist()
+        assert bool(allowed[torch.arange(8), torch.tensor(got, device="cuda")].all())
+        cpu = filter_logits(logits.cpu(), allowed.cpu(), config)
+        ref = cpu.argmax(-1) if config.temperature == 0 else inverse_cdf(torch.softmax(cpu, -1), u)
+        same_as_cpu += sum(a == b for a, b in zip(got, ref.tolist()))
+        total += 8
+    assert same_as_cpu >= 0.99 * total, (same_as_cpu, total)
+
+
+def test_bf16_weight_cache_on_the_gpu_stays_near_fp32():
+    model = _model(L=3, C=256).eval()
+    half = copy.deepcopy(model)
+    half.rnn_weight_dtype = torch.bfloat16
+    tokens = torch.randint(0, 300, (32, 2), device="cuda")
+    with torch.inference_mode():
+        s_ref, s_half = model.init_state(2), half.init_state(2)
+        for t in tokens:
+            ref, s_ref = model.step(t, s_ref)
+            got, s_half = half.step(t, s_half)
+            assert float((got.float() - ref).abs().max()) < 0.04 * float(ref.abs().max())
+    assert s_half.wkv.dtype == torch.float32
+    assert any(k[0] == "graph" and k[2] == torch.bfloat16 for k in half._rnn_traces)

@@ -131,6 +131,12 @@ def test_decode_gpu_cpu_smoke_writes_one_json_with_every_batch(tmp_path, capsys)
     rows = json.loads(out_json.read_text())["results"]
     assert [(r["size"], r["batch"], r["mode"], r["label"]) for r in rows] == [("L2-D64", 1, "traced", "smoke"), ("L2-D64", 3, "traced", "smoke")]
     assert all(r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] for r in rows)
+    assert all(r["sampler"] == "device" and r["weight_dtype"] == "float32" for r in rows)
+    # the levers' switches: the host sampler (the logits copied there) and a bf16 weight cache
+    assert bench.main(["--device", "cpu", "--sizes", "2x64", "--batches", "2", "--steps", "3", "--warmup", "1", "--modes", "eager",
+                       "--no-peer", "--no-triton", "--sampler", "host", "--rnn-dtype", "bf16", "--json", str(out_json)]) == 0
+    [row] = json.loads(out_json.read_text())["results"]
+    assert (row["sampler"], row["weight_dtype"], row["fused_tail"]) == ("host", "bfloat16", None)
     with pytest.raises(bench.BenchError):
         bench.main(["--device", "cpu", "--modes", "graphd", "--no-peer"])
     assert "unknown mode(s) graphd" in capsys.readouterr().err

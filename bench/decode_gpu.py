@@ -84,7 +84,7 @@ def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int, sample
     return {"mode": mode, "batch": batch, "median_ms": statistics.median(times),
             "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))], "steps": steps, "sampler": sampler,
             # what the step really ran (a lever that could not engage must not be reported as on)
-            "fused_tail": bool(graphs and len(graphs[-1]) == 7 and graphs[-1][5]) if mode != "eager" else None,
+            "triton": bool(graphs and len(graphs[-1]) == 7 and graphs[-1][5]) if mode != "eager" else None,
             "weight_dtype": weight_dtype}
 
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(e.g. the tree before a change, for a before/after from one device call)")
     ap.add_argument("--sampler", default="device", choices=("device", "host"),
                     help="device: the engine's sampler on the GPU (only ids come back; the default); host: the logits copied to the host and sampled there")
-    ap.add_argument("--no-triton", action="store_true", help="the step's time-mix tail in PyTorch, not the fused Triton kernel (model.rnn_triton = False)")
+    ap.add_argument("--no-triton", action="store_true", help="the step's element-wise work in PyTorch, not the Triton kernels (model.rnn_triton = False)")
     ap.add_argument("--rnn-dtype", default=None, choices=("bf16", "fp16"), help="RNN mode's weight cache in this dtype over the weights (model.rnn_weight_dtype)")
     ap.add_argument("--label", default="", help="a tag for every row (e.g. the tree measured), kept in the JSON")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["size"] = f"L{L}-D{D}"
                 r["label"] = args.label
                 results.append(r)
-                how = "" if mode == PEER else (f" [tail {'triton' if r['fused_tail'] else 'pytorch'}, weights {r['weight_dtype']}, "
+                how = "" if mode == PEER else (f" [{'triton' if r['triton'] else 'pytorch'} step, weights {r['weight_dtype']}, "
                                                 f"{r['sampler']} sampler]")
                 rows.append([r["size"], str(batch), mode + how + (f" ({args.label})" if args.label else ""),
                              f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{batch / r['median_ms'] * 1e3:.0f}"])

@@ -9,8 +9,8 @@ eager (each op launched from Python: the kernels the graph holds, counted where 
 cannot see inside a graph). Printed per config: kernel name, launches, total GPU microseconds,
 sorted by time; and one summary row per config (kernels, their total GPU time, the wall time of
 the profiled step). Configs (levers off unless named):
-- baseline: the PyTorch tail, logits to the host and sampled there (the engine before issue 12's levers);
-- triton: each layer's time-mix tail as one Triton kernel (model.rnn_triton);
+- baseline: the PyTorch step, logits to the host and sampled there (the engine before issue 12's levers);
+- triton: each layer's element-wise work as five Triton kernels (model.rnn_triton);
 - sampler: the draw on the GPU in its own captured graph (engine.generate.sampling);
 - bf16: the weight cache in bf16 (model.rnn_weight_dtype);
 - all: every lever.
@@ -77,7 +77,7 @@ def profile_config(model, name: str, batch: int, graphed: bool) -> dict:
     table = sorted(([n, c, round(us, 1)] for n, (c, us) in kernels.items()), key=lambda r: -r[2])
     fused_used = any(k[0] == "graph" and len(k) == 7 and k[5] for k in model._rnn_traces) if graphed else fused
     return {"config": name, "runner": "graphed" if graphed else "eager", "batch": batch, "sampler": sampler,
-            "fused_tail": bool(fused_used), "weight_dtype": str(dtype or torch.float32).replace("torch.", ""),
+            "triton": bool(fused_used), "weight_dtype": str(dtype or torch.float32).replace("torch.", ""),
             "kernels": sum(r[1] for r in table), "gpu_us": round(sum(r[2] for r in table), 1),
             "wall_us": round(wall_us, 1), "table": table}
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             r["size"] = f"L{L}-D{D}"
             rows.append(r)
-            print(f"\n### {r['size']} b{r['batch']} {name}, {r['runner']} (tail {'triton' if r['fused_tail'] else 'pytorch'}, "
+            print(f"\n### {r['size']} b{r['batch']} {name}, {r['runner']} ({'triton' if r['triton'] else 'pytorch'} step, "
                   f"weights {r['weight_dtype']}, {r['sampler']} sampler): {r['kernels']} kernels, {r['gpu_us']} us on the GPU, "
                   f"{r['wall_us']} us wall\n\n| kernel | count | total us |\n|---|---|---|")
             for kname, count, us in r["table"][: args.top]:

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Device call 8 (issue 12): the GPU RNN step's levers, each alone and all together, in one call:
-#   triton   each layer's time-mix tail as one Triton kernel (engine.kernels.time_mix_tail;
-#            on by default on CUDA where Triton imports; --no-triton turns it off)
+#   triton   each layer's element-wise work as five Triton kernels (engine.kernels.rnn_triton: LN +
+#            token-shift mixes twice, the low-rank activations, the TimeMix tail from the decay
+#            to the gate with the WKV update, relu^2); ~12 kernels a layer instead of ~40; on by
+#            default on CUDA where Triton imports; --no-triton turns it off
 #   sampler  the draw on the GPU in its own captured graph, only the ids to the host
 #            (engine.generate.sampling; the default on CUDA; --sampler host is the old way)
 #   bf16     the RNN weight cache in bf16 over fp32 weights, the WKV state fp32 (opt-in:
 #            model.rnn_weight_dtype; --rnn-dtype bf16)
 #   OUT=gpu-out bash bench/gpu/round8_rnn.sh        # one device call, under 8 minutes; carry .whl
 # In order, each step under its own `timeout -k`, logs packed into $OUT/logs.tgz after each:
-#   1. the GPU model tests (the fused tail, the GPU sampler and the bf16 cache against their
+#   1. the GPU model tests (the Triton step, the GPU sampler and the bf16 cache against their
 #      references, the graphed step), while the rwkv package's CUDA kernel builds on the CPU;
 #   2. torch.profiler kernel tables of one step + draw at L12-D768 batch 1, per lever
 #      (bench/rnn_step_profile.py: graph replay and eager; name, launches, GPU us);

@@ -151,16 +151,26 @@ def _low_rank_activations(low: torch.Tensor) -> torch.Tensor:
     return low
 
 
+def token_mixes(x, x_prev, mix):
+    """The token-shift mixes x + mu_k (x_prev - x) for each row of ``mix`` [K, C], in one op:
+    [K, rows, C] (TimeMix: K = 6, rows r, k, v, a, g, w)."""
+    C, K = x.shape[-1], mix.shape[0]
+    return torch.lerp(x, x_prev, mix.view((K,) + (1,) * (x.dim() - 1) + (C,))).view(K, -1, C)
+
+
 def time_mix_products(W: TimeMixWeights, x, x_prev):
     """The TimeMix's products over x, x_prev [..., C]: (rkv [3, rows, C]: receptance, key, value;
     up [4, rows, C]: the low-rank up-projections with their biases, rows value gate, in-context
     rate, output gate, decay z), before any element-wise work on them."""
-    C = x.shape[-1]
-    # the six token-shift mixes x + mu (x_prev - x) in one op: [6, ..., C], rows r, k, v, a, g, w
-    mixed = torch.lerp(x, x_prev, W.mix.view((6,) + (1,) * (x.dim() - 1) + (C,))).view(6, -1, C)
+    return time_mix_products_of(W, token_mixes(x, x_prev, W.mix))
+
+
+def time_mix_products_of(W: TimeMixWeights, mixed, activations=None):
+    """``time_mix_products`` from the six mixes [6, rows, C]; ``activations`` applies the
+    low-rank activations (default ``_low_rank_activations``; the fused step passes its kernel)."""
     rkv = torch.bmm(mixed[:3], W.RKV)
     # low rank, rows v, a, g, w (mix rows 2..5): xv @ v1, xa @ a1, sigmoid(xg @ g1), tanh(xw @ w1)
-    low = _low_rank_activations(torch.bmm(mixed[2:], W.lora_down))
+    low = (activations or _low_rank_activations)(torch.bmm(mixed[2:], W.lora_down))
     # ... then @ v2, a2, g2, w2 plus v0, a0 (v and a rows) in one product
     return rkv, torch.baddbmm(W.lora_bias, low, W.lora_up)
 
@@ -213,17 +223,23 @@ def time_mix_output(W: TimeMixWeights, x, gated):
     return torch.addmm(x.reshape(-1, C), gated.reshape(-1, C), W.O).view(x.shape)
 
 
-def time_mix_step_fused(W: TimeMixWeights, x, xa, xa_prev, v_first, S, H: int, N: int, S_out=None):
-    """Recurrent mode's TimeMix on the LN1 output xa and its shift xa_prev [B, C], added to the
-    residual x, with the element-wise tail and the WKV step as one kernel
-    (engine.kernels.time_mix_tail; CUDA with Triton): the same math as ``time_mix_project`` +
-    ``wkv7_step`` + ``time_mix_finish``. ``v_first`` is None in layer 0. Returns (x plus the
-    TimeMix output, v_first, the new state S)."""
-    from engine.kernels.time_mix_tail import time_mix_tail
+def block_step_fused(W: BlockWeights, x, scale, v_first, att_prev, S, ffn_prev, H: int, N: int, S_out=None):
+    """Recurrent mode's block on x [B, C] with the element-wise work as Triton kernels
+    (engine.kernels.rnn_triton; CUDA): LN1 + the six token-shift mixes as one kernel, the
+    low-rank activations as one, everything between the TimeMix's products and its output
+    projection (decay, kappa, value mix, WKV update and read-out, GroupNorm, bonus, gate) as one,
+    LN2 + the ChannelMix mix as one and its relu^2 as one. The same math as ``Block.step``'s
+    PyTorch path (the products are these functions'); ``v_first`` is None in layer 0.
+    Returns (x, v_first, LN1 output, new S, LN2 output)."""
+    from engine.kernels import rnn_triton as fused
 
-    rkv, up = time_mix_products(W, xa, xa_prev)
-    gated, S = time_mix_tail(rkv, up, v_first, S, W, H, N, LN_X_EPS, S_out)
-    return time_mix_output(W, x, gated), rkv[2] if v_first is None else v_first, S
+    xa, mixed = fused.layer_norm_mix(x, att_prev, W.ln1_w, W.ln1_b, W.att.mix, LN_EPS)
+    rkv, up = time_mix_products_of(W.att, mixed, fused.low_rank_activations)
+    gated, S = fused.time_mix_tail(rkv, up, v_first, S, W.att, H, N, LN_X_EPS, S_out)
+    x = time_mix_output(W.att, x, gated)
+    xf, k = fused.layer_norm_mix(x, ffn_prev, W.ln2_w, W.ln2_b, W.ffn.x_k.view(1, -1), LN_EPS)
+    x = channel_mix_of(W.ffn, x, k[0], scale, fused.relu_square)
+    return x, rkv[2] if v_first is None else v_first, xa, S, xf
 
 
 def relu_square_mlp(k, K, V):
@@ -261,13 +277,21 @@ def deep_embed_rows(W: ChannelMixWeights, idx):
 def channel_mix(W: ChannelMixWeights, residual, x, x_prev, scale):
     """``residual`` + ChannelMix: W_v relu(W_k mix(x))^2, times the token's DeepEmbed row
     ``scale`` for "v8" (None for x070); the residual add is fused into the last op."""
-    k = torch.lerp(x, x_prev, W.x_k)
+    return channel_mix_of(W, residual, torch.lerp(x, x_prev, W.x_k), scale)
+
+
+def channel_mix_of(W: ChannelMixWeights, residual, k, scale, relu_square=None):
+    """``channel_mix`` from its token-shift mix ``k``; ``relu_square`` (in place, without
+    autograd) replaces relu(.)^2 where given (the fused step's kernel)."""
     if torch.is_grad_enabled() and (k.requires_grad or W.K.requires_grad or W.V.requires_grad):
         out = _ReluSquareMLP.apply(k, W.K, W.V)
-    elif scale is None:
-        C = x.shape[-1]
-        hidden = torch.relu(k @ W.K).square()
-        return torch.addmm(residual.reshape(-1, C), hidden.view(-1, hidden.shape[-1]), W.V).view(residual.shape)
+    elif relu_square is not None or scale is None:
+        C = k.shape[-1]
+        hidden = relu_square(k @ W.K) if relu_square is not None else torch.relu(k @ W.K).square()
+        hidden = hidden.view(-1, hidden.shape[-1])
+        if scale is None:
+            return torch.addmm(residual.reshape(-1, C), hidden, W.V).view(residual.shape)
+        out = (hidden @ W.V).view(residual.shape)
     else:
         out = relu_square_mlp(k, W.K, W.V)
     if scale is None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.kernels import time_mix_tail
+from engine.kernels import rnn_triton
 
 from . import cpu_ext
 from .block_math import BlockWeights, layer_norm
@@ -111,21 +111,21 @@ class RecurrentMode:
             if run is None:
                 run = self._traced_step(pack, tokens, state)
         if run is None:
-            fused = not torch.is_grad_enabled() and self._fused_tail_on(emb.device)
+            fused = not torch.is_grad_enabled() and self._triton_on(emb.device)
             logits, att, wkv, ffn = self._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift, fused)
         else:
             logits, att, wkv, ffn = run(tokens, state.att_shift, state.wkv, state.ffn_shift)
         return logits, RWKVState(att, wkv, ffn)
 
-    def _fused_tail_on(self, device: torch.device) -> bool:
-        """Whether the step runs each layer's TimeMix tail as one Triton kernel: on CUDA with
+    def _triton_on(self, device: torch.device) -> bool:
+        """Whether the step runs each layer's element-wise work as Triton kernels: on CUDA with
         Triton importable, unless ``model.rnn_triton = False`` (never in a TorchScript trace,
         which would not record the launch, nor under autograd: the kernel has no backward)."""
-        return self.rnn_triton and device.type == "cuda" and time_mix_tail.available(device)
+        return self.rnn_triton and device.type == "cuda" and rnn_triton.available(device)
 
-    def _step_layers(self, pack, tokens, att_shift, wkv, ffn_shift, fused_tail: bool = False):
+    def _step_layers(self, pack, tokens, att_shift, wkv, ffn_shift, use_triton: bool = False):
         """The recurrent step over all layers on plain tensors: (logits, att_shift, wkv, ffn_shift).
-        ``fused_tail``: the TimeMix tails as one Triton kernel a layer (``Block.step``)."""
+        ``use_triton``: each layer's element-wise work as Triton kernels (``Block.step``)."""
         emb, weights, ln_out_w, ln_out_b, head, deep_embed = pack
         x = F.embedding(tokens, emb)
         L = len(weights)
@@ -138,7 +138,7 @@ class RecurrentMode:
         wkv_out = wkv_all.unbind(0) if wkv_all is not None else (None,) * L
         layers = zip(self.blocks, weights, scales, att_shift.unbind(0), wkv.unbind(0), ffn_shift.unbind(0), wkv_out)
         for block, W, scale, att_prev, wkv_prev, ffn_prev, out in layers:
-            x, v_first, a_s, S, f_s = block.step(W, x, scale, v_first, att_prev, wkv_prev, ffn_prev, out, fused_tail)
+            x, v_first, a_s, S, f_s = block.step(W, x, scale, v_first, att_prev, wkv_prev, ffn_prev, out, use_triton)
             att.append(a_s)
             new_wkv.append(S)
             ffn.append(f_s)
@@ -190,7 +190,7 @@ class RecurrentMode:
         graph's static buffers and outputs copied out, so callers keep their own states (a
         session's bar snapshots). Dropped with the weight cache; None where capture fails.
         """
-        fused = not self.rnn_compile and self._fused_tail_on(tokens.device)  # (torch.compile makes its own kernels)
+        fused = not self.rnn_compile and self._triton_on(tokens.device)  # (torch.compile makes its own kernels)
         key = ("graph", tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device, fused, self.rnn_compile)
         return self._cached_runner(key, lambda: _GraphedStep(self, pack, tokens, state, fused),
                                    "CUDA graph capture of the RNN step failed, using the traced step", "rnn_cuda_graph")
@@ -229,12 +229,12 @@ class _RecurrentStep(nn.Module):
 class _GraphedStep:
     """``RWKV7._step_layers`` captured as a CUDA graph over static input and output buffers."""
 
-    def __init__(self, model, pack, tokens, state: RWKVState, fused_tail: bool = False):
+    def __init__(self, model, pack, tokens, state: RWKVState, use_triton: bool = False):
         self.inputs = [tokens.clone(), state.att_shift.clone(), state.wkv.clone(), state.ffn_shift.clone()]
         if model.rnn_compile:
             step = torch.compile(model._step_layers, dynamic=False)
         else:
-            step = functools.partial(model._step_layers, fused_tail=fused_tail)
+            step = functools.partial(model._step_layers, use_triton=use_triton)
         side = torch.cuda.Stream(device=tokens.device)
         side.wait_stream(torch.cuda.current_stream(tokens.device))
         with torch.cuda.stream(side):  # warm-up outside the capture (workspace allocation, kernel loads)

@@ -26,6 +26,7 @@ from .block_math import (
     _cast_weights,
     _compiled_parts,
     block_finish,
+    block_step_fused,
     block_time_mix_in,
     channel_mix,
     last_token,
@@ -34,7 +35,6 @@ from .block_math import (
     stack_low_rank,
     time_mix_finish,
     time_mix_project,
-    time_mix_step_fused,
 )
 from .config import ModelConfig, check_head_size_env
 from .recurrent import RecurrentMode
@@ -189,19 +189,18 @@ class Block(nn.Module):
             return x, v_first, None
         return x, v_first, (last_token(xa, att_prev, cu_seqlens), wkv_state, last_token(xf, ffn_prev, cu_seqlens))
 
-    def step(self, W: BlockWeights, x, deep_embed, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None, fused_tail=False):
+    def step(self, W: BlockWeights, x, deep_embed, v_first, att_prev, wkv_prev, ffn_prev, wkv_out=None, use_triton=False):
         """Recurrent mode: the same math on x [B, C] for one token per sequence (new WKV state into
         ``wkv_out``). ``deep_embed`` is the tokens' DeepEmbed rows for this layer ("v8") or None.
-        ``fused_tail``: the TimeMix between its products and its output projection as one
-        Triton kernel (``time_mix_step_fused``; the GPU step's default where Triton imports)."""
+        ``use_triton``: the element-wise work as five Triton kernels (``block_step_fused``; the
+        GPU step's default where Triton imports)."""
         H, N = self.n_head, self.head_size
+        if use_triton:
+            return block_step_fused(W, x, deep_embed, v_first if self.layer_id else None, att_prev, wkv_prev, ffn_prev, H, N, wkv_out)
         xa = layer_norm(x, W.ln1_w, W.ln1_b)
-        if fused_tail:
-            x, v_first, wkv_state = time_mix_step_fused(W.att, x, xa, att_prev, v_first if self.layer_id else None, wkv_prev, H, N, wkv_out)
-        else:
-            r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
-            y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N, wkv_out)
-            x = time_mix_finish(W.att, x, _as_dtype(y, x.dtype), r, k, v, g, H, N)
+        r, z, k, v, kappa, b, g, v_first = time_mix_project(W.att, xa, att_prev, v_first, self.layer_id, H, N)
+        y, wkv_state = wkv7_step(wkv_prev, r, z, k, v, kappa, b, H, N, wkv_out)
+        x = time_mix_finish(W.att, x, _as_dtype(y, x.dtype), r, k, v, g, H, N)
         xf = layer_norm(x, W.ln2_w, W.ln2_b)
         x = channel_mix(W.ffn, x, xf, ffn_prev, deep_embed)
         return x, v_first, xa, wkv_state, xf
@@ -228,9 +227,10 @@ class RWKV7(RecurrentMode, nn.Module):
         # on CUDA: replay the step from a captured CUDA graph (_graphed_step); measured against the
         # traced step in bench/decode_gpu.py and checked in tests/integration/test_model_gpu.py
         self.rnn_cuda_graph = True
-        # on CUDA with Triton: each layer's TimeMix tail (decay, kappa, value mix, WKV update and
-        # read-out, GroupNorm, bonus, gate) as one kernel (engine.kernels.time_mix_tail), in the
-        # graphed and eager steps; False keeps the plain PyTorch tail
+        # on CUDA with Triton: each layer's element-wise work as five kernels (engine.kernels.rnn_triton:
+        # LN + token-shift mixes twice, the low-rank activations, the TimeMix tail from the decay
+        # to the gate with the WKV update, relu^2), in the graphed and eager steps; False keeps
+        # the plain PyTorch step
         self.rnn_triton = True
         # the graphed step built from a torch.compile'd step (element-wise work fused: fewer,
         # larger kernels per replay); opt-in: its first use compiles for tens of seconds

@@ -1,5 +1,5 @@
 """The model's CUDA paths against the plain ones, fresh random weights and tokens (needs a GPU):
-the CUDA-graph RNN step (with its fused Triton time-mix tail where Triton imports) against the
+the CUDA-graph RNN step (with its Triton kernels where Triton imports) against the
 plain eager PyTorch step, the GPU sampler against the reference sampler, the bf16 weight cache
 against fp32, and the compiled block parts against eager ones under bf16 autocast (the trainer's
 default on CUDA), values and every gradient."""
@@ -113,16 +113,16 @@ def test_bf16_autocast_forward_stays_close_to_fp32():
 
 
 def _triton_or_skip():
-    from engine.kernels import time_mix_tail
+    from engine.kernels import rnn_triton
 
-    if not time_mix_tail.available("cuda"):
-        pytest.skip("triton is not installed: the step keeps its PyTorch tail")
+    if not rnn_triton.available("cuda"):
+        pytest.skip("triton is not installed: the step stays in PyTorch")
 
 
 @pytest.mark.parametrize("arch", ["x070", "x080"])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_fused_time_mix_tail_equals_the_pytorch_step(arch, batch):
-    """The Triton kernel compiled for the GPU, eager and inside the captured graph, against the
+def test_triton_step_equals_the_pytorch_step(arch, batch):
+    """The Triton kernels compiled for the GPU, eager and inside the captured graph, against the
     PyTorch step from a random carried state (the CPU interpreter test's cases, on the device)."""
     _triton_or_skip()
     model = _model(arch=arch, L=3, C=256)
@@ -145,7 +145,7 @@ def test_fused_time_mix_tail_equals_the_pytorch_step(arch, batch):
             for logits, state in outs[1:]:
                 torch.testing.assert_close(logits, outs[0][0], rtol=1e-4, atol=1e-4)
                 torch.testing.assert_close(state.wkv, outs[0][1].wkv, rtol=1e-4, atol=1e-5)
-    assert any(k[0] == "graph" and k[5] for k in model._rnn_traces), "the graphed step did not use the fused tail"
+    assert any(k[0] == "graph" and k[5] for k in model._rnn_traces), "the graphed step did not use the Triton kernels"
 
 
 def test_gpu_sampler_picks_the_reference_token():

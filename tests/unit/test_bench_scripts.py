@@ -136,7 +136,7 @@ def test_decode_gpu_cpu_smoke_writes_one_json_with_every_batch(tmp_path, capsys)
     assert bench.main(["--device", "cpu", "--sizes", "2x64", "--batches", "2", "--steps", "3", "--warmup", "1", "--modes", "eager",
                        "--no-peer", "--no-triton", "--sampler", "host", "--rnn-dtype", "bf16", "--json", str(out_json)]) == 0
     [row] = json.loads(out_json.read_text())["results"]
-    assert (row["sampler"], row["weight_dtype"], row["fused_tail"]) == ("host", "bfloat16", None)
+    assert (row["sampler"], row["weight_dtype"], row["triton"]) == ("host", "bfloat16", None)
     with pytest.raises(bench.BenchError):
         bench.main(["--device", "cpu", "--modes", "graphd", "--no-peer"])
     assert "unknown mode(s) graphd" in capsys.readouterr().err

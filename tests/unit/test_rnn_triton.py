@@ -1,7 +1,8 @@
-"""The fused TimeMix tail (engine.kernels.time_mix_tail, one Triton kernel a layer) against the
-plain PyTorch step it replaces, on fresh random weights, inputs and states: the step's logits and
-every part of the new state, x070 and x080, batch 1 and 4, layer 0 (which defines v_first) and
-the layers after it, fp32 and bf16 weights. The kernel runs under Triton's interpreter on the CPU,
+"""The RNN step's Triton kernels (engine.kernels.rnn_triton: LN + token-shift mixes, the low-rank
+activations, the TimeMix tail with the WKV update, relu^2) against the plain PyTorch step they
+replace, on fresh random weights, inputs and states: the step's logits and every part of the new
+state, x070 and x080, batch 1 and 4, layer 0 (which defines v_first) and the layers after it,
+fp32 and bf16 weights. The kernels run under Triton's interpreter on the CPU,
 in a child process: Triton reads TRITON_INTERPRET when it is first imported, and other tests
 (torch.compile's) may have imported it already. Skipped only where Triton is not installed;
 tests/integration/test_model_gpu.py runs the same cases compiled on a GPU."""
@@ -77,24 +78,24 @@ def interpreted():
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_fused_tail_equals_the_pytorch_step(interpreted, case):
+def test_triton_step_equals_the_pytorch_step(interpreted, case):
     assert interpreted["-".join(map(str, case))] == ""
 
 
 def test_the_cpu_step_never_picks_the_kernel_and_a_bad_head_size_says_so():
     model = random_model("x070")
-    assert not model._fused_tail_on(torch.device("cpu"))  # CPU behaviour unchanged
-    from engine.kernels.time_mix_tail import time_mix_tail
+    assert not model._triton_on(torch.device("cpu"))  # CPU behaviour unchanged
+    from engine.kernels.rnn_triton import time_mix_tail
 
     W = model._rnn_weights()[1][1].att
     with pytest.raises(ValueError, match="power-of-two head size"):
         time_mix_tail(torch.zeros(3, 1, 96), torch.zeros(4, 1, 96), None, torch.zeros(1, 2, 48, 48), W, 2, 48, 1e-3)
 
 
-def test_without_triton_the_model_imports_and_steps_on_the_pytorch_tail():
+def test_without_triton_the_model_imports_and_steps_in_pytorch():
     code = ("import sys; sys.modules['triton'] = None\n"  # as if not installed
-            "import torch\nfrom engine.kernels import time_mix_tail\nfrom engine.model import RWKV7, ModelConfig\n"
-            "assert not time_mix_tail.available('cuda')\n"
+            "import torch\nfrom engine.kernels import rnn_triton\nfrom engine.model import RWKV7, ModelConfig\n"
+            "assert not rnn_triton.available('cuda')\n"
             "m = RWKV7(ModelConfig(n_layer=2, n_embd=128, vocab_size=50)).eval()\n"
             "with torch.no_grad(): print(tuple(m.step([1], m.init_state(1))[0].shape))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,

@@ -8,7 +8,9 @@ quantity to cut. Each non-view aten op the eager step dispatches (under ``torch.
 composite ops such as ``matmul`` show as the ``mm``/``bmm`` they run) is roughly one CUDA kernel
 in the captured graph (a few, such as GroupNorm, launch two). ``--old DIR`` also counts the step
 of another checkout's ``engine`` package (e.g. ``git worktree add DIR <commit>``) in a child
-process, for a before/after table from one run.
+process, for a before/after table from one run. ``--triton`` counts the step with its Triton
+kernels (engine.kernels.rnn_triton, the CUDA default where Triton imports) beside the PyTorch
+step: the aten ops left plus the Triton launches, the kernels run under Triton's CPU interpreter.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+if "--triton" in sys.argv:  # Triton reads this when first imported: before anything imports it
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -54,6 +59,46 @@ def count_step_ops(model, batch: int = 1) -> collections.Counter:
     return counter.counts
 
 
+# what Triton's interpreter dispatches to move a kernel's arguments, not ops of the step
+_INTERPRETER = {"set_", "new_empty", "copy_"}
+
+
+def count_triton_step_ops(model, batch: int = 1) -> collections.Counter:
+    """The ops of one eager RNN step with the Triton kernels (on CPU, interpreted): aten compute
+    ops plus one per Triton launch (named ``triton:<kernel>``)."""
+    from engine.kernels import rnn_triton
+
+    module = rnn_triton._kernels()
+    launches: collections.Counter[str] = collections.Counter()
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches["triton:" + self.name] += 1
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    names = [n for n in dir(module) if n.endswith("_kernel")]
+    saved = {n: getattr(module, n) for n in names}
+    tokens = torch.arange(batch) % model.config.vocab_size
+    try:
+        for n in names:
+            setattr(module, n, Counted(n.removesuffix("_kernel"), saved[n]))
+        with torch.no_grad():
+            pack = model._rnn_weights()
+            state = model.init_state(batch)
+            with OpCounter() as counter:
+                model._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift, use_triton=True)
+    finally:
+        for n in names:
+            setattr(module, n, saved[n])
+    counts = collections.Counter({k: v for k, v in counter.counts.items() if k not in _INTERPRETER})
+    return counts + launches
+
+
 def count_cuda_kernels(model, batch: int = 1) -> collections.Counter:
     """The CUDA kernels one eager RNN step of ``model`` (on a GPU) launches, by kernel name."""
     from torch.profiler import ProfilerActivity, profile
@@ -73,17 +118,21 @@ def count_cuda_kernels(model, batch: int = 1) -> collections.Counter:
     return collections.Counter(e.name[:60] for e in kernels)
 
 
-def _measure(sizes: list[tuple[int, int]], arch: str, batch: int, device: str) -> list[dict]:
+def _measure(sizes: list[tuple[int, int]], arch: str, batch: int, device: str, triton: bool = False) -> list[dict]:
     from engine.model import RWKV7, ModelConfig
 
     rows = []
     for L, D in sizes:
         torch.manual_seed(0)
         model = RWKV7(ModelConfig(arch=arch, n_layer=L, n_embd=D, vocab_size=512, head_size=64)).to(device).eval()
-        counts = count_step_ops(model, batch) if device == "cpu" else count_cuda_kernels(model, batch)
-        total = sum(counts.values())
-        rows.append({"size": f"L{L}-D{D}", "arch": arch, "batch": batch, "device": device, "ops": total,
-                     "ops_per_layer": total / L, "by_op": dict(counts.most_common())})
+        steps = [("pytorch", count_step_ops if device == "cpu" else count_cuda_kernels)]
+        if triton:
+            steps.append(("triton", count_triton_step_ops))
+        for name, count in steps:
+            counts = count(model, batch)
+            total = sum(counts.values())
+            rows.append({"size": f"L{L}-D{D}", "arch": arch, "batch": batch, "device": device, "step": name, "ops": total,
+                         "ops_per_layer": total / L, "by_op": dict(counts.most_common())})
     return rows
 
 
@@ -94,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="cpu: aten ops dispatched; cuda: CUDA kernels launched (torch.profiler)")
+    ap.add_argument("--triton", action="store_true", help="also the step with its Triton kernels (interpreted on the CPU)")
     ap.add_argument("--old", default=None, help="another checkout whose engine is counted too (before/after)")
     ap.add_argument("--json", default=None, help="write the rows as JSON here")
     ap.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # the child process of --old
     args = ap.parse_args(argv)
     sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
-    rows = _measure(sizes, args.arch, args.batch, args.device)
+    if args.triton and args.device != "cpu":
+        ap.error("--triton counts on the CPU (the GPU's kernels: bench/rnn_step_profile.py)")
+    rows = _measure(sizes, args.arch, args.batch, args.device, args.triton)
     if args.rows_only:
         print(json.dumps(rows))
         return 0
@@ -115,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             r["tree"] = f"old ({args.old})"
         rows = old + rows
     what = "aten ops" if args.device == "cpu" else "CUDA kernels"
-    print(f"| tree | model | arch | batch | {what} per step | per layer | most frequent |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| tree | model | arch | batch | step | {what} per step | per layer | most frequent |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         top = ", ".join(f"{k} {v}" for k, v in list(r["by_op"].items())[:6])
-        print(f"| {r['tree']} | {r['size']} | {r['arch']} | {r['batch']} | {r['ops']} | {r['ops_per_layer']:.1f} | {top} |")
+        print(f"| {r['tree']} | {r['size']} | {r['arch']} | {r['batch']} | {r.get('step', 'pytorch')} | {r['ops']} | {r['ops_per_layer']:.1f} | {top} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

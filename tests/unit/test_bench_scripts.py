@@ -6,6 +6,7 @@ Trainer on 1 process and on 2 gloo processes with the same global batch, so thei
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import sys
@@ -151,6 +152,22 @@ def test_rnn_step_ops_counts_per_layer(tmp_path):
     # the per-layer count does not depend on depth, and the step's products are batched
     assert abs(rows[0]["ops_per_layer"] - rows[1]["ops_per_layer"]) < 3
     assert rows[1]["by_op"]["bmm"] >= 5 * 3
+
+
+def test_rnn_step_ops_counts_the_triton_step_too(tmp_path):
+    """--triton: the step with its Triton kernels, interpreted on the CPU (a child process, as
+    Triton reads TRITON_INTERPRET when first imported): far fewer ops a layer."""
+    import subprocess
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("needs triton (pip install triton)")
+    out_json = tmp_path / "ops.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "rnn_step_ops.py"), "--sizes", "2x64", "--triton", "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pytorch, triton = json.loads(out_json.read_text())
+    assert (pytorch["step"], triton["step"]) == ("pytorch", "triton")
+    assert triton["by_op"]["triton:time_mix_tail"] == 2 and triton["ops_per_layer"] < pytorch["ops_per_layer"] / 2
 
 
 def test_gpu_val_summary_gives_the_lowest_loss_of_the_weights_and_of_their_average(tmp_path):

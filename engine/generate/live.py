@@ -51,6 +51,22 @@ def build_session(model, tokenizer, *, prompt: str | Path | None = None, prompt_
     return session
 
 
+def knob_sampling(knobs: KnobSettings, sampling: SamplingConfig | None = None) -> SamplingConfig:
+    """What a session starts sampling with: ``sampling`` when given (every option, e.g. the command's
+    flags), else the knobs' temperature, top-p and seed over the engine defaults."""
+    return sampling if sampling is not None else SamplingConfig(temperature=knobs.temperature, top_p=knobs.top_p, seed=knobs.seed)
+
+
+def session_from_knobs(model, tokenizer, knobs: KnobSettings, *, prompt=None, prompt_bars: str | None = None,
+                       sampling: SamplingConfig | None = None, max_tokens: int | None = None,
+                       allow_early_end: bool = False) -> GenerationSession:
+    """A prefilled session for the knobs' alternatives and bars (``knob_sampling`` says how it samples);
+    ``max_tokens`` per alternative, at most ``HARD_TOKEN_CAP``."""
+    return build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=knob_sampling(knobs, sampling),
+                         alternatives=knobs.alternatives, bars=knobs.bars, max_tokens=max_tokens or HARD_TOKEN_CAP,
+                         allow_early_end=allow_early_end)
+
+
 def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], KnobSettings] | None = None,
            stop: threading.Event | None = None, model=None, tokenizer=None, row: int = 0,
            max_tokens: int | None = None,
@@ -58,10 +74,8 @@ def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], K
     """Build a session from the knobs, then yield its ``chunks`` for alternative ``row``."""
     if model is None or tokenizer is None:
         model, tokenizer, _ = load_generator(checkpoint)
-    current = knobs() if knobs else KnobSettings()
-    sampling = SamplingConfig(temperature=current.temperature, top_p=current.top_p, seed=current.seed)
-    session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
-                            alternatives=current.alternatives, bars=current.bars, max_tokens=max_tokens or HARD_TOKEN_CAP)
+    session = session_from_knobs(model, tokenizer, knobs() if knobs else KnobSettings(), prompt=prompt,
+                                 prompt_bars=prompt_bars, max_tokens=max_tokens)
     if on_session is not None:
         on_session(session)
     yield from chunks(session, row=row, knobs=knobs, stop=stop)

@@ -60,7 +60,8 @@ class OutputChoice:
 
 @dataclass
 class PlayerNotice:
-    """Something the user should hear about while playing; ``kind``: behind | port lost | reconnected | port gone."""
+    """Something the user should hear about while playing; ``kind``: behind | port lost | reconnected | port gone
+    (and a take's ``instead``: it plays on another output than the one it tried first)."""
 
     kind: str
     text: str

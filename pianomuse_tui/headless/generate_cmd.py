@@ -2,93 +2,24 @@
 
 generate: continue a prompt (or start from nothing) with a checkpoint, K alternatives at once.
 Without a port it writes the files as fast as it can; with --port/--virtual/--synth (or --play) it
-plays alternative 1 live through the lookahead scheduler while writing all of them. Ctrl-C stops
+plays alternative 1 live while writing all of them; with --in it plays with you. Ctrl-C stops
 cleanly: every sounding note is released and what was generated so far is written.
-Exit status: 0 done, 130 interrupted by Ctrl-C, SIGTERM or SIGHUP (files written), 2 bad input, 3 the MIDI
-port was lost for good.
+The take is the engine's (``engine.generate.performance.Performance.take``, the object the
+Generate pane plays); this module checks the options, prints what the take reports and maps its
+end reason to the exit status: 0 done, 130 interrupted by Ctrl-C, SIGTERM or SIGHUP (files
+written), 2 bad input, 3 the MIDI port was lost for good.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import threading
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from engine.signals import signals_call
-
 from .console import console, err_console, fail
 
-def _unwritable(path: Path) -> str | None:
-    """Why ``path`` cannot be written, checked before generating so that no take is lost; else None."""
-    folder = path.parent
-    while not folder.exists():  # the writer creates missing folders
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        return f"cannot write {path}: {folder} is not a writable folder; give another --out"
-    return None
 
-
-def _write_all(session, paths: list[Path], wav: bool = False, soundfont: Path | None = None) -> list[Path]:
-    """Each alternative as .mid; with ``wav`` also rendered by the built-in piano as .wav beside it."""
-    written = []
-    for row, path in enumerate(paths):
-        try:
-            written.append(session.write_midi(row, path))
-            if wav:
-                from engine.midi.builtin_synth import render_wav
-
-                written.append(render_wav(session.events(row), path.with_suffix(".wav"), soundfont))
-        except OSError as exc:
-            fail(f"could not write {path} ({exc.strerror or exc}); give another --out")
-    return written
-
-
-def _generation_summary(session, seconds: float) -> str:
-    rows = session.rows
-    rate = session.tokens_generated / seconds if seconds > 0 else 0.0
-    per_row = ", ".join(f"#{r + 1}: {len(row.tokens)} tokens, {max(row.bars, 0)} bars, {len(row.decoder.notes)} notes ({_stop_words(session, r)})" for r, row in enumerate(rows))
-    return f"generated {session.tokens_generated} tokens in {seconds:.2f} s ({rate:.0f} tokens/s), seed {session.seed}; {per_row}"
-
-
-def _stop_words(session, r: int) -> str:
-    row = session.rows[r]
-    if session.ended_early(r):
-        why = "the model ended the piece" if row.stop_reason == "eos" else "--max-tokens ran out"
-        return f"ended early: {why} after {max(row.bars, 0)} of {session.bars} bars"
-    return row.stop_reason or "stopped"
-
-
-@contextlib.contextmanager
-def _termination_stops_like_ctrl_c():
-    """SIGTERM and SIGHUP (a closed terminal) stop the run as Ctrl-C does: notes released, files written."""
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    saved = {}
-    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-        for name in ("SIGTERM", "SIGHUP"):
-            if hasattr(signal, name):
-                saved[getattr(signal, name)] = signal.signal(getattr(signal, name), stop)
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def run_generate(*args, **kwargs) -> int:
-    with _termination_stops_like_ctrl_c():
-        return _run_generate(*args, **kwargs)
-
-
-def _run_generate(
+def run_generate(
     checkpoint: Path | None,
     prompt: Path | None,
     prompt_bars: str | None,
@@ -104,20 +35,12 @@ def _run_generate(
     midi_in: str | None = None,
     duet=None,
 ) -> int:
-    import torch
+    """Check the options, run the take through the engine's one take lifecycle, print what it
+    reports; the exit status."""
+    from engine.generate import DEFAULT_BARS, KnobSettings, SamplingConfig
+    from engine.generate.performance import Knobs, Performance, PerformanceSettings
 
-    from engine.generate import DEFAULT_BARS, GenerationError, SamplingConfig
-    from engine.generate.live import HARD_TOKEN_CAP, build_session, load_generator
-    from engine.midi import LivePlayer, NoMidiSystem, PortError, take_paths
-
-    if threads > 0:
-        torch.set_num_threads(threads)
     problem = choice.problem()
-    wav = out is not None and out.suffix.lower() == ".wav"
-    if problem is None and wav:
-        from engine.midi.builtin_synth import builtin_problem
-
-        problem = builtin_problem(choice.soundfont)  # before the model loads: rendering needs the synth
     for name, value in (("--bars", bars), ("--max-tokens", max_tokens), ("--alternatives", alternatives)):
         if problem is None and value is not None and value < 1:
             problem = f"{name} must be at least 1, got {value}"  # told before the model loads
@@ -126,163 +49,92 @@ def _run_generate(
             or ("playing with --in uses one alternative; leave out --alternatives" if alternatives != 1 else None)
     if problem:
         fail(problem)
-    if midi_in is not None:
-        return _run_duet(checkpoint, sampling_kwargs, out, wav, choice, midi_in, duet)
     if bars is None and max_tokens is None:
         bars = DEFAULT_BARS
     try:
         sampling = SamplingConfig(**sampling_kwargs)
     except ValueError as err:
         fail(str(err))
-
-    live = play or bool(choice.port) or choice.virtual or choice.synth is not None
-    player = None
-    if live:
-        # The output first: a wrong name or a missing MIDI system is told before the model loads.
-        player = LivePlayer(choice, on_notice=_print_notice)
-        try:
-            player.open()
-        except NoMidiSystem as err:
-            fail(f"{err}; or write the music to a file: leave out --play/--port/--virtual and give --out FILE.mid "
-                 "(--synth builtin plays without a MIDI system).")
-        except PortError as err:
-            builtin = choice.synth == "builtin" and "sound output" in str(err)
-            fail(f"{str(err).rstrip('.')}; or render the take to a file with --out take.wav." if builtin else str(err))
-    try:
-        model, tokenizer, pth = load_generator(checkpoint)
-        session = build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=sampling,
-                                alternatives=alternatives, bars=bars, max_tokens=max_tokens or HARD_TOKEN_CAP,
-                                allow_early_end=allow_early_end)
-        paths = take_paths(out, alternatives, session.seed)
-        problem = _unwritable(paths[0])
-        if problem:
-            raise GenerationError(problem)
-    except (GenerationError, KeyboardInterrupt) as err:
-        if player is not None:
-            player.close()
-        if isinstance(err, KeyboardInterrupt):
-            fail("interrupted while loading the model; nothing was generated.", code=130)
-        fail(str(err))
-    console.print(f"model {pth} ({model.config.describe()}), {tokenizer.tokenization} tokens"
-                  + (f", prompt {prompt} ({len(session.prompt)} tokens)" if prompt else ", no prompt"))
-
-    started = time.perf_counter()
-    if not live:
-        interrupted = False
-        try:
-            session.run()
-        except KeyboardInterrupt:
-            interrupted = True
-        session.finish()
-        elapsed = time.perf_counter() - started
-        written = _write_all(session, paths, wav, choice.soundfont)
-        console.print(_generation_summary(session, elapsed))
-        console.print("wrote " + ", ".join(str(p) for p in written))
-        return 130 if interrupted else 0
-
-    code = 0
-    # from here a signal (any number of them) asks the take to stop: it never cuts short the
-    # release of the notes or the writing of the take
-    with signals_call(lambda signum: player.stop()):
-        try:
-            console.print(f"playing alternative 1 on {player.output_name}, lookahead {choice.lookahead:.2f} s (Ctrl-C stops)")
-            code = _perform(session, player)
-        except KeyboardInterrupt:
-            code = 130
-        finally:
-            player.close()
-            session.finish()
-            elapsed = time.perf_counter() - started
-            written = _write_all(session, paths, wav, choice.soundfont)
-    console.print(_generation_summary(session, elapsed))
-    console.print("timing: " + player.telemetry().summary())
-    console.print("wrote " + ", ".join(str(p) for p in written))
-    if code == 130:
+    settings = PerformanceSettings(
+        checkpoint=checkpoint, prompt=prompt, prompt_bars=prompt_bars, output=choice,
+        play=midi_in is not None or play or bool(choice.port) or choice.virtual or choice.synth is not None,
+        midi_in=midi_in, duet=duet if midi_in is not None else None, sampling=sampling, max_tokens=max_tokens,
+        allow_early_end=allow_early_end, threads=threads)
+    performance = Performance(settings, Knobs(KnobSettings(alternatives=alternatives, bars=bars)), on_notice=_print_notice)
+    end = _take(performance, out)
+    if end.generation is not None:
+        console.print(_generation_summary(end.generation))
+    elif end.telemetry is not None and end.telemetry.duet is not None:
+        console.print(_duet_summary(end.telemetry.duet))
+    if end.telemetry is not None:
+        console.print("timing: " + end.telemetry.scheduler.summary())
+    tracks = " (tracks: PianoMuse, You)" if midi_in is not None else ""
+    console.print("wrote " + ", ".join(str(p) for p in end.written) + tracks)
+    if end.reason == "stopped" and settings.play and midi_in is None:
         console.print("stopped: every note was released")
-    return code
+    return EXIT_CODES[end.reason]
 
 
-def _run_duet(checkpoint, sampling_kwargs: dict, out: Path | None, wav: bool, choice, midi_in: str, config) -> int:
-    """Play with the model: listen on ``midi_in``, play on ``choice``, until Ctrl-C; write the two-track take."""
-    from engine.generate import GenerationError, SamplingConfig
-    from engine.generate.duet import load_duet
-    from engine.midi import LivePlayer, PortError, take_paths
-    from engine.midi.ports import open_input
+def _take(performance, out: Path | None):
+    """The take, in one call into the engine; its errors as one sentence each."""
+    from engine.generate import GenerationError
+    from engine.generate.performance import TakeInterrupted, TakeWriteError
+    from engine.midi import NoMidiSystem, PortError
 
+    duet = performance.settings.midi_in is not None
     try:
-        sampling = SamplingConfig(**sampling_kwargs)
-    except ValueError as err:
-        fail(str(err))
-    listening = None
-    player = LivePlayer(choice, on_notice=_print_notice)
-    try:  # the ports first: a wrong name or a missing MIDI system is told before the model loads
-        listening = open_input(choice.api, None if midi_in == "virtual" else midi_in, virtual=midi_in == "virtual")
-        player = _open_duet_output(choice)
-    except (PortError, KeyboardInterrupt) as err:
-        player.close()
-        if listening is not None:
-            listening.close()
-        if isinstance(err, KeyboardInterrupt):
-            fail("interrupted while opening the MIDI ports; nothing was played.", code=130)
-        fail(str(err))
-    try:
-        duet, pth = load_duet(checkpoint, sampling, config, player, listening.messages)
-        path = take_paths(out, 1, duet.session.seed)[0]
-        problem = _unwritable(path)
-        if problem:
-            raise GenerationError(problem)
-    except (GenerationError, KeyboardInterrupt) as err:
-        player.close()
-        listening.close()
-        fail("interrupted while loading the model; nothing was played." if isinstance(err, KeyboardInterrupt) else str(err),
-             code=130 if isinstance(err, KeyboardInterrupt) else 2)
-    console.print(f"model {pth}; listening on {listening.name}, playing on {player.output_name}; mode {config.mode} "
-                  f"at {config.tempo:g} qpm (Ctrl-C stops)")
-    code = 0
-    with signals_call(lambda signum: player.stop()):  # as in a generated take: signals ask to stop, never cut the clean-up
-        try:
-            code = EXIT_CODES[duet.play()]
-        except KeyboardInterrupt:
-            code = 130
-        finally:
-            end = player.music_time()
-            player.close()
-            listening.close()
-            duet.finish(end)
-            written = [duet.write(path)]
-            if wav:
-                from engine.midi.builtin_synth import render_wav
-
-                written.append(render_wav(duet.take.model + duet.take.human, path.with_suffix(".wav"), choice.soundfont))
-    waits = sorted(duet.latencies())
-    told = (f"the model's first note came {1000 * waits[len(waits) // 2]:.0f} ms (median), at most "
-            f"{1000 * waits[-1]:.0f} ms after each handover" if waits else "no handover")
-    n = len(duet.handovers)
-    console.print(f"{n} handover{'' if n == 1 else 's'} ({told}); {duet.fed_notes} of your notes fed to the model, "
-                  f"{sum(e.is_note_on for e in duet.take.model)} notes from the model")
-    console.print("timing: " + player.telemetry().summary())
-    console.print("wrote " + ", ".join(str(p) for p in written) + " (tracks: PianoMuse, You)")
-    return code
-
-
-def _open_duet_output(choice):
-    """The player for a duet. Without --port/--virtual/--synth you want to hear it: the built-in
-    piano, or the virtual port when this machine has no sound output for it (said in one line)."""
-    from engine.midi import LivePlayer, PortError
-
-    if choice.port or choice.virtual or choice.synth:
-        player = LivePlayer(choice, on_notice=_print_notice)
-        player.open()
-        return player
-    try:
-        player = LivePlayer(replace(choice, synth="builtin"), on_notice=_print_notice)
-        player.open()
-        return player
+        return performance.take(out, on_ready=lambda ready: _print_ready(ready, performance.settings))
+    except TakeInterrupted as err:
+        fail(f"{err}; nothing was {'played' if duet else 'generated'}.", code=130)
+    except TakeWriteError as err:
+        fail(f"{err}; give another --out")
+    except NoMidiSystem as err:
+        if duet:
+            fail(str(err))
+        fail(f"{err}; or write the music to a file: leave out --play/--port/--virtual and give --out FILE.mid "
+             "(--synth builtin plays without a MIDI system).")
     except PortError as err:
-        err_console.print(f"[yellow]{err}[/] Playing to the virtual port 'PianoMuse' instead.")
-    player = LivePlayer(replace(choice, virtual=True), on_notice=_print_notice)
-    player.open()
-    return player
+        builtin = not duet and performance.settings.output.synth == "builtin" and "sound output" in str(err)
+        fail(f"{str(err).rstrip('.')}; or render the take to a file with --out take.wav." if builtin else str(err))
+    except GenerationError as err:
+        fail(str(err))
+
+
+def _print_ready(ready, settings) -> None:
+    """The engine's ``TakeReady``: which model, and where it plays."""
+    if ready.listening is not None:
+        duet = settings.duet
+        console.print(f"model {ready.checkpoint}; listening on {ready.listening}, playing on {ready.output}; mode "
+                      f"{duet.mode} at {duet.tempo:g} qpm (Ctrl-C stops)")
+        return
+    console.print(f"model {ready.checkpoint} ({ready.model}), {ready.tokenization} tokens"
+                  + (f", prompt {settings.prompt} ({ready.prompt_tokens} tokens)" if settings.prompt else ", no prompt"))
+    if ready.output is not None:
+        console.print(f"playing alternative 1 on {ready.output}, lookahead {ready.lookahead:.2f} s (Ctrl-C stops)")
+
+
+def _generation_summary(summary) -> str:
+    """The engine's ``GenerationSummary`` in one line."""
+    per_row = ", ".join(f"#{r + 1}: {row.tokens} tokens, {row.bars} bars, {row.notes} notes ({_stop_words(row, summary.bars)})"
+                        for r, row in enumerate(summary.alternatives))
+    return (f"generated {summary.tokens} tokens in {summary.seconds:.2f} s ({summary.tokens_per_s:.0f} tokens/s), "
+            f"seed {summary.seed}; {per_row}")
+
+
+def _stop_words(row, bars: int | None) -> str:
+    if row.ended_early:
+        why = "the model ended the piece" if row.stop_reason == "eos" else "--max-tokens ran out"
+        return f"ended early: {why} after {row.bars} of {bars} bars"
+    return row.stop_reason or "stopped"
+
+
+def _duet_summary(timing) -> str:
+    """The engine's ``DuetTiming`` at the end of a duet, in one line."""
+    told = (f"the model's first note came {timing.median_answer_ms:.0f} ms (median), at most "
+            f"{timing.slowest_answer_ms:.0f} ms after each handover" if timing.median_answer_ms is not None else "no handover")
+    n = timing.handovers
+    return (f"{n} handover{'' if n == 1 else 's'} ({told}); {timing.notes_heard} of your notes fed to the model, "
+            f"{timing.model_notes} notes from the model")
 
 
 def _print_notice(notice) -> None:
@@ -294,14 +146,14 @@ def _print_notice(notice) -> None:
         err_console.print(f"[{colour}]{notice.text}[/]")
 
 
-EXIT_CODES = {"finished": 0, "stopped": 130, "port lost": 3}  # what LivePlayer.play returns -> exit status
+EXIT_CODES = {"finished": 0, "stopped": 130, "port lost": 3}  # a take's end reason (the engine's) -> exit status
 
 
 def _perform(session, player) -> int:
-    """Play alternative 1 of ``session`` through ``player`` (the engine's live player); the exit status."""
-    from engine.generate.live import chunks
+    """Play alternative 1 of ``session`` through ``player`` as the engine's take does; the exit status."""
+    from engine.generate.performance import play_generated
 
-    return EXIT_CODES[player.play(chunks(session))]
+    return EXIT_CODES[play_generated(player, session)]
 
 
 def run_ports(midi_api: str) -> int:
@@ -333,7 +185,7 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     # the defaults shown in --help are the engine's, the ones the Generate pane starts from
     from engine.generate.defaults import DEFAULT_BARS, DuetConfig, SamplingConfig, duet_config
-    from engine.midi.player import OutputChoice
+    from engine.generate.performance import OutputChoice  # a take's output, as PerformanceSettings holds it
 
     SAMPLING = SamplingConfig()
     DUET = DuetConfig()

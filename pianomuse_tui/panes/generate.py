@@ -20,7 +20,14 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from engine.generate.defaults import HUMAN_CHANNEL, MODES, TAKEBACKS, DuetConfig, KnobSettings, duet_config, tempo_from_taps
-from engine.generate.performance import Knobs, Performance, PerformanceSettings, PerformanceTelemetry, default_checkpoint
+from engine.generate.performance import (
+    Knobs,
+    OutputChoice,
+    Performance,
+    PerformanceSettings,
+    PerformanceTelemetry,
+    default_checkpoint,
+)
 
 from ..messages import PerformanceEnded, PerformanceProgress, PerformanceStarted, PortsListed, TakeWritten
 from ..requests import GenerateArgs
@@ -358,11 +365,9 @@ class GeneratePane(PaneBase):
             checkpoint=Path(ckpt) if ckpt else None,
             prompt=Path(prompt) if prompt else None,
             prompt_bars=self.query_one("#gen-bars-range", Input).value.strip() or None,
-            api=api,
-            port=None if port in (VIRTUAL, FLUIDSYNTH, BUILTIN) else str(port).split("\t")[0],
-            virtual=port == VIRTUAL,
-            fluidsynth=port == FLUIDSYNTH,
-            builtin=port == BUILTIN,
+            output=OutputChoice(api=api, port=None if port in (VIRTUAL, FLUIDSYNTH, BUILTIN) else str(port).split("\t")[0],
+                                virtual=port == VIRTUAL,
+                                synth="builtin" if port == BUILTIN else "fluidsynth" if port == FLUIDSYNTH else None),
             midi_in=midi_in,
             duet=self.duet_settings() if midi_in else None,
             midi_file=midi_file,
@@ -449,7 +454,7 @@ class GeneratePane(PaneBase):
         if not message.output_failed:
             return f"{text}."
         settings = self.performance.settings if self.performance is not None else None
-        builtin = "" if settings is None or settings.builtin else "pick 'built-in piano' in Out, or "
+        builtin = "" if settings is None or settings.output.synth == "builtin" else "pick 'built-in piano' in Out, or "
         if settings is not None and settings.midi_file is not None:
             return f"{text}; {builtin}open the audition's file {settings.midi_file} in any MIDI player."
         return f"{text}; {builtin}press w to write the take to a MIDI file without playing."

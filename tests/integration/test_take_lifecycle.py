@@ -1,0 +1,87 @@
+"""A take has one owner, ``engine.generate.performance``: the Generate pane's ``Performance`` and the
+`generate` command run the same take lifecycle, so what it does reaches both faces. Here: a duet
+with no output chosen plays on the built-in piano, or, where that cannot sound, on the virtual port
+'PianoMuse' (said once); and a stop (the pane's, or SIGTERM to the command) still writes the take.
+The command used to open its outputs itself, so the pane's Performance could do neither."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import mido
+import pytest
+from jack_server import jack_server, tiny_checkpoint  # noqa: F401  (fixtures)
+
+from engine.generate.defaults import DuetConfig
+
+pytestmark = pytest.mark.jack
+
+NO_SOUND = "pianomuse-no-such-driver"  # an audio driver FluidSynth does not have: the built-in piano cannot sound here
+
+
+def _virtual_output_open() -> bool:
+    """The port 'PianoMuse' is on the JACK graph (as a source other clients read from)."""
+    ports = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10).stdout.split("\n")
+    return any(name.strip().endswith(":PianoMuse") for name in ports)
+
+
+def _tracks(path) -> list[str]:
+    return [track.name for track in mido.MidiFile(path).tracks if track.name]
+
+
+def test_both_faces_play_a_duet_on_the_virtual_port_when_the_piano_cannot_sound_and_write_it_when_stopped(
+        jack_server, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from engine.generate.performance import Knobs, OutputChoice, Performance, PerformanceSettings
+    from pianomuse_tui.headless import generate_cmd
+
+    choice = OutputChoice(api="jack", audio_driver=NO_SOUND, lookahead=0.3)  # no --port, --virtual or --synth
+
+    # the app: the pane's steps, run in a worker thread and stopped from another
+    told: list[str] = []
+    app = Performance(PerformanceSettings(checkpoint=tiny_checkpoint, output=choice, midi_in="virtual"), Knobs(),
+                      on_problem=told.append)
+    ended: list[str] = []
+    try:
+        app.prepare()
+        assert _virtual_output_open() and "PianoMuse" in app.output_name, app.output_name
+        worker = threading.Thread(target=lambda: ended.append(app.run()), daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while app.duet is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # listening
+        app.stop()
+        worker.join(30)
+    finally:
+        app.close()
+    assert ended == ["stopped"]
+    assert len(told) == 1 and "No sound output found for the built-in piano" in told[0] \
+        and told[0].endswith("Playing to the virtual port 'PianoMuse' instead."), told
+    assert _tracks(app.save(tmp_path / "app.mid")[0]) == ["PianoMuse", "You"]
+    assert not _virtual_output_open()  # closed with the take
+
+    # the command: the same take in one call into the engine, stopped by SIGTERM once it plays
+    ready = threading.Event()
+    print_ready = generate_cmd._print_ready
+    monkeypatch.setattr(generate_cmd, "_print_ready", lambda *args: (print_ready(*args), ready.set()))
+
+    def terminate_once_playing() -> None:
+        if ready.wait(60):
+            time.sleep(0.5)
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # never the test run itself
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=terminate_once_playing, daemon=True)
+    thread.start()
+    code = generate_cmd.run_generate(tiny_checkpoint, None, None, None, None, 1, {"seed": 1}, tmp_path / "cmd.mid",
+                                     False, choice, 1, midi_in="virtual", duet=DuetConfig())
+    thread.join(10)
+    out, err = capsys.readouterr()
+    text = " ".join(err.split())
+    assert code == 130, out + err
+    assert text.count("Playing to the virtual port 'PianoMuse' instead.") == 1 and "No sound output found" in text, text
+    assert "playing on PianoMuse:PianoMuse" in " ".join(out.split()), out
+    assert _tracks(tmp_path / "cmd.mid") == ["PianoMuse", "You"]

@@ -142,9 +142,9 @@ def test_triton_step_equals_the_pytorch_step(arch, batch):
         for t in tokens:
             outs = [m.step(t, s) for m, s in zip((plain, eager_fused, model), states)]
             states = [o[1] for o in outs]
-            for logits, state in outs[1:]:
-                torch.testing.assert_close(logits, outs[0][0], rtol=1e-4, atol=1e-4)
-                torch.testing.assert_close(state.wkv, outs[0][1].wkv, rtol=1e-4, atol=1e-5)
+            for logits, state in outs[1:]:  # fp32 throughout: equal but for rounding, relative to each tensor's scale
+                for got, ref in ((logits, outs[0][0]), (state.wkv, outs[0][1].wkv), (state.att_shift, outs[0][1].att_shift)):
+                    assert float((got - ref).abs().max() / ref.abs().max()) < 1e-4
     assert any(k[0] == "graph" and k[5] for k in model._rnn_traces), "the graphed step did not use the Triton kernels"
 
 
@@ -167,7 +167,7 @@ def test_gpu_sampler_picks_the_reference_token():
         u = row_uniforms([torch.Generator().manual_seed(seed * 10 + r) for r in range(8)], config)
         got = sample_rows(logits, allowed, config, gens, [[]] * 8)
         assert got == pick_tokens(logits, allowed, u.cuda(), sampling_knobs(config, "cuda")).tolist()
-        assert bool(allowed[torch.arange(8), torch.tensor(got, device="cuda")].all())
+        assert bool(allowed[torch.arange(8, device="cuda"), torch.tensor(got, device="cuda")].all())
         cpu = filter_logits(logits.cpu(), allowed.cpu(), config)
         ref = cpu.argmax(-1) if config.temperature == 0 else inverse_cdf(torch.softmax(cpu, -1), u)
         same_as_cpu += sum(a == b for a, b in zip(got, ref.tolist()))

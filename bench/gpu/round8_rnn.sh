@@ -10,14 +10,14 @@
 #            model.rnn_weight_dtype; --rnn-dtype bf16)
 #   OUT=gpu-out bash bench/gpu/round8_rnn.sh        # one device call, under 8 minutes; carry .whl
 # In order, each step under its own `timeout -k`, logs packed into $OUT/logs.tgz after each:
-#   1. the GPU model tests (the Triton step, the GPU sampler and the bf16 cache against their
+#   1. the new paths' GPU tests (the Triton step, the GPU sampler and the bf16 cache against their
 #      references, the graphed step), while the rwkv package's CUDA kernel builds on the CPU;
 #   2. torch.profiler kernel tables of one step + draw at L12-D768 batch 1, per lever
 #      (bench/rnn_step_profile.py: graph replay and eager; name, launches, GPU us);
 #   3. bench/decode_gpu.py at L12-D768 and L8-D256, batches 1, 8, 32, graphed, p50/p99 with the
 #      draw: the step before the levers (PyTorch tail, host sampler) with the rwkv package peer
 #      (CUDA kernel on), then the new default (triton + sampler), each lever alone, and all three;
-#   4. the compiled + graphed step over the new default at batch 1, if time is left.
+#   4. the rest of the GPU model tests, then the compiled + graphed step at batch 1, if time is left.
 set -u
 OUT=${OUT:-gpu-out}; L=$(mktemp -d); mkdir -p "$OUT"
 if ls .whl/*.whl > /dev/null 2>&1; then
@@ -33,18 +33,18 @@ step() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
 left() { echo $(( 465 - SECONDS )); }  # seconds left of the call's budget (8 min less packing)
 cap() { local l; l=$(left); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 10 ] && l=10; echo "$l"; }  # min(left, $1), at least 10
 
-# 1. the peer's CUDA kernel builds on the CPU (a fresh folder) while the GPU model tests run
+# 1. the peer's CUDA kernel builds on the CPU (a fresh folder) while the new paths' GPU tests run
 PEER_BUILD=$(mktemp -d)
 ( RWKV_V7_ON=1 RWKV_JIT_ON=1 RWKV_CUDA_ON=1 TORCH_EXTENSIONS_DIR=$PEER_BUILD timeout -k 5 200 \
     python3 -c "import rwkv.model" > "$L/peer_build.log" 2>&1; echo "rc $?" >> "$L/peer_build.log" ) &
 build_pid=$!
-TAILN=12 step tests_model 140 python3 -m pytest -q -p no:cacheprovider -x --timeout 120 \
-  tests/integration/test_model_gpu.py tests/integration/test_model_strategy_gpu.py
-wait $build_pid; echo "== peer build: $(tail -1 "$L/peer_build.log")"
-grep -q "^rc 0$" "$L/peer_build.log" || PEER_BUILD=$(mktemp -d)  # a killed build may leave its lock: build afresh
+TAILN=12 step tests_new 110 python3 -m pytest -q -p no:cacheprovider tests/integration/test_model_gpu.py \
+  -k "triton_step or sampler or bf16_weight_cache or graphed_step_equals_eager_step"
 
 # 2. the kernels of one step + draw, per lever (L12-D768, batch 1)
-TAILN=8 step profile "$(cap 60)" python3 bench/rnn_step_profile.py --size 12x768 --batch 1 --json "$L/profile.json"
+TAILN=8 step profile "$(cap 70)" python3 bench/rnn_step_profile.py --size 12x768 --batch 1 --json "$L/profile.json"
+wait $build_pid; echo "== peer build: $(tail -1 "$L/peer_build.log")"
+grep -q "^rc 0$" "$L/peer_build.log" || PEER_BUILD=$(mktemp -d)  # a killed build may leave its lock: build afresh
 
 # 3. the decode bench, one JSON per configuration (p50/p99 per step, the draw included)
 common=(--sizes 12x768,8x256 --batches 1,8,32 --modes graphed --steps 200 --warmup 20)
@@ -59,7 +59,13 @@ if [ "$(left)" -gt 40 ]; then
     --rnn-dtype bf16 --label bf16 --json "$L/decode_bf16.json"
 fi
 
-# 4. compiled + graphed over the new default (its first use compiles for tens of seconds)
+# 4. the rest of the GPU model tests (the compiled paths compile for tens of seconds), then the
+#    compiled + graphed step over the new default at batch 1, while time is left
+if [ "$(left)" -gt 40 ]; then
+  TAILN=12 step tests_rest "$(cap 150)" python3 -m pytest -q -p no:cacheprovider \
+    tests/integration/test_model_gpu.py tests/integration/test_model_strategy_gpu.py \
+    -k "not (triton_step or sampler or bf16_weight_cache or graphed_step_equals_eager_step)"
+fi
 if [ "$(left)" -gt 70 ]; then
   TAILN=3 step decode_compiled "$(cap 90)" python3 bench/decode_gpu.py --sizes 12x768,8x256 --batches 1 --modes compiled \
     --steps 200 --warmup 20 --no-peer --label compiled --json "$L/decode_compiled.json"

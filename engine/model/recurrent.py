@@ -111,8 +111,9 @@ class RecurrentMode:
             if run is None:
                 run = self._traced_step(pack, tokens, state)
         if run is None:
+            inputs = (pack, tokens, state.att_shift, state.wkv, state.ffn_shift)
             fused = not torch.is_grad_enabled() and self._triton_on(emb.device)
-            logits, att, wkv, ffn = self._step_layers(pack, tokens, state.att_shift, state.wkv, state.ffn_shift, fused)
+            logits, att, wkv, ffn = self._with_triton_fallback(fused, lambda use: self._step_layers(*inputs, use))
         else:
             logits, att, wkv, ffn = run(tokens, state.att_shift, state.wkv, state.ffn_shift)
         return logits, RWKVState(att, wkv, ffn)
@@ -183,6 +184,20 @@ class RecurrentMode:
         key = (tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device)
         return self._cached_runner(key, build, "RNN step tracing failed, using eager mode", "rnn_trace")
 
+    def _with_triton_fallback(self, use_triton: bool, run):
+        """``run(use_triton)``; where the Triton kernels fail (a Triton that cannot compile for
+        this GPU), warn once, turn ``rnn_triton`` off for this model and ``run(False)``: the
+        PyTorch step, the same math."""
+        if not use_triton:
+            return run(False)
+        try:
+            return run(True)
+        except Exception as err:  # noqa: BLE001 - any failure of the optional kernels falls back to PyTorch
+            warnings.warn(f"the RNN step's Triton kernels failed, using the PyTorch step: {type(err).__name__}: {err}",
+                          RuntimeWarning, stacklevel=4)
+            self.rnn_triton = False
+            return run(False)
+
     def _graphed_step(self, pack, tokens, state: RWKVState):
         """On CUDA: the eager step over the weight cache captured once per batch size and state
         layout as a CUDA graph, then replayed: one launch per token instead of hundreds (at batch
@@ -192,7 +207,7 @@ class RecurrentMode:
         """
         fused = not self.rnn_compile and self._triton_on(tokens.device)  # (torch.compile makes its own kernels)
         key = ("graph", tokens.shape[0], state.att_shift.dtype, state.wkv.dtype, tokens.device, fused, self.rnn_compile)
-        return self._cached_runner(key, lambda: _GraphedStep(self, pack, tokens, state, fused),
+        return self._cached_runner(key, lambda: self._with_triton_fallback(fused, lambda use: _GraphedStep(self, pack, tokens, state, use)),
                                    "CUDA graph capture of the RNN step failed, using the traced step", "rnn_cuda_graph")
 
     def _fused_cpu_step(self, pack, batch_size: int, state: RWKVState):

@@ -8,6 +8,7 @@ in a child process: Triton reads TRITON_INTERPRET when it is first imported, and
 tests/integration/test_model_gpu.py runs the same cases compiled on a GPU."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -90,6 +91,29 @@ def test_the_cpu_step_never_picks_the_kernel_and_a_bad_head_size_says_so():
     W = model._rnn_weights()[1][1].att
     with pytest.raises(ValueError, match="power-of-two head size"):
         time_mix_tail(torch.zeros(3, 1, 96), torch.zeros(4, 1, 96), None, torch.zeros(1, 2, 48, 48), W, 2, 48, 1e-3)
+
+
+def test_a_failing_triton_kernel_falls_back_to_the_pytorch_step_once(monkeypatch):
+    """A Triton that cannot compile for the GPU must not stop a take: the step warns once, turns
+    ``rnn_triton`` off and gives the PyTorch step's result (the kernel made to fail here)."""
+    from engine.kernels import rnn_triton
+    from engine.model.recurrent import RecurrentMode
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this device")
+
+    model = random_model("x080")
+    model.rnn_trace = False
+    reference = copy.deepcopy(model)
+    reference.rnn_triton = False
+    monkeypatch.setattr(RecurrentMode, "_triton_on", lambda self, device: self.rnn_triton)  # as on CUDA
+    monkeypatch.setattr(rnn_triton, "layer_norm_mix", broken)
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="Triton kernels failed, using the PyTorch step: RuntimeError: no kernel image"):
+            got, _ = model.step([3], model.init_state(1))
+        ref, _ = reference.step([3], reference.init_state(1))
+    assert model.rnn_triton is False
+    torch.testing.assert_close(got, ref)
 
 
 def test_without_triton_the_model_imports_and_steps_in_pytorch():

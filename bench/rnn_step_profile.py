@@ -52,6 +52,7 @@ def profile_config(model, name: str, batch: int, graphed: bool) -> dict:
 
     fused, dtype, sampler = CONFIGS[name]
     model.rnn_triton, model.rnn_weight_dtype = fused, dtype
+    model._rnn_traces = {}  # this config's runner only (its key then says whether Triton ran)
     model.rnn_trace = graphed  # the graphed runner needs tracing on; off: the eager step
     model.rnn_cuda_graph = graphed
     config = SamplingConfig(temperature=1.0, top_p=0.95)

@@ -1,13 +1,15 @@
 """A take has one owner, ``engine.generate.performance``: the Generate pane's ``Performance`` and the
 `generate` command run the same take lifecycle, so what it does reaches both faces. Here: a duet
 with no output chosen plays on the built-in piano, or, where that cannot sound, on the virtual port
-'PianoMuse' (said once); and a stop (the pane's, or SIGTERM to the command) still writes the take.
-The command used to open its outputs itself, so the pane's Performance could do neither."""
+'PianoMuse' (said once); and a stop (the pane's, or a signal to the command, playing or writing
+files) still writes the take. The command used to open its outputs itself, so the pane's
+Performance could do neither."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -16,8 +18,6 @@ import pytest
 from jack_server import jack_server, tiny_checkpoint  # noqa: F401  (fixtures)
 
 from engine.generate.defaults import DuetConfig
-
-pytestmark = pytest.mark.jack
 
 NO_SOUND = "pianomuse-no-such-driver"  # an audio driver FluidSynth does not have: the built-in piano cannot sound here
 
@@ -32,6 +32,7 @@ def _tracks(path) -> list[str]:
     return [track.name for track in mido.MidiFile(path).tracks if track.name]
 
 
+@pytest.mark.jack
 def test_both_faces_play_a_duet_on_the_virtual_port_when_the_piano_cannot_sound_and_write_it_when_stopped(
         jack_server, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from engine.generate.performance import Knobs, OutputChoice, Performance, PerformanceSettings
@@ -85,3 +86,28 @@ def test_both_faces_play_a_duet_on_the_virtual_port_when_the_piano_cannot_sound_
     assert text.count("Playing to the virtual port 'PianoMuse' instead.") == 1 and "No sound output found" in text, text
     assert "playing on PianoMuse:PianoMuse" in " ".join(out.split()), out
     assert _tracks(tmp_path / "cmd.mid") == ["PianoMuse", "You"]
+
+
+def test_ctrl_c_while_the_command_writes_files_stops_generating_and_writes_every_alternative(tiny_checkpoint, tmp_path):
+    """No port: the take is generated as fast as it can and written; Ctrl-C stops it there too."""
+    out = tmp_path / "cut.mid"
+    cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint),
+           "--bars", "100000", "--max-tokens", "16384", "--alternatives", "2", "--seed", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    try:
+        first = proc.stdout.readline()  # "model ... (...), REMI tokens, no prompt": it is generating now
+        assert first.startswith("model "), first + proc.stdout.read()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        output = " ".join((first + proc.communicate(timeout=60)[0]).split())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    generated = int(output.split("generated ")[1].split(" tokens")[0])
+    assert 0 < generated < 16384 and "wrote" in output, output  # stopped long before the budget (2 x 16384)
+    for k in (1, 2):
+        messages = list(mido.MidiFile(tmp_path / f"cut-{k}.mid"))
+        on = sum(m.type == "note_on" and m.velocity > 0 for m in messages)
+        off = sum(m.type == "note_off" or (m.type == "note_on" and m.velocity == 0) for m in messages)
+        assert on and on == off  # every note released

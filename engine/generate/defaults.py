@@ -58,7 +58,7 @@ class KnobSettings:
     temperature: float = SamplingConfig.temperature
     top_p: float = SamplingConfig.top_p
     alternatives: int = 1
-    bars: int = DEFAULT_BARS
+    bars: int | None = DEFAULT_BARS  # None: no bar limit (a token budget ends the take)
     seed: int | None = None
     version: int = 0
 

@@ -125,6 +125,8 @@ class AlternativeSummary:
 
 @dataclass(frozen=True)
 class GenerationSummary:
+    """A generated take at its end: tokens, time, seed and each alternative."""
+
     tokens: int
     seconds: float
     seed: int

@@ -97,7 +97,7 @@ def test_ctrl_c_while_the_command_writes_files_stops_generating_and_writes_every
     try:
         first = proc.stdout.readline()  # "model ... (...), REMI tokens, no prompt": it is generating now
         assert first.startswith("model "), first + proc.stdout.read()
-        time.sleep(1.0)
+        time.sleep(3.0)  # a few hundred tokens on a busy machine, the budget takes about 25 s on an idle one
         proc.send_signal(signal.SIGINT)
         output = " ".join((first + proc.communicate(timeout=60)[0]).split())
     finally:
@@ -106,8 +106,11 @@ def test_ctrl_c_while_the_command_writes_files_stops_generating_and_writes_every
     assert proc.returncode == 130, output
     generated = int(output.split("generated ")[1].split(" tokens")[0])
     assert 0 < generated < 16384 and "wrote" in output, output  # stopped long before the budget (2 x 16384)
+    notes = 0
     for k in (1, 2):
         messages = list(mido.MidiFile(tmp_path / f"cut-{k}.mid"))
         on = sum(m.type == "note_on" and m.velocity > 0 for m in messages)
         off = sum(m.type == "note_off" or (m.type == "note_on" and m.velocity == 0) for m in messages)
-        assert on and on == off  # every note released
+        assert on == off  # every note released
+        notes += on
+    assert notes

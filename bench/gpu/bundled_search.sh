@@ -3,7 +3,7 @@
 # leaves most of an H100 idle, so four share it), each exporting its best-validation checkpoint
 # through scripts/train_bundled_model.py; the two with the lowest best-validation loss come back
 # in 15 MB parts (one returned file's limit is 16 MiB), for the full `eval` on the CPU.
-#   bash bench/gpu/bundled_search.sh NAME="dotted overrides" [NAME="..." ...]
+#   [MINUTES=7 TRAIN_LIMIT=480] bash bench/gpu/bundled_search.sh NAME="dotted overrides" [NAME="..." ...]
 # The 2026-12-06 rounds (three calls in that day's second session; results in bench/results/bundled_search.md):
 #   A8="model.n_layer=8 train.max_steps=800"
 #   B8="model.n_layer=8 train.max_steps=1000 data.velocity_jitter=2 data.tempo_jitter=0.05"
@@ -21,7 +21,7 @@ t0=$SECONDS; names=()
 for recipe in "$@"; do
   v=${recipe%%=*}; names+=("$v")
   # shellcheck disable=SC2086  # the overrides are words
-  timeout -k 15 480 python3 scripts/train_bundled_model.py --minutes 7 --eval-samples 0 --out "$L/$v" --run-root "$L/runs$v" \
+  timeout -k 15 "${TRAIN_LIMIT:-480}" python3 scripts/train_bundled_model.py --minutes "${MINUTES:-7}" --eval-samples 0 --out "$L/$v" --run-root "$L/runs$v" \
     ${recipe#*=} > "$L/bundled_$v.log" 2>&1 &
 done
 wait; echo "== trainings done $((SECONDS-t0))s"

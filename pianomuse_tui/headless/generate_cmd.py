@@ -149,13 +149,6 @@ def _print_notice(notice) -> None:
 EXIT_CODES = {"finished": 0, "stopped": 130, "port lost": 3}  # a take's end reason (the engine's) -> exit status
 
 
-def _perform(session, player) -> int:
-    """Play alternative 1 of ``session`` through ``player`` as the engine's take does; the exit status."""
-    from engine.generate.performance import play_generated
-
-    return EXIT_CODES[play_generated(player, session)]
-
-
 def run_ports(midi_api: str) -> int:
     from engine.midi import API_CHOICES, NoMidiSystem, PortError, list_ports, resolve_api
     from engine.midi.ports import list_input_ports

@@ -271,13 +271,13 @@ def test_virtual_port_pianomuse_is_created_and_a_synth_connected_to_it_hears_the
 
 
 def _generate_live_take(receiver, model, tok, path):
-    """The bundled model continues a prompt through the headless command's live loop; returns the
+    """The bundled model continues a prompt through the engine's take loop (both faces play through it); returns the
     messages of the written file and what arrived, each as (seconds, bytes), and the telemetry."""
     from engine.generate import SamplingConfig
     from engine.generate.live import build_session
     from engine.paths import CORPUS_DIR
     from engine.midi import LivePlayer
-    from pianomuse_tui.headless.generate_cmd import _perform
+    from engine.generate.performance import play_generated
 
     session = build_session(model, tok, prompt=CORPUS_DIR / "piano" / "joplin_maple_leaf_rag.mid", prompt_bars="1",
                             sampling=SamplingConfig(seed=1), bars=2, max_tokens=600)
@@ -285,7 +285,7 @@ def _generate_live_take(receiver, model, tok, path):
     out = open_output("jack", receiver.port_name)
     sched = LookaheadScheduler(out, lookahead=0.5)
     try:
-        assert _perform(session, LivePlayer(scheduler=sched)) == 0
+        assert play_generated(LivePlayer(scheduler=sched), session) == "finished"
     finally:
         sched.stop()
         out.close()

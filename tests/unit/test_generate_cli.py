@@ -123,13 +123,14 @@ def test_a_model_slower_than_the_music_is_reported_while_it_plays(checkpoint, ca
     from engine.generate import SamplingConfig
     from engine.generate.live import build_session, load_generator
     from engine.midi import LivePlayer, LookaheadScheduler, NoteTracker
-    from pianomuse_tui.headless.generate_cmd import _perform, _print_notice
+    from engine.generate.performance import play_generated
+    from pianomuse_tui.headless.generate_cmd import _print_notice
 
     model, tok, _ = load_generator(checkpoint)
     session = build_session(model, tok, prompt=PROMPT, prompt_bars="1", sampling=SamplingConfig(seed=5), bars=2, max_tokens=120)
     out = FakeOutput()
     scheduler = LookaheadScheduler(out, lookahead=0.2, clock=FastClock(500.0), port_check_interval=0, realtime=False)
-    assert _perform(session, LivePlayer(scheduler=scheduler, on_notice=_print_notice)) == 0
+    assert play_generated(LivePlayer(scheduler=scheduler, on_notice=_print_notice), session) == "finished"
     telemetry = scheduler.telemetry()
     scheduler.stop()
     err = " ".join(capsys.readouterr().err.split())

@@ -4,8 +4,8 @@
                                 [--compiled] [--peer-cuda] [--steps 500] [--out FILE] [--json FILE]
 
 A random-weight model (V = 512, as in rwkv7-spec.md section 9's table) runs ``RWKV7.step`` under
-``torch.inference_mode`` one token at a time, and every step ends with the logits on the host
-(``.cpu()``) and sampled there (temperature + top-p, the engine's sampler), as a live player does. Modes, same weights, same tokens:
+``torch.inference_mode`` one token at a time, and every step ends with a draw (temperature + top-p,
+the engine's sampler), as a live player does. Modes, same weights, same tokens:
 - graphed: the engine's default on CUDA, the step replayed from a captured CUDA graph;
 - traced: the frozen TorchScript trace (``model.rnn_cuda_graph = False``);
 - eager: plain PyTorch (``model.rnn_trace = False``);
@@ -15,7 +15,10 @@ A random-weight model (V = 512, as in rwkv7-spec.md section 9's table) runs ``RW
   CUDA kernel on (RWKV_CUDA_ON=1, JIT-built at import into a fresh build folder, so a stale or
   locked build of an earlier run is never picked up). Batch B costs B calls a step, so the peer
   runs ``--peer-steps`` / B steps (at least 20) after 5 warm-up steps.
-``--engine DIR --label old`` times another checkout's engine (e.g. the tree before a change)
+Each row says what ran: the Triton or PyTorch step (``--no-triton``), the weight cache's dtype
+(``--rnn-dtype``; the default "auto" is the engine's: bf16 over fp32 weights on CUDA with the Triton
+step) and where the draw ran (``--sampler device``, the default: on the GPU, only the ids to the
+host; ``host``: the logits copied there). ``--engine DIR --label old`` times another checkout's engine (e.g. the tree before a change)
 with this script. Reported per mode and batch: median and p99 milliseconds per step (all rows of the batch at
 once). rwkv7-spec.md section 9 lists the package on an H200 (L12-D768, "cuda fp16", its CUDA
 kernel on: 12.6 ms median, 15.1 ms p99 per token at batch 1).
@@ -47,6 +50,7 @@ except ImportError:  # pragma: no cover
 MODES = ("graphed", "traced", "eager")
 OPT_IN_MODES = ("compiled",)  # --compiled: the graphed step over a torch.compile'd step (model.rnn_compile)
 PEER = "rwkv package"
+RNN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --rnn-dtype
 
 
 def measure(model: RWKV7, mode: str, batch: int, steps: int, warmup: int, sampler: str = "device") -> dict:
@@ -149,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler", default="device", choices=("device", "host"),
                     help="device: the engine's sampler on the GPU (only ids come back; the default); host: the logits copied to the host and sampled there")
     ap.add_argument("--no-triton", action="store_true", help="the step's element-wise work in PyTorch, not the Triton kernels (model.rnn_triton = False)")
-    ap.add_argument("--rnn-dtype", default=None, choices=("bf16", "fp16"), help="RNN mode's weight cache in this dtype over the weights (model.rnn_weight_dtype)")
+    ap.add_argument("--rnn-dtype", default="auto", choices=tuple(RNN_DTYPES) + ("auto",),
+                    help="RNN mode's weight cache dtype (model.rnn_weight_dtype); auto: the engine's default "
+                         "(bf16 over fp32 weights on CUDA with the Triton step, else the weights' dtype)")
     ap.add_argument("--label", default="", help="a tag for every row (e.g. the tree measured), kept in the JSON")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of this script")
     ap.add_argument("--out", default=None)
@@ -180,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 p.add_(torch.randn_like(p) * 0.05)
         model = model.to(device=device, dtype=dtype).eval()
         model.rnn_triton = not args.no_triton
-        model.rnn_weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.rnn_dtype)
+        if args.rnn_dtype != "auto":  # (left alone, an --engine checkout keeps its own default)
+            model.rnn_weight_dtype = RNN_DTYPES[args.rnn_dtype]
         peer = None
         if not args.no_peer:
             import tempfile

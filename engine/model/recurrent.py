@@ -26,6 +26,19 @@ from .state import RWKVState
 _VERSION = operator.attrgetter("_version")  # bumped by every in-place update of a tensor
 
 
+def auto_rnn_weight_dtype(param_dtype: torch.dtype, device: torch.device, triton_step: bool) -> torch.dtype:
+    """What ``model.rnn_weight_dtype = "auto"`` (the default) resolves to: a bf16 weight cache over
+    fp32 parameters where the step runs its Triton kernels on CUDA (the default there), the WKV
+    state staying fp32; anywhere else the parameters' dtype. Measured on an H100 (bench/results/
+    generate.md, round 8): with the Triton step and the GPU sampler the bf16 cache was faster at
+    both sizes and every batch; over the plain PyTorch step it was slower (more cast kernels), and
+    on the CPU the fused C++ step runs in fp32 only. Its error against fp32 is held to a stated
+    tolerance (tests/unit/test_model_rnn_dtype.py)."""
+    if torch.device(device).type == "cuda" and triton_step and param_dtype == torch.float32:
+        return torch.bfloat16
+    return param_dtype
+
+
 class RecurrentMode:
     """RNN-mode methods of the model (needs ``emb``, ``blocks``, ``ln_out``, ``head``, ``config``)."""
 
@@ -51,7 +64,8 @@ class RecurrentMode:
         params = self._param_list
         if params is None:
             params = self._param_list = list(self.parameters())
-        cast = self.rnn_weight_dtype
+        cast = self.rnn_weight_cache_dtype()
+        cast = None if cast == params[0].dtype else cast
         key = (sum(map(_VERSION, params)), params[0].data_ptr(), params[0].dtype, params[0].device, cast)
         if self._rnn_cache is None or self._rnn_cache[0] != key:
             with torch.no_grad():
@@ -67,6 +81,21 @@ class RecurrentMode:
             self._rnn_traces = {}
             self._rnn_fused = None
         return self._rnn_cache[1]
+
+    def rnn_weight_cache_dtype(self) -> torch.dtype:
+        """The dtype RNN mode's weight cache takes: ``model.rnn_weight_dtype`` resolved, the one
+        place that does so. ``"auto"`` (the default): ``auto_rnn_weight_dtype``; ``None``: the
+        parameters' dtype; a floating torch dtype: that one (``torch.float32`` chooses fp32 on a GPU)."""
+        p = self.emb.weight
+        setting = self.rnn_weight_dtype
+        if isinstance(setting, str) and setting == "auto":
+            return auto_rnn_weight_dtype(p.dtype, p.device, self._triton_step(p.device))
+        if setting is None:
+            return p.dtype
+        if isinstance(setting, torch.dtype) and setting.is_floating_point:
+            return setting
+        raise ValueError(f"model.rnn_weight_dtype must be 'auto', None (the parameters' dtype) or a floating torch dtype "
+                         f"such as torch.float32 or torch.bfloat16, not {setting!r}")
 
     def _deep_embed_table(self) -> torch.Tensor | None:
         """Every layer's DeepEmbed rows side by side, [V, L * C] ("v8"; None for x070): the step
@@ -123,6 +152,11 @@ class RecurrentMode:
         Triton importable, unless ``model.rnn_triton = False`` (never in a TorchScript trace,
         which would not record the launch, nor under autograd: the kernel has no backward)."""
         return self.rnn_triton and device.type == "cuda" and rnn_triton.available(device)
+
+    def _triton_step(self, device: torch.device) -> bool:
+        """Whether ``step`` runs the Triton kernels here: the graphed step (not the compiled one,
+        which makes its own kernels) or the eager one, never the traced step."""
+        return self._triton_on(device) and not self.rnn_compile and (self.rnn_cuda_graph or not self.rnn_trace)
 
     def _step_layers(self, pack, tokens, att_shift, wkv, ffn_shift, use_triton: bool = False):
         """The recurrent step over all layers on plain tensors: (logits, att_shift, wkv, ffn_shift).

@@ -235,10 +235,12 @@ class RWKV7(RecurrentMode, nn.Module):
         # the graphed step built from a torch.compile'd step (element-wise work fused: fewer,
         # larger kernels per replay); opt-in: its first use compiles for tens of seconds
         self.rnn_compile = False
-        # RNN mode's weight cache in another dtype (e.g. torch.bfloat16 over fp32 parameters: half
-        # the weight bytes a step reads); the WKV state stays fp32, the shift states and logits
-        # take this dtype. None: the parameters' dtype. bench/decode_gpu.py --rnn-dtype measures it
-        self.rnn_weight_dtype = None
+        # RNN mode's weight cache dtype (torch.bfloat16 over fp32 parameters: half the weight bytes a
+        # step reads); the WKV state stays fp32, the shift states and logits take this dtype.
+        # "auto": bf16 on CUDA with the Triton step, else the parameters' dtype (resolved in
+        # recurrent.auto_rnn_weight_dtype); None: the parameters' dtype; or a dtype
+        # (torch.float32 chooses fp32 on a GPU). bench/decode_gpu.py --rnn-dtype measures it
+        self.rnn_weight_dtype = "auto"
         self._param_list = None
         if init:
             from .init import init_parameters

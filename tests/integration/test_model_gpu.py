@@ -1,7 +1,7 @@
 """The model's CUDA paths against the plain ones, fresh random weights and tokens (needs a GPU):
 the CUDA-graph RNN step (with its Triton kernels where Triton imports) against the
 plain eager PyTorch step, the GPU sampler against the reference sampler, the bf16 weight cache
-against fp32, and the compiled block parts against eager ones under bf16 autocast (the trainer's
+(the CUDA default) against fp32, and the compiled block parts against eager ones under bf16 autocast (the trainer's
 default on CUDA), values and every gradient."""
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def _model(arch="x080", L=3, C=256, V=300, seed=None):
 @pytest.mark.parametrize("batch", [1, 5])
 def test_graphed_step_equals_eager_step_and_keeps_caller_states(batch):
     model = _model().eval()
+    model.rnn_weight_dtype = torch.float32  # the runners compared at fp32 rounding (the default cache is bf16)
     eager = copy.deepcopy(model)
     eager.rnn_trace = False
     eager.rnn_triton = False  # the plain PyTorch step: the reference for the graphed (and fused) one
@@ -51,6 +52,7 @@ def test_graphed_step_over_the_batched_layout_equals_eager(arch, dtype, tol, com
     torch._dynamo.reset()
     model = _model(arch=arch, L=2, C=128).to(dtype).eval()
     model.rnn_compile = compiled
+    model.rnn_weight_dtype = None  # the cache in the parameters' dtype, as the reference's
     eager = copy.deepcopy(model)
     eager.rnn_trace = False
     eager.rnn_triton = False  # the plain PyTorch step: the reference for the graphed (and fused) one
@@ -130,6 +132,7 @@ def test_triton_step_equals_the_pytorch_step(arch, batch):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     model.eval()
+    model.rnn_weight_dtype = torch.float32  # the kernels compared at fp32 rounding (the default cache is bf16)
     plain = copy.deepcopy(model)
     plain.rnn_trace, plain.rnn_triton = False, False
     eager_fused = copy.deepcopy(model)
@@ -175,16 +178,50 @@ def test_gpu_sampler_picks_the_reference_token():
     assert same_as_cpu >= 0.99 * total, (same_as_cpu, total)
 
 
-def test_bf16_weight_cache_on_the_gpu_stays_near_fp32():
-    model = _model(L=3, C=256).eval()
-    half = copy.deepcopy(model)
-    half.rnn_weight_dtype = torch.bfloat16
+def _assert_within_the_bf16_tolerance(fp32, model, dtype):
+    """32 steps of two sequences: ``model``'s logits (in ``dtype``) within 4 % of the fp32 cache's
+    scale and its next-token distributions within 0.02 total variation at every step, the WKV
+    state fp32 and within 4 % (the tolerance of tests/unit/test_model_rnn_dtype.py)."""
     tokens = torch.randint(0, 300, (32, 2), device="cuda")
     with torch.inference_mode():
-        s_ref, s_half = model.init_state(2), half.init_state(2)
+        s_ref, s_got = fp32.init_state(2), model.init_state(2)
         for t in tokens:
-            ref, s_ref = model.step(t, s_ref)
-            got, s_half = half.step(t, s_half)
+            ref, s_ref = fp32.step(t, s_ref)
+            got, s_got = model.step(t, s_got)
+            assert got.dtype == dtype and s_got.wkv.dtype == torch.float32
             assert float((got.float() - ref).abs().max()) < 0.04 * float(ref.abs().max())
-    assert s_half.wkv.dtype == torch.float32
+            tv = (torch.softmax(got.float(), -1) - torch.softmax(ref, -1)).abs().sum(-1).max() / 2
+            assert float(tv) < 0.02
+    assert float((s_got.wkv - s_ref.wkv).abs().max()) < 0.04 * float(s_ref.wkv.abs().max())
+
+
+def test_bf16_weight_cache_on_the_gpu_stays_near_fp32():
+    model = _model(L=3, C=256).eval()
+    model.rnn_weight_dtype = torch.float32  # the user's choice of fp32 on a GPU
+    half = copy.deepcopy(model)
+    half.rnn_weight_dtype = torch.bfloat16
+    _assert_within_the_bf16_tolerance(model, half, torch.bfloat16)
     assert any(k[0] == "graph" and k[2] == torch.bfloat16 for k in half._rnn_traces)
+    assert all(k[2] == torch.float32 for k in model._rnn_traces), "torch.float32 should keep the cache fp32"
+
+
+@pytest.mark.parametrize("arch", ["x070", "x080"])
+def test_the_default_on_cuda_is_the_bf16_weight_cache_within_tolerance_of_fp32(arch):
+    """model.rnn_weight_dtype "auto" (the default) on CUDA with the Triton step: the graphed step
+    over a bf16 weight cache within the stated tolerance of the fp32 cache; without Triton the
+    default stays fp32."""
+    from engine.kernels import rnn_triton
+
+    model = _model(arch=arch, L=3, C=256)
+    with torch.no_grad():
+        for p in model.parameters():  # off the zero inits, so every weight matters
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    fp32 = copy.deepcopy(model)
+    fp32.rnn_weight_dtype = torch.float32
+    assert model.rnn_weight_dtype == "auto"
+    want = torch.bfloat16 if rnn_triton.available("cuda") else torch.float32
+    assert model.rnn_weight_cache_dtype() == want
+    _assert_within_the_bf16_tolerance(fp32, model, want)
+    graphs = [k for k in model._rnn_traces if k[0] == "graph"]
+    assert graphs and all(k[2] == want and k[5] == (want == torch.bfloat16) for k in graphs), graphs

@@ -41,7 +41,10 @@ def test_cuda_strategies_match_the_cpu(checkpoint, strategy, backend, tol):
         got, state = gpu.model(ids.cuda(), return_state=True)
     assert _rel_err(got, want) < tol
     assert state.wkv.dtype == torch.float32 and state.wkv.device.type == "cuda"
-    # RNN mode on the GPU follows the GPU's own parallel mode token by token
+    # RNN mode on the GPU follows the GPU's own parallel mode token by token; where that is held to
+    # fp32 rounding, the weight cache is chosen fp32 (the default over fp32 weights is bf16 on CUDA)
+    if tol < 1e-3:
+        gpu.model.rnn_weight_dtype = torch.float32
     state = gpu.init_state(2)
     steps = []
     for t in range(ids.shape[1]):

@@ -6,9 +6,16 @@
 #            default on CUDA where Triton imports; --no-triton turns it off
 #   sampler  the draw on the GPU in its own captured graph, only the ids to the host
 #            (engine.generate.sampling; the default on CUDA; --sampler host is the old way)
-#   bf16     the RNN weight cache in bf16 over fp32 weights, the WKV state fp32 (opt-in:
+#   bf16     the RNN weight cache in bf16 over fp32 weights, the WKV state fp32 (then opt-in:
 #            model.rnn_weight_dtype; --rnn-dtype bf16)
 #   OUT=gpu-out bash bench/gpu/round8_rnn.sh        # one device call, under 8 minutes; carry .whl
+# Run on 2026-12-06, 15:12-15:18 UTC, one H100 80GB HBM3, the tree of commit ab15d88; recorded in
+# bench/results/generate.md (raw JSON: bench/results/raw/gpu-2026-12-06-round8-*.json). "all"
+# (Triton + GPU sampler + bf16 cache) was the fastest row at every size and batch: p99 0.849 ms at
+# L12-D768 and 0.516 ms at L8-D256, batch 1. So all three are now the CUDA defaults (the bf16 cache
+# through model.rnn_weight_dtype = "auto", where the Triton step runs). The rows that measured the
+# fp32 cache (before, default, triton, sampler, compiled) say --rnn-dtype fp32, so a re-run times
+# what this call timed; "default" is the default of that day.
 # In order, each step under its own `timeout -k`, logs packed into $OUT/logs.tgz after each:
 #   1. the new paths' GPU tests (the Triton step, the GPU sampler and the bf16 cache against their
 #      references, the graphed step), while the rwkv package's CUDA kernel builds on the CPU;
@@ -49,10 +56,10 @@ grep -q "^rc 0$" "$L/peer_build.log" || PEER_BUILD=$(mktemp -d)  # a killed buil
 # 3. the decode bench, one JSON per configuration (p50/p99 per step, the draw included)
 common=(--sizes 12x768,8x256 --batches 1,8,32 --modes graphed --steps 200 --warmup 20)
 TAILN=14 step decode_before "$(cap 110)" python3 bench/decode_gpu.py "${common[@]}" --no-triton --sampler host \
-  --label before --peer-cuda --peer-build-dir "$PEER_BUILD" --peer-steps 100 --json "$L/decode_before.json"
-TAILN=7 step decode_default "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --label default --json "$L/decode_default.json"
-TAILN=7 step decode_triton "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --sampler host --label triton --json "$L/decode_triton.json"
-TAILN=7 step decode_sampler "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --no-triton --label sampler --json "$L/decode_sampler.json"
+  --rnn-dtype fp32 --label before --peer-cuda --peer-build-dir "$PEER_BUILD" --peer-steps 100 --json "$L/decode_before.json"
+TAILN=7 step decode_default "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --rnn-dtype fp32 --label default --json "$L/decode_default.json"
+TAILN=7 step decode_triton "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --sampler host --rnn-dtype fp32 --label triton --json "$L/decode_triton.json"
+TAILN=7 step decode_sampler "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --no-triton --rnn-dtype fp32 --label sampler --json "$L/decode_sampler.json"
 TAILN=7 step decode_all "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --rnn-dtype bf16 --label all --json "$L/decode_all.json"
 if [ "$(left)" -gt 40 ]; then
   TAILN=7 step decode_bf16 "$(cap 45)" python3 bench/decode_gpu.py "${common[@]}" --no-peer --no-triton --sampler host \
@@ -68,7 +75,7 @@ if [ "$(left)" -gt 40 ]; then
 fi
 if [ "$(left)" -gt 70 ]; then
   TAILN=3 step decode_compiled "$(cap 90)" python3 bench/decode_gpu.py --sizes 12x768,8x256 --batches 1 --modes compiled \
-    --steps 200 --warmup 20 --no-peer --label compiled --json "$L/decode_compiled.json"
+    --steps 200 --warmup 20 --no-peer --rnn-dtype fp32 --label compiled --json "$L/decode_compiled.json"
 fi
 echo "== total ${SECONDS}s"
 pack

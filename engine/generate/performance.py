@@ -219,9 +219,19 @@ class Performance:
         self.ready: TakeReady | None = None  # set once loaded
         self.end_reason = "finished"
         self._active = threading.Event()
+        self._stop_asked = threading.Event()  # outlives the players: a duet may try two outputs
 
     def _player(self, choice: OutputChoice) -> LivePlayer:
         return LivePlayer(choice, on_event=self._roll_event, on_notice=self._notice)
+
+    def _use_player(self, choice: OutputChoice) -> LivePlayer:
+        """Make the player for ``choice`` the take's; a stop asked before (while another output was
+        being tried) stops it too. Set first and checked after, as ``stop`` does in the other order,
+        so a stop from another thread meanwhile reaches one of them."""
+        self.player = player = self._player(choice)
+        if self._stop_asked.is_set():
+            player.stop()
+        return player
 
     # ---- state read by the UI -------------------------------------------------------------------
 
@@ -368,17 +378,12 @@ class Performance:
             return
         # a duet with no output chosen: you want to hear it, so the built-in piano, or the virtual
         # port when this machine has no sound output for it
-        stop_asked = self.player.stop_event.is_set()
-        self.player = self._player(replace(c, synth="builtin"))
         try:
-            self.player.open()
+            self._use_player(replace(c, synth="builtin")).open()
             return
         except PortError as err:
             self._notice(PlayerNotice("instead", f"{err} Playing to the virtual port 'PianoMuse' instead."))
-        self.player = self._player(replace(c, virtual=True))
-        if stop_asked:
-            self.player.stop()
-        self.player.open()
+        self._use_player(replace(c, virtual=True)).open()
 
     def load(self) -> TakeReady:
         """Load the model and build the session (or the duet); nothing to load for a MIDI file.
@@ -449,6 +454,8 @@ class Performance:
         return reason
 
     def stop(self) -> None:
+        """Stop the take, from any thread, at any point: while an output is being tried as well."""
+        self._stop_asked.set()
         self.player.stop()
 
     def panic(self) -> None:

@@ -114,3 +114,45 @@ def test_ctrl_c_while_the_command_writes_files_stops_generating_and_writes_every
         assert on == off  # every note released
         notes += on
     assert notes
+
+
+@pytest.mark.jack
+def test_a_stop_while_a_duet_tries_the_built_in_piano_ends_the_take_stopped(jack_server, tiny_checkpoint, tmp_path):
+    """Stop pressed while the duet's output is being chosen (the built-in piano tried, the virtual
+    port not yet open) is honoured: the take ends "stopped" at once, nothing sounds on, no port is
+    left open. It used to reach only the piano's player, which the virtual port's replaced, so the
+    duet went on listening until stopped a second time."""
+    from engine.generate.performance import Knobs, OutputChoice, Performance, PerformanceSettings
+
+    choice = OutputChoice(api="jack", audio_driver=NO_SOUND, lookahead=0.3)
+    notices: list[str] = []
+
+    def on_notice(notice) -> None:  # the pane shows it: the piano could not sound, the virtual port is next
+        notices.append(notice.kind)
+        if notice.kind == "instead":
+            app.stop()
+
+    app = Performance(PerformanceSettings(checkpoint=tiny_checkpoint, output=choice, midi_in="virtual"), Knobs(),
+                      on_notice=on_notice)
+    ended: list[str] = []
+
+    def pane_worker() -> None:  # the Generate pane's steps
+        app.prepare()
+        ended.append(app.run())
+
+    worker = threading.Thread(target=pane_worker, daemon=True)
+    try:
+        worker.start()
+        worker.join(30)
+        hung = worker.is_alive()
+        if hung:
+            app.stop()  # the second press: let the thread end
+            worker.join(30)
+    finally:
+        app.close()
+    assert notices[:1] == ["instead"], notices
+    assert not hung and ended == ["stopped"], ended
+    assert not _virtual_output_open()
+    messages = list(mido.MidiFile(app.save(tmp_path / "stopped.mid")[0]))
+    on = sum(m.type == "note_on" and m.velocity > 0 for m in messages)
+    assert on == sum(m.type == "note_off" or (m.type == "note_on" and m.velocity == 0) for m in messages)

@@ -1,10 +1,10 @@
-"""Loading a checkpoint for generation, and the stream of timed events the live player plays.
+"""Loading a checkpoint for generation, a session built from the knobs, and the stream of timed
+events the live player plays (``engine.generate.performance`` puts them together for a take).
 
-``chunks`` (of a built session) and ``stream`` (builds one from the knobs) are generators that
-``engine.midi.player.LivePlayer`` pulls from at its own pace (when its lookahead has room): each
-item is ``(events, horizon_seconds, n_tokens)`` for the alternative being played. Knobs are
-read before every step, so a change in the UI applies to the next token. ``on_session`` receives
-the session once it is built, so a player can save the alternatives it does not play.
+``chunks`` (of a built session) is the generator ``engine.midi.player.LivePlayer`` pulls from at
+its own pace (when its lookahead has room): each item is ``(events, horizon_seconds, n_tokens)``
+for the alternative being played; the session keeps every alternative, so the ones not played can
+be saved. Knobs are read before every step, so a change in the UI applies to the next token.
 """
 from __future__ import annotations
 
@@ -65,20 +65,6 @@ def session_from_knobs(model, tokenizer, knobs: KnobSettings, *, prompt=None, pr
     return build_session(model, tokenizer, prompt=prompt, prompt_bars=prompt_bars, sampling=knob_sampling(knobs, sampling),
                          alternatives=knobs.alternatives, bars=knobs.bars, max_tokens=max_tokens or HARD_TOKEN_CAP,
                          allow_early_end=allow_early_end)
-
-
-def stream(checkpoint=None, prompt=None, prompt_bars=None, knobs: Callable[[], KnobSettings] | None = None,
-           stop: threading.Event | None = None, model=None, tokenizer=None, row: int = 0,
-           max_tokens: int | None = None,
-           on_session: Callable[[GenerationSession], None] | None = None) -> Iterator[tuple[list, float, int]]:
-    """Build a session from the knobs, then yield its ``chunks`` for alternative ``row``."""
-    if model is None or tokenizer is None:
-        model, tokenizer, _ = load_generator(checkpoint)
-    session = session_from_knobs(model, tokenizer, knobs() if knobs else KnobSettings(), prompt=prompt,
-                                 prompt_bars=prompt_bars, max_tokens=max_tokens)
-    if on_session is not None:
-        on_session(session)
-    yield from chunks(session, row=row, knobs=knobs, stop=stop)
 
 
 class KnobFollower:

@@ -1,7 +1,6 @@
 """`pianomuse-tui --headless generate` and `ports` through the real CLI, on a tiny checkpoint."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import mido
 import pytest
@@ -89,31 +88,38 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_live_stream_feeds_a_player_and_applies_knob_changes(checkpoint, tmp_path):
-    import threading
-
-    from engine.generate import live
+def test_a_performance_feeds_its_player_and_applies_knob_changes(checkpoint, tmp_path):
+    """What a take's player pulls (``Performance.load``'s session, stepped by ``chunks`` as ``run`` does):
+    in time order, every note released, a knob turned mid-take applied, a stop ends it at once."""
+    from engine.generate.live import chunks
+    from engine.generate.performance import Knobs, Performance, PerformanceSettings
     from engine.midi import NoteTracker, write_midi_file
 
-    knobs = [KnobSettings(temperature=1.0, top_p=0.95, alternatives=2, bars=3, seed=4)]
-    stop = threading.Event()
+    knobs = Knobs(KnobSettings(temperature=1.0, top_p=0.95, alternatives=2, bars=3, seed=4))
+    performance = Performance(PerformanceSettings(checkpoint=checkpoint, prompt=PROMPT, prompt_bars="1", threads=0),
+                              knobs)  # threads=0: leave torch's threads to the other tests
+    performance.load()
+    session, stop = performance.session, performance.player.stop_event
+    assert session.alternatives == 2 and session.bars == 3 and len(session.prompt) > 0
     played, steps = [], 0
     horizons = []
-    for events, horizon, n_tokens in live.stream(checkpoint=checkpoint, prompt=PROMPT, prompt_bars="1", knobs=lambda: knobs[0], stop=stop):
+    for events, horizon, n_tokens in chunks(session, knobs=knobs.snapshot, stop=stop):
         played += events
         horizons.append(horizon)
         steps += 1
         if steps == 5:
-            knobs[0] = replace(knobs[0], temperature=0.0, version=1)  # the UI turns the knob mid-performance
-    assert horizons == sorted(horizons) and steps > 5
+            knobs.update(temperature=0.0)  # the UI turns the knob mid-performance
+    assert horizons == sorted(horizons) and steps > 5 and session.sampling.temperature == 0.0
     tracker = NoteTracker()
     for e in played:
         tracker.observe(e.data, 0.0)
     assert played and tracker.count == 0
     assert all(e.time <= horizons[-1] + 1e-9 for e in played)
     write_midi_file(played, tmp_path / "played.mid")
-    stop.set()
-    assert list(live.stream(checkpoint=checkpoint, knobs=lambda: knobs[0], stop=stop))[-1][2] == 0  # stop ends at once
+    again = Performance(PerformanceSettings(checkpoint=checkpoint, threads=0), knobs)
+    again.load()
+    again.stop()
+    assert [n for _, _, n in chunks(again.session, knobs=knobs.snapshot, stop=again.player.stop_event)] == [0]
 
 
 def test_a_model_slower_than_the_music_is_reported_while_it_plays(checkpoint, capsys):

@@ -1,4 +1,5 @@
-"""engine.generate.live.stream hands its session to the player, so the rows it does not play can be saved."""
+"""A take's session holds every alternative while row 0 is streamed to the player, so the rows it does
+not play can be saved; the knobs are a typed snapshot the session follows."""
 from __future__ import annotations
 
 import mido
@@ -18,16 +19,13 @@ def tiny_model():
     return RWKV7(ModelConfig(n_layer=2, n_embd=64, head_size=32, vocab_size=tok.vocab_size)).eval(), tok
 
 
-def test_stream_hands_over_its_session_with_every_alternative(tiny_model, tmp_path):
+def test_the_session_streamed_holds_every_alternative(tiny_model, tmp_path):
     model, tok = tiny_model
-    sessions = []
     knobs = KnobSettings(temperature=1.0, top_p=0.95, alternatives=2, bars=2, seed=7)
+    session = live.session_from_knobs(model, tok, knobs, max_tokens=400)  # as Performance.load builds it
     streamed = []
-    for events, _, _ in live.stream(model=model, tokenizer=tok, knobs=lambda: knobs, max_tokens=400,
-                                    on_session=sessions.append):
-        assert len(sessions) == 1  # given before the first step, once
+    for events, _, _ in live.chunks(session, knobs=lambda: knobs):
         streamed += events
-    session = sessions[0]
     assert session.alternatives == 2 and len(session.rows) == 2
     # row 0 is exactly what was streamed; row 1 was generated alongside and differs (its own seed)
     assert session.events(0) == streamed

@@ -183,12 +183,12 @@ class MidiOutput:
                 chosen = match_port(self.target, names)
                 out.open_port(names.index(chosen), VIRTUAL_PORT_NAME)
                 self.target = chosen
+        except PortError:  # already one sentence (no port of that name): first, as it is a RuntimeError too
+            out.delete()
+            raise
         except (rt.RtMidiError, RuntimeError) as err:
             out.delete()
             raise PortError(f"Could not open the MIDI port {self.target or VIRTUAL_PORT_NAME!r} ({err}); check it with `pianomuse-tui --headless ports`.") from err
-        except PortError:
-            out.delete()
-            raise
         with self._lock:
             self._out = out
         if not self.virtual and self._probe is None:

@@ -49,8 +49,11 @@ def test_ports_lists_the_receiver_and_opens_it_by_substring(receiver):
     out = open_output("jack", "test-recv")
     assert out.target == receiver.port_name and out.is_alive()
     out.close()
-    with pytest.raises(PortError, match="No MIDI output port matches"):
+    with pytest.raises(PortError) as caught:
         open_output("jack", "no-such-synth")
+    # one sentence that lists the ports and says where to look, not wrapped in "Could not open ..." with the hint twice
+    assert str(caught.value).startswith("No MIDI output port matches 'no-such-synth'; available ports: ")
+    assert receiver.port_name in str(caught.value) and str(caught.value).count("--headless ports") == 1
 
 
 def test_ports_command_lists_jack_ports(receiver):

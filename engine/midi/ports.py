@@ -311,12 +311,12 @@ class MidiInput:
                 chosen = match_port(source, names, "input")
                 client.open_port(names.index(chosen), VIRTUAL_INPUT_NAME)
                 self.source = chosen
+        except PortError:  # already one sentence (no input of that name): first, as it is a RuntimeError too
+            client.delete()
+            raise
         except (rt.RtMidiError, RuntimeError) as err:
             client.delete()
             raise PortError(f"Could not open the MIDI input {source or VIRTUAL_INPUT_NAME!r} ({err}); check it with `pianomuse-tui --headless ports`.") from err
-        except PortError:
-            client.delete()
-            raise
         client.ignore_types(sysex=True, timing=True, active_sense=True)
         self._client = client
         self._stop = threading.Event()

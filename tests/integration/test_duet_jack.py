@@ -404,3 +404,17 @@ def test_a_part_taken_back_with_its_sustain_pedal_down_ends_on_time_at_the_port(
     assert not [d for _, d in got if d[:2] == (0x90, 69)]  # after the cut: never played
     assert sounding_after([d for _, d in got]) == {}
     assert [d[2] for _, d in got if d[0] == 0xB0 and d[1] == CC_SUSTAIN][-1] == 0
+
+
+def test_an_input_that_is_not_there_is_one_sentence_naming_the_inputs_there(receiver):
+    """`generate --in NAME` with no such input: the sentence that lists the inputs, once, not wrapped
+    in "Could not open the MIDI input (...)" with the hint twice (it was, as PortError is a RuntimeError)."""
+    from typer.testing import CliRunner
+
+    from pianomuse_tui.cli import app
+
+    result = CliRunner().invoke(app, ["--headless", "generate", "--midi-api", "jack", "--in", "no-such-keyboard"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "error: No MIDI input port matches 'no-such-keyboard'; available ports: " in text, text
+    assert "Could not open" not in text and text.count("--headless ports") == 1, text

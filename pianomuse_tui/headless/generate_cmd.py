@@ -125,7 +125,10 @@ def _stop_words(row, bars: int | None) -> str:
     if row.ended_early:
         why = "the model ended the piece" if row.stop_reason == "eos" else "--max-tokens ran out"
         return f"ended early: {why} after {row.bars} of {bars} bars"
-    return row.stop_reason or "stopped"
+    return STOP_WORDS.get(row.stop_reason, "stopped")
+
+
+STOP_WORDS = {"bars": "done", "eos": "the model ended the piece", "max_tokens": "--max-tokens reached"}  # why an alternative ended
 
 
 def _duet_summary(timing) -> str:

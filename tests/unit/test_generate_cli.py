@@ -188,6 +188,11 @@ def test_bars_are_honoured_and_an_early_end_is_said(tmp_path):
     result = run("generate", "--bars", "8", "--max-tokens", "30", "--seed", "1", "--threads", "1", "--out", tmp_path / "short.mid")
     assert result.exit_code == 0, result.output
     assert "ended early: --max-tokens ran out after" in " ".join(result.output.split())
+    result = run("generate", "--max-tokens", "30", "--seed", "1", "--threads", "1", "--out", tmp_path / "budget.mid")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "#1: 30 tokens" in text, text  # a budget only: it ran out, in words
+    assert "(--max-tokens reached)" in text and "max_tokens)" not in text, text
+    assert "(done)" in " ".join(run("generate", "--bars", "2", "--seed", "1", "--out", tmp_path / "two.mid").output.split())
 
 
 def test_out_naming_a_folder_writes_the_take_inside_it(checkpoint, tmp_path):

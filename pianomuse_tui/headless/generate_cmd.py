@@ -150,6 +150,10 @@ def _print_notice(notice) -> None:
 
 
 EXIT_CODES = {"finished": 0, "stopped": 130, "port lost": 3}  # a take's end reason (the engine's) -> exit status
+EXIT_CODES_HELP = (f"Exit status: {EXIT_CODES['finished']} finished, {EXIT_CODES['stopped']} stopped by Ctrl-C, SIGTERM "
+                   f"or SIGHUP (what was made is written; 130 also before the take began, nothing written), 2 bad input "
+                   f"or an output that cannot open, {EXIT_CODES['port lost']} the MIDI port was lost for good (what was "
+                   "made is written).")
 
 
 def run_ports(midi_api: str) -> int:
@@ -186,7 +190,7 @@ def register(app: typer.Typer) -> None:
     SAMPLING = SamplingConfig()
     DUET = DuetConfig()
 
-    @app.command("generate")
+    @app.command("generate", epilog=EXIT_CODES_HELP)
     def generate(
         ctx: typer.Context,
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A .pth file or a training run folder (default: the bundled model)."),

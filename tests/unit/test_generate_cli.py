@@ -203,3 +203,13 @@ def test_out_naming_a_folder_writes_the_take_inside_it(checkpoint, tmp_path):
                  "--threads", "1", "--out", folder)
     assert result.exit_code == 0, result.output
     assert [p.name for p in folder.iterdir()] == ["pianomuse-seed4.mid"] and not (tmp_path / "takes.mid").exists()
+
+
+def test_help_says_each_exit_status():
+    """A script calling `generate` can read what each exit status means in --help (they were only in the source)."""
+    from pianomuse_tui.headless.generate_cmd import EXIT_CODES
+
+    text = " ".join(run("generate", "--help").output.split())
+    assert "Exit status: 0 finished, 130 stopped by Ctrl-C" in text, text
+    assert "2 bad input" in text and "3 the MIDI port was lost for good" in text
+    assert sorted(EXIT_CODES.values()) == [0, 3, 130]

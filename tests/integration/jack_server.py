@@ -6,7 +6,9 @@ and a user's own JACK never collide. Importable from tests as ``from jack_server
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import shutil
 import subprocess
 import threading
@@ -14,6 +16,17 @@ import time
 import uuid
 
 import pytest
+
+
+def _end_with_parent() -> None:
+    """In the forked jackd, before exec: ask Linux to send it SIGTERM when the test process dies, so a
+    killed test run (a timeout, a SIGKILL) leaves no server behind holding one of JACK's 8 server slots
+    (jackd unregisters on SIGTERM)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the context manager still stops it on a normal exit
 
 
 class JackServer:
@@ -58,13 +71,18 @@ class JackServer:
             ["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_end_with_parent,
         )
         threading.Thread(target=self._pump_log, name="jackd-log", daemon=True).start()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 time.sleep(0.1)  # the rest of its log
-                raise RuntimeError("jackd exited: " + self.log_tail()[-500:])
+                log = self.log_tail()[-500:]
+                if "Too many servers" in log:  # JACK keeps 8 server slots; a killed jackd keeps its slot
+                    log += (" (stale servers of killed runs hold JACK's 8 server slots: stop them with "
+                            "`pkill -TERM jackd`; with no jackd left running, remove /dev/shm/jack-shm-registry)")
+                raise RuntimeError("jackd exited: " + log)
             if subprocess.run(["jack_lsp", "-s", self.name], capture_output=True).returncode == 0:
                 self._previous, JackServer.current = JackServer.current, self
                 return self

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import mido
 import pytest
@@ -423,3 +425,29 @@ def test_a_program_that_exits_without_stopping_still_releases_its_notes(receiver
     assert [d for d in got if d[0] & 0xF0 == 0x90] == [(0x90, 60 + i, 90) for i in range(4)]
     assert stuck_notes(receiver, got) == {}
     assert (0xB0, 64, 0) in got and (0xB0, 123, 0) in got
+
+
+def test_a_killed_test_process_leaves_no_jack_server_behind(tmp_path):
+    """The tests' private JACK server ends with the process that started it, even one killed outright:
+    a leaked jackd keeps one of JACK's 8 server slots, and eight of them stop every later run."""
+    import signal as _signal
+    import sys as _sys
+
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "start_and_wait.py"
+    script.write_text(f"import sys, time\nsys.path.insert(0, {str(here)!r})\nfrom jack_server import JackServer\n"
+                      "with JackServer() as server:\n    print(server.name, flush=True)\n    time.sleep(60)\n")
+    child = subprocess.Popen([_sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        name = child.stdout.readline().strip()
+        assert name, "the child did not start its server"
+        assert subprocess.run(["jack_lsp", "-s", name], capture_output=True).returncode == 0
+        child.send_signal(_signal.SIGKILL)
+        child.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", f"jackd -n {name} "]).returncode == 0:
+            time.sleep(0.1)
+        assert subprocess.run(["pgrep", "-f", f"jackd -n {name} "], capture_output=True).returncode != 0, "jackd outlived its test"
+    finally:
+        child.kill()
+        child.stdout.close()

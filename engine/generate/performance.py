@@ -119,7 +119,8 @@ class AlternativeSummary:
     tokens: int
     bars: int
     notes: int
-    stop_reason: str | None  # "bars" | "eos" (the model ended the piece) | "max_tokens"; None: stopped
+    stop_reason: str | None  # "bars" | "eos" (the model ended the piece) | "max_tokens" (the user's budget)
+    #                          | "token_limit" (no budget given: a take's hard cap); None: stopped
     ended_early: bool  # stopped before the bars asked for (the model's end, or the token budget)
 
 
@@ -132,16 +133,21 @@ class GenerationSummary:
     seed: int
     bars: int | None  # asked for (None: a token budget only)
     alternatives: tuple[AlternativeSummary, ...]
+    token_limit: int | None = None  # the tokens an alternative may take (the user's budget or the hard cap)
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
     @classmethod
-    def of(cls, session, seconds: float) -> "GenerationSummary":
-        rows = tuple(AlternativeSummary(len(row.tokens), max(row.bars, 0), len(row.decoder.notes), row.stop_reason,
+    def of(cls, session, seconds: float, budget_given: bool = True) -> "GenerationSummary":
+        """``budget_given`` False: the session's token budget is the hard cap, not one the user set."""
+        def reason(stop_reason):
+            return "token_limit" if stop_reason == "max_tokens" and not budget_given else stop_reason
+
+        rows = tuple(AlternativeSummary(len(row.tokens), max(row.bars, 0), len(row.decoder.notes), reason(row.stop_reason),
                                         session.ended_early(r)) for r, row in enumerate(session.rows))
-        return cls(session.tokens_generated, seconds, session.seed, session.bars, rows)
+        return cls(session.tokens_generated, seconds, session.seed, session.bars, rows, session.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -343,7 +349,8 @@ class Performance:
             written = self._write(paths, wav=wav)
         generated = self.session is not None and self.duet is None
         self.end_reason = reason
-        return TakeEnd(reason, tuple(written), GenerationSummary.of(self.session, seconds) if generated else None,
+        return TakeEnd(reason, tuple(written), GenerationSummary.of(self.session, seconds, self.settings.max_tokens is not None)
+                       if generated else None,
                        self.telemetry())
 
     def _generate(self) -> str:

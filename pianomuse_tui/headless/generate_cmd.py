@@ -115,17 +115,20 @@ def _print_ready(ready, settings) -> None:
 
 def _generation_summary(summary) -> str:
     """The engine's ``GenerationSummary`` in one line."""
-    per_row = ", ".join(f"#{r + 1}: {row.tokens} tokens, {row.bars} bars, {row.notes} notes ({_stop_words(row, summary.bars)})"
+    per_row = ", ".join(f"#{r + 1}: {row.tokens} tokens, {row.bars} bars, {row.notes} notes ({_stop_words(row, summary)})"
                         for r, row in enumerate(summary.alternatives))
     return (f"generated {summary.tokens} tokens in {summary.seconds:.2f} s ({summary.tokens_per_s:.0f} tokens/s), "
             f"seed {summary.seed}; {per_row}")
 
 
-def _stop_words(row, bars: int | None) -> str:
+def _stop_words(row, summary) -> str:
+    words = STOP_WORDS.get(row.stop_reason, "stopped")
+    if row.stop_reason == "token_limit":
+        words = f"a take's limit of {summary.token_limit:,} tokens reached (--max-tokens sets another)"
     if row.ended_early:
-        why = "the model ended the piece" if row.stop_reason == "eos" else "--max-tokens ran out"
-        return f"ended early: {why} after {row.bars} of {bars} bars"
-    return STOP_WORDS.get(row.stop_reason, "stopped")
+        why = {"eos": "the model ended the piece", "max_tokens": "--max-tokens ran out"}.get(row.stop_reason, words)
+        return f"ended early: {why} after {row.bars} of {summary.bars} bars"
+    return words
 
 
 STOP_WORDS = {"bars": "done", "eos": "the model ended the piece", "max_tokens": "--max-tokens reached"}  # why an alternative ended

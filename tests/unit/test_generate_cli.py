@@ -213,3 +213,24 @@ def test_help_says_each_exit_status():
     assert "Exit status: 0 finished, 130 stopped by Ctrl-C" in text, text
     assert "2 bad input" in text and "3 the MIDI port was lost for good" in text
     assert sorted(EXIT_CODES.values()) == [0, 3, 130]
+
+
+@pytest.mark.parametrize("budget_given, words", [
+    (True, "--max-tokens reached"),
+    (False, "a take's limit of 12 tokens reached (--max-tokens sets another)"),
+])
+def test_a_budget_the_user_never_set_is_not_blamed_on_max_tokens(checkpoint, budget_given, words):
+    """A take with no --max-tokens still ends at the hard cap of one take; the summary names that
+    limit, not a flag the user never gave (here a session with a 12-token budget stands in for it)."""
+    from engine.generate import SamplingConfig
+    from engine.generate.live import build_session, load_generator
+    from engine.generate.performance import GenerationSummary
+    from pianomuse_tui.headless.generate_cmd import _generation_summary
+
+    model, tok, _ = load_generator(checkpoint)
+    session = build_session(model, tok, sampling=SamplingConfig(seed=1), max_tokens=12)
+    session.run()
+    summary = GenerationSummary.of(session, 1.0, budget_given=budget_given)
+    assert summary.token_limit == 12 and summary.alternatives[0].tokens == 12
+    assert summary.alternatives[0].stop_reason == ("max_tokens" if budget_given else "token_limit")
+    assert _generation_summary(summary).endswith(f"({words})")

@@ -92,12 +92,12 @@ def test_ctrl_c_while_the_command_writes_files_stops_generating_and_writes_every
     """No port: the take is generated as fast as it can and written; Ctrl-C stops it there too."""
     out = tmp_path / "cut.mid"
     cmd = [sys.executable, "-m", "pianomuse_tui.cli", "--headless", "generate", "--checkpoint", str(tiny_checkpoint),
-           "--bars", "100000", "--max-tokens", "16384", "--alternatives", "2", "--seed", "1", "--out", str(out)]
+           "--bars", "100000", "--max-tokens", "16384", "--alternatives", "4", "--seed", "1", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     try:
         first = proc.stdout.readline()  # "model ... (...), REMI tokens, no prompt": it is generating now
         assert first.startswith("model "), first + proc.stdout.read()
-        time.sleep(3.0)  # a few hundred tokens on a busy machine, the budget takes about 25 s on an idle one
+        time.sleep(2.0)  # a few hundred tokens on a busy machine; the budget (4 x 16384) takes over 10 s on a quiet one
         proc.send_signal(signal.SIGINT)
         output = " ".join((first + proc.communicate(timeout=60)[0]).split())
     finally:
@@ -105,9 +105,10 @@ def test_ctrl_c_while_the_command_writes_files_stops_generating_and_writes_every
             proc.kill()
     assert proc.returncode == 130, output
     generated = int(output.split("generated ")[1].split(" tokens")[0])
-    assert 0 < generated < 16384 and "wrote" in output, output  # stopped long before the budget (2 x 16384)
+    assert 0 < generated < 4 * 16384 and "wrote" in output, output
+    assert output.count("notes (stopped)") == 4, output  # every alternative ended by the stop, none by its budget
     notes = 0
-    for k in (1, 2):
+    for k in (1, 2, 3, 4):
         messages = list(mido.MidiFile(tmp_path / f"cut-{k}.mid"))
         on = sum(m.type == "note_on" and m.velocity > 0 for m in messages)
         off = sum(m.type == "note_off" or (m.type == "note_on" and m.velocity == 0) for m in messages)

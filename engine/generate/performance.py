@@ -151,6 +151,18 @@ class GenerationSummary:
 
 
 @dataclass(frozen=True)
+class PlayEnd:
+    """How the app's live take (``Performance.perform``) ended: the player's reason, or "error" with
+    the settings' ``problem`` sentence (found before any port opened) or the ``error`` raised;
+    ``output_failed``: the output could not open and nothing was played."""
+
+    reason: str
+    problem: str | None = None
+    error: Exception | None = None
+    output_failed: bool = False
+
+
+@dataclass(frozen=True)
 class TakeEnd:
     """How a take ended: the player's reason ("finished", "stopped" by Ctrl-C or a stop request,
     "port lost" for good), the files written, and what the face reports."""
@@ -362,7 +374,27 @@ class Performance:
             session.step()
         return "finished"
 
-    # ---- the steps (the pane's worker thread) ---------------------------------------------------
+    # ---- the app's live take (the pane's worker thread) --------------------------------------------
+
+    def perform(self, cancelled: Callable[[], bool] | None = None,
+                on_started: Callable[[str], None] | None = None) -> PlayEnd:
+        """The whole live take in one call: the settings checked before any port opens, the output
+        (and input) opened, ``on_started(output name)``, play until finished, stopped, ``cancelled()``
+        or the port is lost, and every port closed on every path. Errors come back in the record."""
+        problem = self.settings.problem()
+        if problem is not None:
+            return PlayEnd("error", problem=problem)
+        try:
+            self.prepare()
+            if on_started is not None:
+                on_started(self.output_name)
+            return PlayEnd(self.run(cancelled))
+        except Exception as exc:  # noqa: BLE001 - the face says it in one sentence
+            return PlayEnd("error", error=exc, output_failed=isinstance(exc, PortError) and not self.has_events)
+        finally:
+            self.close()
+
+    # ---- the steps ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Open the input when listening, then the output (starting FluidSynth if asked); nothing

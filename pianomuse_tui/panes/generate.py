@@ -414,23 +414,10 @@ class GeneratePane(PaneBase):
     @work(thread=True, exclusive=True, group="perform", exit_on_error=False, name="performance")
     def _perform(self, performance: Performance) -> None:
         worker = get_current_worker()
-        problem = performance.settings.problem()
-        if problem is not None:  # before any port is opened
-            self.post_message(PerformanceEnded("error", error=problem))
-            return
-        try:
-            performance.prepare()
-            self.post_message(PerformanceStarted(performance.output_name))
-            performance.run(lambda: worker.is_cancelled)
-        except Exception as exc:  # noqa: BLE001 - the engine's sentence goes to the user
-            from engine.midi import PortError
-
-            performance.close()
-            self.post_message(PerformanceEnded("error", error=one_sentence(exc),
-                                               output_failed=isinstance(exc, PortError) and not performance.has_events))
-            return
-        performance.close()
-        self.post_message(PerformanceEnded(performance.end_reason))
+        end = performance.perform(lambda: worker.is_cancelled,
+                                  on_started=lambda output: self.post_message(PerformanceStarted(output)))
+        error = end.problem or (one_sentence(end.error) if end.error is not None else None)
+        self.post_message(PerformanceEnded(end.reason, error=error, output_failed=end.output_failed))
 
     def on_performance_started(self, message: PerformanceStarted) -> None:
         played = self.performance.settings.midi_file if self.performance is not None else None

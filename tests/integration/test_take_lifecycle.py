@@ -40,15 +40,15 @@ def test_both_faces_play_a_duet_on_the_virtual_port_when_the_piano_cannot_sound_
 
     choice = OutputChoice(api="jack", audio_driver=NO_SOUND, lookahead=0.3)  # no --port, --virtual or --synth
 
-    # the app: the pane's steps, run in a worker thread and stopped from another
+    # the app: the pane's one call, run in a worker thread and stopped from another
     told: list[str] = []
     app = Performance(PerformanceSettings(checkpoint=tiny_checkpoint, output=choice, midi_in="virtual"), Knobs(),
                       on_problem=told.append)
     ended: list[str] = []
+    started: list[tuple[bool, str]] = []  # (the virtual port open, the output's name) when it started
     try:
-        app.prepare()
-        assert _virtual_output_open() and "PianoMuse" in app.output_name, app.output_name
-        worker = threading.Thread(target=lambda: ended.append(app.run()), daemon=True)
+        worker = threading.Thread(target=lambda: ended.append(app.perform(
+            on_started=lambda name: started.append((_virtual_output_open(), name))).reason), daemon=True)
         worker.start()
         deadline = time.monotonic() + 60
         while app.duet is None and time.monotonic() < deadline:
@@ -59,6 +59,7 @@ def test_both_faces_play_a_duet_on_the_virtual_port_when_the_piano_cannot_sound_
     finally:
         app.close()
     assert ended == ["stopped"]
+    assert len(started) == 1 and started[0][0] and "PianoMuse" in started[0][1], started
     assert len(told) == 1 and "No sound output found for the built-in piano" in told[0] \
         and told[0].endswith("Playing to the virtual port 'PianoMuse' instead."), told
     assert _tracks(app.save(tmp_path / "app.mid")[0]) == ["PianoMuse", "You"]
@@ -137,9 +138,8 @@ def test_a_stop_while_a_duet_tries_the_built_in_piano_ends_the_take_stopped(jack
                       on_notice=on_notice)
     ended: list[str] = []
 
-    def pane_worker() -> None:  # the Generate pane's steps
-        app.prepare()
-        ended.append(app.run())
+    def pane_worker() -> None:  # the Generate pane's one call
+        ended.append(app.perform().reason)
 
     worker = threading.Thread(target=pane_worker, daemon=True)
     try:
